@@ -1,0 +1,76 @@
+"""The 7,750-parameter MNIST CNN with a switchable normalization: BN, LN or GN."""
+import torch
+from torch import nn
+
+NORMS = ("BN", "LN", "GN")
+# GroupNorm needs the group count to divide every normalized width; this net has 10 and 20 channels.
+VALID_GROUPS = (1, 2, 5, 10)
+
+
+def make_norm(norm: str, channels: int, groups: int) -> nn.Module:
+    """The one place that maps a norm name to a layer. Each has 2 * channels learnable parameters.
+
+    BN: statistics per channel over (N, H, W); running averages are used in eval mode.
+    LN: statistics per sample over (C, H, W). It is GroupNorm with a single group rather than
+        nn.LayerNorm([C, H, W]): LayerNorm would learn a scale and shift per element
+        (2 * C * H * W parameters) and tie the model to one input size, whereas GroupNorm(1, C)
+        computes the same statistics with a per-channel scale and shift like BN and GN.
+    GN: statistics per sample over each group of C / groups channels and (H, W).
+    """
+    if norm == "BN":
+        return nn.BatchNorm2d(channels)
+    if norm == "LN":
+        return nn.GroupNorm(1, channels)
+    if norm == "GN":
+        return nn.GroupNorm(groups, channels)
+    raise ValueError(f"norm must be one of {NORMS}, got {norm!r}")
+
+
+def conv_block(cin: int, cout: int, norm: str, groups: int, dropout: float, padding: int = 0) -> nn.Sequential:
+    """3x3 convolution (no bias: the norm's shift plays that role), ReLU, norm, dropout."""
+    return nn.Sequential(
+        nn.Conv2d(cin, cout, 3, padding=padding, bias=False),
+        nn.ReLU(),
+        make_norm(norm, cout, groups),
+        nn.Dropout(dropout),
+    )
+
+
+class Net(nn.Module):
+    """Conv stack -> 1x1 transition + max-pool -> conv stack -> global average pool -> 1x1 conv.
+
+    No fully connected layer: the last 1x1 convolution maps 10 channels to the 10 class scores.
+    """
+
+    def __init__(self, norm: str = "BN", *, groups: int = 2, dropout: float = 0.05):
+        super().__init__()
+        if not isinstance(norm, str) or norm.upper() not in NORMS:
+            raise ValueError(f"norm must be one of {', '.join(NORMS)} (any case), got {norm!r}")
+        if isinstance(groups, bool) or not isinstance(groups, int) or groups not in VALID_GROUPS:
+            raise ValueError(
+                f"groups must divide both 10 and 20 channels, so one of {VALID_GROUPS}; got {groups!r}"
+            )
+        if isinstance(dropout, bool) or not isinstance(dropout, (int, float)) or not 0 <= dropout < 1:
+            raise ValueError(f"dropout must be a number in [0, 1), got {dropout!r}")
+        self.norm, self.groups, self.dropout = norm.upper(), groups, float(dropout)
+
+        def block(cin, cout, padding=0):
+            return conv_block(cin, cout, self.norm, groups, self.dropout, padding)
+
+        self.conv0 = block(1, 10)                                        # [N, 10, 26, 26]
+        self.conv1 = block(10, 20)                                       # [N, 20, 24, 24]
+        self.trans1 = nn.Sequential(nn.Conv2d(20, 10, 1, bias=False),  # [N, 10, 24, 24]
+                                    nn.MaxPool2d(2))                     # [N, 10, 12, 12]
+        self.conv2 = block(10, 20)                                       # [N, 20, 10, 10]
+        self.conv3 = block(20, 10)                                       # [N, 10, 8, 8]
+        self.conv4 = block(10, 10)                                       # [N, 10, 6, 6]
+        self.conv5 = block(10, 10, padding=1)                            # [N, 10, 6, 6]
+        self.gap = nn.AvgPool2d(6)                                       # [N, 10, 1, 1]
+        self.conv6 = nn.Conv2d(10, 10, 1, bias=False)                    # [N, 10, 1, 1]
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """x: [N, 1, 28, 28] normalized images -> [N, 10] log-probabilities."""
+        for layer in (self.conv0, self.conv1, self.trans1, self.conv2, self.conv3,
+                      self.conv4, self.conv5, self.gap, self.conv6):
+            x = layer(x)
+        return torch.log_softmax(x.flatten(1), dim=1)
