@@ -1,0 +1,131 @@
+"""Train BN + L1, LN and GN on MNIST; write results/*.json, the figures in static/ and a summary table."""
+import argparse
+import os
+
+import numpy as np
+
+import utils
+from model import NORMS, VALID_GROUPS
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+
+
+def positive_int(text):
+    try:
+        value = int(text)
+    except ValueError:
+        value = 0
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}")
+    return value
+
+
+def seed_int(text):
+    try:
+        value = int(text)
+    except ValueError:
+        value = -1
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"expected a seed >= 0, got {text!r}")
+    return value
+
+
+def nonnegative_float(text):
+    try:
+        value = float(text)
+    except ValueError:
+        value = -1.0
+    if not value >= 0 or value == float("inf"):
+        raise argparse.ArgumentTypeError(f"expected a finite number >= 0, got {text!r}")
+    return value
+
+
+def positive_float(text):
+    value = nonnegative_float(text)
+    if value == 0:
+        raise argparse.ArgumentTypeError(f"expected a number > 0, got {text!r}")
+    return value
+
+
+def dropout_float(text):
+    value = nonnegative_float(text)
+    if value >= 1:
+        raise argparse.ArgumentTypeError(f"expected a probability in [0, 1), got {text!r}")
+    return value
+
+
+def parse_args(argv=None):
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    p.add_argument("--norms", nargs="+", type=str.upper, choices=NORMS, default=list(NORMS), metavar="NORM",
+                   help=f"which models to train, any of {', '.join(NORMS)} (any case)")
+    p.add_argument("--epochs", type=positive_int, default=20, help="epochs per run")
+    p.add_argument("--seeds", nargs="+", type=seed_int, default=[0], metavar="SEED", help="one run per seed")
+    p.add_argument("--batch-size", type=positive_int, default=128, help="training batch size")
+    p.add_argument("--lr", type=positive_float, default=0.1, help="peak learning rate of the one-cycle schedule")
+    p.add_argument("--dropout", type=dropout_float, default=0.05, help="dropout after every norm layer")
+    p.add_argument("--l1", type=nonnegative_float, default=1e-5,
+                   help="L1 weight added to the BN run's loss (LN and GN train without it); 0 for none")
+    p.add_argument("--groups", type=int, choices=VALID_GROUPS, default=2, help="groups in every GroupNorm layer")
+    p.add_argument("--data", default="data", help="dataset root (torchvision layout: DATA/MNIST/raw)")
+    p.add_argument("--out", default=HERE, help="where results/ and static/ are written")
+    p.add_argument("--device", default=None, help="cpu, cuda[:N] or mps (default: cuda, then mps, then cpu)")
+    p.add_argument("--limit", type=positive_int, default=None,
+                   help="train on only the first N training images, for a quick run")
+    p.add_argument("--val", type=positive_int, default=None, metavar="N",
+                   help="hold out the last N training images and evaluate on them instead of the test set "
+                        "(for choosing settings; results go to OUT/results/val/, no figures)")
+    p.add_argument("--no-progress", action="store_true", help="no progress bars, only the per-epoch log")
+    args = p.parse_args(argv)
+    try:
+        args.device = utils.pick_device(args.device)
+    except (RuntimeError, ValueError) as e:
+        p.error(f"argument --device: {e}")
+    if args.val is not None and args.val >= 60000:
+        p.error(f"argument --val: must be smaller than the 60000 training images, got {args.val}")
+    return args
+
+
+def main(argv=None):
+    args = parse_args(argv)
+    train, test = utils.load_mnist(args.data)
+    if args.val:
+        train, test = utils.split_validation(train, args.val)
+    if args.limit:
+        train = (train[0][:args.limit], train[1][:args.limit])
+    results_dir = os.path.join(args.out, "results", "val" if args.val else "")
+    print(f"device {args.device}; training on {len(train[1])} images, evaluating on "
+          f"{len(test[1])} {'held-out training' if args.val else 'test'} images")
+    print(utils.LOG_HEADER)
+    records, first_models = {}, {}
+    for norm in args.norms:
+        l1 = args.l1 if norm == "BN" else 0.0
+        for seed in args.seeds:
+            model, record = utils.run_experiment(
+                norm, train=train, test=test, device=args.device, l1=l1, groups=args.groups,
+                dropout=args.dropout, epochs=args.epochs, seed=seed, batch_size=args.batch_size, lr=args.lr,
+                results_dir=results_dir, progress=not args.no_progress,
+                eval_split=f"validation: the last {args.val} training images" if args.val else "test")
+            records.setdefault(record["name"], []).append(record)
+            first_models.setdefault(record["name"], model)
+    print()
+    print(utils.format_summary(records))
+    if args.val:
+        return records
+    static = os.path.join(args.out, "static")
+    runs = {utils.run_label(name): [r["history"] for r in recs] for name, recs in records.items()}
+    written = [
+        utils.save_figure(utils.plot_curves(runs, "test_loss"), os.path.join(static, "graph_losses.png")),
+        utils.save_figure(utils.plot_curves(runs, "test_acc"), os.path.join(static, "graph_accuracies.png")),
+    ]
+    for name, model in first_models.items():
+        acc = records[name][0]["history"][-1]["test_acc"]
+        title = f"{utils.run_label(name)}, seed {records[name][0]['config']['seed']}: test accuracy {acc:.2f}%\n" \
+                f"its most confident mistakes"
+        fig = utils.plot_misclassified(utils.misclassified(model, test), title)
+        written.append(utils.save_figure(fig, os.path.join(static, f"misclassified_{name}.png")))
+    print("wrote " + ", ".join(os.path.relpath(w, args.out) for w in written))
+    return records
+
+
+if __name__ == "__main__":
+    main()

