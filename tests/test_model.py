@@ -1,0 +1,129 @@
+"""Net: shapes, the per-layer parameter table, argument errors, and each norm against hand formulas."""
+import numpy as np
+import pytest
+import torch
+from torch import nn
+
+from model import NORMS, Net, make_norm
+
+# block -> (output shape for a 28x28 input, parameters): the table in the issue.
+TABLE = {
+    "conv0": ((10, 26, 26), 90 + 20),
+    "conv1": ((20, 24, 24), 1800 + 40),
+    "trans1": ((10, 12, 12), 200),
+    "conv2": ((20, 10, 10), 1800 + 40),
+    "conv3": ((10, 8, 8), 1800 + 20),
+    "conv4": ((10, 6, 6), 900 + 20),
+    "conv5": ((10, 6, 6), 900 + 20),
+    "gap": ((10, 1, 1), 0),
+    "conv6": ((10, 1, 1), 100),
+}
+
+
+@pytest.mark.parametrize("norm", NORMS)
+def test_layer_table_and_total(norm):
+    model = Net(norm)
+    shapes = {}
+    for name in TABLE:
+        getattr(model, name).register_forward_hook(lambda m, i, o, name=name: shapes.__setitem__(name, o.shape[1:]))
+    out = model(torch.randn(3, 1, 28, 28))
+    for name, (shape, params) in TABLE.items():
+        assert tuple(shapes[name]) == shape, name
+        assert sum(p.numel() for p in getattr(model, name).parameters()) == params, name
+    assert sum(p.numel() for p in model.parameters() if p.requires_grad) == 7750
+    assert out.shape == (3, 10)
+    assert torch.allclose(out.exp().sum(1), torch.ones(3), atol=1e-5)  # log-probabilities
+    assert not any(isinstance(m, nn.Linear) for m in model.modules())
+
+
+@pytest.mark.parametrize("norm", NORMS)
+def test_torchinfo_summary_counts_7750(norm):
+    torchinfo = pytest.importorskip("torchinfo")
+    stats = torchinfo.summary(Net(norm), input_size=(1, 1, 28, 28), verbose=0)
+    assert stats.trainable_params == 7750
+
+
+def test_norm_choice_is_case_insensitive_and_builds_the_right_layers():
+    assert Net("bn").norm == "BN"
+    assert isinstance(Net("Bn").conv0[2], nn.BatchNorm2d)
+    assert isinstance(Net("ln").conv1[2], nn.GroupNorm) and Net("ln").conv1[2].num_groups == 1
+    assert Net("gn", groups=5).conv1[2].num_groups == 5
+
+
+@pytest.mark.parametrize("bad", ["XN", "", "batch", None, 1])
+def test_bad_norm_names_the_accepted_values(bad):
+    with pytest.raises(ValueError, match="BN, LN, GN"):
+        Net(bad)
+
+
+@pytest.mark.parametrize("bad", [3, 4, 20, 0, -2, 2.0, True, "2"])
+def test_bad_groups_says_they_must_divide_10_and_20(bad):
+    with pytest.raises(ValueError, match=r"divide both 10 and 20.*\(1, 2, 5, 10\)"):
+        Net("GN", groups=bad)
+
+
+@pytest.mark.parametrize("bad", [-0.1, 1.0, 2, "0.1"])
+def test_bad_dropout(bad):
+    with pytest.raises(ValueError, match=r"dropout must be a number in \[0, 1\)"):
+        Net("BN", dropout=bad)
+
+
+# The references below are written from the definitions with numpy, independent of torch's layers.
+def reference(x, axes_of, eps=1e-5):
+    x = x.astype(np.float64)
+    mean = x.mean(axis=axes_of, keepdims=True)
+    var = x.var(axis=axes_of, keepdims=True)  # biased, as every norm uses for normalizing
+    return (x - mean) / np.sqrt(var + eps)
+
+
+def grouped(x, groups):
+    n, c, h, w = x.shape
+    return x.reshape(n, groups, c // groups, h, w)
+
+
+@pytest.mark.parametrize("norm,groups", [("BN", 2), ("LN", 2), ("GN", 2), ("GN", 5)])
+def test_norm_layers_match_hand_formulas(norm, groups):
+    rng = np.random.default_rng(0)
+    x = rng.normal(2.0, 3.0, size=(4, 10, 5, 5)).astype(np.float32)
+    layer = make_norm(norm, 10, groups).train()
+    with torch.no_grad():  # non-trivial scale and shift, per channel
+        layer.weight.copy_(torch.linspace(0.5, 2.0, 10))
+        layer.bias.copy_(torch.linspace(-1.0, 1.0, 10))
+    got = layer(torch.from_numpy(x)).detach().numpy()
+    if norm == "BN":
+        z = reference(x, (0, 2, 3))  # per channel, over the batch and the image
+    elif norm == "LN":
+        z = reference(x, (1, 2, 3))  # per sample, over all channels and the image
+    else:
+        z = reference(grouped(x, groups), (2, 3, 4)).reshape(x.shape)  # per sample and group
+    expected = z * np.linspace(0.5, 2.0, 10).reshape(1, 10, 1, 1) + np.linspace(-1, 1, 10).reshape(1, 10, 1, 1)
+    np.testing.assert_allclose(got, expected, rtol=1e-4, atol=1e-4)
+    assert sum(p.numel() for p in layer.parameters()) == 20  # 2 * C for every norm
+
+
+def test_bn_eval_uses_running_statistics_and_ln_gn_do_not():
+    rng = np.random.default_rng(1)
+    x = torch.from_numpy(rng.normal(5.0, 2.0, size=(8, 10, 4, 4)).astype(np.float32))
+    bn = make_norm("BN", 10, 2).train()
+    bn(x)  # one update: running = 0.9 * initial + 0.1 * batch statistic
+    mean = x.double().mean((0, 2, 3))
+    var_unbiased = x.double().var((0, 2, 3), unbiased=True)  # running_var stores the unbiased estimate
+    np.testing.assert_allclose(bn.running_mean, 0.1 * mean, rtol=1e-5)
+    np.testing.assert_allclose(bn.running_var, 0.9 + 0.1 * var_unbiased, rtol=1e-5)
+    bn.eval()
+    expected = (x.double() - bn.running_mean.double().view(1, -1, 1, 1)) / torch.sqrt(
+        bn.running_var.double().view(1, -1, 1, 1) + 1e-5)
+    np.testing.assert_allclose(bn(x).detach(), expected, rtol=1e-4, atol=1e-4)
+    for norm in ("LN", "GN"):
+        layer = make_norm(norm, 10, 2)
+        assert torch.equal(layer.train()(x), layer.eval()(x))  # per-sample statistics: no mode difference
+
+
+def test_ln_and_gn_do_not_depend_on_the_rest_of_the_batch_but_bn_does():
+    x = torch.randn(6, 1, 28, 28)
+    for norm in NORMS:
+        model = Net(norm, dropout=0.0).train()
+        alone = model(x[:1])
+        together = model(x)[:1]
+        same = torch.allclose(alone, together, atol=1e-5)
+        assert same == (norm != "BN"), norm

@@ -1,0 +1,201 @@
+"""Training, evaluation, the L1 term, per-epoch JSON, misclassified images, figures and the CLI."""
+import json
+import os
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+import torch
+from torch import nn
+
+import train as train_cli
+import utils
+from conftest import ROOT, synthetic
+from model import Net
+
+
+def test_l1_penalty_is_the_sum_of_absolute_conv_weights():
+    model = Net("BN")
+    by_hand = sum(m.weight.abs().sum().item() for m in model.modules() if isinstance(m, nn.Conv2d))
+    assert utils.l1_penalty(model).item() == pytest.approx(by_hand, rel=1e-6)
+
+
+def one_step(l1):
+    torch.manual_seed(0)
+    model = Net("BN", dropout=0.0)
+    opt = torch.optim.SGD(model.parameters(), lr=1.0)
+    utils.train_epoch(model, synthetic(32), opt, batch_size=32, generator=torch.Generator().manual_seed(0),
+                      l1=l1, progress=False)
+    return model
+
+
+def test_l1_adds_lr_times_l1_times_sign_to_conv_weights_only():
+    # One plain SGD step (lr 1) on the same batch: the L1 term's gradient is l1 * sign(w).
+    torch.manual_seed(0)
+    start = Net("BN", dropout=0.0).state_dict()
+    plain, with_l1 = one_step(0.0), one_step(0.01)
+    for (name, p0), p1 in zip(plain.named_parameters(), with_l1.parameters()):
+        expected = -0.01 * torch.sign(start[name]) if p0.ndim > 1 else torch.zeros_like(p0)
+        assert torch.allclose(p1 - p0, expected, atol=1e-6), name
+
+
+def test_a_few_epochs_on_a_small_subset_lower_the_loss():
+    data, test = synthetic(512), synthetic(256, seed=1)
+    torch.manual_seed(0)
+    model = Net("GN")
+    opt = torch.optim.SGD(model.parameters(), lr=0.05, momentum=0.9)
+    before, _ = utils.evaluate(model, test)
+    g = torch.Generator().manual_seed(0)
+    losses = [utils.train_epoch(model, data, opt, batch_size=64, generator=g, progress=False)[0] for _ in range(4)]
+    after, acc = utils.evaluate(model, test)
+    assert losses[-1] < losses[0] and after < before
+    assert acc > 30  # chance is 10%
+
+
+def small_run(tmp_path, seed=0, epochs=2, **kw):
+    return utils.run_experiment("BN", train=synthetic(256), test=synthetic(64, seed=1), device=torch.device("cpu"),
+                                l1=1e-5, epochs=epochs, seed=seed, batch_size=64, results_dir=tmp_path,
+                                progress=False, **kw)
+
+
+def without_time(history):
+    return [{k: v for k, v in r.items() if k != "seconds"} for r in history]
+
+
+def test_same_seed_same_history_on_cpu(tmp_path):
+    _, a = small_run(tmp_path / "a")
+    _, b = small_run(tmp_path / "b")
+    _, c = small_run(tmp_path / "c", seed=1)
+    assert without_time(a["history"]) == without_time(b["history"])
+    assert without_time(a["history"]) != without_time(c["history"])
+
+
+def test_json_is_written_every_epoch_and_survives_an_interruption(tmp_path, monkeypatch):
+    _, record = small_run(tmp_path, epochs=2)
+    saved = json.load(open(tmp_path / "bn_l1_seed0.json"))
+    assert saved == json.loads(json.dumps(record))
+    assert [r["epoch"] for r in saved["history"]] == [1, 2]
+    assert set(saved["history"][0]) == {"epoch", "train_loss", "train_acc", "test_loss", "test_acc", "lr", "seconds"}
+    for key in ("norm", "groups", "l1", "seed", "batch_size", "optimizer", "schedule", "augmentation", "epochs",
+                "torch", "device"):
+        assert key in saved["config"], key
+
+    # Interrupt during the third epoch's evaluation: the file still holds the two finished epochs.
+    real_evaluate, calls = utils.evaluate, []
+
+    def evaluate_then_stop(*args, **kw):
+        calls.append(1)
+        if len(calls) == 3:
+            raise KeyboardInterrupt
+        return real_evaluate(*args, **kw)
+    monkeypatch.setattr(utils, "evaluate", evaluate_then_stop)
+    with pytest.raises(KeyboardInterrupt):
+        small_run(tmp_path / "cut", epochs=5)
+    saved = json.load(open(tmp_path / "cut" / "bn_l1_seed0.json"))
+    assert [r["epoch"] for r in saved["history"]] == [1, 2]
+    assert os.listdir(tmp_path / "cut") == ["bn_l1_seed0.json"]  # no temporary files left behind
+
+
+class TableModel(nn.Module):
+    """Returns fixed log-probabilities per image; the image's first pixel holds its index."""
+
+    def __init__(self, logp):
+        super().__init__()
+        self.register_buffer("logp", logp)
+        self.dummy = nn.Parameter(torch.zeros(1))
+
+    def forward(self, x):
+        idx = ((x[:, 0, 0, 0] * utils.STD + utils.MEAN) * 255).round().long()
+        return self.logp[idx]
+
+
+def test_misclassified_returns_the_most_confident_mistakes():
+    n = 8
+    images = torch.zeros(n, 28, 28, dtype=torch.uint8)
+    images[:, 0, 0] = torch.arange(n, dtype=torch.uint8)
+    labels = torch.zeros(n, dtype=torch.long)
+    conf = [0.9, 0.6, 0.95, 0.7, 0.99, 0.6, 0.5, 0.8]   # probability of the predicted class
+    pred = [0, 3, 4, 0, 7, 2, 1, 0]                      # wrong for 1, 2, 4, 5, 6
+    probs = torch.full((n, 10), 0.0)
+    for i, (c, p) in enumerate(zip(conf, pred)):
+        probs[i] = (1 - c) / 9
+        probs[i, p] = c
+    mistakes = utils.misclassified(TableModel(probs.log()), (images, labels), n=4)
+    assert [m.index for m in mistakes] == [4, 2, 1, 5]  # 0.99, 0.95, then the 0.6 tie in index order
+    assert [m.pred for m in mistakes] == [7, 4, 3, 2] and all(m.true == 0 for m in mistakes)
+    assert mistakes[0].confidence == pytest.approx(0.99)
+    assert torch.equal(mistakes[0].image, images[4])
+    assert len(utils.misclassified(TableModel(probs.log()), (images, labels), n=10)) == 5
+
+
+def test_figures_are_written_with_titles_labels_and_legend(tmp_path):
+    history = lambda shift: [{"epoch": e, "test_loss": 1 / e + shift, "test_acc": 90 + e - shift,
+                              "train_loss": 1.2 / e, "train_acc": 89 + e} for e in range(1, 6)]
+    fig = utils.plot_curves({"BN + L1": [history(0), history(0.1)], "GN": [history(0.3)]}, "test_acc", train=True)
+    ax = fig.axes[0]
+    assert ax.get_xlabel() == "epoch" and "(%)" in ax.get_ylabel() and ax.get_title()
+    assert [t.get_text() for t in ax.get_legend().get_texts()] == ["BN + L1 (2 seeds)", "BN + L1 train", "GN",
+                                                                   "GN train"]
+    assert "94.95%" in [t.get_text() for t in ax.texts]  # best epoch of BN + L1's mean, labelled
+    path = utils.save_figure(fig, str(tmp_path / "static" / "acc.png"))
+    assert open(path, "rb").read(8) == b"\x89PNG\r\n\x1a\n"
+
+    images = synthetic(10)[0]
+    mistakes = [utils.Mistake(i, images[i], 3, 5, 0.97) for i in range(10)]
+    fig = utils.plot_misclassified(mistakes, "BN + L1: test accuracy 99.50%")
+    titles = [ax.get_title() for ax in fig.axes]
+    assert len(fig.axes) == 10 and titles[0] == "pred 3 (97%), true 5"
+    assert fig._suptitle.get_text() == "BN + L1: test accuracy 99.50%"
+    with pytest.raises(ValueError, match="metric must be one of"):
+        utils.plot_curves({}, "accuracy")
+
+
+def test_summary_table_reports_mean_and_spread():
+    rec = lambda acc: {"config": {"params": 7750}, "history": [{"test_acc": acc - 1, "seconds": 30},
+                                                                {"test_acc": acc, "seconds": 30}]}
+    (row,) = utils.summarize({"gn_g5": [rec(99.0), rec(99.4)]})
+    assert row["label"] == "GN (5 groups)" and row["seeds"] == 2 and row["minutes"] == 1.0
+    assert row["final_mean"] == pytest.approx(99.2) and row["final_std"] == pytest.approx(0.2)
+    assert "GN (5 groups)" in utils.format_summary({"gn_g5": [rec(99.0)]})
+
+
+@pytest.mark.parametrize("args,message", [
+    (["--norms", "XN"], "invalid choice: 'XN'"),
+    (["--groups", "3"], "invalid choice: 3"),
+    (["--epochs", "0"], "expected a positive integer, got '0'"),
+    (["--lr", "-1"], "expected a finite number >= 0"),
+    (["--dropout", "1"], r"expected a probability in \[0, 1\)"),
+    (["--seeds", "a"], "expected a seed >= 0"),
+    (["--val", "60000"], "must be smaller than the 60000 training images"),
+    (["--device", "tpu"], "argument --device"),
+    (["--bogus"], "unrecognized arguments: --bogus"),
+])
+def test_cli_rejects_bad_values_naming_what_is_accepted(args, message, capsys):
+    with pytest.raises(SystemExit) as exit:
+        train_cli.parse_args(args)
+    assert exit.value.code == 2
+    import re
+    assert re.search(message, capsys.readouterr().err)
+
+
+def test_cli_defaults_are_the_experiment():
+    args = train_cli.parse_args([])
+    assert args.norms == ["BN", "LN", "GN"] and args.epochs == 20 and args.l1 == 1e-5 and args.groups == 2
+    assert train_cli.parse_args(["--norms", "bn", "gn"]).norms == ["BN", "GN"]
+
+
+@pytest.mark.mnist
+def test_cli_quick_run_writes_figures_and_results(tmp_path, mnist):
+    from conftest import DATA
+    cmd = [sys.executable, os.path.join(ROOT, "train.py"), "--epochs", "1", "--limit", "2000", "--data", DATA,
+           "--out", str(tmp_path), "--device", "cpu", "--no-progress"]
+    done = subprocess.run(cmd, capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stderr
+    for name in ("graph_losses", "graph_accuracies", "misclassified_bn_l1", "misclassified_ln", "misclassified_gn"):
+        assert os.path.getsize(tmp_path / "static" / f"{name}.png") > 5000, name
+    for name in ("bn_l1", "ln", "gn"):
+        record = json.load(open(tmp_path / "results" / f"{name}_seed0.json"))
+        assert record["config"]["train_images"] == 2000 and record["config"]["eval_images"] == 10000
+        assert record["config"]["params"] == 7750 and len(record["history"]) == 1
+    assert "BN + L1" in done.stdout and "final test acc" in done.stdout
