@@ -1,5 +1,6 @@
 """Train BN + L1, LN and GN on MNIST; write results/*.json, the figures in static/ and a summary table."""
 import argparse
+import math
 import os
 
 import numpy as np
@@ -10,48 +11,21 @@ from model import NORMS, VALID_GROUPS
 HERE = os.path.dirname(os.path.abspath(__file__))
 
 
-def positive_int(text):
-    try:
-        value = int(text)
-    except ValueError:
-        value = 0
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}")
-    return value
+def number(kind, what, low, *, low_open=False, high=None):
+    """An argparse type: `kind` (int or float) in [low, high), or (low, high) if low_open."""
+    def parse(text):
+        try:
+            value = kind(text)
+        except ValueError:
+            value = None
+        if value is None or not math.isfinite(value) or value < low or (low_open and value == low) \
+                or (high is not None and value >= high):
+            raise argparse.ArgumentTypeError(f"expected {what}, got {text!r}")
+        return value
+    return parse
 
 
-def seed_int(text):
-    try:
-        value = int(text)
-    except ValueError:
-        value = -1
-    if value < 0:
-        raise argparse.ArgumentTypeError(f"expected a seed >= 0, got {text!r}")
-    return value
-
-
-def nonnegative_float(text):
-    try:
-        value = float(text)
-    except ValueError:
-        value = -1.0
-    if not value >= 0 or value == float("inf"):
-        raise argparse.ArgumentTypeError(f"expected a finite number >= 0, got {text!r}")
-    return value
-
-
-def positive_float(text):
-    value = nonnegative_float(text)
-    if value == 0:
-        raise argparse.ArgumentTypeError(f"expected a number > 0, got {text!r}")
-    return value
-
-
-def dropout_float(text):
-    value = nonnegative_float(text)
-    if value >= 1:
-        raise argparse.ArgumentTypeError(f"expected a probability in [0, 1), got {text!r}")
-    return value
+positive_int = number(int, "a positive integer", 1)
 
 
 def parse_args(argv=None):
@@ -59,25 +33,28 @@ def parse_args(argv=None):
     p.add_argument("--norms", nargs="+", type=str.upper, choices=NORMS, default=list(NORMS), metavar="NORM",
                    help=f"which models to train, any of {', '.join(NORMS)} (any case)")
     p.add_argument("--epochs", type=positive_int, default=20, help="epochs per run")
-    p.add_argument("--seeds", nargs="+", type=seed_int, default=[0], metavar="SEED", help="one run per seed")
+    p.add_argument("--seeds", nargs="+", type=number(int, "a seed >= 0", 0), default=[0], metavar="SEED",
+                   help="one run per seed")
     p.add_argument("--batch-size", type=positive_int, default=128, help="training batch size")
-    p.add_argument("--lr", type=positive_float, default=0.1, help="peak learning rate of the one-cycle schedule")
-    p.add_argument("--dropout", type=dropout_float, default=0.05, help="dropout after every norm layer")
-    p.add_argument("--l1", type=nonnegative_float, default=1e-5,
+    p.add_argument("--lr", type=number(float, "a number > 0", 0, low_open=True), default=0.1,
+                   help="peak learning rate of the one-cycle schedule")
+    p.add_argument("--dropout", type=number(float, "a probability in [0, 1)", 0, high=1), default=0.05,
+                   help="dropout after every norm layer")
+    p.add_argument("--l1", type=number(float, "a finite number >= 0", 0), default=1e-5,
                    help="L1 weight added to the BN run's loss (LN and GN train without it); 0 for none")
     p.add_argument("--groups", type=int, choices=VALID_GROUPS, default=2, help="groups in every GroupNorm layer")
     p.add_argument("--data", default="data", help="dataset root (torchvision layout: DATA/MNIST/raw)")
-    p.add_argument("--out", default=HERE, help="where results/ and static/ are written")
-    p.add_argument("--device", default=None, help="cpu, cuda[:N] or mps (default: cuda, then mps, then cpu)")
+    p.add_argument("--out", default=HERE, help="where results/ and static/ are written (the repository root)")
+    p.add_argument("--device", default="auto", help="cpu, cuda[:N], mps, or auto: cuda, then mps, then cpu")
     p.add_argument("--limit", type=positive_int, default=None,
                    help="train on only the first N training images, for a quick run")
     p.add_argument("--val", type=positive_int, default=None, metavar="N",
                    help="hold out the last N training images and evaluate on them instead of the test set "
-                        "(for choosing settings; results go to OUT/results/val/, no figures)")
+                        "(for choosing settings; results go to OUT/results/val/<settings>/, no figures)")
     p.add_argument("--no-progress", action="store_true", help="no progress bars, only the per-epoch log")
     args = p.parse_args(argv)
     try:
-        args.device = utils.pick_device(args.device)
+        args.device = utils.pick_device(None if args.device == "auto" else args.device)
     except (RuntimeError, ValueError) as e:
         p.error(f"argument --device: {e}")
     if args.val is not None and args.val >= 60000:
@@ -92,7 +69,10 @@ def main(argv=None):
         train, test = utils.split_validation(train, args.val)
     if args.limit:
         train = (train[0][:args.limit], train[1][:args.limit])
-    results_dir = os.path.join(args.out, "results", "val" if args.val else "")
+    results_dir = os.path.join(args.out, "results")
+    if args.val:  # one folder per setting, so runs that choose the recipe never overwrite each other
+        results_dir = os.path.join(results_dir, "val", f"lr{args.lr:g}_bs{args.batch_size}_dropout{args.dropout:g}"
+                                                       f"_epochs{args.epochs}")
     print(f"device {args.device}; training on {len(train[1])} images, evaluating on "
           f"{len(test[1])} {'held-out training' if args.val else 'test'} images")
     print(utils.LOG_HEADER)

@@ -18,6 +18,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 from matplotlib.figure import Figure
+from matplotlib.ticker import MaxNLocator
 from tqdm.auto import tqdm
 
 from model import Net
@@ -237,6 +238,8 @@ def pick_device(name=None) -> torch.device:
     device = torch.device(name)  # raises on a malformed name
     if device.type == "cuda" and not torch.cuda.is_available():
         raise ValueError(f"device {name!r} asked for, but CUDA is not available here; use cpu")
+    if device.type == "cuda" and (device.index or 0) >= torch.cuda.device_count():
+        raise ValueError(f"device {name!r} asked for, but there are {torch.cuda.device_count()} CUDA devices")
     if device.type == "mps" and not torch.backends.mps.is_available():
         raise ValueError(f"device {name!r} asked for, but MPS is not available here; use cpu")
     if device.type not in ("cpu", "cuda", "mps"):
@@ -249,8 +252,10 @@ def pick_device(name=None) -> torch.device:
 
 
 def rotate(images: torch.Tensor, degrees: torch.Tensor) -> torch.Tensor:
-    """Rotate each image of [B, C, H, W] by its own angle (degrees, counter-clockwise), bilinear,
-    filling with 0, about the image centre: torchvision's rotate, for the whole batch in two ops."""
+    """Rotate each image of [B, C, H, W] by its own angle (degrees, counter-clockwise) about its
+    centre, bilinear, with 0 outside the frame: what torchvision.transforms.functional.rotate does to
+    one image (exactly so with fill=None, and with fill=0 on black-bordered images such as MNIST's),
+    for the whole batch in two ops."""
     rad = torch.deg2rad(degrees.to(images.dtype))
     cos, sin, zero = rad.cos(), rad.sin(), torch.zeros_like(rad)
     # affine_grid maps each output pixel to the input point it samples, in (x right, y down)
@@ -340,7 +345,8 @@ def predict(model, images, batch_size=2000) -> torch.Tensor:
     """Log-probabilities [N, 10] for uint8 images [N, 28, 28], in eval mode, in large batches."""
     model.eval()
     device = next(model.parameters()).device
-    return torch.cat([model(normalize(to_unit(images[i:i + batch_size].to(device)))) for i in range(0, len(images), batch_size)])
+    chunks = (images[i:i + batch_size].to(device) for i in range(0, len(images), batch_size))
+    return torch.cat([model(normalize(to_unit(chunk))) for chunk in chunks])
 
 
 def evaluate(model, data, batch_size=2000):
@@ -386,12 +392,27 @@ def summarize(records):
 
 def format_summary(records):
     """A fixed-width table of summarize(records), for the terminal."""
-    lines = [f"{'run':<16} {'params':>6} {'seeds':>5} {'best test acc %':>16} {'final test acc %':>17} {'min/run':>7}"]
+    lines = [f"{'run':<16} {'params':>6} {'seeds':>5} {'best test acc %':>16} {'final test acc %':>17} "
+             f"{'min/run':>7}"]
     for r in summarize(records):
         lines.append(f"{r['label']:<16} {r['params']:>6} {r['seeds']:>5} "
-                     f"{r['best_mean']:>9.2f} ± {r['best_std']:<4.2f} {r['final_mean']:>10.2f} ± {r['final_std']:<4.2f} "
+                     f"{r['best_mean']:>9.2f} ± {r['best_std']:<4.2f} "
+                     f"{r['final_mean']:>10.2f} ± {r['final_std']:<4.2f} "
                      f"{r['minutes']:>7.1f}")
     return "\n".join(lines)
+
+
+def load_records(folder):
+    """{run name: [record per seed, by seed]} from the folder's <name>_seed<S>.json files."""
+    records = {}
+    for file in sorted(os.listdir(folder)):
+        if file.endswith(".json") and "_seed" in file:
+            with open(os.path.join(folder, file)) as f:
+                record = json.load(f)
+            records.setdefault(record["name"], []).append(record)
+    for recs in records.values():
+        recs.sort(key=lambda r: r["config"]["seed"])
+    return records
 
 
 def write_json(path, obj):
@@ -400,7 +421,8 @@ def write_json(path, obj):
     _atomic_write(path, (json.dumps(obj, indent=1) + "\n").encode())
 
 
-LOG_HEADER = f"{'run':<10} {'epoch':>5} {'train_loss':>10} {'train_acc':>9} {'test_loss':>9} {'test_acc':>8} {'lr':>8} {'sec':>6}"
+LOG_HEADER = (f"{'run':<10} {'epoch':>5} {'train_loss':>10} {'train_acc':>9} {'test_loss':>9} {'test_acc':>8} "
+              f"{'lr':>8} {'sec':>6}")
 
 
 def run_experiment(norm, *, train, test, device, l1=0.0, groups=2, dropout=0.05, epochs=20, seed=0,
@@ -428,7 +450,8 @@ def run_experiment(norm, *, train, test, device, l1=0.0, groups=2, dropout=0.05,
         "config": {
             "norm": model.norm, "groups": groups, "l1": l1, "dropout": dropout, "seed": seed,
             "batch_size": batch_size, "epochs": epochs, "train_images": len(train[1]),
-            "eval_split": eval_split, "eval_images": len(test[1]), "params": sum(p.numel() for p in model.parameters()),
+            "eval_split": eval_split, "eval_images": len(test[1]),
+            "params": sum(p.numel() for p in model.parameters()),
             "optimizer": "SGD(momentum=0.9, nesterov=True)",
             "schedule": f"OneCycleLR(max_lr={lr}, per batch, cosine)",
             "augmentation": f"rotation uniform in ±{degrees} degrees, bilinear, fill 0",
@@ -481,7 +504,7 @@ def misclassified(model, data, n=10):
 
 def plot_misclassified(mistakes, title):
     """A 5 x 2 grid of (up to 10) mistakes, each labelled "pred 3 (97%), true 5"."""
-    fig = Figure(figsize=(4.4, 11), layout="constrained")
+    fig = Figure(figsize=(4, 9.5), layout="constrained")
     axes = fig.subplots(5, 2)
     for ax in axes.flat:
         ax.axis("off")
@@ -502,8 +525,8 @@ def plot_curves(runs, metric="test_acc", *, title=None, train=False):
     """One figure of `metric` over epochs for several runs.
 
     runs maps a label to a list of histories (one per seed): the mean is drawn, with the min-max
-    band over seeds when there are several. Each run's best epoch (of the mean) is marked and
-    labelled. train=True adds the matching train curve, dashed.
+    band over seeds when there are several. Each run's best epoch (of the mean) is marked with a
+    star, and its value and epoch are given in the legend. train=True adds the train curve, dashed.
     """
     if metric not in METRICS:
         raise ValueError(f"metric must be one of {list(METRICS)}, got {metric!r}")
@@ -514,23 +537,27 @@ def plot_curves(runs, metric="test_acc", *, title=None, train=False):
         epochs = [r["epoch"] for r in histories[0]]
         values = np.array([[r[metric] for r in h] for h in histories])  # [seeds, epochs]
         mean = values.mean(0)
-        seeds = f" ({len(histories)} seeds)" if len(histories) > 1 else ""
-        (line,) = ax.plot(epochs, mean, marker="o", markersize=3, label=f"{label}{seeds}")
+        best = int(np.argmin(mean) if lower else np.argmax(mean))
+        value = f"{mean[best]:.4f}" if lower else f"{mean[best]:.2f}%"
+        seeds = f", mean of {len(histories)} seeds" if len(histories) > 1 else ""
+        (line,) = ax.plot(epochs, mean, marker="o", markersize=3,
+                          label=f"{label}: best {value} at epoch {epochs[best]}{seeds}")
         if len(histories) > 1:
             ax.fill_between(epochs, values.min(0), values.max(0), color=line.get_color(), alpha=0.2)
         if train:
             train_values = np.array([[r[metric.replace("test", "train")] for r in h] for h in histories])
             ax.plot(epochs, train_values.mean(0), linestyle="--", color=line.get_color(), label=f"{label} train")
-        best = int(np.argmin(mean) if lower else np.argmax(mean))
-        ax.plot(epochs[best], mean[best], marker="*", markersize=14, color=line.get_color(), markeredgecolor="k")
-        ax.annotate(f"{mean[best]:.4f}" if lower else f"{mean[best]:.2f}%", (epochs[best], mean[best]),
-                    textcoords="offset points", xytext=(0, -16 if lower else 10), ha="center",
-                    fontsize=9, color=line.get_color())
+        ax.plot(epochs[best], mean[best], marker="*", markersize=15, color=line.get_color(), markeredgecolor="k",
+                zorder=3)
+    ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+    ax.margins(y=0.08)
     ax.set_xlabel("epoch")
     ax.set_ylabel(ylabel)
-    ax.set_title(title or f"{ylabel.split(' (')[0].capitalize()} per epoch (★ best epoch)")
+    name = ylabel.split(" (")[0]
+    ax.set_title(title or f"{name[0].upper() + name[1:]} per epoch (★ best epoch"
+                          f"{'; band: min to max over seeds' if any(len(h) > 1 for h in runs.values()) else ''})")
     ax.grid(alpha=0.3)
-    ax.legend()
+    ax.legend(loc="upper right" if lower else "lower right")
     return fig
 
 

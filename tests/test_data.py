@@ -123,7 +123,8 @@ def test_changed_bytes_fail_the_checksum_naming_the_file(fake, tmp_path):
 def test_wrong_size_is_reported(fake, tmp_path):
     _, expected = write_fake_files(fake, tmp_path)
     expected = dict(expected, test=(13, *expected["test"][1:]))
-    with pytest.raises(utils.DataError, match=r"t10k-images-idx3-ubyte: expected uint8 images of shape \(13, 28, 28\)"):
+    message = r"t10k-images-idx3-ubyte: expected uint8 images of shape \(13, 28, 28\)"
+    with pytest.raises(utils.DataError, match=message):
         utils.load_mnist(tmp_path, sources=("files",), expected=expected)
 
 
