@@ -1,0 +1,78 @@
+"""Regenerate the README's tables from the JSON files in results/; --check fails when they are stale."""
+import argparse
+import os
+import re
+import sys
+
+import utils
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+ORDER = ["bn_l1", "bn", "ln", "gn"]  # table order; other names (gn_g5, ...) follow alphabetically
+
+
+def ordered(names):
+    return sorted(names, key=lambda n: (ORDER.index(n) if n in ORDER else len(ORDER), n))
+
+
+def tuning_table(results):
+    """Validation accuracy of every setting tried under results/val/, one row per setting."""
+    val = os.path.join(results, "val")
+    settings = sorted(os.listdir(val)) if os.path.isdir(val) else []
+    found = {s: utils.load_records(os.path.join(val, s)) for s in settings}
+    names = ordered({n for recs in found.values() for n in recs})
+    head = "| setting (`results/val/...`) | " + " | ".join(
+        f"{utils.run_label(n)} final (best) val acc %" for n in names) + " | mean final |"
+    lines = [head, "|" + "---|" * (len(names) + 2)]
+    for setting, recs in found.items():
+        cells = []
+        for n in names:
+            if n not in recs:
+                cells.append("")
+                continue
+            h = recs[n][0]["history"]
+            epochs = recs[n][0]["config"]["epochs"]
+            done = "" if len(h) == epochs else f" ({len(h)} of {epochs} epochs)"
+            cells.append(f"{h[-1]['test_acc']:.2f} ({max(r['test_acc'] for r in h):.2f}){done}")
+        finals = [recs[n][0]["history"][-1]["test_acc"] for n in names if n in recs]
+        mean = f"{sum(finals) / len(finals):.2f}" if len(finals) == len(names) else ""
+        lines.append(f"| `{setting}` | " + " | ".join(cells) + f" | {mean} |")
+    return "\n".join(lines)
+
+
+TABLES = {"tuning": tuning_table}
+
+
+def render(text, results):
+    """Replace the body between each <!-- NAME:start --> and <!-- NAME:end --> pair in text."""
+    for name, make in TABLES.items():
+        pattern = re.compile(rf"(<!-- {name}:start -->\n)(?:.*?\n)?(<!-- {name}:end -->)", re.S)
+        if not pattern.search(text):
+            raise ValueError(f"README has no <!-- {name}:start --> ... <!-- {name}:end --> block")
+        text = pattern.sub(lambda m: m.group(1) + make(results) + "\n" + m.group(2), text)
+    return text
+
+
+def main(argv=None):
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    p.add_argument("--readme", default=os.path.join(HERE, "README.md"), help="the file whose tables are rewritten")
+    p.add_argument("--results", default=os.path.join(HERE, "results"), help="where the run JSON files are")
+    p.add_argument("--check", action="store_true", help="change nothing; exit 1 if the README is out of date")
+    args = p.parse_args(argv)
+    with open(args.readme) as f:
+        text = f.read()
+    new = render(text, args.results)
+    if args.check:
+        if new != text:
+            print(f"{args.readme} does not match {args.results}: run `python report.py`", file=sys.stderr)
+            return 1
+        print(f"{args.readme} matches {args.results}")
+        return 0
+    if new != text:
+        with open(args.readme, "w") as f:
+            f.write(new)
+    print(f"{'updated' if new != text else 'unchanged'}: {args.readme}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
