@@ -52,6 +52,8 @@ def parse_args(argv=None):
                    help="hold out the last N training images and evaluate on them instead of the test set "
                         "(for choosing settings; results go to OUT/results/val/<settings>/, no figures)")
     p.add_argument("--no-progress", action="store_true", help="no progress bars, only the per-epoch log")
+    p.add_argument("--no-figures", action="store_true",
+                   help="write results/ only, leaving static/ as it is (for extra seeds and side runs)")
     args = p.parse_args(argv)
     try:
         args.device = utils.pick_device(None if args.device == "auto" else args.device)
@@ -89,7 +91,7 @@ def main(argv=None):
             first_models.setdefault(record["name"], model)
     print()
     print(utils.format_summary(records))
-    if args.val:
+    if args.val or args.no_figures:
         return records
     static = os.path.join(args.out, "static")
     runs = {utils.run_label(name): [r["history"] for r in recs] for name, recs in records.items()}

@@ -200,3 +200,11 @@ def test_cli_quick_run_writes_figures_and_results(tmp_path, mnist):
         assert record["config"]["train_images"] == 2000 and record["config"]["eval_images"] == 10000
         assert record["config"]["params"] == 7750 and len(record["history"]) == 1
     assert "BN + L1" in done.stdout and "final test acc" in done.stdout
+    # --no-figures: results only, static/ untouched.
+    done = subprocess.run(cmd[:2] + ["--norms", "gn", "--groups", "5", "--no-figures"] + cmd[2:],
+                          capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stderr
+    assert json.load(open(tmp_path / "results" / "gn_g5_seed0.json"))["config"]["groups"] == 5
+    assert sorted(os.listdir(tmp_path / "static")) == sorted(
+        f"{n}.png" for n in ("graph_losses", "graph_accuracies", "misclassified_bn_l1", "misclassified_ln",
+                             "misclassified_gn"))
