@@ -3,8 +3,6 @@ import argparse
 import math
 import os
 
-import numpy as np
-
 import utils
 from model import NORMS, VALID_GROUPS
 
@@ -78,33 +76,19 @@ def main(argv=None):
     print(f"device {args.device}; training on {len(train[1])} images, evaluating on "
           f"{len(test[1])} {'held-out training' if args.val else 'test'} images")
     print(utils.LOG_HEADER)
-    records, first_models = {}, {}
-    for norm in args.norms:
-        l1 = args.l1 if norm == "BN" else 0.0
-        for seed in args.seeds:
-            model, record = utils.run_experiment(
-                norm, train=train, test=test, device=args.device, l1=l1, groups=args.groups,
-                dropout=args.dropout, epochs=args.epochs, seed=seed, batch_size=args.batch_size, lr=args.lr,
-                results_dir=results_dir, progress=not args.no_progress,
-                eval_split=f"validation: the last {args.val} training images" if args.val else "test")
-            records.setdefault(record["name"], []).append(record)
-            first_models.setdefault(record["name"], model)
+    specs = [(norm, args.l1 if norm == "BN" else 0.0) for norm in args.norms]  # L1 goes to the BN run only
+    records, models = utils.run_experiments(
+        specs, args.seeds, train=train, test=test, device=args.device, groups=args.groups, dropout=args.dropout,
+        epochs=args.epochs, batch_size=args.batch_size, lr=args.lr, results_dir=results_dir,
+        progress=not args.no_progress,
+        eval_split=f"validation: the last {args.val} training images" if args.val else "test")
     print()
     print(utils.format_summary(records))
     if args.val or args.no_figures:
         return records
     static = os.path.join(args.out, "static")
-    runs = {utils.run_label(name): [r["history"] for r in recs] for name, recs in records.items()}
-    written = [
-        utils.save_figure(utils.plot_curves(runs, "test_loss"), os.path.join(static, "graph_losses.png")),
-        utils.save_figure(utils.plot_curves(runs, "test_acc"), os.path.join(static, "graph_accuracies.png")),
-    ]
-    for name, model in first_models.items():
-        acc = records[name][0]["history"][-1]["test_acc"]
-        title = f"{utils.run_label(name)}, seed {records[name][0]['config']['seed']}: test accuracy {acc:.2f}%\n" \
-                f"its most confident mistakes"
-        fig = utils.plot_misclassified(utils.misclassified(model, test), title)
-        written.append(utils.save_figure(fig, os.path.join(static, f"misclassified_{name}.png")))
+    written = [utils.save_figure(fig, os.path.join(static, f"{name}.png"))
+               for name, fig in utils.experiment_figures(records, models, test).items()]
     print("wrote " + ", ".join(os.path.relpath(w, args.out) for w in written))
     return records
 

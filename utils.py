@@ -480,6 +480,20 @@ def run_experiment(norm, *, train, test, device, l1=0.0, groups=2, dropout=0.05,
     return model, record
 
 
+def run_experiments(specs, seeds, **kw):
+    """Run each (norm, l1) of `specs` for each seed, passing **kw to run_experiment.
+
+    Returns (records, models): {run name: [record per seed]} and {run name: the first seed's model}.
+    """
+    records, models = {}, {}
+    for norm, l1 in specs:
+        for seed in seeds:
+            model, record = run_experiment(norm, l1=l1, seed=seed, **kw)
+            records.setdefault(record["name"], []).append(record)
+            models.setdefault(record["name"], model)
+    return records, models
+
+
 # ---------------------------------------------------------------------------------------------
 # Analysis and figures
 
@@ -562,6 +576,19 @@ def plot_curves(runs, metric="test_acc", *, title=None, train=False):
     ax.grid(alpha=0.3)
     ax.legend(loc="upper right" if lower else "lower right")
     return fig
+
+
+def experiment_figures(records, models, test):
+    """The figures of an experiment, by file name (without .png): graph_losses and graph_accuracies
+    (every run, mean over seeds) and misclassified_<run> (the first seed's model on `test`)."""
+    runs = {run_label(name): [r["history"] for r in recs] for name, recs in records.items()}
+    figures = {"graph_losses": plot_curves(runs, "test_loss"), "graph_accuracies": plot_curves(runs, "test_acc")}
+    for name, model in models.items():
+        first = records[name][0]
+        title = (f"{run_label(name)}, seed {first['config']['seed']}: test accuracy "
+                 f"{first['history'][-1]['test_acc']:.2f}%\nits most confident mistakes")
+        figures[f"misclassified_{name}"] = plot_misclassified(misclassified(model, test), title)
+    return figures
 
 
 def save_figure(fig, path, dpi=120):
