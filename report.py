@@ -4,6 +4,9 @@ import os
 import re
 import sys
 
+import numpy as np
+
+import normalizations
 import utils
 
 HERE = os.path.dirname(os.path.abspath(__file__))
@@ -18,7 +21,8 @@ def tuning_table(results):
     """Validation accuracy of every setting tried under results/val/, one row per setting."""
     val = os.path.join(results, "val")
     settings = sorted(os.listdir(val)) if os.path.isdir(val) else []
-    found = {s: utils.load_records(os.path.join(val, s)) for s in settings}
+    found = {s: {name: recs for name, recs in utils.load_records(os.path.join(val, s)).items() if recs[0]["history"]}
+             for s in settings}
     names = ordered({n for recs in found.values() for n in recs})
     head = "| setting (`results/val/...`) | " + " | ".join(
         f"{utils.run_label(n)} final (best) val acc %" for n in names) + " | mean final |"
@@ -39,7 +43,41 @@ def tuning_table(results):
     return "\n".join(lines)
 
 
-TABLES = {"tuning": tuning_table}
+def mean_std(values, digits=2):
+    values = np.asarray(values, dtype=float)
+    return f"{values.mean():.{digits}f} ± {values.std():.{digits}f}" if len(values) > 1 else f"{values[0]:.{digits}f}"
+
+
+def results_table(results):
+    """The main runs in results/*.json: mean ± std over seeds (population std; a lone seed has none)."""
+    records = utils.load_records(results)
+    lines = ["| run | seeds | final test acc % | best test acc % | final test acc % per seed | final train acc % "
+             "| lowest test loss | params | minutes per run |",
+             "|---|---|---|---|---|---|---|---|---|"]
+    for name in ordered(records):
+        recs = [r for r in records[name] if r["history"]]  # a run that has not finished an epoch has no row
+        if not recs:
+            continue
+        hist = [r["history"] for r in recs]
+        per_seed = ", ".join(f"{h[-1]['test_acc']:.2f}" for h in hist)
+        unfinished = [f"seed {r['config']['seed']}: {len(r['history'])} of {r['config']['epochs']} epochs"
+                      for r in recs if len(r["history"]) < r["config"]["epochs"]]
+        lines.append(
+            f"| {utils.run_label(name)} | {', '.join(str(r['config']['seed']) for r in recs)} "
+            f"| {mean_std([h[-1]['test_acc'] for h in hist])} "
+            f"| {mean_std([max(e['test_acc'] for e in h) for h in hist])} "
+            f"| {per_seed}{' (unfinished: ' + '; '.join(unfinished) + ')' if unfinished else ''} "
+            f"| {mean_std([h[-1]['train_acc'] for h in hist])} "
+            f"| {mean_std([min(e['test_loss'] for e in h) for h in hist], 4)} | {recs[0]['config']['params']:,} "
+            f"| {mean_std([sum(e['seconds'] for e in h) / 60 for h in hist], 1)} |")
+    return "\n".join(lines)
+
+
+def worked_example(results):
+    return "```text\n" + normalizations.worked_example() + "\n```"
+
+
+TABLES = {"tuning": tuning_table, "results": results_table, "worked-example": worked_example}
 
 
 def render(text, results):

@@ -26,14 +26,17 @@ def test_tuning_table_is_rendered_between_markers_and_staleness_is_detected(tmp_
     write_run(results / "val" / "lr0.1_bs128", "bn_l1", [98.5, 99.40, 99.35])
     write_run(results / "val" / "lr0.2_bs128", "gn", [98.1, 99.1], epochs=20)
     readme = tmp_path / "README.md"
-    readme.write_text("intro\n<!-- tuning:start -->\nold\n<!-- tuning:end -->\nafter\n")
+    readme.write_text("intro\n<!-- tuning:start -->\nold\n<!-- tuning:end -->\nafter\n"
+                      "<!-- results:start -->\n<!-- results:end -->\n<!-- worked-example:start -->\n"
+                      "<!-- worked-example:end -->\n")
     args = ["--readme", str(readme), "--results", str(results)]
     assert report.main(args + ["--check"]) == 1
     assert report.main(args) == 0
     text = readme.read_text()
     assert "| `lr0.1_bs128` | 99.35 (99.40) | 99.25 (99.25) | 99.30 |" in text  # BN + L1 before GN
     assert "| `lr0.2_bs128` |  | 99.10 (99.10) (2 of 20 epochs) |  |" in text
-    assert text.startswith("intro\n") and text.endswith("after\n") and "old" not in text
+    assert text.startswith("intro\n") and "\nafter\n" in text and "old" not in text
+    assert "| run | seeds | final test acc %" in text and "BN: statistics per channel" in text
     assert report.main(args + ["--check"]) == 0
     write_run(results / "val" / "lr0.1_bs128", "gn", [98.0, 99.30])
     assert report.main(args + ["--check"]) == 1
@@ -45,3 +48,28 @@ def test_missing_markers_are_an_error(tmp_path):
     readme.write_text("no markers\n")
     with pytest.raises(ValueError, match="tuning:start"):
         report.main(["--readme", str(readme), "--results", str(tmp_path)])
+
+
+def test_results_table_reports_mean_std_and_unfinished_runs(tmp_path):
+    for seed, accs in ((0, [99.0, 99.5]), (1, [99.1, 99.3])):
+        record = {"name": "ln", "config": {"seed": seed, "epochs": 2, "params": 7750},
+                  "history": [{"epoch": i + 1, "test_acc": a, "train_acc": 99.0, "test_loss": 0.03 - i * 0.01,
+                               "seconds": 60.0} for i, a in enumerate(accs)]}
+        (tmp_path / f"ln_seed{seed}.json").write_text(json.dumps(record))
+    record["config"]["seed"], record["history"] = 2, record["history"][:1]
+    (tmp_path / "ln_seed2.json").write_text(json.dumps(record))
+    started = {"name": "gn", "config": {"seed": 0, "epochs": 20, "params": 7750}, "history": []}
+    (tmp_path / "gn_seed0.json").write_text(json.dumps(started))  # no epoch finished yet: no row
+    assert len(report.results_table(str(tmp_path)).splitlines()) == 3
+    row = report.results_table(str(tmp_path)).splitlines()[2]
+    assert row.startswith("| LN | 0, 1, 2 | 99.30 ± 0.16 |")  # finals 99.5, 99.3, 99.1 (the last unfinished)
+    assert "unfinished: seed 2: 1 of 2 epochs" in row and "| 7,750 |" in row
+
+
+def test_every_figure_the_readme_shows_exists():
+    import re
+    text = open(os.path.join(ROOT, "README.md")).read()
+    paths = re.findall(r"\]\((static/[^)]+\.png)\)", text)
+    assert len(paths) >= 6
+    for path in paths:
+        assert os.path.getsize(os.path.join(ROOT, path)) > 5000, path
