@@ -434,7 +434,8 @@ def run_experiment(norm, *, train, test, device, l1=0.0, groups=2, dropout=0.05,
     train and test are (uint8 images, labels) pairs (moved to `device` here, once). The recipe:
     SGD with Nesterov momentum and PyTorch's one-cycle schedule (stepped every batch): the learning
     rate rises from lr/25 to `lr` over the first 30% of steps and anneals to lr/25e4, while the
-    momentum moves inversely between 0.95 and 0.85. After every epoch results_dir/<name>_seed<seed>.json is rewritten with the config and
+    momentum moves inversely between 0.95 and 0.85. After every epoch
+    results_dir/<name>_seed<seed>.json is rewritten with the config and
     the history so far; `eval_split` records what `test` is (the test_* keys hold its metrics).
     Returns (model, record).
     """
