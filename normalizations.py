@@ -5,7 +5,8 @@ import os
 import numpy as np
 import torch
 from matplotlib.figure import Figure
-from torch import nn
+
+from model import make_norm
 
 EPS = 1e-5  # what PyTorch's BatchNorm2d and GroupNorm add to the variance
 
@@ -47,9 +48,8 @@ def normalize(x, method, groups=2):
 
 
 def torch_layer(method, channels, groups=2):
-    """The layer model.py uses for `method`, in training mode, with its initial scale 1 and shift 0."""
-    return {"BN": nn.BatchNorm2d(channels), "LN": nn.GroupNorm(1, channels),
-            "GN": nn.GroupNorm(groups, channels)}[method].train()
+    """The layer model.py builds for `method` (its make_norm), in training mode, with scale 1 and shift 0."""
+    return make_norm(method, channels, groups).train()
 
 
 def fmt(values):
