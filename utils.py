@@ -481,15 +481,17 @@ def run_experiment(norm, *, train, test, device, l1=0.0, groups=2, dropout=0.05,
     return model, record
 
 
-def run_experiments(specs, seeds, **kw):
+def run_experiments(specs, seeds, *, train, test, device, **kw):
     """Run each (norm, l1) of `specs` for each seed, passing **kw to run_experiment.
 
     Returns (records, models): {run name: [record per seed]} and {run name: the first seed's model}.
     """
+    # Move the data to the device once for all runs; run_experiment's own move is then a no-op.
+    train, test = (tuple(t.to(device) for t in pair) for pair in (train, test))
     records, models = {}, {}
     for norm, l1 in specs:
         for seed in seeds:
-            model, record = run_experiment(norm, l1=l1, seed=seed, **kw)
+            model, record = run_experiment(norm, l1=l1, seed=seed, train=train, test=test, device=device, **kw)
             records.setdefault(record["name"], []).append(record)
             models.setdefault(record["name"], model)
     return records, models
