@@ -4,8 +4,6 @@ import os
 import re
 import sys
 
-import numpy as np
-
 import normalizations
 import utils
 
@@ -43,33 +41,27 @@ def tuning_table(results):
     return "\n".join(lines)
 
 
-def mean_std(values, digits=2):
-    values = np.asarray(values, dtype=float)
-    return f"{values.mean():.{digits}f} ± {values.std():.{digits}f}" if len(values) > 1 else f"{values[0]:.{digits}f}"
+def mean_std(row, key, digits=2):
+    """A summarize() row's <key> as "mean ± std", or the lone value for one seed."""
+    mean, std = row[f"{key}_mean"], row[f"{key}_std"]
+    return f"{mean:.{digits}f} ± {std:.{digits}f}" if len(row["seeds"]) > 1 else f"{mean:.{digits}f}"
 
 
 def results_table(results):
     """The main runs in results/*.json: mean ± std over seeds (population std; a lone seed has none)."""
-    records = utils.load_records(results)
+    rows = {row["name"]: row for row in utils.summarize(utils.load_records(results))}
     lines = ["| run | seeds | final test acc % | best test acc % | final test acc % per seed | final train acc % "
              "| lowest test loss | params | minutes per run |",
              "|---|---|---|---|---|---|---|---|---|"]
-    for name in ordered(records):
-        recs = [r for r in records[name] if r["history"]]  # a run that has not finished an epoch has no row
-        if not recs:
-            continue
-        hist = [r["history"] for r in recs]
-        per_seed = ", ".join(f"{h[-1]['test_acc']:.2f}" for h in hist)
-        unfinished = [f"seed {r['config']['seed']}: {len(r['history'])} of {r['config']['epochs']} epochs"
-                      for r in recs if len(r["history"]) < r["config"]["epochs"]]
-        lines.append(
-            f"| {utils.run_label(name)} | {', '.join(str(r['config']['seed']) for r in recs)} "
-            f"| {mean_std([h[-1]['test_acc'] for h in hist])} "
-            f"| {mean_std([max(e['test_acc'] for e in h) for h in hist])} "
-            f"| {per_seed}{' (unfinished: ' + '; '.join(unfinished) + ')' if unfinished else ''} "
-            f"| {mean_std([h[-1]['train_acc'] for h in hist])} "
-            f"| {mean_std([min(e['test_loss'] for e in h) for h in hist], 4)} | {recs[0]['config']['params']:,} "
-            f"| {mean_std([sum(e['seconds'] for e in h) / 60 for h in hist], 1)} |")
+    for name in ordered(rows):
+        r = rows[name]
+        per_seed = ", ".join(f"{acc:.2f}" for acc in r["finals"])
+        if r["unfinished"]:
+            per_seed += " (unfinished: " + "; ".join(f"seed {s}: {done} of {planned} epochs"
+                                                    for s, done, planned in r["unfinished"]) + ")"
+        lines.append(f"| {r['label']} | {', '.join(map(str, r['seeds']))} | {mean_std(r, 'final')} "
+                     f"| {mean_std(r, 'best')} | {per_seed} | {mean_std(r, 'train')} | {mean_std(r, 'loss', 4)} "
+                     f"| {r['params']:,} | {mean_std(r, 'minutes', 1)} |")
     return "\n".join(lines)
 
 

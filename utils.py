@@ -379,15 +379,28 @@ def run_label(name):
 
 
 def summarize(records):
-    """One row per run name from {name: [record per seed]}: mean and std over seeds (std 0 for one)."""
+    """One row per run name from {name: [record per seed]}: <key>_mean and <key>_std over seeds
+    (population std, 0 for one seed) of the final and best test accuracy (final, best), the final
+    train accuracy (train), the lowest test loss (loss) and the minutes per run (minutes).
+    Runs that have not finished an epoch are left out; unfinished runs are listed as
+    (seed, epochs done, epochs planned)."""
     rows = []
     for name, recs in records.items():
-        final = np.array([r["history"][-1]["test_acc"] for r in recs])
-        best = np.array([max(h["test_acc"] for h in r["history"]) for r in recs])
-        minutes = np.array([sum(h["seconds"] for h in r["history"]) / 60 for r in recs])
-        rows.append({"name": name, "label": run_label(name), "params": recs[0]["config"]["params"],
-                     "seeds": len(recs), "final_mean": final.mean(), "final_std": final.std(),
-                     "best_mean": best.mean(), "best_std": best.std(), "minutes": minutes.mean()})
+        recs = [r for r in recs if r["history"]]
+        if not recs:
+            continue
+        hist = [r["history"] for r in recs]
+        row = {"name": name, "label": run_label(name), "params": recs[0]["config"]["params"],
+               "seeds": [r["config"]["seed"] for r in recs], "finals": [h[-1]["test_acc"] for h in hist],
+               "unfinished": [(r["config"]["seed"], len(r["history"]), r["config"]["epochs"]) for r in recs
+                              if len(r["history"]) < r["config"]["epochs"]]}
+        for key, values in (("final", row["finals"]),
+                            ("best", [max(e["test_acc"] for e in h) for h in hist]),
+                            ("train", [h[-1]["train_acc"] for h in hist]),
+                            ("loss", [min(e["test_loss"] for e in h) for h in hist]),
+                            ("minutes", [sum(e["seconds"] for e in h) / 60 for h in hist])):
+            row[f"{key}_mean"], row[f"{key}_std"] = float(np.mean(values)), float(np.std(values))
+        rows.append(row)
     return rows
 
 
@@ -396,10 +409,10 @@ def format_summary(records):
     lines = [f"{'run':<16} {'params':>6} {'seeds':>5} {'best test acc %':>16} {'final test acc %':>17} "
              f"{'min/run':>7}"]
     for r in summarize(records):
-        lines.append(f"{r['label']:<16} {r['params']:>6} {r['seeds']:>5} "
+        lines.append(f"{r['label']:<16} {r['params']:>6} {len(r['seeds']):>5} "
                      f"{r['best_mean']:>9.2f} ± {r['best_std']:<4.2f} "
                      f"{r['final_mean']:>10.2f} ± {r['final_std']:<4.2f} "
-                     f"{r['minutes']:>7.1f}")
+                     f"{r['minutes_mean']:>7.1f}")
     return "\n".join(lines)
 
 

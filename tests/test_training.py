@@ -152,12 +152,14 @@ def test_figures_are_written_with_titles_labels_and_legend(tmp_path):
 
 
 def test_summary_table_reports_mean_and_spread():
-    rec = lambda acc: {"config": {"params": 7750}, "history": [{"test_acc": acc - 1, "seconds": 30},
-                                                                {"test_acc": acc, "seconds": 30}]}
-    (row,) = utils.summarize({"gn_g5": [rec(99.0), rec(99.4)]})
-    assert row["label"] == "GN (5 groups)" and row["seeds"] == 2 and row["minutes"] == 1.0
+    rec = lambda acc, seed: {"config": {"params": 7750, "seed": seed, "epochs": 2}, "history": [
+        {"test_acc": acc - 1, "train_acc": 98.0, "test_loss": 0.05, "seconds": 30},
+        {"test_acc": acc, "train_acc": 99.0, "test_loss": 0.02, "seconds": 30}]}
+    (row,) = utils.summarize({"gn_g5": [rec(99.0, 0), rec(99.4, 1)]})
+    assert row["label"] == "GN (5 groups)" and len(row["seeds"]) == 2 and row["minutes_mean"] == 1.0
+    assert row["train_mean"] == 99.0 and row["loss_mean"] == pytest.approx(0.02) and row["unfinished"] == []
     assert row["final_mean"] == pytest.approx(99.2) and row["final_std"] == pytest.approx(0.2)
-    assert "GN (5 groups)" in utils.format_summary({"gn_g5": [rec(99.0)]})
+    assert "GN (5 groups)" in utils.format_summary({"gn_g5": [rec(99.0, 0)]})
 
 
 @pytest.mark.parametrize("args,message", [
