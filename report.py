@@ -1,5 +1,6 @@
 """Regenerate the README's tables from the JSON files in results/; --check fails when they are stale."""
 import argparse
+import json
 import os
 import re
 import sys
@@ -65,11 +66,56 @@ def results_table(results):
     return "\n".join(lines)
 
 
+def batch_size_table(results):
+    """The batch-size study in results/batch_size/: final test accuracy per norm and batch size, and
+    its wall time from study.json."""
+    folder = os.path.join(results, "batch_size")
+    records = utils.load_records(folder) if os.path.isdir(folder) else {}
+    rows = utils.study_summary(records)
+    if not rows:
+        return "(no runs in results/batch_size/ yet: `python train.py --study batch-size --jobs 2`)"
+    norms = list(dict.fromkeys(r["norm"] for r in rows))
+    cell = {(r["norm"], r["batch_size"]): r for r in rows}
+    columns = []  # (heading, norm, key)
+    for norm in norms:
+        label = utils.run_label(norm)
+        columns.append((f"{label} final test acc %" + (" (running averages)" if norm.startswith("bn") else ""),
+                        norm, "final"))
+        if any("batch_stats_mean" in r for r in rows if r["norm"] == norm):
+            columns.append((f"{label} with batch statistics", norm, "batch_stats"))
+    sizes = sorted({r["batch_size"] for r in rows})
+    lines = ["| batch | peak lr | " + " | ".join(c[0] for c in columns) + " |", "|" + "---|" * (len(columns) + 2)]
+    for b in sizes:
+        lr = next(r["lr"] for r in rows if r["batch_size"] == b)
+        cells = [mean_std(cell[n, b], key) if (n, b) in cell and f"{key}_mean" in cell[n, b] else ""
+                 for _, n, key in columns]
+        lines.append(f"| {b} | {lr:g} | " + " | ".join(cells) + " |")
+    seeds = sorted({s for r in rows for s in r["seeds"]})
+    epochs = sorted({r["epochs"] for r in rows})
+    unfinished = sum(len(r["unfinished"]) for r in rows)
+    train_images = sorted({rec["config"]["train_images"] for recs in records.values() for rec in recs})
+    lines += ["", f"Mean ± std over seeds {', '.join(map(str, seeds))}; {'/'.join(map(str, epochs))} epoch(s) on "
+                  f"{'/'.join(f'{n:,}' for n in train_images)} training images per run; "
+                  f"{sum(len(r['seeds']) for r in rows)} runs"
+                  + (f", {unfinished} of them unfinished" if unfinished else "") + "."]
+    log_path = os.path.join(folder, "study.json")
+    if os.path.exists(log_path):
+        with open(log_path) as f:
+            log = json.load(f)["invocations"]
+        trained = sum(i["runs_trained"] for i in log)
+        how = "; ".join(sorted({f"{i['jobs']} parallel job{'s' if i['jobs'] > 1 else ''} on {i['cpus']} CPUs, "
+                                f"device {i['device']}" for i in log}))
+        lines[-1] += (f" Wall time: {sum(i['wall_seconds'] for i in log) / 60:.1f} minutes for the {trained} runs "
+                      f"trained, in {len(log)} invocation{'s' if len(log) > 1 else ''} ({how}).")
+    return "\n".join(lines)
+
+
 def worked_example(results):
     return "```text\n" + normalizations.worked_example() + "\n```"
 
 
-TABLES = {"tuning": tuning_table, "results": results_table, "worked-example": worked_example}
+TABLES = {"tuning": tuning_table, "results": results_table, "batch-size": batch_size_table,
+          "worked-example": worked_example}
 
 
 def render(text, results):

@@ -1,5 +1,6 @@
 """Data, on-device augmentation, training, evaluation, misclassified images and plots for the norm study."""
 import contextlib
+import copy
 import gzip
 import hashlib
 import io
@@ -359,6 +360,28 @@ def evaluate(model, data, batch_size=2000):
     return loss, 100 * (logp.argmax(1) == labels).sum().item() / len(labels)
 
 
+@torch.no_grad()
+def evaluate_batch_stats(model, data, batch_size):
+    """(mean NLL, accuracy %) on data with every BatchNorm normalizing by the statistics of its own
+    batch (train mode), as it did in training, instead of the running averages. The test set is cut in
+    order into batches of batch_size (the last one may be smaller). Dropout stays off, and the model's
+    running averages are untouched (the evaluation runs on a copy)."""
+    probe = copy.deepcopy(model).eval()
+    for m in probe.modules():
+        if isinstance(m, torch.nn.modules.batchnorm._BatchNorm):
+            m.train()
+    images, labels = data
+    device = next(probe.parameters()).device
+    loss = torch.zeros((), device=device)
+    correct = torch.zeros((), dtype=torch.long, device=device)
+    for i in range(0, len(labels), batch_size):
+        x, y = images[i:i + batch_size].to(device), labels[i:i + batch_size].to(device)
+        logp = probe(normalize(to_unit(x)))
+        loss += F.nll_loss(logp, y, reduction="sum")
+        correct += (logp.argmax(1) == y).sum()
+    return loss.item() / len(labels), 100 * correct.item() / len(labels)
+
+
 def run_name(norm, l1=0.0, groups=2):
     """bn_l1, bn, ln, gn; a GN run with other than 2 groups is gn_g<groups>."""
     name = norm.lower()
@@ -370,11 +393,17 @@ def run_name(norm, l1=0.0, groups=2):
 
 
 def run_label(name):
-    """bn_l1 -> "BN + L1", gn_g5 -> "GN (5 groups)": the name shown in figures and tables."""
+    """bn_l1 -> "BN + L1", gn_g5 -> "GN (5 groups)", ln_bs2 -> "LN, batch 2": the name shown in
+    figures and tables."""
     parts = name.split("_")
     label = parts[0].upper()
     for part in parts[1:]:
-        label += " + L1" if part == "l1" else f" ({part[1:]} groups)"
+        if part == "l1":
+            label += " + L1"
+        elif part.startswith("bs"):
+            label += f", batch {part[2:]}"
+        else:
+            label += f" ({part[1:]} groups)"
     return label
 
 
@@ -441,7 +470,7 @@ LOG_HEADER = (f"{'run':<10} {'epoch':>5} {'train_loss':>10} {'train_acc':>9} {'t
 
 def run_experiment(norm, *, train, test, device, l1=0.0, groups=2, dropout=0.05, epochs=20, seed=0,
                    batch_size=128, lr=0.1, degrees=7.0, results_dir="results", name=None, progress=True,
-                   eval_split="test"):
+                   eval_split="test", batch_stats=False):
     """Train one Net(norm) from scratch and evaluate `test` after every epoch.
 
     train and test are (uint8 images, labels) pairs (moved to `device` here, once). The recipe:
@@ -450,12 +479,16 @@ def run_experiment(norm, *, train, test, device, l1=0.0, groups=2, dropout=0.05,
     momentum moves inversely between 0.95 and 0.85. After every epoch
     results_dir/<name>_seed<seed>.json is rewritten with the config and
     the history so far; `eval_split` records what `test` is (the test_* keys hold its metrics).
+    batch_stats=True (BN only) also records test_loss_batch_stats and test_acc_batch_stats: the
+    test set evaluated with batch statistics in batches of batch_size (see evaluate_batch_stats).
     Returns (model, record).
     """
     name = name or run_name(norm, l1, groups)
     torch.manual_seed(seed)  # weights and dropout
     generator = torch.Generator().manual_seed(seed)  # batch order and rotation angles
     model = Net(norm, groups=groups, dropout=dropout).to(device)
+    if batch_stats and model.norm != "BN":
+        raise ValueError(f"batch_stats=True evaluates BatchNorm with batch statistics; {model.norm} has none")
     train = tuple(t.to(device) for t in train)
     test = tuple(t.to(device) for t in test)
     optimizer = torch.optim.SGD(model.parameters(), lr=lr, momentum=0.9, nesterov=True)
@@ -472,7 +505,7 @@ def run_experiment(norm, *, train, test, device, l1=0.0, groups=2, dropout=0.05,
             "schedule": f"OneCycleLR(max_lr={lr}, stepped per batch): lr {lr / 25:g} -> {lr:g} over the first 30%, "
                         f"then cosine to {lr / 25e4:.1e}; momentum 0.95 -> 0.85 -> 0.95",
             "augmentation": f"rotation uniform in ±{degrees} degrees, bilinear, fill 0",
-            "torch": torch.__version__, "device": str(device),
+            "lr": lr, "torch": torch.__version__, "device": str(device),
         },
         "history": [],
     }
@@ -485,12 +518,15 @@ def run_experiment(norm, *, train, test, device, l1=0.0, groups=2, dropout=0.05,
                                             scheduler=scheduler, l1=l1, degrees=degrees, progress=progress)
         test_loss, test_acc = evaluate(model, test)
         seconds = time.perf_counter() - start
-        record["history"].append({"epoch": epoch, "train_loss": train_loss, "train_acc": train_acc,
-                                  "test_loss": test_loss, "test_acc": test_acc, "lr": lr_now,
-                                  "seconds": seconds})
+        entry = {"epoch": epoch, "train_loss": train_loss, "train_acc": train_acc, "test_loss": test_loss,
+                 "test_acc": test_acc, "lr": lr_now, "seconds": seconds}
+        if batch_stats:  # after the timing, so that seconds stays comparable between runs
+            entry["test_loss_batch_stats"], entry["test_acc_batch_stats"] = \
+                evaluate_batch_stats(model, test, batch_size)
+        record["history"].append(entry)
         write_json(path, record)
         tqdm.write(f"{name:<10} {epoch:>5} {train_loss:>10.4f} {train_acc:>9.2f} {test_loss:>9.4f} "
-                   f"{test_acc:>8.2f} {lr_now:>8.4f} {seconds:>6.1f}")
+                   f"{test_acc:>8.2f} {lr_now:>8.2g} {seconds:>6.1f}")
     return model, record
 
 
@@ -508,6 +544,181 @@ def run_experiments(specs, seeds, *, train, test, device, **kw):
             records.setdefault(record["name"], []).append(record)
             models.setdefault(record["name"], model)
     return records, models
+
+
+# ---------------------------------------------------------------------------------------------
+# The batch-size study: BN, LN and GN trained with 2 to 256 images per batch
+
+STUDY_BATCH_SIZES = (2, 4, 8, 16, 32, 64, 128, 256)
+
+
+def scaled_lr(batch_size, lr=0.1, base=128):
+    """The linear scaling rule (Goyal et al. 2017; Wu & He use it too): the peak learning rate is
+    proportional to the batch size, and is `lr` at `base` images per batch."""
+    return lr * batch_size / base
+
+
+def study_plan(norms, batch_sizes, seeds):
+    """Every (norm, batch size, seed), slowest first: small batches take the most steps per epoch."""
+    if not norms or not batch_sizes or not seeds:
+        raise ValueError("the study needs at least one norm, one batch size and one seed")
+    bad = [b for b in batch_sizes if not isinstance(b, int) or b < 2]
+    if bad:  # BatchNorm cannot normalize a batch of one image in training
+        raise ValueError(f"batch sizes must be integers >= 2, got {bad}")
+    return sorted(((n, b, s) for n in norms for b in batch_sizes for s in seeds), key=lambda t: (t[1], t[0], t[2]))
+
+
+def _study_config_clash(path, expected):
+    """None if `path` is absent or was written with the `expected` config values; else what differs."""
+    if not os.path.exists(path):
+        return None
+    with open(path) as f:
+        config = json.load(f)["config"]
+    diff = {k: (config.get(k), v) for k, v in expected.items() if config.get(k) != v}
+    return ", ".join(f"{k} {old!r} there, {new!r} now" for k, (old, new) in diff.items()) or None
+
+
+def _is_finished(path, epochs):
+    if not os.path.exists(path):
+        return False
+    with open(path) as f:
+        return len(json.load(f)["history"]) >= epochs
+
+
+def _study_shard(tasks, train, test, device, threads, kw):
+    """Run some of the study's runs in one (worker) process; returns their records."""
+    if threads:
+        torch.set_num_threads(threads)
+    return [run_experiment(norm, train=train, test=test, device=device, seed=seed, batch_size=bs,
+                           lr=scaled_lr(bs, kw["lr"]), name=f"{run_name(norm, kw['l1'], kw['groups'])}_bs{bs}",
+                           batch_stats=norm == "BN", progress=False,
+                           **{k: v for k, v in kw.items() if k != "lr"})[1]
+            for norm, bs, seed in tasks]
+
+
+def run_study(norms, batch_sizes, seeds, *, train, test, device, results_dir, epochs=2, lr=0.1, l1=0.0,
+              groups=2, dropout=0.05, jobs=1):
+    """Train every norm at every batch size for every seed, with the peak learning rate scaled by
+    scaled_lr(batch_size, lr); BN runs also record the test set evaluated with batch statistics.
+
+    Each run writes results_dir/<norm>_bs<B>_seed<S>.json after every epoch (run_experiment's
+    format). Runs whose file already holds all `epochs` are skipped, so an interrupted study
+    resumes; an unfinished run starts again from its first epoch. A file written with other
+    settings is an error rather than being mixed in or overwritten. jobs > 1 runs that many worker
+    processes (one CPU thread each on the CPU; on a 2-core CPU two 1-thread processes train about
+    1.6x as many images per second as one 2-thread process). Each invocation appends its wall time to
+    results_dir/study.json. Returns {run name: [record per seed]} for every run in the folder.
+    """
+    if jobs < 1:
+        raise ValueError(f"jobs must be a positive integer, got {jobs}")
+    plan = study_plan(norms, batch_sizes, seeds)
+    todo = []
+    for norm, bs, seed in plan:
+        name = f"{run_name(norm, l1, groups)}_bs{bs}"
+        path = os.path.join(results_dir, f"{name}_seed{seed}.json")
+        expected = {"norm": norm, "groups": groups, "l1": l1, "dropout": dropout, "seed": seed, "batch_size": bs,
+                    "epochs": epochs, "train_images": len(train[1]), "eval_images": len(test[1]),
+                    "lr": scaled_lr(bs, lr)}
+        clash = _study_config_clash(path, expected)
+        if clash:
+            raise ValueError(f"{path} was written with other settings ({clash}); "
+                             f"delete it or choose another output folder to run the study with these")
+        if not _is_finished(path, epochs):
+            todo.append((norm, bs, seed))
+    print(f"batch-size study: {len(plan)} runs, {len(plan) - len(todo)} already finished in {results_dir}, "
+          f"{len(todo)} to train with {jobs} job{'s' if jobs > 1 else ''}")
+    print(LOG_HEADER)
+    kw = dict(epochs=epochs, lr=lr, l1=l1, groups=groups, dropout=dropout, results_dir=results_dir)
+    start = time.perf_counter()
+    if jobs == 1 or len(todo) <= 1:
+        _study_shard(todo, train, test, device, None, kw)
+    else:
+        # Round-robin over the slowest-first plan gives each worker a similar share. "spawn" starts
+        # clean interpreters (forking a process whose OpenMP pool has run can hang it).
+        import concurrent.futures
+        import multiprocessing
+        threads = 1 if device.type == "cpu" else None
+        shards = [todo[i::jobs] for i in range(jobs) if todo[i::jobs]]
+        with concurrent.futures.ProcessPoolExecutor(len(shards), mp_context=multiprocessing.get_context("spawn")) as ex:
+            futures = [ex.submit(_study_shard, shard, train, test, device, threads, kw) for shard in shards]
+            for future in futures:
+                future.result()  # re-raises a worker's error here
+    seconds = time.perf_counter() - start
+    log_path = os.path.join(results_dir, "study.json")
+    log = {"invocations": []}
+    if os.path.exists(log_path):
+        with open(log_path) as f:
+            log = json.load(f)
+    log["invocations"].append({"runs_planned": len(plan), "runs_trained": len(todo), "jobs": jobs,
+                               "device": str(device), "cpus": os.cpu_count(), "wall_seconds": seconds})
+    write_json(log_path, log)
+    return load_records(results_dir)
+
+
+def study_summary(records):
+    """One row per (norm, batch size) of a study's records, by norm then batch size: summarize()'s
+    keys plus norm, batch_size, lr, and for BN batch_stats_mean/_std (final accuracy with batch
+    statistics)."""
+    rows = []
+    for row in summarize(records):
+        recs = [r for r in records[row["name"]] if r["history"]]
+        config = recs[0]["config"]
+        row.update(norm=row["name"].rsplit("_bs", 1)[0], batch_size=config["batch_size"], lr=config.get("lr"),
+                   epochs=config["epochs"])
+        stats = [r["history"][-1].get("test_acc_batch_stats") for r in recs]
+        if all(v is not None for v in stats):
+            row["batch_stats_mean"], row["batch_stats_std"] = float(np.mean(stats)), float(np.std(stats))
+        rows.append(row)
+    order = ["bn_l1", "bn", "ln", "gn"]
+    return sorted(rows, key=lambda r: (order.index(r["norm"]) if r["norm"] in order else len(order), r["norm"],
+                                       r["batch_size"]))
+
+
+def plot_batch_size_study(records):
+    """Final test error (%, log axis) against batch size (log axis), one line per norm: the mean over
+    seeds with a min-max band, and for BN a dashed line evaluated with batch statistics."""
+    rows = study_summary(records)
+    fig = Figure(figsize=(8, 5.5), layout="constrained")
+    ax = fig.subplots()
+    lines = {}
+    for row in rows:
+        recs = [r for r in records[row["name"]] if r["history"]]
+        lines.setdefault(run_label(row["norm"]), []).append(
+            (row["batch_size"], [100 - r["history"][-1]["test_acc"] for r in recs]))
+        if "batch_stats_mean" in row:
+            lines.setdefault(f"{run_label(row['norm'])}, evaluated with batch statistics", []).append(
+                (row["batch_size"], [100 - r["history"][-1]["test_acc_batch_stats"] for r in recs]))
+    colours = {}
+    for label, points in lines.items():
+        points.sort()
+        sizes = [b for b, _ in points]
+        err = [np.array(v) for _, v in points]
+        mean = np.array([e.mean() for e in err])
+        base = label.split(",")[0]
+        ends = f"{mean[0]:.2f}% at batch {sizes[0]}, {mean[-1]:.2f}% at {sizes[-1]}"
+        (line,) = ax.plot(sizes, mean, marker="o", markersize=4, linestyle="--" if "," in label else "-",
+                          color=colours.get(base), label=f"{label}: {ends}")
+        colours.setdefault(base, line.get_color())
+        if any(len(e) > 1 for e in err):
+            ax.fill_between(sizes, [e.min() for e in err], [e.max() for e in err], color=line.get_color(), alpha=0.15)
+        ax.annotate(f"{mean[0]:.2f}", (sizes[0], mean[0]), textcoords="offset points", xytext=(-6, 0),
+                    ha="right", va="center", fontsize=8, color=line.get_color())
+    ax.set_xscale("log", base=2)
+    ax.set_yscale("log")
+    all_sizes = sorted({r["batch_size"] for r in rows})
+    ax.set_xticks(all_sizes, [str(b) for b in all_sizes])
+    ax.set_xlim(all_sizes[0] / 1.6, all_sizes[-1] * 1.25)
+    base_lr = {round(r["lr"] * 128 / r["batch_size"], 12) for r in rows if r["lr"] is not None}
+    ax.set_xlabel("images per batch" + (f" (peak learning rate {base_lr.pop():g} x batch / 128)" if len(base_lr) == 1
+                                        else ""))
+    ax.set_ylabel("final test error (%, log scale)")
+    epochs = sorted({r["epochs"] for r in rows})
+    seeds = sorted({len(r["seeds"]) for r in rows})
+    ax.set_title(f"Test error after {'/'.join(map(str, epochs))} epochs against batch size "
+                 f"(mean of {'/'.join(map(str, seeds))} seeds; band: min to max)")
+    ax.grid(alpha=0.3, which="both")
+    ax.legend(fontsize=8)
+    return fig
 
 
 # ---------------------------------------------------------------------------------------------

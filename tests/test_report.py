@@ -27,7 +27,8 @@ def test_tuning_table_is_rendered_between_markers_and_staleness_is_detected(tmp_
     write_run(results / "val" / "lr0.2_bs128", "gn", [98.1, 99.1], epochs=20)
     readme = tmp_path / "README.md"
     readme.write_text("intro\n<!-- tuning:start -->\nold\n<!-- tuning:end -->\nafter\n"
-                      "<!-- results:start -->\n<!-- results:end -->\n<!-- worked-example:start -->\n"
+                      "<!-- results:start -->\n<!-- results:end -->\n<!-- batch-size:start -->\n<!-- batch-size:end -->\n"
+                      "<!-- worked-example:start -->\n"
                       "<!-- worked-example:end -->\n")
     args = ["--readme", str(readme), "--results", str(results)]
     assert report.main(args + ["--check"]) == 1
@@ -73,3 +74,27 @@ def test_every_figure_the_readme_shows_exists():
     assert len(paths) >= 6
     for path in paths:
         assert os.path.getsize(os.path.join(ROOT, path)) > 5000, path
+
+
+def test_batch_size_table_has_a_row_per_batch_and_the_study_wall_time(tmp_path):
+    folder = tmp_path / "batch_size"
+    os.makedirs(folder)
+    for norm, bs, seed, acc in (("bn", 2, 0, 98.0), ("bn", 2, 1, 98.4), ("gn", 2, 0, 99.0), ("gn", 2, 1, 99.2),
+                                ("bn", 128, 0, 99.0), ("bn", 128, 1, 99.0), ("gn", 128, 0, 98.9)):
+        entry = {"epoch": 1, "test_acc": acc, "train_acc": 90.0, "test_loss": 0.05, "seconds": 6.0}
+        if norm == "bn":
+            entry["test_acc_batch_stats"] = acc - 10
+        record = {"name": f"{norm}_bs{bs}", "history": [entry],
+                  "config": {"seed": seed, "epochs": 1, "params": 7750, "batch_size": bs, "lr": 0.1 * bs / 128,
+                             "train_images": 60000}}
+        (folder / f"{norm}_bs{bs}_seed{seed}.json").write_text(json.dumps(record))
+    (folder / "study.json").write_text(json.dumps({"invocations": [
+        {"runs_planned": 8, "runs_trained": 5, "jobs": 2, "cpus": 2, "device": "cpu", "wall_seconds": 600},
+        {"runs_planned": 8, "runs_trained": 2, "jobs": 2, "cpus": 2, "device": "cpu", "wall_seconds": 300}]}))
+    lines = report.batch_size_table(str(tmp_path)).splitlines()
+    assert lines[0] == ("| batch | peak lr | BN final test acc % (running averages) | BN with batch statistics "
+                        "| GN final test acc % |")
+    assert lines[2] == "| 2 | 0.0015625 | 98.20 ± 0.20 | 88.20 ± 0.20 | 99.10 ± 0.10 |"
+    assert lines[3] == "| 128 | 0.1 | 99.00 ± 0.00 | 89.00 ± 0.00 | 98.90 |"  # one GN seed: no spread
+    assert "seeds 0, 1; 1 epoch(s) on 60,000 training images per run; 7 runs" in lines[-1]
+    assert "Wall time: 15.0 minutes for the 7 runs trained, in 2 invocations (2 parallel jobs on 2 CPUs" in lines[-1]
