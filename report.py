@@ -13,7 +13,11 @@ ORDER = ["bn_l1", "bn", "ln", "gn"]  # table order; other names (gn_g5, ...) fol
 
 
 def ordered(names):
-    return sorted(names, key=lambda n: (ORDER.index(n) if n in ORDER else len(ORDER), n))
+    """By ORDER (a bf16 run right after its fp32 twin), then alphabetically."""
+    def key(n):
+        base = n.removesuffix("_bf16")
+        return (ORDER.index(base) if base in ORDER else len(ORDER), base, n != base)
+    return sorted(names, key=key)
 
 
 def tuning_table(results):
@@ -90,6 +94,11 @@ def batch_size_table(results):
         cells = [mean_std(cell[n, b], key) if (n, b) in cell and f"{key}_mean" in cell[n, b] else ""
                  for _, n, key in columns]
         lines.append(f"| {b} | {lr:g} | " + " | ".join(cells) + " |")
+    ends = [sizes[0]] + ([128] if 128 in sizes[1:] else sizes[-1:] if len(sizes) > 1 else [])
+    train = "; ".join(f"{utils.run_label(n)} " + " / ".join(f"{cell[n, b]['train_mean']:.2f}" if (n, b) in cell else "-"
+                                                          for b in ends) for n in norms)
+    lines += ["", f"Final training accuracy % at batch {' / '.join(map(str, ends))} (measured during training, "
+                  f"so with batch statistics for BN, dropout and rotated images): {train}."]
     seeds = sorted({s for r in rows for s in r["seeds"]})
     epochs = sorted({r["epochs"] for r in rows})
     unfinished = sum(len(r["unfinished"]) for r in rows)
@@ -110,11 +119,90 @@ def batch_size_table(results):
     return "\n".join(lines)
 
 
+def _load(results, name):
+    path = os.path.join(results, name)
+    if not os.path.exists(path):
+        return None
+    with open(path) as f:
+        return json.load(f)
+
+
+def benchmark_table(results):
+    """results/benchmark.json (benchmarks/pipeline.py): the three pipelines side by side."""
+    b = _load(results, "benchmark.json")
+    if b is None:
+        return "(no results/benchmark.json yet: `python benchmarks/pipeline.py`)"
+    st = b["settings"]
+    lines = ["| pipeline | images/s (median) | min | max | relative to ours |", "|---|---|---|---|---|"]
+    for name, what in (("conventional", f"conventional: `DataLoader`, num_workers={st['num_workers']}"),
+                       ("ours", "ours: on-device batches"), ("ceiling", "ceiling: one fixed batch, no data work")):
+        samples = b["samples_img_s"][name]
+        lines.append(f"| {what} | {b[f'{name}_img_s']:,.0f} | {min(samples):,.0f} | {max(samples):,.0f} "
+                     f"| {b[f'{name}_img_s'] / b['ours_img_s']:.2f} |")
+    workers = ", ".join(f"{w}: {v:,.0f}" for w, v in st["num_workers_img_s"].items())
+    v = b["versions"]
+    lines += ["", f"**Speedup** (ours / conventional) **{b['speedup']:.2f}**; **efficiency** (ours / ceiling) "
+                  f"**{b['efficiency']:.2f}**. {st['repeats']} repeats of {st['steps_per_measurement']} steps of "
+                  f"batch {st['batch_size']} each, alternating order, median; DataLoader images/s by num_workers "
+                  f"(the fastest is used): {workers}. {b['device']}; Python {v['python']}, PyTorch {v['torch']}, "
+                  f"torchvision {v['torchvision']}."]
+    return "\n".join(lines)
+
+
+def options_table(results):
+    """results/options.json (benchmarks/options.py): every option against the default."""
+    o = _load(results, "options.json")
+    if o is None:
+        return "(no results/options.json yet: `python benchmarks/options.py`)"
+    lines = ["| option | images/s | default's images/s | ratio (median) | one 20-epoch run, estimated | end to end |",
+             "|---|---|---|---|---|---|"]
+    for group, what in (("train", "training"), ("eval", "evaluation")):
+        for name, v in o[group].items():
+            if "error" in v:
+                lines.append(f"| {what}: {name} | failed: {v['error'][:120]} | | | | |")
+                continue
+            extra = f" (+{v['one_off_seconds']:.0f} s compiling)" if v.get("one_off_seconds", 0) >= 1 else ""
+            lines.append(f"| {what}: {name} | {v['img_s']:,.0f} | {v['default_img_s']:,.0f} | {v['ratio']:.2f} "
+                         f"| {v['run_seconds'] / 60:.1f} min{extra} | {v['end_to_end_speedup']:.2f} |")
+    st = o["settings"]
+    lines += ["", f"Default: one 20-epoch run estimated at {o['default_run_seconds'] / 60:.1f} min. "
+                  f"{st['repeats']} alternating repeats; training measured on {st['training_images_per_measurement']:,} "
+                  f"images per repeat. {o['device']}; PyTorch {o['versions']['torch']}."]
+    return "\n".join(lines)
+
+
+def speed_table(results, target=99.4):
+    """From the runs in results/: when BN + L1 first reaches `target` % test accuracy, and how long
+    each experiment (BN + L1, LN and GN, seed 0, in one precision) took."""
+    records = utils.load_records(results)
+    lines = [f"| run | seed | first epoch at ≥ {target}% | minutes to it | final test acc % | minutes for the run |",
+             "|---|---|---|---|---|---|"]
+    for name in ordered(n for n in records if n.startswith("bn_l1")):
+        for r in records[name]:
+            h = r["history"]
+            hit = next((e for e in h if e["test_acc"] >= target), None)
+            minutes = sum(e["seconds"] for e in h[:hit["epoch"]]) / 60 if hit else None
+            lines.append(f"| {utils.run_label(name)} | {r['config']['seed']} | {hit['epoch'] if hit else 'never'} "
+                         f"| {f'{minutes:.1f}' if hit else ''} | {h[-1]['test_acc']:.2f} "
+                         f"| {sum(e['seconds'] for e in h) / 60:.1f} |")
+    lines += ["", "| experiment (seed 0 of BN + L1, LN and GN) | epochs | minutes, summed over the three runs |",
+              "|---|---|---|"]
+    for suffix, label in (("", "fp32"), ("_bf16", "bf16")):
+        runs = [records.get(f"{n}{suffix}", []) for n in ("bn_l1", "ln", "gn")]
+        seed0 = [next((r for r in recs if r["config"]["seed"] == 0), None) for recs in runs]
+        if all(seed0):
+            epochs = sorted({len(r["history"]) for r in seed0})
+            total = sum(e["seconds"] for r in seed0 for e in r["history"])
+            lines.append(f"| {label} | {'/'.join(map(str, epochs))} | {total / 60:.1f} |")
+    return "\n".join(lines)
+
+
 def worked_example(results):
     return "```text\n" + normalizations.worked_example() + "\n```"
 
 
 TABLES = {"tuning": tuning_table, "results": results_table, "batch-size": batch_size_table,
+          "benchmark": benchmark_table, "options": options_table, "speed": speed_table,
           "worked-example": worked_example}
 
 

@@ -58,6 +58,9 @@ def parse_args(argv=None):
                    help="L1 weight added to the BN run's loss (LN and GN train without it); 0 for none "
                         "(default: 1e-5; 0 with --study, which compares the norms alone)")
     p.add_argument("--groups", type=int, choices=VALID_GROUPS, default=2, help="groups in every GroupNorm layer")
+    p.add_argument("--precision", choices=("auto",) + utils.PRECISIONS, default=None,
+                   help="the training forward pass: fp32, or bf16 (bfloat16 autocast); auto is bf16 on a CPU with "
+                        "AVX-512 BF16, fp32 elsewhere (default: auto; fp32 with --study)")
     p.add_argument("--data", default="data", help="dataset root (torchvision layout: DATA/MNIST/raw)")
     p.add_argument("--out", default=HERE, help="where results/ and static/ are written (the repository root)")
     p.add_argument("--device", default="auto", help="cpu, cuda[:N], mps, or auto: cuda, then mps, then cpu")
@@ -88,6 +91,9 @@ def parse_args(argv=None):
     args.seeds = args.seeds or ([0, 1] if study else [0])
     args.l1 = args.l1 if args.l1 is not None else (0.0 if study else 1e-5)
     args.batch_sizes = args.batch_sizes or list(utils.STUDY_BATCH_SIZES)
+    args.precision = args.precision or ("fp32" if study else "auto")
+    if args.precision == "auto":  # resolved here, once, for the device chosen above
+        args.precision = utils.default_precision(args.device)
     return args
 
 
@@ -97,7 +103,8 @@ def batch_size_study(args, train, test):
     try:
         records = utils.run_study(args.norms, args.batch_sizes, args.seeds, train=train, test=test,
                                   device=args.device, results_dir=results_dir, epochs=args.epochs, lr=args.lr,
-                                  l1=args.l1, groups=args.groups, dropout=args.dropout, jobs=args.jobs)
+                                  l1=args.l1, groups=args.groups, dropout=args.dropout, precision=args.precision,
+                                  jobs=args.jobs)
     except ValueError as e:  # results of other settings in the folder: say so without a traceback
         sys.exit(f"train.py: error: {e}")
     print()
@@ -126,13 +133,13 @@ def main(argv=None):
     if args.val:  # one folder per setting, so runs that choose the recipe never overwrite each other
         results_dir = os.path.join(results_dir, "val", f"lr{args.lr:g}_bs{args.batch_size}_dropout{args.dropout:g}"
                                                        f"_epochs{args.epochs}")
-    print(f"device {args.device}; training on {len(train[1])} images, evaluating on "
+    print(f"device {args.device}, {args.precision}; training on {len(train[1])} images, evaluating on "
           f"{len(test[1])} {'held-out training' if args.val else 'test'} images")
     print(utils.LOG_HEADER)
     specs = [(norm, args.l1 if norm == "BN" else 0.0) for norm in args.norms]  # L1 goes to the BN run only
     records, models = utils.run_experiments(
         specs, args.seeds, train=train, test=test, device=args.device, groups=args.groups, dropout=args.dropout,
-        epochs=args.epochs, batch_size=args.batch_size, lr=args.lr, results_dir=results_dir,
+        epochs=args.epochs, batch_size=args.batch_size, lr=args.lr, precision=args.precision, results_dir=results_dir,
         progress=not args.no_progress,
         eval_split=f"validation: the last {args.val} training images" if args.val else "test")
     print()

@@ -28,6 +28,8 @@ def test_tuning_table_is_rendered_between_markers_and_staleness_is_detected(tmp_
     readme = tmp_path / "README.md"
     readme.write_text("intro\n<!-- tuning:start -->\nold\n<!-- tuning:end -->\nafter\n"
                       "<!-- results:start -->\n<!-- results:end -->\n<!-- batch-size:start -->\n<!-- batch-size:end -->\n"
+                      "<!-- benchmark:start -->\n<!-- benchmark:end -->\n<!-- options:start -->\n<!-- options:end -->\n"
+                      "<!-- speed:start -->\n<!-- speed:end -->\n"
                       "<!-- worked-example:start -->\n"
                       "<!-- worked-example:end -->\n")
     args = ["--readme", str(readme), "--results", str(results)]
@@ -96,5 +98,6 @@ def test_batch_size_table_has_a_row_per_batch_and_the_study_wall_time(tmp_path):
                         "| GN final test acc % |")
     assert lines[2] == "| 2 | 0.0015625 | 98.20 ± 0.20 | 88.20 ± 0.20 | 99.10 ± 0.10 |"
     assert lines[3] == "| 128 | 0.1 | 99.00 ± 0.00 | 89.00 ± 0.00 | 98.90 |"  # one GN seed: no spread
+    assert lines[-3].endswith("dropout and rotated images): BN 90.00 / 90.00; GN 90.00 / 90.00.")
     assert "seeds 0, 1; 1 epoch(s) on 60,000 training images per run; 7 runs" in lines[-1]
     assert "Wall time: 15.0 minutes for the 7 runs trained, in 2 invocations (2 parallel jobs on 2 CPUs" in lines[-1]

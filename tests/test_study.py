@@ -102,6 +102,8 @@ def test_toy_study_writes_every_run_and_resumes_where_it_stopped(tmp_path):
     assert json.load(open(tmp_path / "study.json"))["invocations"][-1]["runs_trained"] == 1
     assert all(os.path.getmtime(tmp_path / f) == t for f, t in mtimes.items())
     assert len(again["gn_bs16"][0]["history"]) == 1
+    study(tmp_path)  # nothing left to train: not logged as part of the study's time
+    assert len(json.load(open(tmp_path / "study.json"))["invocations"]) == 2
 
     # Other settings in the same folder are refused, naming the file and what differs.
     with pytest.raises(ValueError, match=r"bn_bs4_seed0.json was written with other settings \(epochs 1 there, 2 now"):
@@ -135,7 +137,7 @@ def test_cli_rejects_study_options_out_of_place(args, message, capsys):
 def test_cli_study_defaults():
     args = train_cli.parse_args(["--study", "batch-size"])
     assert args.batch_sizes == [2, 4, 8, 16, 32, 64, 128, 256] and args.epochs == 2 and args.seeds == [0, 1]
-    assert args.l1 == 0.0 and args.norms == ["BN", "LN", "GN"]
+    assert args.l1 == 0.0 and args.norms == ["BN", "LN", "GN"] and args.precision == "fp32"
 
 
 @pytest.mark.mnist

@@ -53,7 +53,29 @@ def test_a_few_epochs_on_a_small_subset_lower_the_loss():
     assert acc > 30  # chance is 10%
 
 
+@pytest.mark.parametrize("norm", ["BN", "LN", "GN"])
+def test_bf16_training_runs_the_convolutions_in_bfloat16_and_keeps_fp32_weights(norm):
+    data = synthetic(256)
+    torch.manual_seed(0)
+    model = Net(norm)
+    seen = []
+    model.conv1[0].register_forward_hook(lambda m, i, o: seen.append(o.dtype))
+    opt = torch.optim.SGD(model.parameters(), lr=0.05, momentum=0.9)
+    g = torch.Generator().manual_seed(0)
+    losses = [utils.train_epoch(model, data, opt, batch_size=64, generator=g, progress=False, precision="bf16")[0]
+              for _ in range(3)]
+    assert seen[0] == torch.bfloat16 and all(p.dtype == torch.float32 for p in model.parameters())
+    assert all(np.isfinite(losses)) and losses[-1] < losses[0]
+
+
+def test_unknown_precision_is_rejected_naming_the_choices(tmp_path):
+    with pytest.raises(ValueError, match=r"precision must be one of \('fp32', 'bf16'\), got 'fp16'"):
+        small_run(tmp_path, precision="fp16")
+    assert os.listdir(tmp_path) == []  # nothing written
+
+
 def small_run(tmp_path, seed=0, epochs=2, **kw):
+    kw.setdefault("precision", "fp32")
     return utils.run_experiment("BN", train=synthetic(256), test=synthetic(64, seed=1), device=torch.device("cpu"),
                                 l1=1e-5, epochs=epochs, seed=seed, batch_size=64, results_dir=tmp_path,
                                 progress=False, **kw)
@@ -185,6 +207,8 @@ def test_cli_rejects_bad_values_naming_what_is_accepted(args, message, capsys):
 def test_cli_defaults_are_the_experiment():
     args = train_cli.parse_args([])
     assert args.norms == ["BN", "LN", "GN"] and args.epochs == 20 and args.l1 == 1e-5 and args.groups == 2
+    assert args.precision == utils.default_precision(args.device)
+    assert train_cli.parse_args(["--precision", "fp32"]).precision == "fp32"
     assert train_cli.parse_args(["--norms", "bn", "gn"]).norms == ["BN", "GN"]
 
 
@@ -197,8 +221,9 @@ def test_cli_quick_run_writes_figures_and_results(tmp_path, mnist):
     assert done.returncode == 0, done.stderr
     for name in ("graph_losses", "graph_accuracies", "misclassified_bn_l1", "misclassified_ln", "misclassified_gn"):
         assert os.path.getsize(tmp_path / "static" / f"{name}.png") > 5000, name
+    suffix = "_bf16" if utils.default_precision(torch.device("cpu")) == "bf16" else ""
     for name in ("bn_l1", "ln", "gn"):
-        record = json.load(open(tmp_path / "results" / f"{name}_seed0.json"))
+        record = json.load(open(tmp_path / "results" / f"{name}{suffix}_seed0.json"))
         assert record["config"]["train_images"] == 2000 and record["config"]["eval_images"] == 10000
         assert record["config"]["params"] == 7750 and len(record["history"]) == 1
     assert "BN + L1" in done.stdout and "final test acc" in done.stdout
@@ -206,7 +231,7 @@ def test_cli_quick_run_writes_figures_and_results(tmp_path, mnist):
     done = subprocess.run(cmd[:2] + ["--norms", "gn", "--groups", "5", "--no-figures"] + cmd[2:],
                           capture_output=True, text=True, timeout=600)
     assert done.returncode == 0, done.stderr
-    assert json.load(open(tmp_path / "results" / "gn_g5_seed0.json"))["config"]["groups"] == 5
+    assert json.load(open(tmp_path / "results" / f"gn_g5{suffix}_seed0.json"))["config"]["groups"] == 5
     assert sorted(os.listdir(tmp_path / "static")) == sorted(
         f"{n}.png" for n in ("graph_losses", "graph_accuracies", "misclassified_bn_l1", "misclassified_ln",
                              "misclassified_gn"))

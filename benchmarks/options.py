@@ -1,0 +1,207 @@
+"""Options that might speed up training and evaluation, each measured against the default in one process.
+
+Training (img/s of the BN + L1 training step fed by our on-device pipeline): channels_last memory
+format, bfloat16 autocast, torch.compile, and batch sizes 64 / 256 / 512 against 128. Evaluation
+(img/s over the 10,000 test images): batch 500 / 10,000 against 2,000, and torch.no_grad against
+torch.inference_mode. Every option and its baseline are measured --repeats times in alternating
+order; the median ratio is reported, with an end-to-end estimate for one 20-epoch run (60,000 training
+and 10,000 test images per epoch, plus torch.compile's one-off compile time). Writes results/options.json.
+"""
+import argparse
+import contextlib
+import os
+import statistics
+import sys
+import time
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+sys.path.insert(0, HERE)
+
+import torch  # noqa: E402
+import torch.nn.functional as F  # noqa: E402
+
+import pipeline  # noqa: E402  (also puts the repository root on sys.path)
+import utils  # noqa: E402
+
+
+def train_steps(model, optimizer, data, steps, batch_size, *, channels_last=False, autocast=False):
+    """Seconds for `steps` steps of utils.train_epoch's loop with the options applied."""
+    device = data[0].device
+    batches = utils.batches(data, batch_size, generator=torch.Generator().manual_seed(0), degrees=7.0)
+    amp = torch.autocast(device.type, dtype=torch.bfloat16) if autocast else contextlib.nullcontext()
+    pipeline.sync(device)
+    start = time.perf_counter()
+    for _, (x, y) in zip(range(steps), batches):
+        if channels_last:
+            x = x.contiguous(memory_format=torch.channels_last)
+        with amp:
+            out = model(x)
+            loss = F.nll_loss(out.float(), y)
+        objective = loss + pipeline.L1 * utils.l1_penalty(model)
+        optimizer.zero_grad(set_to_none=True)
+        objective.backward()
+        optimizer.step()
+    pipeline.sync(device)
+    return time.perf_counter() - start
+
+
+TRAIN_OPTIONS = {  # name -> (batch size, channels_last, autocast, compile)
+    "default (fp32, batch 128, eager)": (128, False, False, False),
+    "channels_last": (128, True, False, False),
+    "bfloat16 autocast": (128, False, True, False),
+    "torch.compile": (128, False, False, True),
+    "bfloat16 autocast + channels_last": (128, True, True, False),
+    "bfloat16 autocast + torch.compile": (128, False, True, True),
+    "batch 64": (64, False, False, False),
+    "batch 256": (256, False, False, False),
+    "batch 512": (512, False, False, False),
+}
+EVAL_OPTIONS = {  # name -> (batch size, no_grad instead of inference_mode)
+    "default (eval batch 2000, inference_mode)": (2000, False),
+    "eval batch 500": (500, False),
+    "eval batch 10000": (10000, False),
+    "torch.no_grad instead of inference_mode": (2000, True),
+}
+
+
+def make_trainer(name, data, images):
+    """A function () -> img/s for one training option; compile time is measured on the first call."""
+    bs, channels_last, autocast, compile_ = TRAIN_OPTIONS[name]
+    model, optimizer = pipeline.fresh_model(data[0].device)
+    if channels_last:
+        model = model.to(memory_format=torch.channels_last)
+    if compile_:
+        model = torch.compile(model)
+    steps = max(1, images // bs)
+    info = {}
+
+    def measure(data):
+        seconds = train_steps(model, optimizer, data, steps, bs, channels_last=channels_last, autocast=autocast)
+        return steps * bs / seconds
+
+    # First call: compilation (torch.compile) or kernel warm-up; its extra time is the one-off cost.
+    start = time.perf_counter()
+    warm_steps = 3
+    train_steps(model, optimizer, data, warm_steps, bs, channels_last=channels_last, autocast=autocast)
+    info["first_steps_seconds"] = time.perf_counter() - start
+    return measure, info
+
+
+def eval_img_s(model, test, batch_size, no_grad):
+    """Images per second of utils.evaluate over the test set (no_grad: the same with torch.no_grad)."""
+    device = next(model.parameters()).device
+    pipeline.sync(device)
+    start = time.perf_counter()
+    if no_grad:
+        model.eval()
+        with torch.no_grad():
+            images, labels = test
+            logp = torch.cat([model(utils.normalize(utils.to_unit(images[i:i + batch_size])))
+                              for i in range(0, len(images), batch_size)])
+            (logp.argmax(1) == labels).sum().item()
+    else:
+        utils.evaluate(model, test, batch_size)
+    pipeline.sync(device)
+    return len(test[1]) / (time.perf_counter() - start)
+
+
+def main(argv=None):
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--quick", action="store_true", help="tiny measurements: checks that it runs (for the tests)")
+    p.add_argument("--images", type=int, default=None,
+                   help="training images per measurement (default 12,800, i.e. 100 steps of 128; 512 with --quick)")
+    p.add_argument("--repeats", type=int, default=None, help="measurements of each option (default 3; 1 with --quick)")
+    p.add_argument("--only", nargs="+", default=None, metavar="OPTION",
+                   help=f"measure only these training options: {', '.join(repr(o) for o in list(TRAIN_OPTIONS)[1:])}")
+    p.add_argument("--data", default=os.path.join(pipeline.ROOT, "data"), help="dataset root (DATA/MNIST/raw)")
+    p.add_argument("--device", default="auto", help="cpu, cuda[:N], mps, or auto (default)")
+    p.add_argument("--out", default=None,
+                   help="the JSON written (default results/options.json; results/options_quick.json with --quick)")
+    args = p.parse_args(argv)
+    args.images = args.images or (512 if args.quick else 12800)
+    args.repeats = args.repeats or (1 if args.quick else 3)
+    if args.images < 512 or args.repeats < 1:
+        p.error("--images must be at least 512 and --repeats at least 1")
+    unknown = [o for o in (args.only or []) if o not in TRAIN_OPTIONS]
+    if unknown:
+        p.error(f"argument --only: unknown {unknown}; choose from {list(TRAIN_OPTIONS)[1:]}")
+    out = args.out or os.path.join(pipeline.ROOT, "results", "options_quick.json" if args.quick else "options.json")
+    try:
+        device = utils.pick_device(None if args.device == "auto" else args.device)
+    except (RuntimeError, ValueError) as e:
+        p.error(f"argument --device: {e}")
+
+    train, test = utils.load_mnist(args.data)
+    data = tuple(t.to(device) for t in train)
+    test = tuple(t[:2000 if args.quick else None].to(device) for t in test)
+    names = list(TRAIN_OPTIONS)[:1] + (args.only or list(TRAIN_OPTIONS)[1:])
+
+    results = {"device": pipeline.device_description(device), "versions": pipeline.versions(),
+               "settings": {"quick": args.quick, "training_images_per_measurement": args.images,
+                            "repeats": args.repeats, "statistic": "median of per-repeat ratios",
+                            "order": "alternating: option then default, default then option"},
+               "train": {}, "eval": {}}
+    base_name = names[0]
+    base_measure, _ = make_trainer(base_name, data, args.images)
+    for name in names[1:]:
+        try:
+            measure, info = make_trainer(name, data, args.images)
+        except Exception as e:  # e.g. torch.compile without a working compiler: report, do not stop
+            results["train"][name] = {"error": f"{type(e).__name__}: {e}"[:500]}
+            print(f"{name}: failed: {e}")
+            continue
+        samples = pipeline.alternating(lambda n: (measure if n == name else base_measure)(data),
+                                       [name, base_name], args.repeats)
+        ratios = [o / b for o, b in zip(samples[name], samples[base_name])]
+        ratio, img_s, base_img_s = statistics.median(ratios), statistics.median(samples[name]), \
+            statistics.median(samples[base_name])
+        results["train"][name] = {"img_s": img_s, "default_img_s": base_img_s, "ratio": ratio,
+                                  "first_steps_seconds": info["first_steps_seconds"], "samples_img_s": samples[name],
+                                  "default_samples_img_s": samples[base_name]}
+        print(f"train  {name:<42} {img_s:>8,.0f} img/s  vs {base_img_s:>8,.0f}  x{ratio:.2f}  "
+              f"(first 3 steps {info['first_steps_seconds']:.1f} s)")
+
+    model, _ = pipeline.fresh_model(device)
+    eval_names = list(EVAL_OPTIONS)
+    for _ in range(2):  # warm-up
+        eval_img_s(model, test, 2000, False)
+    for name in eval_names[1:]:
+        bs, no_grad = EVAL_OPTIONS[name]
+        base_bs, _ = EVAL_OPTIONS[eval_names[0]]
+        samples = pipeline.alternating(
+            lambda n: eval_img_s(model, test, *(EVAL_OPTIONS[n])), [name, eval_names[0]], args.repeats if args.quick else max(args.repeats, 3))
+        ratios = [o / b for o, b in zip(samples[name], samples[eval_names[0]])]
+        results["eval"][name] = {"img_s": statistics.median(samples[name]),
+                                 "default_img_s": statistics.median(samples[eval_names[0]]),
+                                 "ratio": statistics.median(ratios)}
+        print(f"eval   {name:<42} {results['eval'][name]['img_s']:>8,.0f} img/s  vs "
+              f"{results['eval'][name]['default_img_s']:>8,.0f}  x{results['eval'][name]['ratio']:.2f}")
+
+    # End to end: one 20-epoch run = 20 x (60,000 training + 10,000 test images) + one-off costs.
+    base_train = statistics.median(v["default_img_s"] for v in results["train"].values() if "ratio" in v) \
+        if any("ratio" in v for v in results["train"].values()) else None
+    base_eval = statistics.median(v["default_img_s"] for v in results["eval"].values())
+    if base_train:
+        base_run = 20 * (60000 / base_train + 10000 / base_eval)
+        results["default_run_seconds"] = base_run
+        for name, v in results["train"].items():
+            if "ratio" not in v:
+                continue
+            one_off = max(0.0, v["first_steps_seconds"] - 3 * TRAIN_OPTIONS[name][0] / v["img_s"])
+            run = 20 * (60000 / (base_train * v["ratio"]) + 10000 / base_eval) + one_off
+            v["run_seconds"], v["end_to_end_speedup"], v["one_off_seconds"] = run, base_run / run, one_off
+        for name, v in results["eval"].items():
+            run = 20 * (60000 / base_train + 10000 / (base_eval * v["ratio"]))
+            v["run_seconds"], v["end_to_end_speedup"] = run, base_run / run
+        print(f"\none 20-epoch run, estimated: default {base_run / 60:.1f} min")
+        for group in ("train", "eval"):
+            for name, v in results[group].items():
+                if "run_seconds" in v:
+                    print(f"  {name:<42} {v['run_seconds'] / 60:>5.1f} min  (x{v['end_to_end_speedup']:.2f} end to end)")
+    utils.write_json(out, results)
+    print(f"wrote {os.path.relpath(out)}")
+    return results
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,223 @@
+"""Training images per second, side by side in one process: the conventional DataLoader pipeline, ours, the ceiling.
+
+1. conventional: torchvision.datasets.MNIST with RandomRotation, ToTensor and Normalize, through a
+   DataLoader (batch 128, the fastest num_workers of those tried here, pinned memory on a GPU);
+2. ours: utils.train_epoch on the dataset held on the device (batched rotation there);
+3. ceiling: the same training step on one fixed batch already on the device (no data work at all).
+All three train the same model (BN + L1, the experiment's BN run) with the same optimizer for the same
+number of steps. Each is measured `--repeats` times, in alternating order, and the median is reported.
+Writes results/benchmark.json (--quick: results/benchmark_quick.json, a smoke test, not a measurement).
+"""
+import argparse
+import os
+import platform
+import statistics
+import sys
+import time
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+ROOT = os.path.dirname(HERE)
+sys.path.insert(0, ROOT)
+
+import numpy as np  # noqa: E402
+import torch  # noqa: E402
+import torch.nn.functional as F  # noqa: E402
+import torchvision  # noqa: E402
+from torch.utils.data import DataLoader  # noqa: E402
+from torchvision import datasets, transforms  # noqa: E402
+
+import utils  # noqa: E402
+from model import Net  # noqa: E402
+
+L1 = 1e-5  # the BN run's L1 weight (train.py's default)
+
+
+def sync(device):
+    """Wait for queued GPU work, so that a timer measures it."""
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+    elif device.type == "mps":
+        torch.mps.synchronize()
+
+
+def fresh_model(device, seed=0):
+    """The same BN network and optimizer for every measurement (the recipe's SGD, without the schedule)."""
+    torch.manual_seed(seed)
+    model = Net("BN").to(device).train()
+    return model, torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.9, nesterov=True)
+
+
+def train_step(model, optimizer, x, y):
+    """One step of utils.train_epoch's loop: NLL + L1, backward, update."""
+    loss = F.nll_loss(model(x), y) + L1 * utils.l1_penalty(model)
+    optimizer.zero_grad(set_to_none=True)
+    loss.backward()
+    optimizer.step()
+
+
+def conventional_loader(root, batch_size, num_workers, device, seed=0):
+    """The pipeline most MNIST notebooks use: PIL images rotated one by one in DataLoader workers."""
+    transform = transforms.Compose([
+        transforms.RandomRotation(7, interpolation=transforms.InterpolationMode.BILINEAR, fill=0),
+        transforms.ToTensor(),
+        transforms.Normalize((utils.MEAN,), (utils.STD,)),
+    ])
+    dataset = datasets.MNIST(root, train=True, download=False, transform=transform)
+    return DataLoader(dataset, batch_size=batch_size, shuffle=True, num_workers=num_workers,
+                      pin_memory=device.type == "cuda", persistent_workers=num_workers > 0,
+                      generator=torch.Generator().manual_seed(seed))
+
+
+def time_conventional(loader, steps, device):
+    """Images per second of `steps` training steps fed by the DataLoader. The iterator is started
+    and its first batch drawn before the clock starts: worker start-up is not counted, in its favour."""
+    model, optimizer = fresh_model(device)
+    it = iter(loader)
+    next(it)
+    sync(device)
+    start = time.perf_counter()
+    n = 0
+    for _ in range(steps):
+        x, y = next(it)
+        x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
+        train_step(model, optimizer, x, y)
+        n += len(y)
+    sync(device)
+    return n / (time.perf_counter() - start)
+
+
+def time_ours(data, steps, batch_size, device, seed=0):
+    """Images per second of utils.train_epoch over steps * batch_size images on the device."""
+    model, optimizer = fresh_model(device)
+    n = steps * batch_size
+    subset = (data[0][:n], data[1][:n])
+    sync(device)
+    start = time.perf_counter()
+    utils.train_epoch(model, subset, optimizer, batch_size=batch_size, generator=torch.Generator().manual_seed(seed),
+                      l1=L1, progress=False)
+    sync(device)
+    return n / (time.perf_counter() - start)
+
+
+def time_ceiling(batch, steps, device):
+    """Images per second of the same step on one batch already on the device."""
+    model, optimizer = fresh_model(device)
+    x, y = batch
+    sync(device)
+    start = time.perf_counter()
+    for _ in range(steps):
+        train_step(model, optimizer, x, y)
+    sync(device)
+    return steps * len(y) / (time.perf_counter() - start)
+
+
+def alternating(measure, names, repeats):
+    """{name: [img/s per repeat]}, measuring the names forwards on even repeats and backwards on odd ones."""
+    samples = {name: [] for name in names}
+    for r in range(repeats):
+        for name in (names if r % 2 == 0 else names[::-1]):
+            samples[name].append(measure(name))
+    return samples
+
+
+def versions():
+    return {"python": platform.python_version(), "torch": torch.__version__, "torchvision": torchvision.__version__,
+            "numpy": np.__version__}
+
+
+def device_description(device):
+    if device.type == "cuda":
+        return f"{torch.cuda.get_device_name(device)} (cuda)"
+    cpu = platform.processor() or platform.machine()
+    try:
+        with open("/proc/cpuinfo") as f:
+            cpu = next(line.split(":", 1)[1].strip() for line in f if line.startswith("model name"))
+    except (OSError, StopIteration):
+        pass
+    return f"{device.type}: {cpu}, {os.cpu_count()} logical CPUs, {torch.get_num_threads()} torch threads"
+
+
+def parse_args(argv=None):
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--quick", action="store_true",
+                   help="a few steps and repeats, workers 0 and 1 only: checks that it runs (for the tests)")
+    p.add_argument("--steps", type=int, default=None, help="training steps per measurement (default 200; 3 with --quick)")
+    p.add_argument("--repeats", type=int, default=None, help="measurements of each pipeline (default 5; 2 with --quick)")
+    p.add_argument("--workers", type=int, nargs="+", default=None, metavar="N",
+                   help="num_workers values tried for the DataLoader (default: 0, 1, 2, 4, 8 up to the CPU count)")
+    p.add_argument("--batch-size", type=int, default=128, help="images per training step (default 128)")
+    p.add_argument("--data", default=os.path.join(ROOT, "data"), help="dataset root (DATA/MNIST/raw)")
+    p.add_argument("--device", default="auto", help="cpu, cuda[:N], mps, or auto (default)")
+    p.add_argument("--out", default=None,
+                   help="the JSON written (default results/benchmark.json; results/benchmark_quick.json with --quick)")
+    args = p.parse_args(argv)
+    args.steps = args.steps if args.steps is not None else (3 if args.quick else 200)
+    args.repeats = args.repeats if args.repeats is not None else (2 if args.quick else 5)
+    cpus = os.cpu_count() or 1
+    args.workers = args.workers if args.workers is not None else \
+        ([0, 1] if args.quick else [w for w in (0, 1, 2, 4, 8) if w <= cpus])
+    for name in ("steps", "repeats", "batch_size"):
+        if getattr(args, name) < 1:
+            p.error(f"argument --{name.replace('_', '-')}: expected a positive integer, got {getattr(args, name)}")
+    if any(w < 0 for w in args.workers):
+        p.error(f"argument --workers: expected integers >= 0, got {args.workers}")
+    args.out = args.out or os.path.join(ROOT, "results", "benchmark_quick.json" if args.quick else "benchmark.json")
+    try:
+        args.device = utils.pick_device(None if args.device == "auto" else args.device)
+    except (RuntimeError, ValueError) as e:
+        p.error(f"argument --device: {e}")
+    return args
+
+
+def main(argv=None):
+    args = parse_args(argv)
+    device, bs, steps = args.device, args.batch_size, args.steps
+    (train, _test) = utils.load_mnist(args.data)  # also makes sure the idx files torchvision reads are there
+    if steps * bs > len(train[1]):
+        raise SystemExit(f"pipeline.py: error: --steps x --batch-size must be at most {len(train[1])} images")
+    on_device = tuple(t.to(device) for t in train)
+    batch = next(utils.batches(on_device, bs, generator=torch.Generator().manual_seed(0), degrees=7.0))
+
+    # Warm up every path once (allocator, oneDNN kernels, CUDA context), then pick the DataLoader's workers.
+    time_ceiling(batch, 3, device)
+    time_ours(on_device, 3, bs, device)
+    trials = {}
+    for w in args.workers:
+        loader = conventional_loader(args.data, bs, w, device)
+        time_conventional(loader, min(steps, 3), device)
+        trials[w] = statistics.median(time_conventional(loader, steps, device) for _ in range(1 if args.quick else 2))
+        print(f"conventional, num_workers={w}: {trials[w]:,.0f} img/s")
+        del loader
+    workers = max(trials, key=trials.get)
+    loader = conventional_loader(args.data, bs, workers, device)
+
+    names = ["conventional", "ours", "ceiling"]
+    measure = {"conventional": lambda: time_conventional(loader, steps, device),
+               "ours": lambda: time_ours(on_device, steps, bs, device),
+               "ceiling": lambda: time_ceiling(batch, steps, device)}
+    samples = alternating(lambda name: measure[name](), names, args.repeats)
+    median = {name: statistics.median(v) for name, v in samples.items()}
+    result = {
+        "conventional_img_s": median["conventional"], "ours_img_s": median["ours"], "ceiling_img_s": median["ceiling"],
+        "speedup": median["ours"] / median["conventional"], "efficiency": median["ours"] / median["ceiling"],
+        "device": device_description(device), "versions": versions(),
+        "settings": {"quick": args.quick, "batch_size": bs, "steps_per_measurement": steps, "repeats": args.repeats,
+                     "order": "alternating (forwards, then backwards)", "statistic": "median",
+                     "model": "Net('BN'), L1 1e-5, SGD(lr=0.01, momentum=0.9, nesterov=True)",
+                     "num_workers": workers, "num_workers_img_s": {str(w): v for w, v in trials.items()},
+                     "pin_memory": device.type == "cuda", "torch_threads": torch.get_num_threads(),
+                     "augmentation": "rotation uniform in ±7 degrees, bilinear, fill 0 (both pipelines)"},
+        "samples_img_s": samples,
+    }
+    utils.write_json(args.out, result)
+    print(f"\n{'pipeline':<14} {'img/s (median)':>15} {'min':>9} {'max':>9}")
+    for name in names:
+        print(f"{name:<14} {median[name]:>15,.0f} {min(samples[name]):>9,.0f} {max(samples[name]):>9,.0f}")
+    print(f"\nspeedup (ours / conventional) {result['speedup']:.2f}; efficiency (ours / ceiling) "
+          f"{result['efficiency']:.2f}; DataLoader num_workers={workers}; {result['device']}")
+    print(f"wrote {os.path.relpath(args.out)}")
+    return result
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,55 @@
+"""The benchmarks run in --quick mode and write what they promise (figures only: no timing assertions)."""
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+
+from conftest import ROOT
+
+KEYS = {"conventional_img_s", "ours_img_s", "ceiling_img_s", "speedup", "efficiency", "device", "versions", "settings"}
+
+
+def run(script, *args):
+    from conftest import DATA
+    env = dict(os.environ, OMP_NUM_THREADS=os.environ.get("OMP_NUM_THREADS", "1"))
+    done = subprocess.run([sys.executable, os.path.join(ROOT, "benchmarks", script), "--quick", "--device", "cpu",
+                           "--data", DATA, *args], capture_output=True, text=True, timeout=600, env=env)
+    assert done.returncode == 0, done.stderr
+    return done.stdout
+
+
+@pytest.mark.mnist
+def test_pipeline_benchmark_quick_writes_the_three_throughputs_and_their_ratios(tmp_path, mnist):
+    out = tmp_path / "benchmark.json"
+    stdout = run("pipeline.py", "--out", str(out))
+    result = json.load(open(out))
+    assert KEYS <= set(result)
+    for name in ("conventional", "ours", "ceiling"):
+        assert result[f"{name}_img_s"] > 0 and len(result["samples_img_s"][name]) == result["settings"]["repeats"]
+    assert result["speedup"] == pytest.approx(result["ours_img_s"] / result["conventional_img_s"])
+    assert result["efficiency"] == pytest.approx(result["ours_img_s"] / result["ceiling_img_s"])
+    assert result["settings"]["num_workers"] in (0, 1) and result["settings"]["quick"] is True
+    assert {"torch", "torchvision", "python"} <= set(result["versions"])
+    assert "speedup (ours / conventional)" in stdout
+
+
+@pytest.mark.mnist
+def test_options_benchmark_quick_reports_ratios_and_run_estimates(tmp_path, mnist):
+    out = tmp_path / "options.json"
+    run("options.py", "--only", "channels_last", "bfloat16 autocast", "--out", str(out))
+    result = json.load(open(out))
+    assert set(result["train"]) == {"channels_last", "bfloat16 autocast"}
+    for group in ("train", "eval"):
+        for name, v in result[group].items():
+            assert v["ratio"] > 0 and v["run_seconds"] > 0, name
+    assert "torch.no_grad instead of inference_mode" in result["eval"] and result["default_run_seconds"] > 0
+
+
+def test_options_benchmark_rejects_an_unknown_option(capsys):
+    sys.path.insert(0, os.path.join(ROOT, "benchmarks"))
+    import options
+    with pytest.raises(SystemExit):
+        options.main(["--only", "fp8"])
+    assert "unknown ['fp8']" in capsys.readouterr().err
