@@ -128,33 +128,41 @@ def _load(results, name):
 
 
 def benchmark_table(results):
-    """results/benchmark.json (benchmarks/pipeline.py): the three pipelines side by side."""
-    b = _load(results, "benchmark.json")
-    if b is None:
+    """results/benchmark*.json (benchmarks/pipeline.py): the three pipelines side by side, per precision."""
+    files = [f for f in ("benchmark.json", "benchmark_bf16.json")
+             if _load(results, f) is not None]
+    if not files:
         return "(no results/benchmark.json yet: `python benchmarks/pipeline.py`)"
-    st = b["settings"]
-    lines = ["| pipeline | images/s (median) | min | max | relative to ours |", "|---|---|---|---|---|"]
-    for name, what in (("conventional", f"conventional: `DataLoader`, num_workers={st['num_workers']}"),
-                       ("ours", "ours: on-device batches"), ("ceiling", "ceiling: one fixed batch, no data work")):
-        samples = b["samples_img_s"][name]
-        lines.append(f"| {what} | {b[f'{name}_img_s']:,.0f} | {min(samples):,.0f} | {max(samples):,.0f} "
-                     f"| {b[f'{name}_img_s'] / b['ours_img_s']:.2f} |")
-    workers = ", ".join(f"{w}: {v:,.0f}" for w, v in st["num_workers_img_s"].items())
-    v = b["versions"]
-    lines += ["", f"**Speedup** (ours / conventional) **{b['speedup']:.2f}**; **efficiency** (ours / ceiling) "
-                  f"**{b['efficiency']:.2f}**. {st['repeats']} repeats of {st['steps_per_measurement']} steps of "
-                  f"batch {st['batch_size']} each, alternating order, median; DataLoader images/s by num_workers "
-                  f"(the fastest is used): {workers}. {b['device']}; Python {v['python']}, PyTorch {v['torch']}, "
-                  f"torchvision {v['torchvision']}."]
-    return "\n".join(lines)
+    lines = ["| training step | pipeline | images/s (median) | min | max | relative to ours |",
+             "|---|---|---|---|---|---|"]
+    notes = []
+    for file in files:
+        b = _load(results, file)
+        st = b["settings"]
+        precision = st.get("precision", "fp32")
+        for name, what in (("conventional", f"conventional: `DataLoader`, num_workers={st['num_workers']}"),
+                           ("ours", "ours: on-device batches"), ("ceiling", "ceiling: one fixed batch, no data work")):
+            samples = b["samples_img_s"][name]
+            lines.append(f"| {precision} | {what} | {b[f'{name}_img_s']:,.0f} | {min(samples):,.0f} "
+                         f"| {max(samples):,.0f} | {b[f'{name}_img_s'] / b['ours_img_s']:.2f} |")
+        workers = ", ".join(f"{w}: {v:,.0f}" for w, v in st["num_workers_img_s"].items())
+        v = b["versions"]
+        notes.append(f"- `results/{file}` ({precision}): **speedup** (ours / conventional) **{b['speedup']:.2f}**, "
+                     f"**efficiency** (ours / ceiling) **{b['efficiency']:.2f}**. {st['repeats']} repeats of "
+                     f"{st['steps_per_measurement']} steps of batch {st['batch_size']}, alternating order, median; "
+                     f"DataLoader images/s by num_workers (the fastest is used): {workers}. {b['device']}; "
+                     f"Python {v['python']}, PyTorch {v['torch']}, torchvision {v['torchvision']}.")
+    return "\n".join(lines + [""] + notes)
 
 
-def options_table(results):
-    """results/options.json (benchmarks/options.py): every option against the default."""
-    o = _load(results, "options.json")
+def options_table(results, file="options.json"):
+    """results/<file> (benchmarks/options.py): every option against the baseline (the default settings
+    unless --baseline said otherwise)."""
+    o = _load(results, file)
     if o is None:
-        return "(no results/options.json yet: `python benchmarks/options.py`)"
-    lines = ["| option | images/s | default's images/s | ratio (median) | one 20-epoch run, estimated | end to end |",
+        return f"(no results/{file} yet: `python benchmarks/options.py`)"
+    baseline = o["settings"]["baseline"]
+    lines = ["| option | images/s | baseline's images/s | ratio (median) | one 20-epoch run, estimated | end to end |",
              "|---|---|---|---|---|---|"]
     for group, what in (("train", "training"), ("eval", "evaluation")):
         for name, v in o[group].items():
@@ -162,12 +170,21 @@ def options_table(results):
                 lines.append(f"| {what}: {name} | failed: {v['error'][:120]} | | | | |")
                 continue
             extra = f" (+{v['one_off_seconds']:.0f} s compiling)" if v.get("one_off_seconds", 0) >= 1 else ""
-            lines.append(f"| {what}: {name} | {v['img_s']:,.0f} | {v['default_img_s']:,.0f} | {v['ratio']:.2f} "
+            lines.append(f"| {what}: {name} | {v['img_s']:,.0f} | {v['baseline_img_s']:,.0f} | {v['ratio']:.2f} "
                          f"| {v['run_seconds'] / 60:.1f} min{extra} | {v['end_to_end_speedup']:.2f} |")
     st = o["settings"]
-    lines += ["", f"Default: one 20-epoch run estimated at {o['default_run_seconds'] / 60:.1f} min. "
-                  f"{st['repeats']} alternating repeats; training measured on {st['training_images_per_measurement']:,} "
-                  f"images per repeat. {o['device']}; PyTorch {o['versions']['torch']}."]
+    lines += ["", f"Training options are compared with: {baseline}; evaluation options with the default evaluation "
+                  f"(batch 2000, inference_mode). One 20-epoch run with the baseline estimated at "
+                  f"{o['baseline_run_seconds'] / 60:.1f} min. {st['repeats']} alternating repeats of "
+                  f"{st['training_images_per_measurement']:,} training images (evaluation: the 10,000 test images); "
+                  f"median of the per-repeat ratios. {o['device']}; PyTorch {o['versions']['torch']}."]
+    e = _load(results, "end_to_end.json")
+    if e is not None:
+        st = e["settings"]
+        lines += ["", f"End to end, in fresh processes (`results/end_to_end.json`: `{st['command']}`, {st['repeats']} "
+                      f"runs per precision of {st['epochs']} epochs, alternating, the first epoch of each left out): "
+                      f"a BN + L1 epoch with its test evaluation takes {e['fp32_epoch_seconds']:.1f} s in fp32 and "
+                      f"{e['bf16_epoch_seconds']:.1f} s in bf16, **{e['speedup']:.2f}x** as fast."]
     return "\n".join(lines)
 
 

@@ -322,13 +322,6 @@ def autocast(precision, device):
     return torch.autocast(device.type, dtype=torch.bfloat16)
 
 
-def default_precision(device) -> str:
-    """bf16 where it was measured faster at the same accuracy (README, Performance): a CPU with AVX-512
-    BF16 instructions. fp32 elsewhere, including GPUs, which we could not measure."""
-    fast = device.type == "cpu" and getattr(torch.cpu, "_is_avx512_bf16_supported", lambda: False)()
-    return "bf16" if fast else "fp32"
-
-
 def train_epoch(model, data, optimizer, *, batch_size, generator, scheduler=None, l1=0.0, degrees=7.0,
                 progress=True, precision="fp32"):
     """One epoch over data = (images, labels) on the model's device. Returns (loss, accuracy %).
@@ -497,7 +490,7 @@ LOG_HEADER = (f"{'run':<10} {'epoch':>5} {'train_loss':>10} {'train_acc':>9} {'t
 
 def run_experiment(norm, *, train, test, device, l1=0.0, groups=2, dropout=0.05, epochs=20, seed=0,
                    batch_size=128, lr=0.1, degrees=7.0, results_dir="results", name=None, progress=True,
-                   eval_split="test", batch_stats=False, precision="auto"):
+                   eval_split="test", batch_stats=False, precision="fp32"):
     """Train one Net(norm) from scratch and evaluate `test` after every epoch.
 
     train and test are (uint8 images, labels) pairs (moved to `device` here, once). The recipe:
@@ -508,10 +501,9 @@ def run_experiment(norm, *, train, test, device, l1=0.0, groups=2, dropout=0.05,
     the history so far; `eval_split` records what `test` is (the test_* keys hold its metrics).
     batch_stats=True (BN only) also records test_loss_batch_stats and test_acc_batch_stats: the
     test set evaluated with batch statistics in batches of batch_size (see evaluate_batch_stats).
-    precision ("fp32", "bf16", or "auto": default_precision(device)) is the training forward pass's
-    (see autocast); evaluation is fp32. Returns (model, record).
+    precision ("fp32" or "bf16") is the training forward pass's (see autocast); evaluation is fp32.
+    Returns (model, record).
     """
-    precision = default_precision(device) if precision == "auto" else precision
     autocast(precision, device)  # rejects an unknown precision before anything is written
     name = name or run_name(norm, l1, groups, precision)
     torch.manual_seed(seed)  # weights and dropout

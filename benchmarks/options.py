@@ -109,8 +109,10 @@ def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--quick", action="store_true", help="tiny measurements: checks that it runs (for the tests)")
     p.add_argument("--images", type=int, default=None,
-                   help="training images per measurement (default 12,800, i.e. 100 steps of 128; 512 with --quick)")
-    p.add_argument("--repeats", type=int, default=None, help="measurements of each option (default 3; 1 with --quick)")
+                   help="training images per measurement (default 6,400, i.e. 50 steps of 128; 512 with --quick)")
+    p.add_argument("--repeats", type=int, default=None, help="measurements of each option (default 7; 1 with --quick)")
+    p.add_argument("--baseline", default=list(TRAIN_OPTIONS)[0], metavar="OPTION",
+                   help="the training option the others are compared with (default: the default settings)")
     p.add_argument("--only", nargs="+", default=None, metavar="OPTION",
                    help=f"measure only these training options: {', '.join(repr(o) for o in list(TRAIN_OPTIONS)[1:])}")
     p.add_argument("--data", default=os.path.join(pipeline.ROOT, "data"), help="dataset root (DATA/MNIST/raw)")
@@ -118,11 +120,11 @@ def main(argv=None):
     p.add_argument("--out", default=None,
                    help="the JSON written (default results/options.json; results/options_quick.json with --quick)")
     args = p.parse_args(argv)
-    args.images = args.images or (512 if args.quick else 12800)
-    args.repeats = args.repeats or (1 if args.quick else 3)
+    args.images = args.images or (512 if args.quick else 6400)
+    args.repeats = args.repeats or (1 if args.quick else 7)
     if args.images < 512 or args.repeats < 1:
         p.error("--images must be at least 512 and --repeats at least 1")
-    unknown = [o for o in (args.only or []) if o not in TRAIN_OPTIONS]
+    unknown = [o for o in (args.only or []) + [args.baseline] if o not in TRAIN_OPTIONS]
     if unknown:
         p.error(f"argument --only: unknown {unknown}; choose from {list(TRAIN_OPTIONS)[1:]}")
     out = args.out or os.path.join(pipeline.ROOT, "results", "options_quick.json" if args.quick else "options.json")
@@ -134,12 +136,13 @@ def main(argv=None):
     train, test = utils.load_mnist(args.data)
     data = tuple(t.to(device) for t in train)
     test = tuple(t[:2000 if args.quick else None].to(device) for t in test)
-    names = list(TRAIN_OPTIONS)[:1] + (args.only or list(TRAIN_OPTIONS)[1:])
+    names = [args.baseline] + [o for o in (args.only or list(TRAIN_OPTIONS)[1:]) if o != args.baseline]
 
     results = {"device": pipeline.device_description(device), "versions": pipeline.versions(),
                "settings": {"quick": args.quick, "training_images_per_measurement": args.images,
                             "repeats": args.repeats, "statistic": "median of per-repeat ratios",
-                            "order": "alternating: option then default, default then option"},
+                            "order": "alternating: option then baseline, baseline then option",
+                            "baseline": args.baseline},
                "train": {}, "eval": {}}
     base_name = names[0]
     base_measure, _ = make_trainer(base_name, data, args.images)
@@ -155,9 +158,9 @@ def main(argv=None):
         ratios = [o / b for o, b in zip(samples[name], samples[base_name])]
         ratio, img_s, base_img_s = statistics.median(ratios), statistics.median(samples[name]), \
             statistics.median(samples[base_name])
-        results["train"][name] = {"img_s": img_s, "default_img_s": base_img_s, "ratio": ratio,
+        results["train"][name] = {"img_s": img_s, "baseline_img_s": base_img_s, "ratio": ratio,
                                   "first_steps_seconds": info["first_steps_seconds"], "samples_img_s": samples[name],
-                                  "default_samples_img_s": samples[base_name]}
+                                  "baseline_samples_img_s": samples[base_name]}
         print(f"train  {name:<42} {img_s:>8,.0f} img/s  vs {base_img_s:>8,.0f}  x{ratio:.2f}  "
               f"(first 3 steps {info['first_steps_seconds']:.1f} s)")
 
@@ -166,24 +169,23 @@ def main(argv=None):
     for _ in range(2):  # warm-up
         eval_img_s(model, test, 2000, False)
     for name in eval_names[1:]:
-        bs, no_grad = EVAL_OPTIONS[name]
-        base_bs, _ = EVAL_OPTIONS[eval_names[0]]
-        samples = pipeline.alternating(
-            lambda n: eval_img_s(model, test, *(EVAL_OPTIONS[n])), [name, eval_names[0]], args.repeats if args.quick else max(args.repeats, 3))
+        repeats = args.repeats if args.quick else max(args.repeats, 3)
+        samples = pipeline.alternating(lambda n: eval_img_s(model, test, *EVAL_OPTIONS[n]), [name, eval_names[0]],
+                                       repeats)
         ratios = [o / b for o, b in zip(samples[name], samples[eval_names[0]])]
         results["eval"][name] = {"img_s": statistics.median(samples[name]),
-                                 "default_img_s": statistics.median(samples[eval_names[0]]),
+                                 "baseline_img_s": statistics.median(samples[eval_names[0]]),
                                  "ratio": statistics.median(ratios)}
         print(f"eval   {name:<42} {results['eval'][name]['img_s']:>8,.0f} img/s  vs "
-              f"{results['eval'][name]['default_img_s']:>8,.0f}  x{results['eval'][name]['ratio']:.2f}")
+              f"{results['eval'][name]['baseline_img_s']:>8,.0f}  x{results['eval'][name]['ratio']:.2f}")
 
     # End to end: one 20-epoch run = 20 x (60,000 training + 10,000 test images) + one-off costs.
-    base_train = statistics.median(v["default_img_s"] for v in results["train"].values() if "ratio" in v) \
+    base_train = statistics.median(v["baseline_img_s"] for v in results["train"].values() if "ratio" in v) \
         if any("ratio" in v for v in results["train"].values()) else None
-    base_eval = statistics.median(v["default_img_s"] for v in results["eval"].values())
+    base_eval = statistics.median(v["baseline_img_s"] for v in results["eval"].values())
     if base_train:
         base_run = 20 * (60000 / base_train + 10000 / base_eval)
-        results["default_run_seconds"] = base_run
+        results["baseline_run_seconds"] = base_run
         for name, v in results["train"].items():
             if "ratio" not in v:
                 continue
@@ -193,7 +195,7 @@ def main(argv=None):
         for name, v in results["eval"].items():
             run = 20 * (60000 / base_train + 10000 / (base_eval * v["ratio"]))
             v["run_seconds"], v["end_to_end_speedup"] = run, base_run / run
-        print(f"\none 20-epoch run, estimated: default {base_run / 60:.1f} min")
+        print(f"\none 20-epoch run, estimated: {args.baseline} {base_run / 60:.1f} min")
         for group in ("train", "eval"):
             for name, v in results[group].items():
                 if "run_seconds" in v:

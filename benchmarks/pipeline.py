@@ -4,9 +4,11 @@
    DataLoader (batch 128, the fastest num_workers of those tried here, pinned memory on a GPU);
 2. ours: utils.train_epoch on the dataset held on the device (batched rotation there);
 3. ceiling: the same training step on one fixed batch already on the device (no data work at all).
-All three train the same model (BN + L1, the experiment's BN run) with the same optimizer for the same
-number of steps. Each is measured `--repeats` times, in alternating order, and the median is reported.
-Writes results/benchmark.json (--quick: results/benchmark_quick.json, a smoke test, not a measurement).
+All three train the same model (BN + L1, the experiment's BN run) with the same optimizer, in the same
+precision (--precision, fp32 by default as in train.py), for the same number of steps. Each is
+measured --repeats times, in alternating order, and the median is reported. Writes
+results/benchmark.json (benchmark_bf16.json with --precision bf16;
+--quick: results/benchmark_quick.json, a smoke test, not a measurement).
 """
 import argparse
 import os
@@ -47,9 +49,11 @@ def fresh_model(device, seed=0):
     return model, torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.9, nesterov=True)
 
 
-def train_step(model, optimizer, x, y):
+def train_step(model, optimizer, x, y, precision):
     """One step of utils.train_epoch's loop: NLL + L1, backward, update."""
-    loss = F.nll_loss(model(x), y) + L1 * utils.l1_penalty(model)
+    with utils.autocast(precision, x.device):
+        out = model(x)
+    loss = F.nll_loss(out.float(), y) + L1 * utils.l1_penalty(model)
     optimizer.zero_grad(set_to_none=True)
     loss.backward()
     optimizer.step()
@@ -68,7 +72,7 @@ def conventional_loader(root, batch_size, num_workers, device, seed=0):
                       generator=torch.Generator().manual_seed(seed))
 
 
-def time_conventional(loader, steps, device):
+def time_conventional(loader, steps, device, precision):
     """Images per second of `steps` training steps fed by the DataLoader. The iterator is started
     and its first batch drawn before the clock starts: worker start-up is not counted, in its favour."""
     model, optimizer = fresh_model(device)
@@ -80,13 +84,13 @@ def time_conventional(loader, steps, device):
     for _ in range(steps):
         x, y = next(it)
         x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
-        train_step(model, optimizer, x, y)
+        train_step(model, optimizer, x, y, precision)
         n += len(y)
     sync(device)
     return n / (time.perf_counter() - start)
 
 
-def time_ours(data, steps, batch_size, device, seed=0):
+def time_ours(data, steps, batch_size, device, precision, seed=0):
     """Images per second of utils.train_epoch over steps * batch_size images on the device."""
     model, optimizer = fresh_model(device)
     n = steps * batch_size
@@ -94,19 +98,19 @@ def time_ours(data, steps, batch_size, device, seed=0):
     sync(device)
     start = time.perf_counter()
     utils.train_epoch(model, subset, optimizer, batch_size=batch_size, generator=torch.Generator().manual_seed(seed),
-                      l1=L1, progress=False)
+                      l1=L1, progress=False, precision=precision)
     sync(device)
     return n / (time.perf_counter() - start)
 
 
-def time_ceiling(batch, steps, device):
+def time_ceiling(batch, steps, device, precision):
     """Images per second of the same step on one batch already on the device."""
     model, optimizer = fresh_model(device)
     x, y = batch
     sync(device)
     start = time.perf_counter()
     for _ in range(steps):
-        train_step(model, optimizer, x, y)
+        train_step(model, optimizer, x, y, precision)
     sync(device)
     return steps * len(y) / (time.perf_counter() - start)
 
@@ -148,8 +152,11 @@ def parse_args(argv=None):
     p.add_argument("--batch-size", type=int, default=128, help="images per training step (default 128)")
     p.add_argument("--data", default=os.path.join(ROOT, "data"), help="dataset root (DATA/MNIST/raw)")
     p.add_argument("--device", default="auto", help="cpu, cuda[:N], mps, or auto (default)")
+    p.add_argument("--precision", choices=utils.PRECISIONS, default="fp32",
+                   help="the training step's precision, the same for all three pipelines (default fp32, train.py's)")
     p.add_argument("--out", default=None,
-                   help="the JSON written (default results/benchmark.json; results/benchmark_quick.json with --quick)")
+                   help="the JSON written (default results/benchmark.json, results/benchmark_bf16.json with "
+                        "--precision bf16; results/benchmark_quick.json with --quick)")
     args = p.parse_args(argv)
     args.steps = args.steps if args.steps is not None else (3 if args.quick else 200)
     args.repeats = args.repeats if args.repeats is not None else (2 if args.quick else 5)
@@ -161,11 +168,13 @@ def parse_args(argv=None):
             p.error(f"argument --{name.replace('_', '-')}: expected a positive integer, got {getattr(args, name)}")
     if any(w < 0 for w in args.workers):
         p.error(f"argument --workers: expected integers >= 0, got {args.workers}")
-    args.out = args.out or os.path.join(ROOT, "results", "benchmark_quick.json" if args.quick else "benchmark.json")
     try:
         args.device = utils.pick_device(None if args.device == "auto" else args.device)
     except (RuntimeError, ValueError) as e:
         p.error(f"argument --device: {e}")
+    name = "benchmark_quick" if args.quick else "benchmark" if args.precision == "fp32" else \
+        f"benchmark_{args.precision}"
+    args.out = args.out or os.path.join(ROOT, "results", f"{name}.json")
     return args
 
 
@@ -179,22 +188,24 @@ def main(argv=None):
     batch = next(utils.batches(on_device, bs, generator=torch.Generator().manual_seed(0), degrees=7.0))
 
     # Warm up every path once (allocator, oneDNN kernels, CUDA context), then pick the DataLoader's workers.
-    time_ceiling(batch, 3, device)
-    time_ours(on_device, 3, bs, device)
+    precision = args.precision
+    time_ceiling(batch, 3, device, precision)
+    time_ours(on_device, 3, bs, device, precision)
     trials = {}
     for w in args.workers:
         loader = conventional_loader(args.data, bs, w, device)
-        time_conventional(loader, min(steps, 3), device)
-        trials[w] = statistics.median(time_conventional(loader, steps, device) for _ in range(1 if args.quick else 2))
+        time_conventional(loader, min(steps, 3), device, precision)
+        trials[w] = statistics.median(time_conventional(loader, steps, device, precision)
+                                      for _ in range(1 if args.quick else 2))
         print(f"conventional, num_workers={w}: {trials[w]:,.0f} img/s")
         del loader
     workers = max(trials, key=trials.get)
     loader = conventional_loader(args.data, bs, workers, device)
 
     names = ["conventional", "ours", "ceiling"]
-    measure = {"conventional": lambda: time_conventional(loader, steps, device),
-               "ours": lambda: time_ours(on_device, steps, bs, device),
-               "ceiling": lambda: time_ceiling(batch, steps, device)}
+    measure = {"conventional": lambda: time_conventional(loader, steps, device, precision),
+               "ours": lambda: time_ours(on_device, steps, bs, device, precision),
+               "ceiling": lambda: time_ceiling(batch, steps, device, precision)}
     samples = alternating(lambda name: measure[name](), names, args.repeats)
     median = {name: statistics.median(v) for name, v in samples.items()}
     result = {
@@ -204,6 +215,7 @@ def main(argv=None):
         "settings": {"quick": args.quick, "batch_size": bs, "steps_per_measurement": steps, "repeats": args.repeats,
                      "order": "alternating (forwards, then backwards)", "statistic": "median",
                      "model": "Net('BN'), L1 1e-5, SGD(lr=0.01, momentum=0.9, nesterov=True)",
+                     "precision": precision,
                      "num_workers": workers, "num_workers_img_s": {str(w): v for w, v in trials.items()},
                      "pin_memory": device.type == "cuda", "torch_threads": torch.get_num_threads(),
                      "augmentation": "rotation uniform in ±7 degrees, bilinear, fill 0 (both pipelines)"},
@@ -214,7 +226,7 @@ def main(argv=None):
     for name in names:
         print(f"{name:<14} {median[name]:>15,.0f} {min(samples[name]):>9,.0f} {max(samples[name]):>9,.0f}")
     print(f"\nspeedup (ours / conventional) {result['speedup']:.2f}; efficiency (ours / ceiling) "
-          f"{result['efficiency']:.2f}; DataLoader num_workers={workers}; {result['device']}")
+          f"{result['efficiency']:.2f}; DataLoader num_workers={workers}; {precision}; {result['device']}")
     print(f"wrote {os.path.relpath(args.out)}")
     return result
 

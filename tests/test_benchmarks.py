@@ -44,7 +44,7 @@ def test_options_benchmark_quick_reports_ratios_and_run_estimates(tmp_path, mnis
     for group in ("train", "eval"):
         for name, v in result[group].items():
             assert v["ratio"] > 0 and v["run_seconds"] > 0, name
-    assert "torch.no_grad instead of inference_mode" in result["eval"] and result["default_run_seconds"] > 0
+    assert "torch.no_grad instead of inference_mode" in result["eval"] and result["baseline_run_seconds"] > 0
 
 
 def test_options_benchmark_rejects_an_unknown_option(capsys):
@@ -53,3 +53,18 @@ def test_options_benchmark_rejects_an_unknown_option(capsys):
     with pytest.raises(SystemExit):
         options.main(["--only", "fp8"])
     assert "unknown ['fp8']" in capsys.readouterr().err
+
+
+@pytest.mark.mnist
+def test_end_to_end_quick_times_fresh_train_py_runs_in_both_precisions(tmp_path, mnist):
+    out = tmp_path / "end_to_end.json"
+    from conftest import DATA
+    done = subprocess.run([sys.executable, os.path.join(ROOT, "benchmarks", "end_to_end.py"), "--quick", "--data", DATA,
+                           "--out", str(out)], capture_output=True, text=True, timeout=600,
+                          env=dict(os.environ, OMP_NUM_THREADS="1"))
+    assert done.returncode == 0, done.stderr
+    result = json.load(open(out))
+    for precision in ("fp32", "bf16"):
+        assert len(result["samples_epoch_seconds"][precision]) == 1
+        assert len(result["samples_epoch_seconds"][precision][0]) == 2 and result[f"{precision}_epoch_seconds"] > 0
+    assert result["speedup"] == pytest.approx(result["fp32_epoch_seconds"] / result["bf16_epoch_seconds"])

