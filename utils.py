@@ -613,6 +613,8 @@ def _study_shard(tasks, train, test, device, threads, kw):
     """Run some of the study's runs in one (worker) process; returns their records."""
     if threads:
         torch.set_num_threads(threads)
+    # Move the data to the device once for all these runs; run_experiment's own move is then a no-op.
+    train, test = (tuple(t.to(device) for t in pair) for pair in (train, test))
     return [run_experiment(norm, train=train, test=test, device=device, seed=seed, batch_size=bs,
                            lr=scaled_lr(bs, kw["lr"]),
                            name=f"{run_name(norm, kw['l1'], kw['groups'], kw['precision'])}_bs{bs}",
