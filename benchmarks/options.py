@@ -8,7 +8,6 @@ order; the median ratio is reported, with an end-to-end estimate for one 20-epoc
 and 10,000 test images per epoch, plus torch.compile's one-off compile time). Writes results/options.json.
 """
 import argparse
-import contextlib
 import os
 import statistics
 import sys
@@ -18,29 +17,22 @@ HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, HERE)
 
 import torch  # noqa: E402
-import torch.nn.functional as F  # noqa: E402
 
 import pipeline  # noqa: E402  (also puts the repository root on sys.path)
 import utils  # noqa: E402
 
 
 def train_steps(model, optimizer, data, steps, batch_size, *, channels_last=False, autocast=False):
-    """Seconds for `steps` steps of utils.train_epoch's loop with the options applied."""
+    """Seconds for `steps` of pipeline.train_step (utils.train_epoch's step) on our batches, with the options."""
     device = data[0].device
     batches = utils.batches(data, batch_size, generator=torch.Generator().manual_seed(0), degrees=7.0)
-    amp = torch.autocast(device.type, dtype=torch.bfloat16) if autocast else contextlib.nullcontext()
+    precision = "bf16" if autocast else "fp32"
     pipeline.sync(device)
     start = time.perf_counter()
     for _, (x, y) in zip(range(steps), batches):
         if channels_last:
             x = x.contiguous(memory_format=torch.channels_last)
-        with amp:
-            out = model(x)
-            loss = F.nll_loss(out.float(), y)
-        objective = loss + pipeline.L1 * utils.l1_penalty(model)
-        optimizer.zero_grad(set_to_none=True)
-        objective.backward()
-        optimizer.step()
+        pipeline.train_step(model, optimizer, x, y, precision)
     pipeline.sync(device)
     return time.perf_counter() - start
 
@@ -65,7 +57,8 @@ EVAL_OPTIONS = {  # name -> (batch size, no_grad instead of inference_mode)
 
 
 def make_trainer(name, data, images):
-    """A function () -> img/s for one training option; compile time is measured on the first call."""
+    """(measure, info) for one training option: measure(data) -> img/s; info["first_steps_seconds"] is the
+    time of 3 warm-up steps, which includes torch.compile's compilation."""
     bs, channels_last, autocast, compile_ = TRAIN_OPTIONS[name]
     model, optimizer = pipeline.fresh_model(data[0].device)
     if channels_last:
