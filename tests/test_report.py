@@ -8,13 +8,14 @@ import report
 from conftest import ROOT
 
 
-def test_readme_tables_match_results():
+def test_readme_and_docs_tables_match_results():
     assert report.main(["--check"]) == 0, "run `python report.py` after changing results/"
 
 
 def write_run(folder, name, accs, epochs=None):
     os.makedirs(folder, exist_ok=True)
-    record = {"name": name, "config": {"seed": 0, "epochs": epochs or len(accs), "params": 7750},
+    config = {"norm": name[:2].upper(), "l1": 1e-5 if "l1" in name else 0.0}
+    record = {"name": name, "config": {**config, "seed": 0, "epochs": epochs or len(accs), "params": 7750},
               "history": [{"epoch": i + 1, "test_acc": a, "seconds": 1.0} for i, a in enumerate(accs)]}
     with open(os.path.join(folder, f"{name}_seed0.json"), "w") as f:
         json.dump(record, f)
@@ -27,12 +28,12 @@ def test_tuning_table_is_rendered_between_markers_and_staleness_is_detected(tmp_
     write_run(results / "val" / "lr0.2_bs128", "gn", [98.1, 99.1], epochs=20)
     readme = tmp_path / "README.md"
     readme.write_text("intro\n<!-- tuning:start -->\nold\n<!-- tuning:end -->\nafter\n"
-                      "<!-- results:start -->\n<!-- results:end -->\n<!-- batch-size:start -->\n<!-- batch-size:end -->\n"
-                      "<!-- benchmark:start -->\n<!-- benchmark:end -->\n<!-- options:start -->\n<!-- options:end -->\n"
-                      "<!-- speed:start -->\n<!-- speed:end -->\n"
+                      "<!-- results:start -->\n<!-- results:end -->\n"
                       "<!-- worked-example:start -->\n"
                       "<!-- worked-example:end -->\n")
-    args = ["--readme", str(readme), "--results", str(results)]
+    docs = tmp_path / "perf.md"
+    docs.write_text("<!-- speed:start -->\n<!-- speed:end -->\n")
+    args = ["--files", str(readme), str(docs), "--results", str(results)]
     assert report.main(args + ["--check"]) == 1
     assert report.main(args) == 0
     text = readme.read_text()
@@ -40,28 +41,32 @@ def test_tuning_table_is_rendered_between_markers_and_staleness_is_detected(tmp_
     assert "| `lr0.2_bs128` |  | 99.10 (99.10) (2 of 20 epochs) |  |" in text
     assert text.startswith("intro\n") and "\nafter\n" in text and "old" not in text
     assert "| run | seeds | final test acc %" in text and "BN: statistics per channel" in text
+    assert "| run | seed | first epoch at" in docs.read_text()
     assert report.main(args + ["--check"]) == 0
     write_run(results / "val" / "lr0.1_bs128", "gn", [98.0, 99.30])
     assert report.main(args + ["--check"]) == 1
     assert "python report.py" in capsys.readouterr().err
 
 
-def test_missing_markers_are_an_error(tmp_path):
+def test_unknown_or_unclosed_markers_are_an_error(tmp_path):
     readme = tmp_path / "README.md"
-    readme.write_text("no markers\n")
-    with pytest.raises(ValueError, match="tuning:start"):
-        report.main(["--readme", str(readme), "--results", str(tmp_path)])
+    readme.write_text("<!-- tables:start -->\n<!-- tables:end -->\n")
+    with pytest.raises(ValueError, match="unknown block <!-- tables:start -->"):
+        report.main(["--files", str(readme), "--results", str(tmp_path)])
+    readme.write_text("<!-- tuning:start -->\n")
+    with pytest.raises(ValueError, match="has no <!-- tuning:end -->"):
+        report.main(["--files", str(readme), "--results", str(tmp_path)])
 
 
 def test_results_table_reports_mean_std_and_unfinished_runs(tmp_path):
     for seed, accs in ((0, [99.0, 99.5]), (1, [99.1, 99.3])):
-        record = {"name": "ln", "config": {"seed": seed, "epochs": 2, "params": 7750},
+        record = {"name": "ln", "config": {"norm": "LN", "seed": seed, "epochs": 2, "params": 7750},
                   "history": [{"epoch": i + 1, "test_acc": a, "train_acc": 99.0, "test_loss": 0.03 - i * 0.01,
                                "seconds": 60.0} for i, a in enumerate(accs)]}
         (tmp_path / f"ln_seed{seed}.json").write_text(json.dumps(record))
     record["config"]["seed"], record["history"] = 2, record["history"][:1]
     (tmp_path / "ln_seed2.json").write_text(json.dumps(record))
-    started = {"name": "gn", "config": {"seed": 0, "epochs": 20, "params": 7750}, "history": []}
+    started = {"name": "gn", "config": {"norm": "GN", "seed": 0, "epochs": 20, "params": 7750}, "history": []}
     (tmp_path / "gn_seed0.json").write_text(json.dumps(started))  # no epoch finished yet: no row
     assert len(report.results_table(str(tmp_path)).splitlines()) == 3
     row = report.results_table(str(tmp_path)).splitlines()[2]
@@ -69,13 +74,15 @@ def test_results_table_reports_mean_std_and_unfinished_runs(tmp_path):
     assert "unfinished: seed 2: 1 of 2 epochs" in row and "| 7,750 |" in row
 
 
-def test_every_figure_the_readme_shows_exists():
+def test_every_figure_and_link_the_readme_and_docs_show_exists():
     import re
-    text = open(os.path.join(ROOT, "README.md")).read()
-    paths = re.findall(r"\]\((static/[^)]+\.png)\)", text)
-    assert len(paths) >= 6
-    for path in paths:
-        assert os.path.getsize(os.path.join(ROOT, path)) > 5000, path
+    for doc in report.FILES:
+        text = open(doc).read()
+        base = os.path.dirname(doc)
+        for path in re.findall(r"\]\(([^)#:]+)\)", text):  # relative links and images
+            assert os.path.exists(os.path.join(base, path)), f"{doc}: {path}"
+        for path in re.findall(r"\]\(([^)]+\.png)\)", text):
+            assert os.path.getsize(os.path.join(base, path)) > 5000, path
 
 
 def test_batch_size_table_has_a_row_per_batch_and_the_study_wall_time(tmp_path):
@@ -87,7 +94,8 @@ def test_batch_size_table_has_a_row_per_batch_and_the_study_wall_time(tmp_path):
         if norm == "bn":
             entry["test_acc_batch_stats"] = acc - 10
         record = {"name": f"{norm}_bs{bs}", "history": [entry],
-                  "config": {"seed": seed, "epochs": 1, "params": 7750, "batch_size": bs, "lr": 0.1 * bs / 128,
+                  "config": {"norm": norm.upper(), "seed": seed, "epochs": 1, "params": 7750, "batch_size": bs,
+                             "lr": 0.1 * bs / 128,
                              "train_images": 60000}}
         (folder / f"{norm}_bs{bs}_seed{seed}.json").write_text(json.dumps(record))
     (folder / "study.json").write_text(json.dumps({"invocations": [
@@ -136,7 +144,8 @@ def test_performance_tables_come_from_the_benchmark_files_and_the_runs(tmp_path)
     assert "takes 16.0 s in fp32 and 12.5 s in bf16, **1.28x** as fast" in last
 
     for name, accs in (("bn_l1", [99.0, 99.41, 99.5]), ("ln", [99.0, 99.2, 99.3]), ("gn", [99.1, 99.3, 99.45])):
-        record = {"name": name, "config": {"seed": 0, "epochs": 3, "params": 7750},
+        config = {"norm": name[:2].upper(), "l1": 1e-5 if name == "bn_l1" else 0.0, "seed": 0, "epochs": 3}
+        record = {"name": name, "config": {**config, "params": 7750},
                   "history": [{"epoch": i + 1, "test_acc": a, "train_acc": 99.0, "test_loss": 0.02, "seconds": 30.0}
                               for i, a in enumerate(accs)]}
         (tmp_path / f"{name}_seed0.json").write_text(json.dumps(record))

@@ -9,26 +9,28 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-import train as train_cli
+import study
 import utils
 from conftest import ROOT, synthetic
 from model import Net
 
 
 def test_learning_rate_scales_linearly_from_batch_128():
-    assert utils.scaled_lr(128) == 0.1
-    assert utils.scaled_lr(2) == pytest.approx(0.1 / 64)
-    assert utils.scaled_lr(256) == pytest.approx(0.2)
-    assert utils.scaled_lr(32, lr=0.05) == pytest.approx(0.0125)
+    assert study.scaled_lr(128) == 0.1
+    assert study.scaled_lr(2) == pytest.approx(0.1 / 64)
+    assert study.scaled_lr(256) == pytest.approx(0.2)
+    assert study.scaled_lr(32, lr=0.05) == pytest.approx(0.0125)
 
 
 def test_plan_runs_smallest_batches_first_and_rejects_bad_sizes():
-    plan = utils.study_plan(["BN", "GN"], [64, 2], [0, 1])
-    assert len(plan) == 8 and [b for _, b, _ in plan] == [2, 2, 2, 2, 64, 64, 64, 64]
+    plan = study.plan(["BN", "GN"], [64, 2], [0, 1], epochs=2)
+    assert len(plan) == 8 and [r.batch_size for r in plan] == [2, 2, 2, 2, 64, 64, 64, 64]
+    assert plan[0].lr == pytest.approx(0.1 / 64) and plan[0].l1 == 0 and plan[0].epochs == 2
+    assert study.run_name(plan[0]) == "bn_bs2"
     with pytest.raises(ValueError, match=r"batch sizes must be integers >= 2, got \[1\]"):
-        utils.study_plan(["BN"], [1, 2], [0])
+        study.plan(["BN"], [1, 2], [0])
     with pytest.raises(ValueError, match="at least one norm"):
-        utils.study_plan(["BN"], [], [0])
+        study.plan(["BN"], [], [0])
 
 
 def trained_bn(seed=0):
@@ -46,7 +48,7 @@ def test_batch_stats_evaluation_matches_a_train_mode_forward_and_leaves_the_mode
     model = trained_bn()
     images, labels = synthetic(100, seed=1)
     before = copy.deepcopy(model.state_dict())
-    loss, acc = utils.evaluate_batch_stats(model, (images, labels), batch_size=8)
+    loss, acc = utils.evaluate(model, (images, labels), batch_size=8, batch_stats=True)
     assert all(torch.equal(before[k], v) for k, v in model.state_dict().items())  # running stats untouched
 
     # Reference: the whole net in train mode (dropout is 0), batch by batch of 8 (the last has 4), by hand:
@@ -55,7 +57,7 @@ def test_batch_stats_evaluation_matches_a_train_mode_forward_and_leaves_the_mode
     total, correct = 0.0, 0
     with torch.no_grad():
         for i in range(0, 100, 8):
-            x = utils.normalize(utils.to_unit(images[i:i + 8]))
+            x = utils.standardize(utils.to_unit(images[i:i + 8]))
             logp = reference(x)
             total += F.nll_loss(logp, labels[i:i + 8], reduction="sum").item()
             correct += (logp.argmax(1) == labels[i:i + 8]).sum().item()
@@ -65,55 +67,55 @@ def test_batch_stats_evaluation_matches_a_train_mode_forward_and_leaves_the_mode
 
 
 def test_batch_stats_evaluation_is_for_batchnorm_only(tmp_path):
-    images, labels = synthetic(64)
     with pytest.raises(ValueError, match="GN has none"):
-        utils.run_experiment("GN", train=(images, labels), test=(images, labels), device=torch.device("cpu"),
-                             epochs=1, results_dir=str(tmp_path), progress=False, batch_stats=True)
+        utils.run(utils.Recipe("GN", epochs=1), (synthetic(64), synthetic(64)), device=torch.device("cpu"),
+                  out=str(tmp_path), progress=False, batch_stats=True)
 
 
-def study(tmp_path, **kw):
-    train, test = synthetic(96), synthetic(40, seed=1)
-    args = dict(train=train, test=test, device=torch.device("cpu"), results_dir=str(tmp_path), epochs=1)
-    args.update(kw)
-    return utils.run_study(["BN", "LN", "GN"], [4, 16], [0], **args)
+def toy_study(tmp_path, epochs=1, **kw):
+    data = synthetic(96), synthetic(40, seed=1)
+    return study.run_study(study.plan(["BN", "LN", "GN"], [4, 16], [0], epochs=epochs), data,
+                           device=torch.device("cpu"), out=str(tmp_path), progress=False, **kw)
 
 
 def test_toy_study_writes_every_run_and_resumes_where_it_stopped(tmp_path):
-    records = study(tmp_path)
+    records = toy_study(tmp_path)
+    folder = tmp_path / "results" / "batch_size"
     names = ["bn_bs4", "bn_bs16", "ln_bs4", "ln_bs16", "gn_bs4", "gn_bs16"]
     assert sorted(records) == sorted(names)
     for name in names:
-        record = json.load(open(tmp_path / f"{name}_seed0.json"))
+        record = json.load(open(folder / f"{name}_seed0.json"))
         assert record == json.loads(json.dumps(records[name][0]))
         bs = record["config"]["batch_size"]
         assert record["config"]["lr"] == pytest.approx(0.1 * bs / 128) and len(record["history"]) == 1
         has_stats = "test_acc_batch_stats" in record["history"][0]
         assert has_stats == name.startswith("bn"), name
-    log = json.load(open(tmp_path / "study.json"))["invocations"]
+    log = json.load(open(folder / "study.json"))["invocations"]
     assert log[-1]["runs_planned"] == 6 and log[-1]["runs_trained"] == 6 and log[-1]["wall_seconds"] > 0
 
     # A second call trains nothing; an unfinished run (its file cut back to no epochs) is trained again.
-    mtimes = {f: os.path.getmtime(tmp_path / f) for f in os.listdir(tmp_path) if f != "study.json"}
-    cut = json.load(open(tmp_path / "gn_bs16_seed0.json"))
+    mtimes = {f: os.path.getmtime(folder / f) for f in os.listdir(folder) if f != "study.json"}
+    cut = json.load(open(folder / "gn_bs16_seed0.json"))
     cut["history"] = []
-    utils.write_json(str(tmp_path / "gn_bs16_seed0.json"), cut)
+    utils.write_json(str(folder / "gn_bs16_seed0.json"), cut)
     mtimes.pop("gn_bs16_seed0.json")
-    again = study(tmp_path)
-    assert json.load(open(tmp_path / "study.json"))["invocations"][-1]["runs_trained"] == 1
-    assert all(os.path.getmtime(tmp_path / f) == t for f, t in mtimes.items())
+    again = toy_study(tmp_path)
+    assert json.load(open(folder / "study.json"))["invocations"][-1]["runs_trained"] == 1
+    assert all(os.path.getmtime(folder / f) == t for f, t in mtimes.items())
     assert len(again["gn_bs16"][0]["history"]) == 1
-    study(tmp_path)  # nothing left to train: not logged as part of the study's time
-    assert len(json.load(open(tmp_path / "study.json"))["invocations"]) == 2
+    toy_study(tmp_path)  # nothing left to train: not logged as part of the study's time
+    assert len(json.load(open(folder / "study.json"))["invocations"]) == 2
 
     # Other settings in the same folder are refused, naming the file and what differs.
-    with pytest.raises(ValueError, match=r"bn_bs4_seed0.json was written with other settings \(epochs 1 there, 2 now"):
-        study(tmp_path, epochs=2)
+    with pytest.raises(utils.SettingsClash, match=r"bn_bs4_seed0.json was written with other settings "
+                                                  r"\(epochs 1 there, 2 now"):
+        toy_study(tmp_path, epochs=2)
 
-    rows = utils.study_summary(again)
+    rows = study.summary(again)
     assert [(r["norm"], r["batch_size"]) for r in rows] == [("bn", 4), ("bn", 16), ("ln", 4), ("ln", 16),
                                                              ("gn", 4), ("gn", 16)]
     assert "batch_stats_mean" in rows[0] and "batch_stats_mean" not in rows[2]
-    fig = utils.plot_batch_size_study(again)
+    fig = study.plot(again)
     ax = fig.axes[0]
     assert ax.get_xscale() == "log" and ax.get_yscale() == "log"
     labels = [t.get_text() for t in ax.get_legend().get_texts()]
@@ -122,20 +124,18 @@ def test_toy_study_writes_every_run_and_resumes_where_it_stopped(tmp_path):
 
 
 @pytest.mark.parametrize("args,message", [
-    (["--jobs", "2"], "--jobs: only with --study batch-size"),
-    (["--batch-sizes", "8"], "--batch-sizes: only with --study batch-size"),
-    (["--study", "batch-size", "--batch-sizes", "1"], "expected an integer >= 2, got '1'"),
-    (["--study", "batch-size", "--batch-size", "64"], "--batch-size and --val do not apply"),
-    (["--study", "size"], "invalid choice: 'size'"),
+    (["--batch-sizes", "1"], "expected an integer >= 2, got '1'"),
+    (["--batch-size", "64"], "unrecognized arguments: --batch-size"),
+    (["--jobs", "0"], "expected a positive integer, got '0'"),
 ])
-def test_cli_rejects_study_options_out_of_place(args, message, capsys):
+def test_cli_rejects_bad_values(args, message, capsys):
     with pytest.raises(SystemExit):
-        train_cli.parse_args(args)
+        study.parse_args(args)
     assert message in capsys.readouterr().err
 
 
 def test_cli_study_defaults():
-    args = train_cli.parse_args(["--study", "batch-size"])
+    args = study.parse_args([])
     assert args.batch_sizes == [2, 4, 8, 16, 32, 64, 128, 256] and args.epochs == 2 and args.seeds == [0, 1]
     assert args.l1 == 0.0 and args.norms == ["BN", "LN", "GN"] and args.precision == "fp32"
 
@@ -143,7 +143,7 @@ def test_cli_study_defaults():
 @pytest.mark.mnist
 def test_cli_study_at_toy_size_in_two_processes(tmp_path, mnist):
     from conftest import DATA
-    cmd = [sys.executable, os.path.join(ROOT, "train.py"), "--study", "batch-size", "--batch-sizes", "8", "64",
+    cmd = [sys.executable, os.path.join(ROOT, "study.py"), "--batch-sizes", "8", "64",
            "--epochs", "1", "--seeds", "0", "--limit", "512", "--jobs", "2", "--data", DATA, "--out", str(tmp_path),
            "--device", "cpu", "--no-progress"]
     done = subprocess.run(cmd, capture_output=True, text=True, timeout=600)
@@ -159,3 +159,15 @@ def test_cli_study_at_toy_size_in_two_processes(tmp_path, mnist):
     # Run again: everything is there already.
     done = subprocess.run(cmd, capture_output=True, text=True, timeout=600)
     assert done.returncode == 0 and "6 already finished" in done.stdout and "0 to train" in done.stdout
+
+
+def test_committed_study_is_finished_under_the_current_code():
+    # The committed files read back as finished runs of the current study plan: `python study.py` trains nothing.
+    folder = os.path.join(ROOT, "results", "batch_size")
+    records = utils.load_records(folder)
+    recipes = study.plan(["BN", "LN", "GN"],
+                         list(study.BATCH_SIZES), list(study.SEEDS), epochs=study.EPOCHS)
+    for recipe in recipes:
+        (record,) = [r for r in records[study.run_name(recipe)] if r["config"]["seed"] == recipe.seed]
+        assert utils.Recipe.from_config(record["config"]) == recipe
+        assert len(record["history"]) == recipe.epochs

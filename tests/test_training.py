@@ -4,6 +4,8 @@ import os
 import subprocess
 import sys
 
+from dataclasses import replace
+
 import numpy as np
 import pytest
 import torch
@@ -68,16 +70,38 @@ def test_bf16_training_runs_the_convolutions_in_bfloat16_and_keeps_fp32_weights(
     assert all(np.isfinite(losses)) and losses[-1] < losses[0]
 
 
-def test_unknown_precision_is_rejected_naming_the_choices(tmp_path):
-    with pytest.raises(ValueError, match=r"precision must be one of \('fp32', 'bf16'\), got 'fp16'"):
-        small_run(tmp_path, precision="fp16")
-    assert os.listdir(tmp_path) == []  # nothing written
+@pytest.mark.parametrize("settings,message", [
+    (dict(precision="fp16"), r"precision must be one of \('fp32', 'bf16'\), got 'fp16'"),
+    (dict(norm="XN"), "norm must be one of BN, LN, GN"),
+    (dict(groups=3), "groups must divide both 10 and 20"),
+    (dict(epochs=0), "epochs must be an integer >= 1, got 0"),
+    (dict(lr=0.0), "lr must be a finite number > 0, got 0.0"),
+    (dict(l1=float("nan")), "l1 must be a finite number >= 0, got nan"),
+    (dict(limit=0), "limit must be None or an integer >= 1, got 0"),
+])
+def test_bad_recipe_is_rejected_naming_what_is_accepted(settings, message):
+    with pytest.raises(ValueError, match=message):
+        utils.Recipe(**settings)
 
 
-def small_run(tmp_path, seed=0, epochs=2, **kw):
-    return utils.run_experiment("BN", train=synthetic(256), test=synthetic(64, seed=1), device=torch.device("cpu"),
-                                l1=1e-5, epochs=epochs, seed=seed, batch_size=64, results_dir=tmp_path,
-                                progress=False, **kw)
+def test_recipe_names_and_labels_come_from_its_settings():
+    assert [(r.name, r.label) for r in utils.experiment()] == [("bn_l1", "BN + L1"), ("ln", "LN"), ("gn", "GN")]
+    assert utils.experiment()[0].l1 == utils.L1 and utils.Recipe("gn", groups=5).name == "gn_g5"
+    assert utils.Recipe("LN", precision="bf16").label == "LN (bf16)"
+    assert utils.Recipe("GN", groups=5).label == "GN (5 groups)"
+    # A config written before degrees, val and limit were recorded reads back with its split sizes.
+    old = {"norm": "GN", "groups": 2, "lr": 0.2, "train_images": 50000, "eval_images": 10000,
+           "eval_split": "validation: the last 10000 training images", "torch": "x"}
+    assert utils.Recipe.from_config(old) == utils.Recipe("GN", lr=0.2, val=10000)
+    assert utils.Recipe.from_config({**old, "train_images": 512}).limit == 512
+
+
+TRAIN, TEST = synthetic(256), synthetic(64, seed=1)
+SMALL = utils.Recipe("BN", l1=1e-5, epochs=2, batch_size=64)
+
+
+def small_run(tmp_path, recipe=SMALL, **kw):
+    return utils.run(recipe, (TRAIN, TEST), device=torch.device("cpu"), out=str(tmp_path), progress=False, **kw)
 
 
 def without_time(history):
@@ -87,35 +111,108 @@ def without_time(history):
 def test_same_seed_same_history_on_cpu(tmp_path):
     _, a = small_run(tmp_path / "a")
     _, b = small_run(tmp_path / "b")
-    _, c = small_run(tmp_path / "c", seed=1)
+    _, c = small_run(tmp_path / "c", replace(SMALL, seed=1))
     assert without_time(a["history"]) == without_time(b["history"])
     assert without_time(a["history"]) != without_time(c["history"])
 
 
-def test_json_is_written_every_epoch_and_survives_an_interruption(tmp_path, monkeypatch):
-    _, record = small_run(tmp_path, epochs=2)
-    saved = json.load(open(tmp_path / "bn_l1_seed0.json"))
+def test_json_and_weights_are_written_and_a_finished_run_is_not_retrained(tmp_path):
+    model, record = small_run(tmp_path)
+    saved = json.load(open(tmp_path / "results" / "bn_l1_seed0.json"))
     assert saved == json.loads(json.dumps(record))
     assert [r["epoch"] for r in saved["history"]] == [1, 2]
     assert set(saved["history"][0]) == {"epoch", "train_loss", "train_acc", "test_loss", "test_acc", "lr", "seconds"}
-    for key in ("norm", "groups", "l1", "seed", "batch_size", "optimizer", "schedule", "augmentation", "epochs",
-                "torch", "device"):
-        assert key in saved["config"], key
+    config = saved["config"]
+    assert utils.Recipe.from_config(config) == SMALL
+    assert config["threads"] == torch.get_num_threads() and config["train_images"] == 256 and config["params"] == 7750
+    # The weights file holds the final model and its config, loadable as data only.
+    loaded, weights_config = utils.load_weights(tmp_path / "weights" / "bn_l1_seed0.pt")
+    assert weights_config == config
+    assert all(torch.equal(a, b) for a, b in zip(loaded.state_dict().values(), model.state_dict().values()))
+    assert not os.path.exists(tmp_path / "checkpoints" / "bn_l1_seed0.pt")  # removed once finished
+    mtime = os.path.getmtime(tmp_path / "results" / "bn_l1_seed0.json")
+    again, record2 = small_run(tmp_path)
+    assert record2 == saved and os.path.getmtime(tmp_path / "results" / "bn_l1_seed0.json") == mtime
+    assert torch.equal(again.conv6.weight, model.conv6.weight)
 
-    # Interrupt during the third epoch's evaluation: the file still holds the two finished epochs.
+
+def test_an_interrupted_run_resumes_to_the_same_history_and_weights(tmp_path, monkeypatch):
+    recipe = replace(SMALL, epochs=4)
+    _, whole = small_run(tmp_path / "whole", recipe)
     real_evaluate, calls = utils.evaluate, []
 
-    def evaluate_then_stop(*args, **kw):
+    def evaluate_then_stop(*args, **kw):  # stop during the third epoch's evaluation
         calls.append(1)
         if len(calls) == 3:
             raise KeyboardInterrupt
         return real_evaluate(*args, **kw)
     monkeypatch.setattr(utils, "evaluate", evaluate_then_stop)
     with pytest.raises(KeyboardInterrupt):
-        small_run(tmp_path / "cut", epochs=5)
-    saved = json.load(open(tmp_path / "cut" / "bn_l1_seed0.json"))
-    assert [r["epoch"] for r in saved["history"]] == [1, 2]
-    assert os.listdir(tmp_path / "cut") == ["bn_l1_seed0.json"]  # no temporary files left behind
+        small_run(tmp_path / "cut", recipe)
+    saved = json.load(open(tmp_path / "cut" / "results" / "bn_l1_seed0.json"))
+    assert [r["epoch"] for r in saved["history"]] == [1, 2]  # every finished epoch kept
+    assert os.path.exists(tmp_path / "cut" / "checkpoints" / "bn_l1_seed0.pt")
+    assert sorted(os.listdir(tmp_path / "cut" / "results")) == ["bn_l1_seed0.json"]  # no temporary files left
+    monkeypatch.setattr(utils, "evaluate", real_evaluate)
+    _, resumed = small_run(tmp_path / "cut", recipe)
+    assert without_time(resumed["history"]) == without_time(whole["history"])
+    a = torch.load(tmp_path / "whole" / "weights" / "bn_l1_seed0.pt", weights_only=True)["state_dict"]
+    b = torch.load(tmp_path / "cut" / "weights" / "bn_l1_seed0.pt", weights_only=True)["state_dict"]
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+
+
+def test_files_of_other_settings_are_never_mixed_in(tmp_path):
+    small_run(tmp_path, replace(SMALL, epochs=1))
+    with pytest.raises(utils.SettingsClash, match=r"bn_l1_seed0.json was written with other settings "
+                                                  r"\(epochs 1 there, 2 now\); .*--fresh"):
+        small_run(tmp_path)
+    # A checkpoint from a run with another thread count is not resumed either.
+    state_path = tmp_path / "checkpoints" / "bn_l1_seed0.pt"
+    _, record = small_run(tmp_path, fresh=True)  # --fresh starts over
+    assert len(record["history"]) == 2
+    os.makedirs(state_path.parent, exist_ok=True)
+    os.remove(tmp_path / "weights" / "bn_l1_seed0.pt")
+    cut = json.load(open(tmp_path / "results" / "bn_l1_seed0.json"))
+    cut["history"] = cut["history"][:1]
+    utils.write_json(str(tmp_path / "results" / "bn_l1_seed0.json"), cut)
+    utils.save_torch(str(state_path), {"config": {**cut["config"], "threads": 99}, "history": cut["history"]})
+    with pytest.raises(utils.SettingsClash, match=r"checkpoints/bn_l1_seed0.pt was written with other settings "
+                                                  rf"\(threads 99 there, {torch.get_num_threads()} now\)"):
+        small_run(tmp_path)
+
+
+def test_parallel_jobs_give_the_same_histories_as_one_process_with_one_thread(tmp_path):
+    recipes = [replace(SMALL, norm=n, l1=0.0, epochs=1) for n in ("BN", "GN")]
+    data = (TRAIN, TEST)
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        serial, _ = utils.run_experiments(recipes, data, device=torch.device("cpu"), out=str(tmp_path / "a"),
+                                          progress=False)
+    finally:
+        torch.set_num_threads(threads)
+    parallel, models = utils.run_experiments(recipes, data, device=torch.device("cpu"), out=str(tmp_path / "b"),
+                                             jobs=2)
+    assert list(parallel) == ["bn", "gn"] and set(models) == {"bn", "gn"}
+    for name in serial:
+        assert without_time(serial[name][0]["history"]) == without_time(parallel[name][0]["history"])
+        assert parallel[name][0]["config"]["threads"] == 1
+
+
+def test_malloc_setting_changes_no_number(tmp_path):
+    # Two fresh processes, the same 1-epoch run with and without utils.tune_malloc(): identical histories.
+    code = ("import sys, torch, utils; torch.set_num_threads(1); sys.argv[2] == '1' and utils.tune_malloc(); "
+            "from conftest import synthetic; "
+            "utils.run(utils.Recipe('BN', l1=1e-5, epochs=1, batch_size=64), (synthetic(512), synthetic(64, seed=1)), "
+            "device=torch.device('cpu'), out=sys.argv[1], progress=False)")
+    for flag in ("0", "1"):
+        done = subprocess.run([sys.executable, "-c", code, str(tmp_path / flag), flag], capture_output=True, text=True,
+                              cwd=ROOT, env=dict(os.environ, PYTHONPATH=os.path.join(ROOT, "tests")))
+        assert done.returncode == 0, done.stderr
+    a, b = (json.load(open(tmp_path / flag / "results" / "bn_l1_seed0.json")) for flag in ("0", "1"))
+    assert without_time(a["history"]) == without_time(b["history"])
+    import platform
+    assert utils.tune_malloc() == (sys.platform.startswith("linux") and platform.libc_ver()[0] == "glibc")
 
 
 class TableModel(nn.Module):
@@ -173,7 +270,7 @@ def test_figures_are_written_with_titles_labels_and_legend(tmp_path):
 
 
 def test_summary_table_reports_mean_and_spread():
-    rec = lambda acc, seed: {"config": {"params": 7750, "seed": seed, "epochs": 2}, "history": [
+    rec = lambda acc, seed: {"config": {"norm": "GN", "groups": 5, "params": 7750, "seed": seed, "epochs": 2}, "history": [
         {"test_acc": acc - 1, "train_acc": 98.0, "test_loss": 0.05, "seconds": 30},
         {"test_acc": acc, "train_acc": 99.0, "test_loss": 0.02, "seconds": 30}]}
     (row,) = utils.summarize({"gn_g5": [rec(99.0, 0), rec(99.4, 1)]})
@@ -224,6 +321,17 @@ def test_cli_quick_run_writes_figures_and_results(tmp_path, mnist):
         assert record["config"]["train_images"] == 2000 and record["config"]["eval_images"] == 10000
         assert record["config"]["params"] == 7750 and len(record["history"]) == 1
     assert "BN + L1" in done.stdout and "final test acc" in done.stdout
+    # The same command again trains nothing; other settings on the same files are refused.
+    again = subprocess.run(cmd, capture_output=True, text=True, timeout=600)
+    assert again.returncode == 0 and again.stdout.count("finished, loaded from") == 3, again.stderr
+    clash = subprocess.run(cmd + ["--epochs", "2"], capture_output=True, text=True, timeout=600)
+    assert clash.returncode == 1 and "(epochs 1 there, 2 now)" in clash.stderr and "--fresh" in clash.stderr
+    # --rerun trains a results file's run again, with its thread count, and compares the histories.
+    rerun = subprocess.run(cmd[:2] + ["--rerun", str(tmp_path / "results" / "ln_seed0.json"), "--out",
+                                      str(tmp_path / "re"), "--data", DATA, "--no-progress"],
+                           capture_output=True, text=True, timeout=600)
+    assert rerun.returncode == 0, rerun.stdout + rerun.stderr
+    assert "identical: all 1 epochs" in rerun.stdout
     # --no-figures: results only, static/ untouched.
     done = subprocess.run(cmd[:2] + ["--norms", "gn", "--groups", "5", "--no-figures"] + cmd[2:],
                           capture_output=True, text=True, timeout=600)

@@ -1,0 +1,79 @@
+"""Command-line pieces shared by train.py, study.py and benchmarks/: value checks, the device, common options."""
+import argparse
+import math
+import os
+
+import utils
+from model import NORMS, VALID_GROUPS
+
+ROOT = os.path.dirname(os.path.abspath(__file__))
+DEFAULT = utils.Recipe()  # every default below is read from here
+
+
+def number(kind, what, low, *, low_open=False, high=None):
+    """An argparse type: `kind` (int or float) in [low, high), or (low, high) if low_open."""
+    def parse(text):
+        try:
+            value = kind(text)
+        except ValueError:
+            value = None
+        if value is None or not math.isfinite(value) or value < low or (low_open and value == low) \
+                or (high is not None and value >= high):
+            raise argparse.ArgumentTypeError(f"expected {what}, got {text!r}")
+        return value
+    return parse
+
+
+positive_int = number(int, "a positive integer", 1)
+
+
+def device(text):
+    """An argparse type: cpu, cuda[:N], mps, or auto (cuda, then mps, then cpu), available here."""
+    try:
+        return utils.pick_device(None if text == "auto" else text)
+    except (RuntimeError, ValueError) as e:
+        raise argparse.ArgumentTypeError(str(e)) from None
+
+
+class HelpFormatter(argparse.ArgumentDefaultsHelpFormatter, argparse.RawDescriptionHelpFormatter):
+    """Shows "(default: ...)" except where the default is None: those helps say it in words."""
+    def _get_help_string(self, action):
+        return action.help if action.default is None else super()._get_help_string(action)
+
+
+def parser(description):
+    # allow_abbrev=False: a misspelt or shortened option is an error, never silently another option
+    return argparse.ArgumentParser(description=description, formatter_class=HelpFormatter, allow_abbrev=False)
+
+
+def add_recipe_arguments(p, *, lr_help="peak learning rate of the one-cycle schedule"):
+    """The Recipe's settings that a command may change, with the Recipe's defaults."""
+    p.add_argument("--norms", nargs="+", type=str.upper, choices=NORMS, default=list(NORMS), metavar="NORM",
+                   help=f"which models to train, any of {', '.join(NORMS)} (any case)")
+    p.add_argument("--seeds", nargs="+", type=number(int, "a seed >= 0", 0), default=[DEFAULT.seed], metavar="SEED",
+                   help="one run per seed")
+    p.add_argument("--epochs", type=positive_int, default=DEFAULT.epochs, help="epochs per run")
+    p.add_argument("--lr", type=number(float, "a number > 0", 0, low_open=True), default=DEFAULT.lr, help=lr_help)
+    p.add_argument("--dropout", type=number(float, "a probability in [0, 1)", 0, high=1), default=DEFAULT.dropout,
+                   help="dropout after every norm layer")
+    p.add_argument("--groups", type=int, choices=VALID_GROUPS, default=DEFAULT.groups,
+                   help="groups in every GroupNorm layer")
+    p.add_argument("--degrees", type=number(float, "a finite number >= 0", 0), default=DEFAULT.degrees,
+                   help="each training image is rotated by an angle uniform in ±DEGREES")
+    p.add_argument("--precision", choices=utils.PRECISIONS, default=DEFAULT.precision,
+                   help="the training forward pass: fp32, or bf16 (bfloat16 autocast)")
+    p.add_argument("--limit", type=positive_int, default=None,
+                   help="train on only the first N training images, for a quick run (default: all)")
+
+
+def add_run_arguments(p, *, jobs_help):
+    """Where data and results are, the device, parallel jobs, and starting over."""
+    p.add_argument("--jobs", type=positive_int, default=None, help=jobs_help + " (default: utils.default_jobs)")
+    p.add_argument("--data", default="data", help="dataset root (torchvision layout: DATA/MNIST/raw)")
+    p.add_argument("--out", default=ROOT, help="where results/, weights/, checkpoints/ and static/ are written")
+    p.add_argument("--device", type=device, default="auto", help="cpu, cuda[:N], mps, or auto: cuda, then mps, then cpu")
+    p.add_argument("--fresh", action="store_true",
+                   help="delete the files of the runs asked for and train them from scratch, instead of resuming "
+                        "unfinished runs and keeping finished ones")
+    p.add_argument("--no-progress", action="store_true", help="no progress bars, only the per-epoch log")
+    p.add_argument("--no-figures", action="store_true", help="write results/ only, leaving static/ as it is")

@@ -1,0 +1,192 @@
+"""The batch-size study: BN, LN and GN trained with 2 to 256 images per batch (results/batch_size/, its figure and table).
+
+Every norm at every batch size for every seed, with the peak learning rate scaled linearly with the
+batch (Goyal et al. 2017, as Wu & He do): LR at batch 128. BN runs also record the test set evaluated
+with batch statistics. Runs resume like train.py's; each invocation that trains logs its wall time to
+results/batch_size/study.json.
+"""
+import json
+import os
+import sys
+import time
+
+import numpy as np
+from matplotlib.figure import Figure
+from matplotlib.ticker import FuncFormatter, LogLocator, NullFormatter
+
+import cli
+import utils
+
+BATCH_SIZES = (2, 4, 8, 16, 32, 64, 128, 256)
+EPOCHS, SEEDS = 2, (0, 1)  # the study's own defaults: short runs, two seeds
+FOLDER = "batch_size"
+
+
+def scaled_lr(batch_size, lr=utils.Recipe.lr, base=utils.Recipe.batch_size):
+    """The linear scaling rule: the peak learning rate is proportional to the batch size, and is `lr` at `base`."""
+    return lr * batch_size / base
+
+
+def plan(norms, batch_sizes, seeds, **settings):
+    """The study's recipes, slowest first (small batches take the most steps per epoch): every norm at
+    every batch size for every seed, no L1 unless `settings` says so, lr scaled by scaled_lr."""
+    if not norms or not batch_sizes or not seeds:
+        raise ValueError("the study needs at least one norm, one batch size and one seed")
+    bad = [b for b in batch_sizes if not isinstance(b, int) or b < 2]
+    if bad:  # BatchNorm cannot normalize a batch of one image in training
+        raise ValueError(f"batch sizes must be integers >= 2, got {bad}")
+    lr = settings.pop("lr", utils.Recipe.lr)
+    return [utils.Recipe(norm, seed=seed, batch_size=b, lr=scaled_lr(b, lr), **settings)
+            for b in sorted(batch_sizes) for norm in norms for seed in seeds]
+
+
+def run_name(recipe):
+    return f"{recipe.name}_bs{recipe.batch_size}"
+
+
+def run_study(recipes, data, *, device, out, jobs=1, fresh=False, progress=True):
+    """Train (or resume) the study's recipes; returns {run name: [record per seed]} for every run in the folder."""
+    folder = os.path.join(out, "results", FOLDER)
+    names = [run_name(r) for r in recipes]
+    todo = sum(1 for r, n in zip(recipes, names) if not _finished(os.path.join(folder, f"{n}_seed{r.seed}.json")))
+    print(f"batch-size study: {len(recipes)} runs, {len(recipes) - todo} already finished in {folder}, "
+          f"{todo} to train with {jobs} job{'s' if jobs > 1 else ''}")
+    print(utils.LOG_HEADER)
+    start = time.perf_counter()
+    utils.run_experiments(recipes, data, device=device, out=out, folder=FOLDER, jobs=jobs, names=names,
+                          batch_stats=True, progress=progress, fresh=fresh)
+    if todo:  # an invocation that only re-reads finished runs is not part of the study's time
+        log_path = os.path.join(folder, "study.json")
+        log = {"invocations": []}
+        if os.path.exists(log_path):
+            with open(log_path) as f:
+                log = json.load(f)
+        log["invocations"].append({"runs_planned": len(recipes), "runs_trained": todo, "jobs": jobs,
+                                   "device": str(device), "cpus": os.cpu_count(),
+                                   "wall_seconds": time.perf_counter() - start})
+        utils.write_json(log_path, log)
+    return utils.load_records(folder)
+
+
+def _finished(path):
+    if not os.path.exists(path):
+        return False
+    with open(path) as f:
+        record = json.load(f)
+    return len(record["history"]) >= record["config"]["epochs"]
+
+
+def summary(records):
+    """One row per (norm, batch size) of a study's records, by norm then batch size: summarize()'s
+    keys plus norm, batch_size, lr, and for BN batch_stats_mean/_std (final accuracy with batch
+    statistics)."""
+    rows = []
+    for row in utils.summarize(records):
+        recs = [r for r in records[row["name"]] if r["history"]]
+        config = recs[0]["config"]
+        recipe = utils.Recipe.from_config(config)
+        row.update(norm=recipe.name, norm_label=recipe.label, batch_size=config["batch_size"], lr=config.get("lr"),
+                   epochs=config["epochs"])
+        stats = [r["history"][-1].get("test_acc_batch_stats") for r in recs]
+        if all(v is not None for v in stats):
+            row["batch_stats_mean"], row["batch_stats_std"] = float(np.mean(stats)), float(np.std(stats))
+        rows.append(row)
+    order = ["bn_l1", "bn", "ln", "gn"]
+    return sorted(rows, key=lambda r: (order.index(r["norm"]) if r["norm"] in order else len(order), r["norm"],
+                                       r["batch_size"]))
+
+
+def plot(records):
+    """Final test error (%, log axis) against batch size (log axis), one line per norm: the mean over
+    seeds with a min-max band, and for BN a dashed line evaluated with batch statistics."""
+    rows = summary(records)
+    fig = Figure(figsize=(8, 5.5), layout="constrained")
+    ax = fig.subplots()
+    lines = {}
+    for row in rows:
+        recs = [r for r in records[row["name"]] if r["history"]]
+        lines.setdefault(row["norm_label"], []).append(
+            (row["batch_size"], [100 - r["history"][-1]["test_acc"] for r in recs]))
+        if "batch_stats_mean" in row:
+            lines.setdefault(f"{row['norm_label']}, evaluated with batch statistics", []).append(
+                (row["batch_size"], [100 - r["history"][-1]["test_acc_batch_stats"] for r in recs]))
+    colours = {}
+    for label, points in lines.items():
+        points.sort()
+        sizes = [b for b, _ in points]
+        err = [np.array(v) for _, v in points]
+        mean = np.array([e.mean() for e in err])
+        base = label.split(",")[0]
+        other = sizes.index(128) if 128 in sizes[1:] else len(sizes) - 1  # the experiment's batch, if studied
+        ends = f"{mean[0]:.2f}% at batch {sizes[0]}, {mean[other]:.2f}% at {sizes[other]}"
+        (line,) = ax.plot(sizes, mean, marker="o", markersize=4, linestyle="--" if "," in label else "-",
+                          color=colours.get(base), label=f"{label}: {ends}")
+        colours.setdefault(base, line.get_color())
+        if any(len(e) > 1 for e in err):
+            ax.fill_between(sizes, [e.min() for e in err], [e.max() for e in err], color=line.get_color(), alpha=0.15)
+        ax.annotate(f"{mean[0]:.2f}", (sizes[0], mean[0]), textcoords="offset points", xytext=(-6, 0),
+                    ha="right", va="center", fontsize=8, color=line.get_color())
+    ax.set_xscale("log", base=2)
+    ax.set_yscale("log")
+    # Plain numbers (0.5, 1, 2, 5) rather than powers of ten: the errors span less than two decades.
+    ax.yaxis.set_major_locator(LogLocator(base=10, subs=(1, 2, 5)))
+    ax.yaxis.set_major_formatter(FuncFormatter(lambda v, _: f"{v:g}"))
+    ax.yaxis.set_minor_formatter(NullFormatter())
+    all_sizes = sorted({r["batch_size"] for r in rows})
+    ax.set_xticks(all_sizes, [str(b) for b in all_sizes])
+    ax.set_xlim(all_sizes[0] / 1.6, all_sizes[-1] * 1.25)
+    base_lr = {round(r["lr"] * 128 / r["batch_size"], 12) for r in rows if r["lr"] is not None}
+    ax.set_xlabel("images per batch" + (f" (peak learning rate {base_lr.pop():g} x batch / 128)" if len(base_lr) == 1
+                                        else ""))
+    ax.set_ylabel("final test error (%, log scale)")
+    epochs = sorted({r["epochs"] for r in rows})
+    seeds = sorted({len(r["seeds"]) for r in rows})
+    ax.set_title(f"Test error after {'/'.join(map(str, epochs))} epochs against batch size "
+                 f"(mean of {'/'.join(map(str, seeds))} seeds; band: min to max)")
+    ax.grid(alpha=0.3, which="both")
+    ax.legend(fontsize=8)
+    return fig
+
+
+def parse_args(argv=None):
+    p = cli.parser(__doc__)
+    cli.add_recipe_arguments(p, lr_help="peak learning rate at batch 128 (in proportion to the batch size at the others)")
+    p.add_argument("--batch-sizes", nargs="+", type=cli.number(int, "an integer >= 2", 2), default=list(BATCH_SIZES),
+                   metavar="B", help="the batch sizes")
+    p.add_argument("--l1", type=cli.number(float, "a finite number >= 0", 0), default=0.0,
+                   help="L1 weight added to the BN runs' loss (the study compares the norms alone)")
+    cli.add_run_arguments(p, jobs_help="runs trained in parallel, in that many processes (1 CPU thread each on a CPU)")
+    p.set_defaults(epochs=EPOCHS, seeds=list(SEEDS))
+    args = p.parse_args(argv)
+    args.jobs = args.jobs or utils.default_jobs(args.device)
+    return args
+
+
+def main(argv=None):
+    args = parse_args(argv)
+    utils.tune_malloc()
+    data = utils.load_mnist(args.data)
+    recipes = plan(args.norms, args.batch_sizes, args.seeds, l1=args.l1, epochs=args.epochs, lr=args.lr,
+                   dropout=args.dropout, groups=args.groups, degrees=args.degrees, precision=args.precision,
+                   limit=args.limit)
+    try:
+        records = run_study(recipes, data, device=args.device, out=args.out, jobs=args.jobs, fresh=args.fresh,
+                            progress=not args.no_progress)
+    except utils.SettingsClash as e:
+        sys.exit(f"study.py: error: {e}")
+    except KeyboardInterrupt:
+        sys.exit(f"\nstopped: every finished epoch is kept; resume with: python {' '.join(sys.argv)}")
+    print()
+    print(f"{'run':<16} {'lr':>8} {'seeds':>5} {'final test acc %':>17} {'with batch stats %':>19}")
+    for r in summary(records):
+        stats = f"{r['batch_stats_mean']:>10.2f} ± {r['batch_stats_std']:<4.2f}" if "batch_stats_mean" in r else ""
+        print(f"{r['norm_label'] + ', batch ' + str(r['batch_size']):<16} {r['lr']:>8.4g} {len(r['seeds']):>5} "
+              f"{r['final_mean']:>10.2f} ± {r['final_std']:<4.2f} {stats}")
+    if not args.no_figures:
+        path = utils.save_figure(plot(records), os.path.join(args.out, "static", "batch_size_study.png"))
+        print("wrote " + os.path.relpath(path, args.out))
+    return records
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,76 @@
+"""torch.hub: the entry point offline, the committed weights hash-checked, and (on the real MNIST, through an
+independent torchvision pipeline) the committed weights reproduce the committed test accuracies exactly."""
+import json
+import os
+import sys
+import types
+
+import pytest
+import torch
+
+import hubconf
+from conftest import DATA, ROOT
+
+
+def test_hub_builds_an_untrained_net_offline_and_its_help_names_the_options():
+    net = torch.hub.load(ROOT, "net", source="local", norm="ln", groups=1)
+    assert sum(p.numel() for p in net.parameters()) == 7750 and net.norm == "LN" and net.training
+    assert "pretrained=True" in hubconf.net.__doc__  # what torch.hub.help("OWNER/REPO", "net") prints
+
+
+@pytest.mark.parametrize("norm", ["BN", "LN", "GN"])
+def test_hub_loads_the_committed_weights_in_eval_mode(norm):
+    net = torch.hub.load(ROOT, "net", source="local", norm=norm, pretrained=True)
+    state, config = hubconf.load_pretrained(norm)
+    assert not net.training and config["norm"] == norm and config["seed"] == 0
+    assert all(torch.equal(a, state[k]) for k, a in net.state_dict().items())
+    with open(os.path.join(ROOT, "results", os.path.basename(hubconf.PRETRAINED[norm][0])[:-3] + ".json")) as f:
+        assert json.load(f)["config"] == config  # the weights come from the run that wrote the committed results
+
+
+def test_hub_uses_its_own_model_py_even_when_the_caller_has_another_module_named_model():
+    theirs = types.ModuleType("model")
+    theirs.Net = lambda *a, **k: "the caller's Net"
+    saved = sys.modules.get("model")
+    sys.modules["model"] = theirs
+    sys.path.insert(0, os.path.dirname(__file__))  # and whatever else is first on sys.path
+    try:
+        net = torch.hub.load(ROOT, "net", source="local", norm="GN", pretrained=True)
+        assert isinstance(net, torch.nn.Module) and sum(p.numel() for p in net.parameters()) == 7750
+        assert sys.modules["model"] is theirs  # not replaced either
+    finally:
+        sys.path.remove(os.path.dirname(__file__))
+        if saved is None:
+            sys.modules.pop("model")
+        else:
+            sys.modules["model"] = saved
+
+
+def test_a_weights_file_that_does_not_match_its_hash_is_refused_naming_it(monkeypatch, tmp_path):
+    bad = tmp_path / "gn_seed0.pt"
+    bad.write_bytes(open(os.path.join(ROOT, hubconf.PRETRAINED["GN"][0]), "rb").read() + b"x")
+    monkeypatch.setitem(hubconf.PRETRAINED, "GN", (str(bad), hubconf.PRETRAINED["GN"][1]))
+    with pytest.raises(RuntimeError, match=rf"{bad}: SHA-256 \w+ does not match the pinned"):
+        hubconf.net("GN", pretrained=True)
+    with pytest.raises(ValueError, match="pretrained weights exist for norm BN, LN, GN"):
+        hubconf.net("IN", pretrained=True)
+    with pytest.raises(ValueError, match="was trained with"):
+        hubconf.net("GN", pretrained=True, groups=5)
+
+
+@pytest.mark.mnist
+@pytest.mark.parametrize("norm", ["BN", "LN", "GN"])
+def test_committed_weights_classify_exactly_the_committed_number_of_test_images(norm, mnist):
+    # An independent path: torchvision's dataset, ToTensor and Normalize, a DataLoader, no code of ours but the Net.
+    from torch.utils.data import DataLoader
+    from torchvision import datasets, transforms
+    test = datasets.MNIST(DATA, train=False, download=False, transform=transforms.Compose(
+        [transforms.ToTensor(), transforms.Normalize((0.1307,), (0.3081,))]))
+    net = hubconf.net(norm, pretrained=True)
+    correct = 0
+    with torch.no_grad():
+        for x, y in DataLoader(test, batch_size=1000):
+            correct += (net(x).argmax(1) == y).sum().item()
+    with open(os.path.join(ROOT, "results", os.path.basename(hubconf.PRETRAINED[norm][0])[:-3] + ".json")) as f:
+        recorded = json.load(f)["history"][-1]["test_acc"]
+    assert correct == round(recorded * len(test) / 100)
