@@ -154,7 +154,11 @@ def benchmark_table(results):
                      f"**efficiency** (ours / ceiling) **{b['efficiency']:.2f}**. {st['repeats']} repeats of "
                      f"{st['steps_per_measurement']} steps of batch {st['batch_size']}, alternating order, median; "
                      f"DataLoader images/s by num_workers (the fastest is used): {workers}. {b['device']}; "
-                     f"Python {v['python']}, PyTorch {v['torch']}, torchvision {v['torchvision']}.")
+                     f"Python {v['python']}, PyTorch {v['torch']}, torchvision {v['torchvision']}."
+                     + (f" The step needs {b['flops_per_image'] / 1e6:.2f} MFLOP per image (forward and backward, "
+                        f"`torch.utils.flop_counter`), so ours computes {b['ours_flop_s'] / 1e9:.1f} GFLOP/s: "
+                        f"{100 * b['fraction_of_matmul_peak']:.0f}% of the {b['matmul_flop_s'] / 1e9:.0f} GFLOP/s of "
+                        f"a 2048 x 2048 fp32 matrix product on the same threads." if "flops_per_image" in b else ""))
     return "\n".join(lines + [""] + notes)
 
 
@@ -181,13 +185,44 @@ def options_table(results, file="options.json"):
                   f"{o['baseline_run_seconds'] / 60:.1f} min. {st['repeats']} alternating repeats of "
                   f"{st['training_images_per_measurement']:,} training images (evaluation: the 10,000 test images); "
                   f"median of the per-repeat ratios. {o['device']}; PyTorch {o['versions']['torch']}."]
+    return "\n".join(lines)
+
+
+def end_to_end_table(results):
+    """results/end_to_end.json (benchmarks/end_to_end.py): each comparison's two settings in fresh processes."""
     e = _load(results, "end_to_end.json")
-    if e is not None:
-        st = e["settings"]
-        lines += ["", f"End to end, in fresh processes (`results/end_to_end.json`: `{st['command']}`, {st['repeats']} "
-                      f"runs per precision of {st['epochs']} epochs, alternating, the first epoch of each left out): "
-                      f"a BN + L1 epoch with its test evaluation takes {e['fp32_epoch_seconds']:.1f} s in fp32 and "
-                      f"{e['bf16_epoch_seconds']:.1f} s in bf16, **{e['speedup']:.2f}x** as fast."]
+    if e is None:
+        return "(no results/end_to_end.json yet: `python -m benchmarks.end_to_end`)"
+    lines = ["| what is timed (fresh processes, alternating) | A | A seconds | B | B seconds | A / B |",
+             "|---|---|---|---|---|---|"]
+    row = lambda what, a, sa, b, sb: lines.append(f"| {what} | {a} | {sa:.1f} | {b} | {sb:.1f} | **{sa / sb:.2f}** |")
+    if "malloc" in e:
+        m = e["malloc"]
+        for key in sorted(k for k in m if k.endswith("_threads")):
+            row(f"a BN + L1 epoch on {m['settings']['limit']:,} images + test, {key.split('_')[0]} thread(s)",
+                "glibc default", m[key]["default_seconds"], "`utils.tune_malloc()`", m[key]["tuned_seconds"])
+    if "pipeline" in e:
+        p = e["pipeline"]
+        row(f"a BN + L1 epoch on 60,000 images + test, {p['settings']['threads']} threads",
+            f"conventional (`DataLoader`, {p['specs']['conventional']['workers']} workers, PIL transforms, glibc "
+            f"default)", p["conventional_seconds"], "ours (train.py's defaults)", p["ours_seconds"])
+    if "precision" in e:
+        p = e["precision"]
+        row(f"a BN + L1 epoch on {p['specs']['fp32']['limit'] or 60000:,} images + test, "
+            f"{p['settings']['threads']} threads", "fp32", p["fp32_seconds"], "bf16 autocast", p["bf16_seconds"])
+    if "experiment" in e:
+        x = e["experiment"]
+        row(f"`{x['settings']['command']}`, whole process", "--jobs 1", x["jobs1_seconds"], "--jobs 2",
+            x["jobs2_seconds"])
+    if "before" in e:
+        x = e["before"]
+        row(f"`{x['settings']['command']}`, whole process, defaults", f"commit {x['before_commit']}",
+            x["before_seconds"], "this code", x["after_seconds"])
+    some = next(v for v in e.values() if isinstance(v, dict) and "device" in v)
+    repeats = sorted({v["settings"]["repeats"] for v in e.values() if isinstance(v, dict) and "settings" in v})
+    lines += ["", f"`results/end_to_end.json`: {'/'.join(map(str, repeats))} processes per setting, alternating which "
+                  f"goes first; epoch times are medians with each process's first epoch left out, whole runs medians "
+                  f"of wall time. {some['device']}; PyTorch {some['versions']['torch']}."]
     return "\n".join(lines)
 
 
@@ -205,15 +240,13 @@ def speed_table(results, target=99.4):
             lines.append(f"| {utils.label(r)} | {r['config']['seed']} | {hit['epoch'] if hit else 'never'} "
                          f"| {f'{minutes:.1f}' if hit else ''} | {h[-1]['test_acc']:.2f} "
                          f"| {sum(e['seconds'] for e in h) / 60:.1f} |")
-    lines += ["", "| experiment (seed 0 of BN + L1, LN and GN) | epochs | minutes, summed over the three runs |",
-              "|---|---|---|"]
-    for suffix, label in (("", "fp32"), ("_bf16", "bf16")):
-        runs = [records.get(f"{n}{suffix}", []) for n in ("bn_l1", "ln", "gn")]
-        seed0 = [next((r for r in recs if r["config"]["seed"] == 0), None) for recs in runs]
-        if all(seed0):
-            epochs = sorted({len(r["history"]) for r in seed0})
-            total = sum(e["seconds"] for r in seed0 for e in r["history"])
-            lines.append(f"| {label} | {'/'.join(map(str, epochs))} | {total / 60:.1f} |")
+    log = _load(results, "invocations.json")
+    if log:
+        lines += ["", "| invocation that trained (`results/invocations.json`) | runs trained | jobs x threads "
+                      "| wall minutes |", "|---|---|---|---|"]
+        for i in log["invocations"]:
+            lines.append(f"| {', '.join(i['runs'])} | {i['runs_trained']} | {i['jobs']} x {i['threads']} "
+                         f"| {i['wall_seconds'] / 60:.1f} |")
     return "\n".join(lines)
 
 
@@ -232,9 +265,14 @@ def worked_example(results):
     return "```text\n" + normalizations.worked_example() + "\n```"
 
 
+def worked_example_short(results):
+    return "```text\n" + normalizations.worked_example(brief=True) + "\n```"
+
+
 TABLES = {"headline": headline_table, "tuning": tuning_table, "results": results_table,
           "batch-size": batch_size_table, "benchmark": benchmark_table, "options": options_table,
-          "speed": speed_table, "worked-example": worked_example}
+          "end-to-end": end_to_end_table, "speed": speed_table, "worked-example": worked_example,
+          "worked-example-short": worked_example_short}
 FILES = [os.path.join(HERE, f) for f in ("README.md", "docs/experiments.md", "docs/performance.md")]
 
 

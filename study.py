@@ -5,10 +5,8 @@ batch (Goyal et al. 2017, as Wu & He do): LR at batch 128. BN runs also record t
 with batch statistics. Runs resume like train.py's; each invocation that trains logs its wall time to
 results/batch_size/study.json.
 """
-import json
 import os
 import sys
-import time
 
 import numpy as np
 from matplotlib.figure import Figure
@@ -48,32 +46,14 @@ def run_study(recipes, data, *, device, out, jobs=1, fresh=False, progress=True)
     """Train (or resume) the study's recipes; returns {run name: [record per seed]} for every run in the folder."""
     folder = os.path.join(out, "results", FOLDER)
     names = [run_name(r) for r in recipes]
-    todo = sum(1 for r, n in zip(recipes, names) if not _finished(os.path.join(folder, f"{n}_seed{r.seed}.json")))
+    todo = sum(fresh or not utils.is_finished(os.path.join(folder, f"{n}_seed{r.seed}.json"))
+               for r, n in zip(recipes, names))
     print(f"batch-size study: {len(recipes)} runs, {len(recipes) - todo} already finished in {folder}, "
           f"{todo} to train with {jobs} job{'s' if jobs > 1 else ''}")
     print(utils.LOG_HEADER)
-    start = time.perf_counter()
     utils.run_experiments(recipes, data, device=device, out=out, folder=FOLDER, jobs=jobs, names=names,
-                          batch_stats=True, progress=progress, fresh=fresh)
-    if todo:  # an invocation that only re-reads finished runs is not part of the study's time
-        log_path = os.path.join(folder, "study.json")
-        log = {"invocations": []}
-        if os.path.exists(log_path):
-            with open(log_path) as f:
-                log = json.load(f)
-        log["invocations"].append({"runs_planned": len(recipes), "runs_trained": todo, "jobs": jobs,
-                                   "device": str(device), "cpus": os.cpu_count(),
-                                   "wall_seconds": time.perf_counter() - start})
-        utils.write_json(log_path, log)
+                          batch_stats=True, progress=progress, fresh=fresh, log="study.json")
     return utils.load_records(folder)
-
-
-def _finished(path):
-    if not os.path.exists(path):
-        return False
-    with open(path) as f:
-        record = json.load(f)
-    return len(record["history"]) >= record["config"]["epochs"]
 
 
 def summary(records):

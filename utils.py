@@ -612,11 +612,22 @@ def default_jobs(device):
     return min(2, os.cpu_count() or 1) if device.type == "cpu" else 1
 
 
+def is_finished(path):
+    """Whether a results file exists and holds every epoch its config plans."""
+    if not os.path.exists(path):
+        return False
+    with open(path) as f:
+        record = json.load(f)
+    return len(record["history"]) >= record["config"]["epochs"]
+
+
 def run_experiments(recipes, data, *, device, out=".", folder="", jobs=None, names=None, batch_stats=False,
-                    progress=True, fresh=False):
+                    progress=True, fresh=False, log="invocations.json"):
     """run() every recipe (finished runs are loaded, unfinished ones resume), in this process or, with
     jobs > 1, in that many worker processes (one CPU thread each on a CPU; None: default_jobs). names: the runs' names if not
     their recipes'; batch_stats: for the BN runs (see run).
+
+    An invocation that trains anything appends its wall time, jobs and device to OUT/results/FOLDER/`log`.
 
     Returns (records, models): {name: [record per seed]} in recipe order and {name: the first seed's model}
     (left out where a finished run's weights were not kept).
@@ -629,6 +640,8 @@ def run_experiments(recipes, data, *, device, out=".", folder="", jobs=None, nam
         raise ValueError("two runs share a name and seed, so they would write the same files")
     kws = [dict(out=out, folder=folder, name=n, batch_stats=batch_stats and r.norm == "BN", fresh=fresh)
            for r, n in zip(recipes, names)]
+    todo = sum(fresh or not is_finished(run_paths(out, folder, n, r.seed)["results"]) for r, n in zip(recipes, names))
+    start = time.perf_counter()
     # Move the data to the device once for all runs; run()'s own move is then a no-op.
     data = tuple(tuple(t.to(device) for t in pair) for pair in data)
     if jobs == 1 or len(recipes) == 1:
@@ -642,6 +655,17 @@ def run_experiments(recipes, data, *, device, out=".", folder="", jobs=None, nam
             futures = [pool.submit(_worker_run, r, data, device, kw) for r, kw in zip(recipes, kws)]
             done = [f.result() for f in futures]  # re-raises a worker's error here
         trained = {}
+    if todo:  # an invocation that only loads finished runs is not part of the experiment's time
+        log_path = os.path.join(out, "results", folder, log)
+        invocations = {"invocations": []}
+        if os.path.exists(log_path):
+            with open(log_path) as f:
+                invocations = json.load(f)
+        invocations["invocations"].append({
+            "runs_planned": len(recipes), "runs_trained": todo, "runs": sorted(set(names)), "jobs": jobs,
+            "device": str(device), "cpus": os.cpu_count(), "threads": 1 if jobs > 1 and device.type == "cpu" else
+            torch.get_num_threads(), "wall_seconds": time.perf_counter() - start})
+        write_json(log_path, invocations)
     records, models = {}, {}
     for recipe, record in zip(recipes, done):
         name = record["name"]

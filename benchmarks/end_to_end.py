@@ -1,10 +1,20 @@
-"""Seconds per epoch of real train.py runs, fp32 against bf16, each run in a fresh process, in alternating order.
+"""Whole epochs and whole experiments, each measured in a fresh process, two settings side by side in alternating order.
 
-options.py compares options inside one process, where the fp32 baseline's speed drifts with what ran
-before it. This measures the kept option the way it is used: `python train.py --norms BN --epochs E
---precision P` (BN + L1, evaluation every epoch), run --repeats times per precision, alternating which
-goes first. The first epoch (warm-up) is left out; the median epoch time of the rest is reported.
-Writes results/end_to_end.json.
+Comparisons (--compare, any of):
+  malloc      glibc's default allocator against utils.tune_malloc, at 1 and at 2 CPU threads
+              (BN + L1, our pipeline, on --limit training images; epoch seconds)
+  pipeline    the conventional pipeline (torchvision DataLoader with PIL RandomRotation, ToTensor and Normalize,
+              glibc's default allocator, fp32) against ours with train.py's defaults (data on the device, batched
+              rotation, utils.tune_malloc); one epoch of BN + L1 on the 60,000 training images plus the evaluation
+              of the 10,000 test images, both with the CPU's threads
+  precision   fp32 against bf16 autocast (our pipeline, as malloc)
+  experiment  the whole `python train.py` (BN + L1, LN and GN) with --jobs 1 against --jobs 2; wall seconds of the
+              process, for --experiment-epochs epochs
+  before      the whole `python train.py` of another checkout (--before DIR, e.g. a `git worktree` of an older
+              commit) against this one, both with their defaults, measured as experiment
+Each setting runs --repeats times, alternating which goes first; the first epoch of each run is left out (warm-up)
+and the median of the rest is reported. Run from the repository root as `python -m benchmarks.end_to_end`.
+Writes results/end_to_end.json (--quick: results/end_to_end_quick.json), keeping other comparisons already there.
 """
 import argparse
 import json
@@ -13,60 +23,196 @@ import statistics
 import subprocess
 import sys
 import tempfile
+import time
+
+import torch
 
 import utils
 from benchmarks import pipeline
+from cli import ROOT
+from model import Net
+
+COMPARISONS = ("malloc", "pipeline", "precision", "experiment", "before")
 
 
-def run_once(precision, epochs, args, folder):
-    """Epoch seconds (all epochs) of one fresh `train.py` process."""
-    out = os.path.join(folder, f"{precision}_{len(os.listdir(folder))}")
-    cmd = [sys.executable, os.path.join(pipeline.ROOT, "train.py"), "--norms", "BN", "--epochs", str(epochs),
-           "--precision", precision, "--no-figures", "--no-progress", "--data", args.data, "--out", out,
-           "--device", args.device]
-    if args.limit:
+def epochs_in_this_process(spec, data_root):
+    """Epoch seconds (train + test evaluation) of BN + L1 with spec's settings, in this (fresh) process."""
+    if spec["malloc"]:
+        utils.tune_malloc()
+    torch.set_num_threads(spec["threads"])
+    device = torch.device("cpu")
+    train, test = utils.load_mnist(data_root)
+    recipe = utils.Recipe("BN", l1=utils.L1, epochs=spec["epochs"], limit=spec["limit"], precision=spec["precision"])
+    train, test = utils.select((train, test), recipe)
+    torch.manual_seed(0)
+    model = Net("BN").to(device)
+    optimizer = torch.optim.SGD(model.parameters(), lr=recipe.lr, momentum=0.9, nesterov=True)
+    seconds = []
+    if spec["pipeline"] == "ours":
+        generator = torch.Generator().manual_seed(0)
+        for _ in range(spec["epochs"]):
+            start = time.perf_counter()
+            utils.train_epoch(model, train, optimizer, batch_size=recipe.batch_size, generator=generator, l1=recipe.l1,
+                              degrees=recipe.degrees, progress=False, precision=recipe.precision)
+            utils.evaluate(model, test)
+            seconds.append(time.perf_counter() - start)
+        return seconds
+    from torch.utils.data import DataLoader, Subset
+    from torchvision import datasets, transforms
+    loader = pipeline.conventional_loader(data_root, recipe.batch_size, spec["workers"], device)
+    if spec["limit"]:
+        loader = DataLoader(Subset(loader.dataset, range(spec["limit"])), batch_size=recipe.batch_size, shuffle=True,
+                            num_workers=spec["workers"], persistent_workers=spec["workers"] > 0)
+    test_set = datasets.MNIST(data_root, train=False, transform=transforms.Compose(
+        [transforms.ToTensor(), transforms.Normalize((utils.MEAN,), (utils.STD,))]))
+    test_loader = DataLoader(test_set, batch_size=2000)
+    for _ in range(spec["epochs"]):
+        start = time.perf_counter()
+        model.train()
+        for x, y in loader:
+            pipeline.train_step(model, optimizer, x, y, recipe.precision)
+        model.eval()
+        with torch.inference_mode():
+            correct = sum((model(x).argmax(1) == y).sum().item() for x, y in test_loader)
+        seconds.append(time.perf_counter() - start)
+    assert 0 <= correct <= len(test_set)
+    return seconds
+
+
+def fresh_epochs(spec, args):
+    """Epoch seconds of `spec` measured in a new Python process."""
+    cmd = [sys.executable, "-m", "benchmarks.end_to_end", "--child", json.dumps(spec), "--data", args.data]
+    done = subprocess.run(cmd, capture_output=True, text=True, cwd=ROOT)
+    if done.returncode != 0:
+        raise RuntimeError(f"{' '.join(cmd)} failed:\n{done.stderr[-2000:]}")
+    return json.loads(done.stdout.strip().splitlines()[-1])
+
+
+def fresh_experiment(jobs, args, folder, checkout=ROOT):
+    """Wall seconds of a whole `python train.py` run (of `checkout`) with --jobs `jobs` (None: its default), in a
+    new process."""
+    out = os.path.join(folder, f"run_{len(os.listdir(folder))}")
+    cmd = [sys.executable, os.path.join(checkout, "train.py"), "--epochs", str(args.experiment_epochs),
+           "--device", "cpu", "--data", args.data, "--out", out, "--no-figures", "--no-progress"]
+    if jobs:
+        cmd += ["--jobs", str(jobs)]
+    if args.quick:
         cmd += ["--limit", str(args.limit)]
+    start = time.perf_counter()
     subprocess.run(cmd, check=True, capture_output=True, text=True)
-    name = utils.Recipe("BN", l1=utils.L1, precision=precision).name
-    with open(os.path.join(out, "results", f"{name}_seed0.json")) as f:
-        return [e["seconds"] for e in json.load(f)["history"]]
+    return time.perf_counter() - start
+
+
+def compare(names, measure, repeats):
+    """{name: [measurement per repeat]}, alternating which of the two goes first."""
+    samples = {name: [] for name in names}
+    for r in range(repeats):
+        for name in (names if r % 2 == 0 else names[::-1]):
+            samples[name].append(measure(name))
+            print(f"  {name}: {samples[name][-1]}", flush=True)
+    return samples
+
+
+def epoch_median(runs):
+    return statistics.median(s for run in runs for s in run[1:])
+
+
+def parse_args(argv=None):
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter,
+                                allow_abbrev=False)
+    p.add_argument("--compare", nargs="+", choices=COMPARISONS, default=list(COMPARISONS[:-1]),
+                   help="what to measure (default: all but before)")
+    p.add_argument("--quick", action="store_true", help="1 repeat of 2 epochs on 512 images (for the tests)")
+    p.add_argument("--repeats", type=int, default=3, help="fresh processes per setting (default 3)")
+    p.add_argument("--epochs", type=int, default=3, help="epochs per process, the first left out (default 3)")
+    p.add_argument("--limit", type=int, default=15000,
+                   help="training images for malloc and precision (default 15000; pipeline always uses all)")
+    p.add_argument("--experiment-epochs", type=int, default=2, help="epochs of each train.py run for experiment")
+    p.add_argument("--workers", type=int, default=2, help="the conventional DataLoader's num_workers (default 2)")
+    p.add_argument("--data", default=os.path.join(ROOT, "data"), help="dataset root (DATA/MNIST/raw)")
+    p.add_argument("--out", default=None, help="the JSON written (default results/end_to_end.json)")
+    p.add_argument("--before", default=None, metavar="DIR", help="the other checkout, for --compare before")
+    p.add_argument("--child", default=None, help=argparse.SUPPRESS)
+    args = p.parse_args(argv)
+    if args.quick:
+        args.repeats, args.epochs, args.limit, args.experiment_epochs = 1, 2, 512, 1
+    if args.epochs < 2 or args.repeats < 1 or args.limit < 1 or args.experiment_epochs < 1:
+        p.error("--epochs must be at least 2 (the first is left out); --repeats, --limit and --experiment-epochs "
+                "at least 1")
+    if "before" in args.compare and not (args.before and os.path.isfile(os.path.join(args.before, "train.py"))):
+        p.error("--compare before needs --before DIR, a checkout with a train.py")
+    args.out = args.out or os.path.join(ROOT, "results", "end_to_end_quick.json" if args.quick else "end_to_end.json")
+    return args
 
 
 def main(argv=None):
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--quick", action="store_true", help="1 repeat of 2 epochs on 512 images (for the tests)")
-    p.add_argument("--epochs", type=int, default=3, help="epochs per run, the first one left out (default 3)")
-    p.add_argument("--repeats", type=int, default=3, help="runs per precision (default 3)")
-    p.add_argument("--limit", type=int, default=None, help="train on the first N images only (default: all)")
-    p.add_argument("--data", default=os.path.join(pipeline.ROOT, "data"), help="dataset root (DATA/MNIST/raw)")
-    p.add_argument("--device", default="cpu", help="the device train.py is given (default cpu)")
-    p.add_argument("--out", default=None,
-                   help="the JSON written (default results/end_to_end.json; results/end_to_end_quick.json with --quick)")
-    args = p.parse_args(argv)
-    if args.quick:
-        args.epochs, args.repeats, args.limit = 2, 1, 512
-    if args.epochs < 2 or args.repeats < 1:
-        p.error("--epochs must be at least 2 (the first is left out) and --repeats at least 1")
-    out = args.out or os.path.join(pipeline.ROOT, "results", "end_to_end_quick.json" if args.quick else "end_to_end.json")
+    args = parse_args(argv)
+    if args.child:
+        print(json.dumps(epochs_in_this_process(json.loads(args.child), args.data)))
+        return None
     utils.load_mnist(args.data)  # fetch once here rather than in every process
-    samples = {"fp32": [], "bf16": []}
-    with tempfile.TemporaryDirectory() as folder:
-        for r in range(args.repeats):
-            for precision in (["fp32", "bf16"] if r % 2 == 0 else ["bf16", "fp32"]):
-                seconds = run_once(precision, args.epochs, args, folder)
-                samples[precision].append(seconds)
-                print(f"{precision}: epoch seconds {', '.join(f'{s:.1f}' for s in seconds)}", flush=True)
-    epoch = {k: statistics.median(s for run in v for s in run[1:]) for k, v in samples.items()}
-    result = {"fp32_epoch_seconds": epoch["fp32"], "bf16_epoch_seconds": epoch["bf16"],
-              "speedup": epoch["fp32"] / epoch["bf16"], "samples_epoch_seconds": samples,
-              "device": pipeline.device_description(utils.pick_device(args.device)), "versions": pipeline.versions(),
-              "settings": {"quick": args.quick, "command": "train.py --norms BN --epochs E --precision P",
-                           "epochs": args.epochs, "repeats": args.repeats, "limit": args.limit,
-                           "statistic": "median epoch time, first epoch of each run left out",
-                           "order": "alternating, a fresh process per run"}}
-    utils.write_json(out, result)
-    print(f"\nBN + L1 epoch (train + test evaluation): fp32 {epoch['fp32']:.1f} s, bf16 {epoch['bf16']:.1f} s, "
-          f"bf16 {result['speedup']:.2f}x as fast; wrote {os.path.relpath(out)}")
+    result = {}
+    if os.path.exists(args.out):
+        with open(args.out) as f:
+            result = json.load(f)
+    threads = torch.get_num_threads()
+    base = {"pipeline": "ours", "malloc": True, "threads": threads, "precision": "fp32", "epochs": args.epochs,
+            "limit": args.limit, "workers": args.workers}
+    settings = {"repeats": args.repeats, "epochs": args.epochs, "order": "alternating, a fresh process per run",
+                "statistic": "median epoch time, the first epoch of each run left out"}
+    env = {"device": pipeline.device_description(torch.device("cpu")), "versions": pipeline.versions()}
+    for what in args.compare:
+        print(what, flush=True)
+        if what == "malloc":
+            entry = {}
+            for t in sorted({1, threads}):
+                specs = {"default": {**base, "malloc": False, "threads": t}, "tuned": {**base, "threads": t}}
+                runs = compare(list(specs), lambda n: fresh_epochs(specs[n], args), args.repeats)
+                med = {n: epoch_median(v) for n, v in runs.items()}
+                entry[f"{t}_threads"] = {"default_seconds": med["default"], "tuned_seconds": med["tuned"],
+                                         "speedup": med["default"] / med["tuned"], "samples_epoch_seconds": runs}
+            result["malloc"] = {**entry, "settings": {**settings, "limit": args.limit}, **env}
+        elif what in ("pipeline", "precision"):
+            if what == "pipeline":
+                specs = {"conventional": {**base, "pipeline": "conventional", "malloc": False, "limit": None},
+                         "ours": {**base, "limit": None}}
+            else:
+                specs = {"fp32": base, "bf16": {**base, "precision": "bf16"}}
+            if args.quick:
+                specs = {n: {**s, "limit": args.limit} for n, s in specs.items()}
+            runs = compare(list(specs), lambda n: fresh_epochs(specs[n], args), args.repeats)
+            a, b = list(specs)
+            med = {n: epoch_median(v) for n, v in runs.items()}
+            result[what] = {f"{a}_seconds": med[a], f"{b}_seconds": med[b], "speedup": med[a] / med[b],
+                            "samples_epoch_seconds": runs, "specs": specs,
+                            "settings": {**settings, "threads": threads}, **env}
+        elif what == "before":
+            with tempfile.TemporaryDirectory() as folder:
+                checkouts = {"before": args.before, "after": ROOT}
+                runs = compare(["before", "after"], lambda n: fresh_experiment(None, args, folder, checkouts[n]),
+                               args.repeats)
+            med = {n: statistics.median(v) for n, v in runs.items()}
+            commit = subprocess.run(["git", "-C", args.before, "rev-parse", "--short", "HEAD"], capture_output=True,
+                                    text=True).stdout.strip()
+            result["before"] = {
+                "before_seconds": med["before"], "after_seconds": med["after"], "speedup": med["before"] / med["after"],
+                "samples_seconds": runs, "before_commit": commit, **env,
+                "settings": {"command": f"python train.py --epochs {args.experiment_epochs}", "repeats": args.repeats,
+                             "order": settings["order"], "statistic": "median wall time"}}
+        else:
+            with tempfile.TemporaryDirectory() as folder:
+                runs = compare(["jobs1", "jobs2"], lambda n: fresh_experiment(int(n[-1]), args, folder), args.repeats)
+            med = {n: statistics.median(v) for n, v in runs.items()}
+            result["experiment"] = {
+                "jobs1_seconds": med["jobs1"], "jobs2_seconds": med["jobs2"], "speedup": med["jobs1"] / med["jobs2"],
+                "samples_seconds": runs, **env,
+                "settings": {"command": f"python train.py --epochs {args.experiment_epochs} --jobs J"
+                                        + (f" --limit {args.limit}" if args.quick else ""),
+                             "repeats": args.repeats, "order": settings["order"], "statistic": "median wall time"}}
+        utils.write_json(args.out, result)
+    print(json.dumps({k: {kk: vv for kk, vv in v.items() if "speedup" in kk or kk.endswith("seconds")}
+                      for k, v in result.items() if isinstance(v, dict)}, indent=1))
+    print(f"wrote {os.path.relpath(args.out)}")
     return result
 
 

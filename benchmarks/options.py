@@ -122,6 +122,7 @@ def main(argv=None):
     except (RuntimeError, ValueError) as e:
         p.error(f"argument --device: {e}")
 
+    utils.tune_malloc()  # every option on top of train.py's allocator setting
     train, test = utils.load_mnist(args.data)
     data = tuple(t.to(device) for t in train)
     test = tuple(t[:2000 if args.quick else None].to(device) for t in test)

@@ -103,6 +103,34 @@ def time_ceiling(batch, steps, device, precision):
     return steps * len(y) / (time.perf_counter() - start)
 
 
+def flops_per_image(device, batch_size=128):
+    """Floating-point operations of one training step per image (forward and backward, a multiply-add counted as 2),
+    counted by torch.utils.flop_counter on the BN + L1 step (convolutions and matrix products; the norms, ReLU,
+    pooling and the update are a small remainder it does not count)."""
+    from torch.utils.flop_counter import FlopCounterMode
+    model, optimizer = fresh_model(device)
+    x = torch.randn(batch_size, 1, 28, 28, device=device)
+    y = torch.randint(0, 10, (batch_size,), device=device)
+    with FlopCounterMode(display=False) as counter:
+        train_step(model, optimizer, x, y, "fp32")
+    return counter.get_total_flops() / batch_size
+
+
+def matmul_flop_s(device, n=2048, repeats=5):
+    """This device's practical fp32 peak: FLOP/s of an n x n matrix product (torch.mm), the best of `repeats`,
+    with the same threads as the training step."""
+    a, b = torch.randn(n, n, device=device), torch.randn(n, n, device=device)
+    torch.mm(a, b)
+    best = float("inf")
+    for _ in range(repeats):
+        sync(device)
+        start = time.perf_counter()
+        torch.mm(a, b)
+        sync(device)
+        best = min(best, time.perf_counter() - start)
+    return 2 * n ** 3 / best
+
+
 def alternating(measure, names, repeats):
     """{name: [img/s per repeat]}, measuring the names forwards on even repeats and backwards on odd ones."""
     samples = {name: [] for name in names}
@@ -168,6 +196,7 @@ def parse_args(argv=None):
 
 def main(argv=None):
     args = parse_args(argv)
+    utils.tune_malloc()  # train.py's default, for all three pipelines alike
     device, bs, steps = args.device, args.batch_size, args.steps
     (train, _test) = utils.load_mnist(args.data)  # also makes sure the idx files torchvision reads are there
     if steps * bs > len(train[1]):
@@ -196,7 +225,10 @@ def main(argv=None):
                "ceiling": lambda: time_ceiling(batch, steps, device, precision)}
     samples = alternating(lambda name: measure[name](), names, args.repeats)
     median = {name: statistics.median(v) for name, v in samples.items()}
+    flops, peak = flops_per_image(device, bs), matmul_flop_s(device)
     result = {
+        "flops_per_image": flops, "matmul_flop_s": peak, "ours_flop_s": median["ours"] * flops,
+        "fraction_of_matmul_peak": median["ours"] * flops / peak,
         "conventional_img_s": median["conventional"], "ours_img_s": median["ours"], "ceiling_img_s": median["ceiling"],
         "speedup": median["ours"] / median["conventional"], "efficiency": median["ours"] / median["ceiling"],
         "device": device_description(device), "versions": versions(),
@@ -215,6 +247,8 @@ def main(argv=None):
         print(f"{name:<14} {median[name]:>15,.0f} {min(samples[name]):>9,.0f} {max(samples[name]):>9,.0f}")
     print(f"\nspeedup (ours / conventional) {result['speedup']:.2f}; efficiency (ours / ceiling) "
           f"{result['efficiency']:.2f}; DataLoader num_workers={workers}; {precision}; {result['device']}")
+    print(f"training step: {flops / 1e6:.2f} MFLOP per image, so ours runs at {result['ours_flop_s'] / 1e9:.1f} GFLOP/s, "
+          f"{100 * result['fraction_of_matmul_peak']:.0f}% of a large matrix product's {peak / 1e9:.1f} GFLOP/s")
     print(f"wrote {os.path.relpath(args.out)}")
     return result
 

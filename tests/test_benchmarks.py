@@ -33,6 +33,9 @@ def test_pipeline_benchmark_quick_writes_the_three_throughputs_and_their_ratios(
     assert result["settings"]["num_workers"] in (0, 1) and result["settings"]["quick"] is True
     assert {"torch", "torchvision", "python"} <= set(result["versions"])
     assert "speedup (ours / conventional)" in stdout
+    assert 9e6 < result["flops_per_image"] < 10e6  # about 4.7 million multiply-adds per image, forward and backward
+    assert result["fraction_of_matmul_peak"] == pytest.approx(result["ours_img_s"] * result["flops_per_image"]
+                                                              / result["matmul_flop_s"])
 
 
 @pytest.mark.mnist
@@ -55,15 +58,22 @@ def test_options_benchmark_rejects_an_unknown_option(capsys):
 
 
 @pytest.mark.mnist
-def test_end_to_end_quick_times_fresh_train_py_runs_in_both_precisions(tmp_path, mnist):
+def test_end_to_end_quick_times_fresh_processes_for_every_comparison(tmp_path, mnist):
     out = tmp_path / "end_to_end.json"
     from conftest import DATA
     done = subprocess.run([sys.executable, "-m", "benchmarks.end_to_end", "--quick", "--data", DATA,
-                           "--out", str(out)], capture_output=True, text=True, timeout=600, cwd=ROOT,
+                           "--out", str(out)], capture_output=True, text=True, timeout=900, cwd=ROOT,
                           env=dict(os.environ, OMP_NUM_THREADS="1"))
     assert done.returncode == 0, done.stderr
     result = json.load(open(out))
-    for precision in ("fp32", "bf16"):
-        assert len(result["samples_epoch_seconds"][precision]) == 1
-        assert len(result["samples_epoch_seconds"][precision][0]) == 2 and result[f"{precision}_epoch_seconds"] > 0
-    assert result["speedup"] == pytest.approx(result["fp32_epoch_seconds"] / result["bf16_epoch_seconds"])
+    entry = result["malloc"]["1_threads"]
+    assert entry["speedup"] == pytest.approx(entry["default_seconds"] / entry["tuned_seconds"])
+    assert [len(run) for run in entry["samples_epoch_seconds"]["tuned"]] == [2]  # 1 repeat of 2 epochs
+    for what, (a, b) in (("pipeline", ("conventional", "ours")), ("precision", ("fp32", "bf16"))):
+        assert result[what]["speedup"] == pytest.approx(result[what][f"{a}_seconds"] / result[what][f"{b}_seconds"])
+    assert result["pipeline"]["specs"]["conventional"]["malloc"] is False
+    assert result["experiment"]["jobs1_seconds"] > 0 and result["experiment"]["jobs2_seconds"] > 0
+    # A second invocation for one comparison keeps the others.
+    done = subprocess.run([sys.executable, "-m", "benchmarks.end_to_end", "--quick", "--compare", "precision",
+                           "--data", DATA, "--out", str(out)], capture_output=True, text=True, timeout=900, cwd=ROOT)
+    assert done.returncode == 0 and set(json.load(open(out))) == {"malloc", "pipeline", "precision", "experiment"}

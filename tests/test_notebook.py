@@ -46,7 +46,7 @@ def shown(nb):
 @pytest.mark.mnist
 def test_notebook_trains_then_shows_the_same_runs_without_training(tmp_path, mnist):
     out = tmp_path / "out"
-    nb = execute(f"EPOCHS = 1\nLIMIT = 1000\nJOBS = 1\nDATA = {DATA!r}\nOUT = {str(out)!r}", ROOT)
+    nb = execute(f"EPOCHS = 1\nLIMIT = 1000\nJOBS = 2\nDATA = {DATA!r}\nOUT = {str(out)!r}", ROOT)
     for name in FIGURES:
         assert os.path.getsize(out / "static" / f"{name}.png") > 5000, name
     for name in ("bn_l1", "ln", "gn"):

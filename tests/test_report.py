@@ -138,10 +138,16 @@ def test_performance_tables_come_from_the_benchmark_files_and_the_runs(tmp_path)
     assert lines[3].startswith("| training: torch.compile | failed: RuntimeError: no compiler")
     assert lines[4] == "| evaluation: eval batch 500 | 20 | 10 | 2.00 | 9.0 min | 1.11 |"
     (tmp_path / "end_to_end.json").write_text(json.dumps({
-        "fp32_epoch_seconds": 16.0, "bf16_epoch_seconds": 12.5, "speedup": 1.28,
-        "settings": {"command": "train.py --norms BN --epochs E --precision P", "repeats": 3, "epochs": 3}}))
-    last = report.options_table(str(tmp_path)).splitlines()[-1]
-    assert "takes 16.0 s in fp32 and 12.5 s in bf16, **1.28x** as fast" in last
+        "malloc": {"1_threads": {"default_seconds": 13.0, "tuned_seconds": 10.0}, "settings": {"limit": 15000, "repeats": 3},
+                   "device": "cpu: test", "versions": {"torch": "2"}},
+        "experiment": {"jobs1_seconds": 300.0, "jobs2_seconds": 200.0, "settings": {
+            "command": "python train.py --epochs 2 --jobs J", "repeats": 2}, "device": "cpu: test",
+            "versions": {"torch": "2"}}}))
+    lines = report.end_to_end_table(str(tmp_path)).splitlines()
+    assert lines[2] == ("| a BN + L1 epoch on 15,000 images + test, 1 thread(s) | glibc default | 13.0 "
+                        "| `utils.tune_malloc()` | 10.0 | **1.30** |")
+    assert lines[3] == "| `python train.py --epochs 2 --jobs J`, whole process | --jobs 1 | 300.0 | --jobs 2 | 200.0 | **1.50** |"
+    assert "2/3 processes per setting" in lines[-1]
 
     for name, accs in (("bn_l1", [99.0, 99.41, 99.5]), ("ln", [99.0, 99.2, 99.3]), ("gn", [99.1, 99.3, 99.45])):
         config = {"norm": name[:2].upper(), "l1": 1e-5 if name == "bn_l1" else 0.0, "seed": 0, "epochs": 3}
@@ -151,4 +157,6 @@ def test_performance_tables_come_from_the_benchmark_files_and_the_runs(tmp_path)
         (tmp_path / f"{name}_seed0.json").write_text(json.dumps(record))
     lines = report.speed_table(str(tmp_path)).splitlines()
     assert lines[2] == "| BN + L1 | 0 | 2 | 1.0 | 99.50 | 1.5 |"
-    assert lines[-1] == "| fp32 | 3 | 4.5 |"  # 3 runs x 3 epochs x 30 s
+    (tmp_path / "invocations.json").write_text(json.dumps({"invocations": [
+        {"runs": ["bn_l1", "gn", "ln"], "runs_trained": 3, "jobs": 2, "threads": 1, "wall_seconds": 600.0}]}))
+    assert report.speed_table(str(tmp_path)).splitlines()[-1] == "| bn_l1, gn, ln | 3 | 2 x 1 | 10.0 |"

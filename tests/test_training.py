@@ -197,6 +197,10 @@ def test_parallel_jobs_give_the_same_histories_as_one_process_with_one_thread(tm
     for name in serial:
         assert without_time(serial[name][0]["history"]) == without_time(parallel[name][0]["history"])
         assert parallel[name][0]["config"]["threads"] == 1
+    (log,) = json.load(open(tmp_path / "b" / "results" / "invocations.json"))["invocations"]
+    assert log["runs_trained"] == 2 and log["jobs"] == 2 and log["threads"] == 1 and log["wall_seconds"] > 0
+    utils.run_experiments(recipes, data, device=torch.device("cpu"), out=str(tmp_path / "b"), jobs=2)
+    assert len(json.load(open(tmp_path / "b" / "results" / "invocations.json"))["invocations"]) == 1  # nothing trained
 
 
 def test_malloc_setting_changes_no_number(tmp_path):
