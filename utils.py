@@ -1,5 +1,4 @@
 """Data, on-device batches and augmentation, training and evaluation, resumable runs, records and figures."""
-import concurrent.futures
 import contextlib
 import copy
 import ctypes
@@ -9,6 +8,7 @@ import json
 import math
 import multiprocessing
 import os
+import signal
 import sys
 import tempfile
 import time
@@ -597,12 +597,17 @@ def run(recipe, data, *, device, out=".", folder="", name=None, batch_stats=Fals
     return model.eval(), record
 
 
-def _worker_run(recipe, data, device, kw):
-    """run() in a worker process, with one CPU thread (several single-thread processes share a CPU's
-    cores better than one process whose threads spin-wait for each other)."""
+def _worker_init(device):
+    """A worker process: one CPU thread (several single-thread processes share a CPU's cores better than one
+    process whose threads spin-wait for each other), the allocator setting, and Ctrl-C left to the parent,
+    which stops the workers itself."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
     tune_malloc()
     if device.type == "cpu":
         torch.set_num_threads(1)
+
+
+def _worker_run(recipe, data, device, kw):
     return run(recipe, data, device=device, progress=False, **kw)[1]
 
 
@@ -650,10 +655,18 @@ def run_experiments(recipes, data, *, device, out=".", folder="", jobs=None, nam
         trained = {record["name"]: model for model, record in reversed(results)}  # the first seed's
     else:
         # "spawn" starts clean interpreters: forking a process whose OpenMP pool has run can hang it.
-        with concurrent.futures.ProcessPoolExecutor(min(jobs, len(recipes)),
-                                                    mp_context=multiprocessing.get_context("spawn")) as pool:
-            futures = [pool.submit(_worker_run, r, data, device, kw) for r, kw in zip(recipes, kws)]
-            done = [f.result() for f in futures]  # re-raises a worker's error here
+        pool = multiprocessing.get_context("spawn").Pool(min(jobs, len(recipes)), _worker_init, (device,))
+        try:
+            tasks = [pool.apply_async(_worker_run, (r, data, device, kw)) for r, kw in zip(recipes, kws)]
+            while not all(t.ready() for t in tasks):
+                tasks[0].wait(0.5)  # a timed wait: an untimed one would not see Ctrl-C until the runs end
+            done = [t.get() for t in tasks]  # re-raises a worker's error here
+            pool.close()
+        except BaseException:  # Ctrl-C or an error: stop the other runs now; their finished epochs are kept
+            pool.terminate()
+            raise
+        finally:
+            pool.join()
         trained = {}
     if todo:  # an invocation that only loads finished runs is not part of the experiment's time
         log_path = os.path.join(out, "results", folder, log)
