@@ -10,15 +10,9 @@ import study
 import utils
 
 HERE = os.path.dirname(os.path.abspath(__file__))
-ORDER = ["bn_l1", "bn", "ln", "gn"]  # table order; other names (gn_g5, ...) follow alphabetically
-
-
-def ordered(names):
-    """By ORDER (a bf16 run right after its fp32 twin), then alphabetically."""
-    def key(n):
-        base = n.removesuffix("_bf16")
-        return (ORDER.index(base) if base in ORDER else len(ORDER), base, n != base)
-    return sorted(names, key=key)
+def ordered(records):
+    """The names of {name: [record, ...]} in utils.run_order."""
+    return sorted(records, key=lambda n: utils.run_order(records[n][0]["config"]))
 
 
 def tuning_table(results):
@@ -27,7 +21,7 @@ def tuning_table(results):
     settings = sorted(os.listdir(val)) if os.path.isdir(val) else []
     found = {s: {name: recs for name, recs in utils.load_records(os.path.join(val, s)).items() if recs[0]["history"]}
              for s in settings}
-    names = ordered({n for recs in found.values() for n in recs})
+    names = ordered({n: recs[n] for recs in found.values() for n in recs})
     labels = {n: utils.label(recs[n][0]) for recs in found.values() for n in recs}
     head = "| setting (`results/val/...`) | " + " | ".join(
         f"{labels[n]} final (best) val acc %" for n in names) + " | mean final |"
@@ -56,11 +50,12 @@ def mean_std(row, key, digits=2):
 
 def results_table(results):
     """The main runs in results/*.json: mean ± std over seeds (population std; a lone seed has none)."""
-    rows = {row["name"]: row for row in utils.summarize(utils.load_records(results))}
+    records = utils.load_records(results)
+    rows = {row["name"]: row for row in utils.summarize(records)}
     lines = ["| run | seeds | final test acc % | best test acc % | final test acc % per seed | final train acc % "
              "| lowest test loss | params | minutes per run |",
              "|---|---|---|---|---|---|---|---|---|"]
-    for name in ordered(rows):
+    for name in ordered({n: records[n] for n in rows}):
         r = rows[name]
         per_seed = ", ".join(f"{acc:.2f}" for acc in r["finals"])
         if r["unfinished"]:
@@ -232,7 +227,7 @@ def speed_table(results, target=99.4):
     records = utils.load_records(results)
     lines = [f"| run | seed | first epoch at ≥ {target}% | minutes to it | final test acc % | minutes for the run |",
              "|---|---|---|---|---|---|"]
-    for name in ordered(n for n in records if n.startswith("bn_l1")):
+    for name in ordered({n: recs for n, recs in records.items() if n.startswith("bn_l1")}):
         for r in records[name]:
             h = r["history"]
             hit = next((e for e in h if e["test_acc"] >= target), None)

@@ -71,9 +71,7 @@ def summary(records):
         if all(v is not None for v in stats):
             row["batch_stats_mean"], row["batch_stats_std"] = float(np.mean(stats)), float(np.std(stats))
         rows.append(row)
-    order = ["bn_l1", "bn", "ln", "gn"]
-    return sorted(rows, key=lambda r: (order.index(r["norm"]) if r["norm"] in order else len(order), r["norm"],
-                                       r["batch_size"]))
+    return sorted(rows, key=lambda r: utils.run_order(records[r["name"]][0]["config"]))
 
 
 def plot(records):

@@ -44,7 +44,8 @@ class Recipe:
     limit: int | None = None  # train on only the first `limit` training images
 
     def __post_init__(self):
-        Net(self.norm, groups=self.groups, dropout=self.dropout)  # Net's own checks name what is accepted
+        with torch.device("meta"):  # Net's own checks name what is accepted; no memory, no random numbers drawn
+            Net(self.norm, groups=self.groups, dropout=self.dropout)
         object.__setattr__(self, "norm", self.norm.upper())
         for name, low in (("epochs", 1), ("seed", 0), ("batch_size", 1), ("val", 0)):
             value = getattr(self, name)
@@ -461,12 +462,18 @@ def run_paths(out, folder, name, seed):
             "checkpoint": os.path.join(out, "checkpoints", folder, f"{stem}.pt")}
 
 
+def params(recipe) -> int:
+    """The number of parameters of the recipe's Net (built on the meta device: no memory, no random numbers)."""
+    with torch.device("meta"):
+        return sum(p.numel() for p in Net(recipe.norm, groups=recipe.groups).parameters())
+
+
 def run_config(recipe, train, test, device):
     """A run's JSON config: the recipe, its data, a description of the optimizer and the environment."""
     lr = recipe.lr
     return {**asdict(recipe), "train_images": len(train[1]),
             "eval_split": f"validation: the last {recipe.val} training images" if recipe.val else "test",
-            "eval_images": len(test[1]), "params": sum(p.numel() for p in Net(recipe.norm, groups=recipe.groups).parameters()),
+            "eval_images": len(test[1]), "params": params(recipe),
             "optimizer": "SGD(nesterov=True), momentum set by the schedule",
             "schedule": f"OneCycleLR(max_lr={lr}, stepped per batch): lr {lr / 25:g} -> {lr:g} over the first 30%, "
                         f"then cosine to {lr / 25e4:.1e}; momentum 0.95 -> 0.85 -> 0.95",
@@ -521,8 +528,8 @@ def run(recipe, data, *, device, out=".", folder="", name=None, batch_stats=Fals
     history); at the end the weights (state_dict and config), and the checkpoint is removed.
 
     Resumes: a run whose JSON holds every epoch is finished and only loaded (its model is None if its
-    weights file is missing: runs from before weights were kept); an unfinished run continues from its checkpoint, and on a CPU with the same thread count ends
-    bit-identical to an uninterrupted run. Files written with other settings raise SettingsClash;
+    weights file is missing: runs from before weights were kept); an unfinished run continues from its
+    checkpoint, and on a CPU with the same thread count ends bit-identical to an uninterrupted run. Files written with other settings raise SettingsClash;
     fresh=True deletes them and starts over. batch_stats=True (BN only) also records
     test_loss_batch_stats and test_acc_batch_stats (see predict). Returns (model, record).
     """
@@ -536,7 +543,7 @@ def run(recipe, data, *, device, out=".", folder="", name=None, batch_stats=Fals
         for path in paths.values():
             if os.path.exists(path):
                 os.remove(path)
-    how = f"delete them or pass --fresh to start this run over, or write elsewhere (--out)"
+    how = "delete them or pass --fresh to start this run over, or write elsewhere (--out)"
     if os.path.exists(paths["results"]):
         with open(paths["results"]) as f:
             record = json.load(f)
@@ -723,6 +730,14 @@ def load_records(folder):
     for recs in records.values():
         recs.sort(key=lambda r: r["config"]["seed"])
     return records
+
+
+def run_order(config):
+    """The order runs are listed in, from their config: by norm as in model.NORMS, L1 before none, fewer groups
+    first, fp32 before bf16, then by batch size."""
+    recipe = Recipe.from_config(config)
+    return (NORMS.index(recipe.norm), -recipe.l1, recipe.groups, PRECISIONS.index(recipe.precision),
+            recipe.batch_size)
 
 
 def label(record) -> str:

@@ -14,6 +14,7 @@ import time
 
 import torch
 
+import cli
 import utils
 from benchmarks import pipeline
 
@@ -95,7 +96,8 @@ def eval_img_s(model, test, batch_size, no_grad):
 
 
 def main(argv=None):
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter,
+                                allow_abbrev=False)
     p.add_argument("--quick", action="store_true", help="tiny measurements: checks that it runs (for the tests)")
     p.add_argument("--images", type=int, default=None,
                    help="training images per measurement (default 6,400, i.e. 50 steps of 128; 512 with --quick)")
@@ -105,7 +107,7 @@ def main(argv=None):
     p.add_argument("--only", nargs="+", default=None, metavar="OPTION",
                    help=f"measure only these training options: {', '.join(repr(o) for o in list(TRAIN_OPTIONS)[1:])}")
     p.add_argument("--data", default=os.path.join(pipeline.ROOT, "data"), help="dataset root (DATA/MNIST/raw)")
-    p.add_argument("--device", default="auto", help="cpu, cuda[:N], mps, or auto (default)")
+    p.add_argument("--device", type=cli.device, default="auto", help="cpu, cuda[:N], mps, or auto (default)")
     p.add_argument("--out", default=None,
                    help="the JSON written (default results/options.json; results/options_quick.json with --quick)")
     args = p.parse_args(argv)
@@ -117,10 +119,7 @@ def main(argv=None):
     if unknown:
         p.error(f"argument --only: unknown {unknown}; choose from {list(TRAIN_OPTIONS)[1:]}")
     out = args.out or os.path.join(pipeline.ROOT, "results", "options_quick.json" if args.quick else "options.json")
-    try:
-        device = utils.pick_device(None if args.device == "auto" else args.device)
-    except (RuntimeError, ValueError) as e:
-        p.error(f"argument --device: {e}")
+    device = args.device
 
     utils.tune_malloc()  # every option on top of train.py's allocator setting
     train, test = utils.load_mnist(args.data)

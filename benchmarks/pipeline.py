@@ -22,6 +22,7 @@ import torchvision
 from torch.utils.data import DataLoader
 from torchvision import datasets, transforms
 
+import cli
 import utils
 from cli import ROOT
 from model import Net
@@ -158,7 +159,8 @@ def device_description(device):
 
 
 def parse_args(argv=None):
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter,
+                                allow_abbrev=False)
     p.add_argument("--quick", action="store_true",
                    help="a few steps and repeats, workers 0 and 1 only: checks that it runs (for the tests)")
     p.add_argument("--steps", type=int, default=None, help="training steps per measurement (default 200; 3 with --quick)")
@@ -167,7 +169,7 @@ def parse_args(argv=None):
                    help="num_workers values tried for the DataLoader (default: 0, 1, 2, 4, 8 up to the CPU count)")
     p.add_argument("--batch-size", type=int, default=128, help="images per training step (default 128)")
     p.add_argument("--data", default=os.path.join(ROOT, "data"), help="dataset root (DATA/MNIST/raw)")
-    p.add_argument("--device", default="auto", help="cpu, cuda[:N], mps, or auto (default)")
+    p.add_argument("--device", type=cli.device, default="auto", help="cpu, cuda[:N], mps, or auto (default)")
     p.add_argument("--precision", choices=utils.PRECISIONS, default="fp32",
                    help="the training step's precision, the same for all three pipelines (default fp32, train.py's)")
     p.add_argument("--out", default=None,
@@ -184,10 +186,6 @@ def parse_args(argv=None):
             p.error(f"argument --{name.replace('_', '-')}: expected a positive integer, got {getattr(args, name)}")
     if any(w < 0 for w in args.workers):
         p.error(f"argument --workers: expected integers >= 0, got {args.workers}")
-    try:
-        args.device = utils.pick_device(None if args.device == "auto" else args.device)
-    except (RuntimeError, ValueError) as e:
-        p.error(f"argument --device: {e}")
     name = "benchmark_quick" if args.quick else "benchmark" if args.precision == "fp32" else \
         f"benchmark_{args.precision}"
     args.out = args.out or os.path.join(ROOT, "results", f"{name}.json")

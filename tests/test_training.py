@@ -84,6 +84,14 @@ def test_bad_recipe_is_rejected_naming_what_is_accepted(settings, message):
         utils.Recipe(**settings)
 
 
+def test_making_a_recipe_draws_no_random_numbers():
+    torch.manual_seed(0)
+    expected = torch.rand(3)
+    torch.manual_seed(0)
+    utils.Recipe("GN", groups=5)
+    assert torch.equal(torch.rand(3), expected) and utils.params(utils.Recipe("LN")) == 7750
+
+
 def test_recipe_names_and_labels_come_from_its_settings():
     assert [(r.name, r.label) for r in utils.experiment()] == [("bn_l1", "BN + L1"), ("ln", "LN"), ("gn", "GN")]
     assert utils.experiment()[0].l1 == utils.L1 and utils.Recipe("gn", groups=5).name == "gn_g5"
@@ -344,3 +352,31 @@ def test_cli_quick_run_writes_figures_and_results(tmp_path, mnist):
     assert sorted(os.listdir(tmp_path / "static")) == sorted(
         f"{n}.png" for n in ("graph_losses", "graph_accuracies", "misclassified_bn_l1", "misclassified_ln",
                              "misclassified_gn"))
+
+
+@pytest.mark.mnist
+def test_ctrl_c_stops_parallel_runs_cleanly_and_the_same_command_resumes_them(tmp_path, mnist):
+    import signal
+    import time
+    from conftest import DATA
+    cmd = [sys.executable, os.path.join(ROOT, "train.py"), "--epochs", "3", "--limit", "1000", "--jobs", "2",
+           "--data", DATA, "--out", str(tmp_path), "--device", "cpu", "--no-progress", "--no-figures"]
+    # A new session, as a terminal's foreground job: Ctrl-C sends SIGINT to the whole process group. SIGINT is
+    # reset to its default first, in case this test itself runs in the background, where it is ignored.
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True,
+                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
+    results = tmp_path / "results" / "bn_l1_seed0.json"
+    deadline = time.time() + 300
+    while time.time() < deadline and not (results.exists() and json.load(open(results))["history"]):
+        time.sleep(0.2)
+    os.killpg(proc.pid, signal.SIGINT)
+    out, err = proc.communicate(timeout=60)
+    assert proc.returncode == 1 and "stopped: every finished epoch is kept; resume with: python" in err
+    assert "Traceback" not in err  # the workers leave Ctrl-C to the parent
+    cut = len(json.load(open(results))["history"])
+    assert 1 <= cut < 3 and (tmp_path / "checkpoints" / "bn_l1_seed0.pt").exists()
+    done = subprocess.run(cmd, capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stderr
+    assert f"resuming after epoch {cut}" in done.stdout
+    assert all(len(json.load(open(tmp_path / "results" / f"{n}_seed0.json"))["history"]) == 3
+               for n in ("bn_l1", "ln", "gn"))
