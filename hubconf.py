@@ -11,9 +11,9 @@ dependencies = ["torch"]
 HERE = os.path.dirname(os.path.abspath(__file__))
 # The weights of the runs the README reports (seed 0 of each model), written by train.py, and their SHA-256.
 PRETRAINED = {
-    "BN": ("weights/bn_l1_seed0.pt", "0000000000000000000000000000000000000000000000000000000000000000"),
-    "LN": ("weights/ln_seed0.pt", "0000000000000000000000000000000000000000000000000000000000000000"),
-    "GN": ("weights/gn_seed0.pt", "0000000000000000000000000000000000000000000000000000000000000000"),
+    "BN": ("weights/bn_l1_seed0.pt", "bd5461385352c4ba9a4f401587ad8a1e82bf9794fb890720c77cc57115aa8860"),
+    "LN": ("weights/ln_seed0.pt", "32489066ba5fedcf6e4a8b9fb071d6057eccddf6c8a26d6ae9bee9a094a0c191"),
+    "GN": ("weights/gn_seed0.pt", "f71437e0f75f5793d378636cb746852c1ccaf37a24567e06fbf106c9d2a6603d"),
 }
 
 
