@@ -47,15 +47,15 @@ def test_hub_uses_its_own_model_py_even_when_the_caller_has_another_module_named
 
 
 def test_a_weights_file_that_does_not_match_its_hash_is_refused_naming_it(monkeypatch, tmp_path):
+    with pytest.raises(ValueError, match="pretrained weights exist for norm BN, LN, GN"):
+        hubconf.net("IN", pretrained=True)
+    with pytest.raises(ValueError, match="was trained with"):
+        hubconf.net("GN", pretrained=True, groups=5)
     bad = tmp_path / "gn_seed0.pt"
     bad.write_bytes(open(os.path.join(ROOT, hubconf.PRETRAINED["GN"][0]), "rb").read() + b"x")
     monkeypatch.setitem(hubconf.PRETRAINED, "GN", (str(bad), hubconf.PRETRAINED["GN"][1]))
     with pytest.raises(RuntimeError, match=rf"{bad}: SHA-256 \w+ does not match the pinned"):
         hubconf.net("GN", pretrained=True)
-    with pytest.raises(ValueError, match="pretrained weights exist for norm BN, LN, GN"):
-        hubconf.net("IN", pretrained=True)
-    with pytest.raises(ValueError, match="was trained with"):
-        hubconf.net("GN", pretrained=True, groups=5)
 
 
 @pytest.mark.mnist
@@ -74,3 +74,17 @@ def test_committed_weights_classify_exactly_the_committed_number_of_test_images(
     with open(os.path.join(ROOT, "results", os.path.basename(hubconf.PRETRAINED[norm][0])[:-3] + ".json")) as f:
         recorded = json.load(f)["history"][-1]["test_acc"]
     assert correct == round(recorded * len(test) / 100)
+
+
+def test_the_readme_lines_work_in_a_clone(monkeypatch):
+    # The README's "Use the trained models" block, as a user runs it in a clone; the GitHub line needs the
+    # network, so it is checked to be the same call with a GitHub path instead.
+    import re
+    text = open(os.path.join(ROOT, "README.md")).read()
+    block = re.search(r"## Use the trained models.*?```python\n(.*?)```", text, re.S).group(1)
+    github = [line for line in block.splitlines() if '"OWNER/REPO"' in line]
+    assert len(github) == 1 and "pretrained=True" in github[0]
+    monkeypatch.chdir(ROOT)
+    scope = {"images": torch.randint(0, 256, (4, 1, 28, 28)).float()}
+    exec("\n".join(line for line in block.splitlines() if line not in github), scope)
+    assert scope["logp"].shape == (4, 10) and torch.allclose(scope["logp"].exp().sum(1), torch.ones(4))
