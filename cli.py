@@ -66,9 +66,9 @@ def add_recipe_arguments(p, *, lr_help="peak learning rate of the one-cycle sche
                    help="train on only the first N training images, for a quick run (default: all)")
 
 
-def add_run_arguments(p, *, jobs_help):
+def add_run_arguments(p, *, jobs_default, jobs_help):
     """Where data and results are, the device, parallel jobs, and starting over."""
-    p.add_argument("--jobs", type=positive_int, default=None, help=jobs_help + " (default: utils.default_jobs)")
+    p.add_argument("--jobs", type=positive_int, default=jobs_default, help=jobs_help)
     p.add_argument("--data", default="data", help="dataset root (torchvision layout: DATA/MNIST/raw)")
     p.add_argument("--out", default=ROOT, help="where results/, weights/, checkpoints/ and static/ are written")
     p.add_argument("--device", type=device, default="auto", help="cpu, cuda[:N], mps, or auto: cuda, then mps, then cpu")

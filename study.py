@@ -133,10 +133,12 @@ def parse_args(argv=None):
                    metavar="B", help="the batch sizes")
     p.add_argument("--l1", type=cli.number(float, "a finite number >= 0", 0), default=0.0,
                    help="L1 weight added to the BN runs' loss (the study compares the norms alone)")
-    cli.add_run_arguments(p, jobs_help="runs trained in parallel, in that many processes (1 CPU thread each on a CPU)")
+    cli.add_run_arguments(p, jobs_default=None, jobs_help="runs trained at once, in that many processes with one CPU "
+                          "thread each (default: 2 on a CPU with 2 or more cores, else 1)")
     p.set_defaults(epochs=EPOCHS, seeds=list(SEEDS))
     args = p.parse_args(argv)
-    args.jobs = args.jobs or utils.default_jobs(args.device)
+    # Many runs: single-thread processes side by side use a CPU's cores better than one process's threads.
+    args.jobs = args.jobs or (min(2, os.cpu_count() or 1) if args.device.type == "cpu" else 1)
     return args
 
 

@@ -28,13 +28,14 @@ def parse_args(argv=None):
     p.add_argument("--rerun", metavar="FILE", default=None,
                    help="train again the run recorded in FILE (a results JSON), with its settings and CPU thread "
                         "count, write it under --out, and compare its history with FILE's")
-    cli.add_run_arguments(p, jobs_help="runs trained in parallel, in that many processes (1 CPU thread each on a CPU)")
+    cli.add_run_arguments(p, jobs_default=1, jobs_help="runs trained at once, in that many processes with one CPU "
+                          "thread each; 1: one after another in this process, with all threads (the faster for the "
+                          "three models on 2 cores: docs/performance.md)")
     args = p.parse_args(argv)
     if args.val is not None and args.val >= utils.MNIST_SHA256["train"][0]:
         p.error(f"argument --val: must be smaller than the 60000 training images, got {args.val}")
     if args.rerun and not os.path.isfile(args.rerun):
         p.error(f"argument --rerun: no such file: {args.rerun}")
-    args.jobs = args.jobs or utils.default_jobs(args.device)
     return args
 
 

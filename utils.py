@@ -618,12 +618,6 @@ def _worker_run(recipe, data, device, kw):
     return run(recipe, data, device=device, progress=False, **kw)[1]
 
 
-def default_jobs(device):
-    """How many runs to train at once: on a CPU, one single-thread process per core, up to 2 (measured in
-    docs/performance.md); on a GPU, 1."""
-    return min(2, os.cpu_count() or 1) if device.type == "cpu" else 1
-
-
 def is_finished(path):
     """Whether a results file exists and holds every epoch its config plans."""
     if not os.path.exists(path):
@@ -633,10 +627,10 @@ def is_finished(path):
     return len(record["history"]) >= record["config"]["epochs"]
 
 
-def run_experiments(recipes, data, *, device, out=".", folder="", jobs=None, names=None, batch_stats=False,
+def run_experiments(recipes, data, *, device, out=".", folder="", jobs=1, names=None, batch_stats=False,
                     progress=True, fresh=False, log="invocations.json"):
     """run() every recipe (finished runs are loaded, unfinished ones resume), in this process or, with
-    jobs > 1, in that many worker processes (one CPU thread each on a CPU; None: default_jobs). names: the runs' names if not
+    jobs > 1, in that many worker processes (one CPU thread each on a CPU). names: the runs' names if not
     their recipes'; batch_stats: for the BN runs (see run).
 
     An invocation that trains anything appends its wall time, jobs and device to OUT/results/FOLDER/`log`.
@@ -644,7 +638,6 @@ def run_experiments(recipes, data, *, device, out=".", folder="", jobs=None, nam
     Returns (records, models): {name: [record per seed]} in recipe order and {name: the first seed's model}
     (left out where a finished run's weights were not kept).
     """
-    jobs = jobs or default_jobs(device)
     if jobs < 1:
         raise ValueError(f"jobs must be a positive integer, got {jobs}")
     names = names or [r.name for r in recipes]
