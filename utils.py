@@ -647,9 +647,10 @@ def run_experiments(recipes, data, *, device, out=".", folder="", jobs=1, names=
            for r, n in zip(recipes, names)]
     todo = sum(fresh or not is_finished(run_paths(out, folder, n, r.seed)["results"]) for r, n in zip(recipes, names))
     start = time.perf_counter()
-    # Move the data to the device once for all runs; run()'s own move is then a no-op.
-    data = tuple(tuple(t.to(device) for t in pair) for pair in data)
     if jobs == 1 or len(recipes) == 1:
+        # Move the data to the device once for all runs; run()'s own move is then a no-op. Workers get the
+        # data as it came (pickled to each process) and move it themselves.
+        data = tuple(tuple(t.to(device) for t in pair) for pair in data)
         results = [run(r, data, device=device, progress=progress, **kw) for r, kw in zip(recipes, kws)]
         done = [record for _, record in results]
         trained = {record["name"]: model for model, record in reversed(results)}  # the first seed's
