@@ -59,11 +59,22 @@ def add_recipe_arguments(p, *, lr_help="peak learning rate of the one-cycle sche
     p.add_argument("--groups", type=int, choices=VALID_GROUPS, default=DEFAULT.groups,
                    help="groups in every GroupNorm layer")
     p.add_argument("--degrees", type=number(float, "a finite number >= 0", 0), default=DEFAULT.degrees,
-                   help="each training image is rotated by an angle uniform in ±DEGREES")
+                   help="augmentation: each training image is rotated by an angle uniform in ±DEGREES")
+    p.add_argument("--translate", type=number(float, "a fraction in [0, 1)", 0, high=1), default=DEFAULT.translate,
+                   help="augmentation: and shifted by up to ±TRANSLATE of its width and of its height")
+    p.add_argument("--scale", type=number(float, "a number in [0, 1)", 0, high=1), default=DEFAULT.scale,
+                   help="augmentation: and zoomed by a factor uniform in [1 - SCALE, 1 + SCALE]")
+    p.add_argument("--shear", type=number(float, "degrees in [0, 90)", 0, high=90), default=DEFAULT.shear,
+                   help="augmentation: and sheared along x by an angle uniform in ±SHEAR degrees")
     p.add_argument("--precision", choices=utils.PRECISIONS, default=DEFAULT.precision,
                    help="the training forward pass: fp32, or bf16 (bfloat16 autocast)")
     p.add_argument("--limit", type=positive_int, default=None,
                    help="train on only the first N training images, for a quick run (default: all)")
+
+
+def augmentation(args):
+    """The Recipe's augmentation settings from parsed arguments."""
+    return {"degrees": args.degrees, "translate": args.translate, "scale": args.scale, "shear": args.shear}
 
 
 def add_run_arguments(p, *, jobs_default, jobs_help):

@@ -147,7 +147,7 @@ def main(argv=None):
     utils.tune_malloc()
     data = utils.load_mnist(args.data)
     recipes = plan(args.norms, args.batch_sizes, args.seeds, l1=args.l1, epochs=args.epochs, lr=args.lr,
-                   dropout=args.dropout, groups=args.groups, degrees=args.degrees, precision=args.precision,
+                   dropout=args.dropout, groups=args.groups, **cli.augmentation(args), precision=args.precision,
                    limit=args.limit)
     try:
         records = run_study(recipes, data, device=args.device, out=args.out, jobs=args.jobs, fresh=args.fresh,

@@ -42,7 +42,7 @@ def parse_args(argv=None):
 def recipes(args):
     """The runs the command line asks for: each norm for each seed, L1 on the BN run only."""
     return utils.experiment(args.norms, args.seeds, l1=args.l1, epochs=args.epochs, batch_size=args.batch_size,
-                            lr=args.lr, dropout=args.dropout, groups=args.groups, degrees=args.degrees,
+                            lr=args.lr, dropout=args.dropout, groups=args.groups, **cli.augmentation(args),
                             precision=args.precision, val=args.val or 0, limit=args.limit)
 
 

@@ -38,7 +38,11 @@ class Recipe:
     seed: int = 0             # initial weights, dropout masks, batch order and augmentation
     batch_size: int = 128
     lr: float = 0.1           # peak learning rate of the one-cycle schedule
-    degrees: float = 7.0      # each image is rotated by its own angle, uniform in ±degrees, every epoch
+    # Augmentation, drawn per image and per epoch: an affine map about the image's centre (see augment).
+    degrees: float = 7.0      # rotation uniform in ±degrees (counter-clockwise positive)
+    translate: float = 0.0    # shift uniform in ±translate of the width (x) and of the height (y)
+    scale: float = 0.0        # zoom by a factor uniform in [1 - scale, 1 + scale]
+    shear: float = 0.0        # shear along x by an angle uniform in ±shear degrees
     precision: str = "fp32"   # the training forward pass: fp32, or bf16 (bfloat16 autocast)
     val: int = 0              # if > 0: hold out the last `val` training images and evaluate on them, not the test set
     limit: int | None = None  # train on only the first `limit` training images
@@ -59,6 +63,10 @@ class Recipe:
             if (isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value)
                     or value < 0 or (positive and value == 0)):
                 raise ValueError(f"{name} must be a finite number {'>' if positive else '>='} 0, got {value!r}")
+        for name, high in (("translate", 1), ("scale", 1), ("shear", 90)):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 <= value < high:
+                raise ValueError(f"{name} must be a number in [0, {high}), got {value!r}")
         if self.precision not in PRECISIONS:
             raise ValueError(f"precision must be one of {PRECISIONS}, got {self.precision!r}")
 
@@ -69,6 +77,11 @@ class Recipe:
         if self.norm == "GN" and self.groups != Recipe.groups:
             name += f"_g{self.groups}"
         return name + ("_bf16" if self.precision == "bf16" else "")
+
+    @property
+    def augmentation(self) -> dict:
+        """The keyword arguments of batches() and train_epoch() that augment the training images."""
+        return {"degrees": self.degrees, "translate": self.translate, "scale": self.scale, "shear": self.shear}
 
     @property
     def label(self) -> str:
@@ -279,16 +292,40 @@ def tune_malloc(threshold=1 << 30) -> bool:
 # Batches and augmentation, on the device
 
 
-def rotate(images: torch.Tensor, degrees: torch.Tensor) -> torch.Tensor:
-    """Rotate each image of [B, C, H, W] by its own angle (degrees, counter-clockwise) about its
-    centre, bilinear, with 0 outside the frame: what torchvision.transforms.functional.rotate does to
-    one image (exactly so with fill=None, and with fill=0 on black-bordered images such as MNIST's),
-    for the whole batch in two ops."""
+def affine(images: torch.Tensor, degrees: torch.Tensor, translate: torch.Tensor | None = None,
+           scale: torch.Tensor | None = None, shear: torch.Tensor | None = None) -> torch.Tensor:
+    """Move each image of [B, C, H, W] by its own affine map about its centre, bilinear, 0 outside the frame,
+    for the whole batch in two ops (affine_grid, grid_sample).
+
+    degrees [B]: rotation, counter-clockwise; translate [B, 2]: shift (x right, y down) in pixels, after the
+    rest; scale [B]: zoom factor; shear [B]: shear along x, in degrees. Leaving one out leaves it out. For one
+    image this is torchvision.transforms.functional.affine(img, angle=-degrees, translate, scale,
+    shear=[shear, 0], bilinear) (its angle turns clockwise), which with translate, scale and shear left out
+    is torchvision's rotate(img, degrees, bilinear): exactly so with fill=None, and with fill=0 on
+    black-bordered images such as MNIST's.
+    """
+    _, _, h, w = images.shape
     rad = torch.deg2rad(degrees.to(images.dtype))
-    cos, sin, zero = rad.cos(), rad.sin(), torch.zeros_like(rad)
-    # affine_grid maps each output pixel to the input point it samples, in (x right, y down)
-    # coordinates; with y pointing down this matrix turns the image counter-clockwise on screen.
-    theta = torch.stack([torch.stack([cos, -sin, zero], 1), torch.stack([sin, cos, zero], 1)], 1)  # [B, 2, 3]
+    cos, sin = rad.cos(), rad.sin()
+    # affine_grid wants the inverse map: for each output pixel, the input point it samples, in (x right,
+    # y down) coordinates scaled to [-1, 1]. The forward map is p -> scale * R * Shear * p + translate;
+    # R^-1 = [[cos, -sin], [sin, cos]] turns the image counter-clockwise on screen (y points down).
+    a, b, c, d = cos, -sin, sin, cos
+    if shear is not None:  # Shear^-1 = [[1, tan], [0, 1]] applied after R^-1
+        tan = torch.deg2rad(shear.to(images.dtype)).tan()
+        a, b = a + tan * c, b + tan * d
+    if scale is not None:
+        s = scale.to(images.dtype)
+        a, b, c, d = a / s, b / s, c / s, d / s
+    # From pixels to the [-1, 1] coordinates of each axis (the identity for square images).
+    b, c = b * (h / w), c * (w / h)
+    if translate is None:
+        tx = ty = torch.zeros_like(rad)
+    else:  # the input point of output pixel p is M^-1 (p - translate)
+        t = translate.to(images.dtype)
+        tx = -(a * t[:, 0] * (2 / w) + b * t[:, 1] * (2 / h))
+        ty = -(c * t[:, 0] * (2 / w) + d * t[:, 1] * (2 / h))
+    theta = torch.stack([torch.stack([a, b, tx], 1), torch.stack([c, d, ty], 1)], 1)  # [B, 2, 3]
     grid = F.affine_grid(theta, list(images.shape), align_corners=False)  # [B, H, W, 2]
     return F.grid_sample(images, grid, mode="bilinear", padding_mode="zeros", align_corners=False)
 
@@ -303,25 +340,38 @@ def standardize(x: torch.Tensor) -> torch.Tensor:
     return (x - MEAN) / STD
 
 
-def batches(data, batch_size, *, generator=None, degrees=0.0):
+def batches(data, batch_size, *, generator=None, degrees=0.0, translate=0.0, scale=0.0, shear=0.0):
     """Yield (x [B, 1, 28, 28] standardized, y [B]) from (uint8 images [N, 28, 28], labels [N]) on the device.
 
-    With a generator: shuffled, and each image rotated by its own angle drawn uniformly from
-    ±degrees. The order and angles of a whole epoch are drawn at once on the CPU (so a seed gives
-    the same epoch on every device) and moved in one copy; the rest happens on the device.
+    With a generator: shuffled, and each image moved by its own random affine map (see affine): a
+    rotation uniform in ±degrees, a shift uniform in ±translate of the width and of the height, a zoom
+    uniform in [1 - scale, 1 + scale] and a shear along x uniform in ±shear degrees; a setting of 0 draws
+    nothing. The order and parameters of a whole epoch are drawn at once on the CPU (so a seed gives the
+    same epoch on every device), in that order, and moved in one copy; the rest happens on the device.
     """
     images, labels = data
     n = len(labels)
-    order = angles = None
+    order, params = None, {}
     if generator is not None:
         order = torch.randperm(n, generator=generator).to(images.device, non_blocking=True)
+        uniform = lambda *shape: torch.rand(*shape, generator=generator) * 2 - 1  # in [-1, 1)
         if degrees:
-            angles = ((torch.rand(n, generator=generator) * 2 - 1) * degrees).to(images.device, non_blocking=True)
+            params["degrees"] = uniform(n) * degrees
+        if translate:
+            h, w = images.shape[-2:]
+            params["translate"] = uniform(n, 2) * translate * torch.tensor([w, h])  # pixels, (x, y)
+        if scale:
+            params["scale"] = 1 + uniform(n) * scale
+        if shear:
+            params["shear"] = uniform(n) * shear
+        if params:
+            params.setdefault("degrees", torch.zeros(n))
+        params = {k: v.to(images.device, non_blocking=True) for k, v in params.items()}
     for start in range(0, n, batch_size):
         idx = slice(start, start + batch_size) if order is None else order[start:start + batch_size]
         x = to_unit(images[idx])  # [B, 1, 28, 28]
-        if angles is not None:
-            x = rotate(x, angles[start:start + batch_size])  # fill 0 is black: rotate before standardizing
+        if params:  # fill 0 is black: transform before standardizing
+            x = affine(x, **{k: v[start:start + batch_size] for k, v in params.items()})
         yield standardize(x), labels[idx]
 
 
@@ -360,8 +410,9 @@ def train_step(model, optimizer, x, y, *, l1=0.0, precision="fp32", scheduler=No
 
 
 def train_epoch(model, data, optimizer, *, batch_size, generator, scheduler=None, l1=0.0, degrees=7.0,
-                progress=True, precision="fp32"):
-    """One epoch over data = (images, labels) on the model's device. Returns (loss, accuracy %).
+                translate=0.0, scale=0.0, shear=0.0, progress=True, precision="fp32"):
+    """One epoch over data = (images, labels) on the model's device, augmented as batches() says. Returns
+    (loss, accuracy %).
 
     The loss minimized is NLL + l1 * Σ|w| (see l1_penalty); the loss returned is the mean NLL,
     so runs with and without L1 compare. `scheduler` steps after every batch.
@@ -372,7 +423,8 @@ def train_epoch(model, data, optimizer, *, batch_size, generator, scheduler=None
     correct = torch.zeros((), dtype=torch.long, device=data[1].device)
     seen = 0
     bar = tqdm(total=n, unit="img", leave=False, disable=not progress, mininterval=0.5)
-    for step, (x, y) in enumerate(batches(data, batch_size, generator=generator, degrees=degrees)):
+    for step, (x, y) in enumerate(batches(data, batch_size, generator=generator, degrees=degrees,
+                                                        translate=translate, scale=scale, shear=shear)):
         out, loss = train_step(model, optimizer, x, y, l1=l1, precision=precision, scheduler=scheduler)
         # Accumulate on the device; reading a value back only every 20 steps avoids GPU syncs.
         total_loss += loss.detach() * len(y)
@@ -477,8 +529,20 @@ def run_config(recipe, train, test, device):
             "optimizer": "SGD(nesterov=True), momentum set by the schedule",
             "schedule": f"OneCycleLR(max_lr={lr}, stepped per batch): lr {lr / 25:g} -> {lr:g} over the first 30%, "
                         f"then cosine to {lr / 25e4:.1e}; momentum 0.95 -> 0.85 -> 0.95",
-            "augmentation": f"rotation uniform in ±{recipe.degrees} degrees, bilinear, fill 0",
+            "augmentation": describe_augmentation(recipe),
             "torch": str(torch.__version__), "device": str(device), "threads": torch.get_num_threads()}
+
+
+def describe_augmentation(recipe):
+    """The augmentation in words, for a run's config."""
+    parts = [f"rotation uniform in ±{recipe.degrees:g} degrees"]
+    if recipe.translate:
+        parts.append(f"shift uniform in ±{recipe.translate:g} of the width and height")
+    if recipe.scale:
+        parts.append(f"zoom uniform in [{1 - recipe.scale:g}, {1 + recipe.scale:g}]")
+    if recipe.shear:
+        parts.append(f"x-shear uniform in ±{recipe.shear:g} degrees")
+    return ", ".join(parts) + "; bilinear, fill 0"
 
 
 def differences(saved, config, keys):
@@ -582,7 +646,7 @@ def run(recipe, data, *, device, out=".", folder="", name=None, batch_stats=Fals
         lr_now = optimizer.param_groups[0]["lr"]
         train_loss, train_acc = train_epoch(model, train, optimizer, batch_size=recipe.batch_size,
                                             generator=generator, scheduler=scheduler, l1=recipe.l1,
-                                            degrees=recipe.degrees, progress=progress, precision=recipe.precision)
+                                            progress=progress, precision=recipe.precision, **recipe.augmentation)
         test_loss, test_acc = evaluate(model, test)
         seconds = time.perf_counter() - start
         entry = {"epoch": epoch, "train_loss": train_loss, "train_acc": train_acc, "test_loss": test_loss,

@@ -53,7 +53,7 @@ def epochs_in_this_process(spec, data_root):
         for _ in range(spec["epochs"]):
             start = time.perf_counter()
             utils.train_epoch(model, train, optimizer, batch_size=recipe.batch_size, generator=generator, l1=recipe.l1,
-                              degrees=recipe.degrees, progress=False, precision=recipe.precision)
+                              progress=False, precision=recipe.precision, **recipe.augmentation)
             utils.evaluate(model, test)
             seconds.append(time.perf_counter() - start)
         return seconds
