@@ -78,6 +78,9 @@ def test_bf16_training_runs_the_convolutions_in_bfloat16_and_keeps_fp32_weights(
     (dict(lr=0.0), "lr must be a finite number > 0, got 0.0"),
     (dict(l1=float("nan")), "l1 must be a finite number >= 0, got nan"),
     (dict(limit=0), "limit must be None or an integer >= 1, got 0"),
+    (dict(translate=1.0), r"translate must be a number in \[0, 1\), got 1.0"),
+    (dict(scale=-0.1), r"scale must be a number in \[0, 1\), got -0.1"),
+    (dict(shear=90), r"shear must be a number in \[0, 90\), got 90"),
 ])
 def test_bad_recipe_is_rejected_naming_what_is_accepted(settings, message):
     with pytest.raises(ValueError, match=message):
@@ -114,6 +117,48 @@ def small_run(tmp_path, recipe=SMALL, **kw):
 
 def without_time(history):
     return [{k: v for k, v in r.items() if k != "seconds"} for r in history]
+
+
+def test_one_seed_pairs_the_norms_same_weights_batches_augmentation_and_dropout_masks(tmp_path, monkeypatch):
+    # What every norm's run sees, recorded through hooks on the model run() builds: the convolution weights it
+    # starts from, the input of every step (order and augmentation), and the random-number state at every
+    # dropout call (dropout draws its mask from it, with the same shape and probability in every norm).
+    seen = {}
+
+    def watched(norm, **kw):
+        model = Net(norm, **kw)
+        if next(model.parameters()).is_meta:  # a Recipe checking its settings
+            return model
+        log = seen.setdefault((norm, kw["groups"]), {"conv": [p.detach().clone() for p in model.parameters()
+                                                            if p.ndim > 1], "x": [], "rng": []})
+        model.register_forward_pre_hook(lambda m, args: log["x"].append(args[0].clone()) if m.training else None)
+        for m in model.modules():
+            if isinstance(m, nn.Dropout):
+                m.register_forward_pre_hook(lambda m, args: log["rng"].append(torch.get_rng_state()) if m.training else None)
+        return model
+
+    monkeypatch.setattr(utils, "Net", watched)
+    for recipe in utils.experiment(seeds=(3,), epochs=2, batch_size=64, translate=0.1, scale=0.1, shear=5.0) \
+            + [utils.Recipe("GN", groups=g, epochs=2, batch_size=64, seed=3, translate=0.1, scale=0.1, shear=5.0)
+               for g in (1, 5)]:
+        utils.run(recipe, (TRAIN, TEST), device=torch.device("cpu"), out=str(tmp_path / recipe.name),
+                  progress=False)
+    (first, a), *others = seen.items()
+    assert len(a["x"]) == 2 * 4 and len(a["rng"]) == 6 * len(a["x"])  # 4 steps per epoch, 6 dropout layers
+    for key, b in others:
+        assert all(torch.equal(p, q) for p, q in zip(a["conv"], b["conv"])), key
+        assert all(torch.equal(p, q) for p, q in zip(a["x"], b["x"])), key
+        assert len(b["rng"]) == len(a["rng"]) and all(torch.equal(p, q) for p, q in zip(a["rng"], b["rng"])), key
+
+
+def test_gn_with_one_group_is_ln():
+    torch.manual_seed(0)
+    ln = Net("LN")
+    torch.manual_seed(0)
+    gn = Net("GN", groups=1)
+    x = torch.randn(4, 1, 28, 28)
+    assert all(torch.equal(p, q) for p, q in zip(ln.state_dict().values(), gn.state_dict().values()))
+    assert torch.equal(ln.eval()(x), gn.eval()(x))
 
 
 def test_same_seed_same_history_on_cpu(tmp_path):
@@ -302,6 +347,8 @@ def test_summary_table_reports_mean_and_spread():
     (["--seeds", "a"], "expected a seed >= 0"),
     (["--val", "60000"], "must be smaller than the 60000 training images"),
     (["--device", "tpu"], "argument --device"),
+    (["--translate", "1"], r"argument --translate: expected a fraction in \[0, 1\), got '1'"),
+    (["--shear", "-1"], r"argument --shear: expected degrees in \[0, 90\)"),
     (["--bogus"], "unrecognized arguments: --bogus"),
 ])
 def test_cli_rejects_bad_values_naming_what_is_accepted(args, message, capsys):

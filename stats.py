@@ -1,0 +1,51 @@
+"""Statistics over seeds: means with Student-t confidence intervals, paired differences, time to an accuracy."""
+import math
+
+import numpy as np
+from scipy import stats
+
+LEVEL = 0.95     # the confidence level of every interval
+TARGET = 99.4    # test accuracy (%) for the time-to-accuracy figures
+
+
+def mean_ci(values, level=LEVEL):
+    """(mean, half-width) of the Student-t interval for the mean of `values` (n - 1 degrees of freedom):
+    mean ± half-width covers the true mean with probability `level` if the values are independent draws of a
+    normal variable. The half-width is nan for fewer than two values (no spread to estimate)."""
+    x = np.asarray(values, dtype=float)
+    if x.ndim != 1 or len(x) == 0:
+        raise ValueError(f"expected a non-empty list of numbers, got {values!r}")
+    if len(x) < 2:
+        return float(x[0]), math.nan
+    sem = x.std(ddof=1) / math.sqrt(len(x))
+    return float(x.mean()), float(stats.t.ppf((1 + level) / 2, len(x) - 1) * sem)
+
+
+def final(record, key="test_acc"):
+    """A run's last epoch's `key`."""
+    return record["history"][-1][key]
+
+
+def finished(records):
+    """{seed: record} of the finished runs among `records`."""
+    return {r["config"]["seed"]: r for r in records if len(r["history"]) >= r["config"]["epochs"]}
+
+
+def paired(records_a, records_b, key="test_acc", level=LEVEL):
+    """A minus B, paired by seed, over the seeds both have finished: {"seeds", "differences", "mean", "half",
+    "low", "high", "nonzero"} (nonzero: the interval excludes 0). With one seed the run shares its initial
+    weights, batches, augmentation and dropout masks with the other (tests/test_training.py), so the difference
+    of a pair cancels what the seed does to both."""
+    a, b = finished(records_a), finished(records_b)
+    seeds = sorted(set(a) & set(b))
+    if not seeds:
+        raise ValueError("the two runs have no finished seed in common")
+    diffs = [final(a[s], key) - final(b[s], key) for s in seeds]
+    mean, half = mean_ci(diffs, level)
+    return {"seeds": seeds, "differences": diffs, "mean": mean, "half": half, "low": mean - half,
+            "high": mean + half, "nonzero": bool(half == half and (mean - half > 0 or mean + half < 0))}
+
+
+def first_epoch(history, target=TARGET, key="test_acc"):
+    """The first epoch whose `key` is at least `target`, or None if none is."""
+    return next((e["epoch"] for e in history if e[key] >= target), None)

@@ -1,0 +1,81 @@
+"""The recipe search: its grid, the rule that picks a setting, and a tiny search end to end."""
+import pytest
+import torch
+
+import tune
+import utils
+from conftest import synthetic
+
+
+def fake(scores_by_setting):
+    """Records as load_records returns them: {setting id: {seed: final accuracy of each of the three norms}}."""
+    records = {}
+    for sid, seeds in scores_by_setting.items():
+        for seed, acc in seeds.items():
+            for norm in ("bn_l1", "ln", "gn"):
+                records.setdefault(f"{norm}_{sid}", []).append(
+                    {"config": {"seed": seed, "epochs": 1}, "history": [{"test_acc": acc, "seconds": 1.0}]})
+    return records
+
+
+IDS = [tune.setting_id(s) for s in tune.settings()]
+
+
+def test_the_grid_is_every_combination_on_the_validation_split():
+    assert len(IDS) == len(set(IDS)) == 8
+    bn, ln, gn = tune.recipes(tune.settings()[0], 0)
+    assert (bn.l1, ln.l1, gn.l1) == (utils.L1, 0, 0) and bn.val == tune.VAL == 10000 and bn.epochs == 20
+    affine = tune.recipes({"augmentation": "affine", "dropout": 0.0, "batch_size": 64}, 1)[0]
+    assert (affine.translate, affine.scale, affine.shear, affine.seed, affine.batch_size) == (0.1, 0.1, 5.0, 1, 64)
+
+
+def test_the_rule_waits_for_every_seed_it_needs():
+    partial = fake({sid: {0: 99.0} for sid in IDS[:-1]})
+    assert tune.second_seeds(tune.scores(partial)) is None and tune.choose(tune.scores(partial)) is None
+    table = tune.scores(fake({sid: {0: 99.0 + 0.01 * i} for i, sid in enumerate(IDS)}))
+    assert tune.choose(table) is None  # the close settings have no second seed yet
+
+
+def test_close_settings_get_a_second_seed_and_ties_go_to_the_cheapest():
+    seed0 = {sid: 99.0 for sid in IDS}
+    best, close, far = "affine_dropout0.05_bs64", "rotate_dropout0_bs128", "affine_dropout0_bs64"
+    seed0.update({best: 99.60, close: 99.52, far: 99.49})
+    table = tune.scores(fake({sid: {0: acc} for sid, acc in seed0.items()}))
+    assert sorted(tune.second_seeds(table)) == sorted([best, close])  # 99.49 is more than 0.10 below
+    # Seed 1: the best stays best by 0.06 on the mean -> no tie, it wins although it costs more.
+    done = fake({**{sid: {0: acc} for sid, acc in seed0.items()}, best: {0: 99.60, 1: 99.50}, close: {0: 99.52, 1: 99.46}})
+    chosen, tied = tune.choose(tune.scores(done))
+    assert (chosen, tied) == (best, [best])
+    # Within 0.05: tied, and the tie goes to no dropout and batch 128.
+    done = fake({**{sid: {0: acc} for sid, acc in seed0.items()}, best: {0: 99.60, 1: 99.50}, close: {0: 99.52, 1: 99.50}})
+    chosen, tied = tune.choose(tune.scores(done))
+    assert chosen == close and sorted(tied) == sorted([best, close])
+
+
+def test_cost_orders_dropout_then_batch_then_augmentation():
+    order = sorted(tune.settings(), key=tune.cost)
+    assert [tune.setting_id(s) for s in order[:3]] == ["rotate_dropout0_bs128", "affine_dropout0_bs128",
+                                                       "rotate_dropout0_bs64"]
+    assert tune.setting_id(order[-1]) == "affine_dropout0.05_bs64"
+
+
+def test_a_tiny_search_runs_both_stages_and_resumes(tmp_path, capsys):
+    data = (synthetic(96), synthetic(16, seed=1))
+    kw = dict(device=torch.device("cpu"), out=str(tmp_path), jobs=1, progress=False, epochs=1, val=32)
+    records = tune.run_search(data, **kw)
+    table = tune.scores(records)
+    assert len(table) == 8 and tune.choose(table) is not None
+    finalists = tune.second_seeds(table)
+    assert sum(len(recs) for recs in records.values()) == 24 + 3 * len(finalists)
+    assert all(r["config"]["val"] == 32 and r["config"]["train_images"] == 64 for recs in records.values()
+               for r in recs)
+    capsys.readouterr()
+    again = tune.run_search(data, **kw)  # everything finished: loaded, nothing trained
+    assert "finished, loaded" in capsys.readouterr().out and again == records
+
+
+def test_the_search_has_no_option_to_score_on_the_test_set(capsys):
+    # The validation split is fixed in the code; an option for it is rejected, not taken for another one.
+    with pytest.raises(SystemExit) as exit:
+        tune.parse_args(["--val", "0"])
+    assert exit.value.code == 2 and "unrecognized arguments: --val 0" in capsys.readouterr().err
