@@ -6,7 +6,9 @@ import re
 import sys
 
 import normalizations
+import stats
 import study
+import tune
 import utils
 
 HERE = os.path.dirname(os.path.abspath(__file__))
@@ -247,14 +249,121 @@ def speed_table(results, target=99.4):
     return "\n".join(lines)
 
 
+def interval(values):
+    """"99.52 ± 0.03" (mean ± half-width of its 95% interval), or the lone value."""
+    mean, half = stats.mean_ci(values)
+    return f"{mean:.2f} ± {half:.2f}" if half == half else f"{mean:.2f}"
+
+
+def reaches(records, target=stats.TARGET):
+    """"12.3 (9 of 10 seeds)": the mean first epoch at >= target % test accuracy over the seeds that reach it."""
+    epochs = stats.time_to(records, target)
+    hit = [e for e in epochs.values() if e is not None]
+    if not hit:
+        return "never"
+    return f"{sum(hit) / len(hit):.1f}" + (f" ({len(hit)} of {len(epochs)} seeds)" if len(hit) < len(epochs) else "")
+
+
 def headline_table(results):
-    """The README's first table: the three main runs' final test accuracy over seeds, and their parameters."""
-    rows = {row["name"]: row for row in utils.summarize(utils.load_records(results))}
-    lines = ["| model | final test accuracy % (mean ± std) | seeds | parameters |", "|---|---|---|---|"]
+    """The README's first table: the three main runs' final test accuracy over their finished seeds."""
+    records = utils.load_records(results)
+    lines = [f"| model | final test accuracy %, mean ± 95% interval | seeds | first epoch at ≥ {stats.TARGET}% "
+             f"(mean) | parameters |", "|---|---|---|---|---|"]
     for recipe in utils.experiment():
-        r = rows.get(recipe.name)
-        if r:
-            lines.append(f"| {r['label']} | {mean_std(r, 'final')} | {len(r['seeds'])} | {r['params']:,} |")
+        done = stats.finished(records.get(recipe.name, []))
+        if done:
+            first = next(iter(done.values()))
+            lines.append(f"| {recipe.label} | {interval([stats.final(r) for r in done.values()])} | {len(done)} "
+                         f"| {reaches(records[recipe.name])} | {first['config']['params']:,} |")
+    return "\n".join(lines)
+
+
+def seeds_table(results):
+    """Every fp32 run with its seeds: the mean and 95% interval of the final test accuracy, each seed's value, and
+    the first epoch at >= TARGET per seed."""
+    records = utils.load_records(results)
+    lines = [f"| run | seeds | final test acc %, mean ± 95% interval | final test acc % per seed | first epoch at "
+             f"≥ {stats.TARGET}% per seed | its mean |", "|---|---|---|---|---|---|"]
+    for name in ordered(records):
+        done = stats.finished(records[name])
+        if not done or utils.Recipe.from_config(records[name][0]["config"]).precision != "fp32":
+            continue
+        epochs = stats.time_to(records[name])
+        lines.append(f"| {utils.label(records[name][0])} | {', '.join(map(str, done))} "
+                     f"| {interval([stats.final(r) for r in done.values()])} "
+                     f"| {', '.join(f'{stats.final(r):.2f}' for r in done.values())} "
+                     f"| {', '.join(str(e) if e else '-' for e in epochs.values())} | {reaches(records[name])} |")
+    return "\n".join(lines)
+
+
+def group_label(records, name):
+    recipe = utils.Recipe.from_config(records[name][0]["config"])
+    return "GN, 1 group (= LN)" if recipe.norm == "LN" else f"GN, {recipe.groups} groups"
+
+
+def findings_table(results):
+    """Paired differences in final test accuracy (A - B over the seeds both have), with 95% intervals: the norms,
+    L1 on BN, and GN's number of groups."""
+    records = utils.load_records(results)
+    lines = ["| question | A | B | seeds | A - B, mean (points) | 95% interval | measured to differ? |",
+             "|---|---|---|---|---|---|---|"]
+    for question, pairs in (("norm", stats.NORM_PAIRS), ("L1", stats.L1_PAIRS), ("groups", stats.GROUP_PAIRS)):
+        for a, b, p in stats.comparisons(records, pairs):
+            la, lb = ((group_label(records, a), group_label(records, b)) if question == "groups"
+                      else (utils.label(records[a][0]), utils.label(records[b][0])))
+            if p["half"] != p["half"]:
+                ci, verdict = "(one seed)", "cannot say: one seed"
+            else:
+                ci = f"[{p['low']:+.3f}, {p['high']:+.3f}]"
+                verdict = (f"**yes: {la if p['mean'] > 0 else lb} higher**" if p["nonzero"]
+                           else "no: the interval includes 0")
+            seeds = p["seeds"]
+            span = f"{seeds[0]}-{seeds[-1]}" if seeds == list(range(seeds[0], seeds[-1] + 1)) and len(seeds) > 2 \
+                else ", ".join(map(str, seeds))
+            lines.append(f"| {question} | {la} | {lb} | {span} | {p['mean']:+.3f} | {ci} | {verdict} |")
+    return "\n".join(lines)
+
+
+def seeds_figure(results):
+    """static/seeds.png: each seed's final test accuracy with the mean and 95% interval, for the main runs (and BN
+    without L1) and for GN's number of groups; None if no run has finished."""
+    records = utils.load_records(results)
+    per_seed = lambda name: {s: stats.final(r) for s, r in stats.finished(records.get(name, [])).items()}
+    main = {utils.label(records[n][0]): per_seed(n) for n in ("bn_l1", "ln", "gn", "bn") if per_seed(n)}
+    groups = {group_label(records, n).removeprefix("GN, "): per_seed(n) for n in ("ln", "gn", "gn_g5", "gn_g10")
+              if per_seed(n)}
+    panels = {title: runs for title, runs in (("The norms (and BN without L1)", main),
+                                              ("GroupNorm's number of groups", groups)) if runs}
+    return utils.plot_seeds(panels) if panels else None
+
+
+def search_table(results):
+    """The recipe search in results/tune/ (tune.py): every setting's validation score, and the choice."""
+    folder = os.path.join(results, tune.FOLDER)
+    records = utils.load_records(folder) if os.path.isdir(folder) else {}
+    table = tune.scores(records)
+    chosen = tune.choose(table)
+    finalists = tune.second_seeds(table) or []
+    lines = ["| augmentation | dropout | batch | BN + L1 / LN / GN val acc %, seed 0 | seed 1 | score (mean) "
+             "| second seed? | chosen |", "|---|---|---|---|---|---|---|---|"]
+    for sid, t in sorted(table.items(), key=lambda kv: -kv[1]["score"]):
+        per = lambda seed: " / ".join(f"{r['history'][-1]['test_acc']:.2f}" for name in ordered(records)
+                                      if name.endswith("_" + sid)
+                                      for r in records[name] if r["config"]["seed"] == seed)
+        st = t["setting"]
+        mark = "**chosen**" if chosen and sid == chosen[0] else ("tied" if chosen and sid in chosen[1] else "")
+        lines.append(f"| {st['augmentation']} | {st['dropout']:g} | {st['batch_size']} | {per(0)} "
+                     f"| {per(1) if 1 in t['seeds'] else ''} | {t['score']:.3f} | {'yes' if sid in finalists else ''} "
+                     f"| {mark} |")
+    done = sum(len(stats.finished(recs)) for recs in records.values())
+    planned = 3 * len(tune.settings())
+    status = (f"chosen: `{chosen[0]}`" if chosen else
+              f"not decided yet: {done} runs finished; the rule needs the {planned} seed-0 runs and then seed 1 of "
+              f"the close settings (`python tune.py` resumes)")
+    aug = "; ".join(f"{k}: " + utils.describe_augmentation(utils.Recipe(**v)).split(";")[0]
+                    for k, v in tune.AUGMENTATIONS.items())
+    lines += ["", f"Validation accuracy: the last {tune.VAL:,} training images, after epoch 20, training on the other "
+                  f"50,000. Score: the mean over the three norms (and seeds). Augmentations: {aug}. {status}."]
     return "\n".join(lines)
 
 
@@ -266,7 +375,8 @@ def worked_example_short(results):
     return "```text\n" + normalizations.worked_example(brief=True) + "\n```"
 
 
-TABLES = {"headline": headline_table, "tuning": tuning_table, "results": results_table,
+TABLES = {"headline": headline_table, "seeds": seeds_table, "findings": findings_table,
+          "search": search_table, "tuning": tuning_table, "results": results_table,
           "batch-size": batch_size_table, "benchmark": benchmark_table, "options": options_table,
           "end-to-end": end_to_end_table, "speed": speed_table, "worked-example": worked_example,
           "worked-example-short": worked_example_short}
@@ -311,6 +421,12 @@ def main(argv=None):
             with open(path, "w") as f:
                 f.write(new)
         print(f"{'updated' if new != text else 'unchanged'}: {os.path.relpath(path)}")
+    if not args.check:
+        fig = seeds_figure(args.results)
+        if fig is not None:
+            path = utils.save_figure(fig, os.path.join(os.path.dirname(os.path.abspath(args.results)), "static",
+                                                       "seeds.png"))
+            print(f"wrote {os.path.relpath(path)}")
     if args.check and not stale:
         print(f"{', '.join(os.path.relpath(p) for p in texts)} match {args.results}")
     return stale

@@ -49,3 +49,25 @@ def paired(records_a, records_b, key="test_acc", level=LEVEL):
 def first_epoch(history, target=TARGET, key="test_acc"):
     """The first epoch whose `key` is at least `target`, or None if none is."""
     return next((e["epoch"] for e in history if e[key] >= target), None)
+
+
+# The paired comparisons the report makes, by run name (utils.Recipe.name): A minus B for the same seeds.
+NORM_PAIRS = [("bn_l1", "ln"), ("bn_l1", "gn"), ("gn", "ln")]
+L1_PAIRS = [("bn_l1", "bn")]
+# GroupNorm's number of groups, each against the default 2 (gn); one group is LN (model.make_norm), so the LN
+# runs are the one-group runs.
+GROUP_PAIRS = [("ln", "gn"), ("gn_g5", "gn"), ("gn_g10", "gn")]
+
+
+def comparisons(records, pairs):
+    """[(name A, name B, paired(A, B))] for the pairs in `pairs` whose two runs share a finished seed."""
+    out = []
+    for a, b in pairs:
+        if a in records and b in records and set(finished(records[a])) & set(finished(records[b])):
+            out.append((a, b, paired(records[a], records[b])))
+    return out
+
+
+def time_to(records, target=TARGET):
+    """{seed: first epoch at >= target % test accuracy, or None} over a run's finished seeds."""
+    return {seed: first_epoch(r["history"], target) for seed, r in sorted(finished(records).items())}

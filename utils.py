@@ -941,6 +941,34 @@ def experiment_figures(records, models, test):
     return figures
 
 
+def plot_seeds(panels, *, ylabel="final test accuracy (%)"):
+    """Per-seed values as points, with each run's mean and 95% interval (stats.mean_ci) beside them.
+
+    panels maps a panel title to {run label: {seed: value}}; one panel per title, side by side.
+    """
+    import stats  # only for this figure: the rest of utils runs without scipy
+
+    fig = Figure(figsize=(4.5 * len(panels) + 1, 4.8), layout="constrained")
+    axes = np.atleast_1d(fig.subplots(1, len(panels), sharey=True))
+    for ax, (title, runs) in zip(axes, panels.items()):
+        for i, (label, by_seed) in enumerate(runs.items()):
+            seeds, values = list(by_seed), list(by_seed.values())
+            offsets = np.linspace(-0.18, 0.18, len(values)) if len(values) > 1 else np.zeros(1)
+            ax.scatter(i - 0.12 + offsets * 0.5, values, s=18, alpha=0.7, color=f"C{i}", zorder=2)
+            mean, half = stats.mean_ci(values)
+            ax.errorbar(i + 0.18, mean, yerr=None if half != half else half, fmt="D", color=f"C{i}",
+                        markeredgecolor="k", capsize=5, zorder=3)
+            ax.annotate(f"{mean:.2f}" + (f"\n±{half:.2f}" if half == half else ""), (i + 0.26, mean),
+                        va="center", fontsize=8)
+        ax.set_xticks(range(len(runs)), [f"{label}\n({len(v)} seed{'s' if len(v) > 1 else ''})" for label, v in runs.items()], fontsize=9)
+        ax.set_xlim(-0.6, len(runs) - 0.3)
+        ax.set_title(title, fontsize=11)
+        ax.grid(axis="y", alpha=0.3)
+    axes[0].set_ylabel(ylabel)
+    fig.suptitle("Each seed (dots); mean and 95% Student-t interval (diamond, bar)", fontsize=11)
+    return fig
+
+
 def save_figure(fig, path, dpi=120):
     """Write a figure to `path` (PNG), creating its folder."""
     os.makedirs(os.path.dirname(path) or ".", exist_ok=True)

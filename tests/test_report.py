@@ -12,13 +12,39 @@ def test_readme_and_docs_tables_match_results():
     assert report.main(["--check"]) == 0, "run `python report.py` after changing results/"
 
 
-def write_run(folder, name, accs, epochs=None):
+def write_run(folder, name, accs, epochs=None, seed=0):
     os.makedirs(folder, exist_ok=True)
     config = {"norm": name[:2].upper(), "l1": 1e-5 if "l1" in name else 0.0}
-    record = {"name": name, "config": {**config, "seed": 0, "epochs": epochs or len(accs), "params": 7750},
+    if "_g" in name:
+        config["groups"] = int(name.split("_g")[1])
+    record = {"name": name, "config": {**config, "seed": seed, "epochs": epochs or len(accs), "params": 7750},
               "history": [{"epoch": i + 1, "test_acc": a, "seconds": 1.0} for i, a in enumerate(accs)]}
-    with open(os.path.join(folder, f"{name}_seed0.json"), "w") as f:
+    with open(os.path.join(folder, f"{name}_seed{seed}.json"), "w") as f:
         json.dump(record, f)
+
+
+def test_findings_give_paired_intervals_seeds_and_time_to_accuracy(tmp_path):
+    results = tmp_path / "results"
+    finals = {"bn_l1": [99.5, 99.6, 99.7], "ln": [99.4, 99.5, 99.6], "gn": [99.6, 99.4, 99.5], "gn_g5": [99.3]}
+    for name, accs in finals.items():
+        for seed, acc in enumerate(accs):
+            write_run(results, name, [99.0, 99.41 if seed == 0 else 99.2, acc], seed=seed)
+    write_run(results, "gn_g10", [99.0, 99.1], seed=0, epochs=3)  # unfinished: left out
+    readme = tmp_path / "README.md"
+    readme.write_text("".join(f"<!-- {b}:start -->\n<!-- {b}:end -->\n" for b in ("headline", "seeds", "findings")))
+    assert report.main(["--files", str(readme), "--results", str(results)]) == 0
+    text = readme.read_text()
+    # Differences of exactly 0.1 on every seed: no spread, an interval of zero width that excludes 0.
+    assert "| norm | BN + L1 | LN | 0-2 | +0.100 | [+0.100, +0.100] | **yes: BN + L1 higher** |" in text
+    # -0.1, +0.2, +0.2: mean +0.1, t(0.975, 2) * std / sqrt(3) = 0.430
+    assert "| norm | BN + L1 | GN | 0-2 | +0.100 | [-0.330, +0.530] | no: the interval includes 0 |" in text
+    assert "| groups | GN, 1 group (= LN) | GN, 2 groups | 0-2 |" in text
+    assert "| groups | GN, 5 groups | GN, 2 groups | 0 | -0.300 | (one seed) | cannot say: one seed |" in text
+    assert "10 groups" not in text
+    # BN + L1: 99.6 ± t(0.975, 2) * 0.1 / sqrt(3) = 0.248; seed 0 reaches 99.4% at epoch 2, the others at 3
+    assert "| BN + L1 | 99.60 ± 0.25 | 3 | 2.7 | 7,750 |" in text
+    assert "| GN (5 groups) | 0 | 99.30 | 99.30 | 2 | 2.0 |" in text
+    assert (tmp_path / "static" / "seeds.png").stat().st_size > 10_000
 
 
 def test_tuning_table_is_rendered_between_markers_and_staleness_is_detected(tmp_path, capsys):
