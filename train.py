@@ -22,6 +22,10 @@ def parse_args(argv=None):
     p.add_argument("--batch-size", type=cli.positive_int, default=cli.DEFAULT.batch_size, help="training batch size")
     p.add_argument("--l1", type=cli.number(float, "a finite number >= 0", 0), default=utils.L1,
                    help="L1 weight added to the BN run's loss (LN and GN train without it); 0 for none")
+    p.add_argument("--ablation-seeds", nargs="+", type=cli.number(int, "a seed >= 0", 0), default=[],
+                   metavar="SEED", help="also train, for these seeds, BN without L1 and GN with "
+                   f"{' and '.join(map(str, utils.ABLATION_GROUPS))} groups (one group is LN), with the same settings "
+                   "(default: none)")
     p.add_argument("--val", type=cli.positive_int, default=None, metavar="N",
                    help="hold out the last N training images and evaluate on them instead of the test set "
                         "(for choosing settings; results go to OUT/results/val/<settings>/, no figures)")
@@ -40,10 +44,13 @@ def parse_args(argv=None):
 
 
 def recipes(args):
-    """The runs the command line asks for: each norm for each seed, L1 on the BN run only."""
-    return utils.experiment(args.norms, args.seeds, l1=args.l1, epochs=args.epochs, batch_size=args.batch_size,
-                            lr=args.lr, dropout=args.dropout, groups=args.groups, **cli.augmentation(args),
-                            precision=args.precision, val=args.val or 0, limit=args.limit)
+    """(main runs, ablation runs) the command line asks for, each seed by seed (so that an interrupted invocation
+    leaves whole pairs): each norm for each seed, L1 on the BN run only; the ablations for their seeds."""
+    settings = dict(epochs=args.epochs, batch_size=args.batch_size, lr=args.lr, dropout=args.dropout,
+                    **cli.augmentation(args), precision=args.precision, val=args.val or 0, limit=args.limit)
+    main = utils.experiment(args.norms, args.seeds, l1=args.l1, groups=args.groups, **settings)
+    by_seed = lambda runs: sorted(runs, key=lambda r: r.seed)
+    return by_seed(main), by_seed(utils.ablations(args.ablation_seeds, **settings))
 
 
 def rerun(args, data):
@@ -81,7 +88,8 @@ def main(argv=None):
     try:
         if args.rerun:
             return rerun(args, data)
-        runs = recipes(args)
+        main_runs, ablation_runs = recipes(args)
+        runs = main_runs + ablation_runs
         folder = "" if not args.val else os.path.join(  # one folder per setting: runs that choose settings never clash
             "val", f"lr{args.lr:g}_bs{args.batch_size}_dropout{args.dropout:g}_epochs{args.epochs}")
         train, test = utils.select(data, runs[0])
@@ -101,6 +109,9 @@ def main(argv=None):
     if args.val or args.no_figures:
         return 0
     static = os.path.join(args.out, "static")
+    shown = {r.name for r in main_runs}  # the figures show the main runs
+    records = {name: recs for name, recs in records.items() if name in shown}
+    models = {name: model for name, model in models.items() if name in shown}
     written = [utils.save_figure(fig, os.path.join(static, f"{name}.png"))
                for name, fig in utils.experiment_figures(records, models, data[1]).items()]
     print("wrote " + ", ".join(os.path.relpath(w, args.out) for w in written))

@@ -111,6 +111,16 @@ def experiment(norms=NORMS, seeds=(0,), *, l1=L1, **settings):
             for norm in norms for seed in seeds]
 
 
+ABLATION_GROUPS = (5, 10)  # GN's other group counts (1 group is LN, 2 the default GN): Wu & He's ablation
+
+
+def ablations(seeds=(0,), **settings):
+    """The runs that answer the side questions, by seed: BN without L1 (does L1 matter?) and GN with
+    ABLATION_GROUPS groups (how many groups?); `settings` (Recipe fields) for all."""
+    return [Recipe("BN", l1=0.0, seed=seed, **settings) for seed in seeds] + \
+        [Recipe("GN", groups=g, seed=seed, **settings) for g in ABLATION_GROUPS for seed in seeds]
+
+
 # ---------------------------------------------------------------------------------------------
 # The data
 

@@ -359,6 +359,16 @@ def test_cli_rejects_bad_values_naming_what_is_accepted(args, message, capsys):
     assert re.search(message, capsys.readouterr().err)
 
 
+def test_cli_runs_seed_by_seed_and_adds_the_ablations_with_the_same_settings():
+    main, extra = train_cli.recipes(train_cli.parse_args(["--seeds", "1", "0", "--ablation-seeds", "0", "1",
+                                                          "--dropout", "0", "--translate", "0.1"]))
+    assert [(r.name, r.seed) for r in main] == [("bn_l1", 0), ("ln", 0), ("gn", 0), ("bn_l1", 1), ("ln", 1), ("gn", 1)]
+    assert [(r.name, r.seed) for r in extra] == [("bn", 0), ("gn_g5", 0), ("gn_g10", 0), ("bn", 1), ("gn_g5", 1),
+                                                 ("gn_g10", 1)]
+    assert all(r.dropout == 0 and r.translate == 0.1 for r in main + extra) and extra[0].l1 == 0
+    assert train_cli.recipes(train_cli.parse_args([]))[1] == []
+
+
 def test_cli_defaults_are_the_experiment():
     args = train_cli.parse_args([])
     assert args.norms == ["BN", "LN", "GN"] and args.epochs == 20 and args.l1 == 1e-5 and args.groups == 2
