@@ -93,16 +93,20 @@ class Recipe:
 
     @classmethod
     def from_config(cls, config):
-        """The recipe of a run's JSON config. A setting that an older file does not record takes its default,
-        except the split, which such files give as image counts."""
+        """The recipe of a run's JSON config. A setting that an older file does not record is what such runs
+        used: UNRECORDED's value, else the default; the split, which such files give as image counts."""
         known = {f.name for f in fields(cls)}
-        settings = {k: v for k, v in config.items() if k in known}
+        settings = {**UNRECORDED, **{k: v for k, v in config.items() if k in known}}
         if "val" not in config and config.get("eval_split", "test") != "test":
             settings["val"] = config["eval_images"]
         if "limit" not in config and "train_images" in config:
             full = MNIST_SHA256["train"][0] - settings.get("val", 0)
             settings["limit"] = config["train_images"] if config["train_images"] < full else None
         return cls(**settings)
+
+
+# What runs whose files do not record these settings trained with (the files predate the settings).
+UNRECORDED = {"degrees": 7.0, "translate": 0.0, "scale": 0.0, "shear": 0.0}
 
 
 def experiment(norms=NORMS, seeds=(0,), *, l1=L1, **settings):

@@ -103,7 +103,9 @@ def test_recipe_names_and_labels_come_from_its_settings():
     # A config written before degrees, val and limit were recorded reads back with its split sizes.
     old = {"norm": "GN", "groups": 2, "lr": 0.2, "train_images": 50000, "eval_images": 10000,
            "eval_split": "validation: the last 10000 training images", "torch": "x"}
-    assert utils.Recipe.from_config(old) == utils.Recipe("GN", lr=0.2, val=10000)
+    # ... and with the augmentation such runs had (rotation only, ±7 degrees), whatever the defaults are now.
+    assert utils.Recipe.from_config(old) == utils.Recipe("GN", lr=0.2, val=10000, degrees=7.0, translate=0.0,
+                                                         scale=0.0, shear=0.0)
     assert utils.Recipe.from_config({**old, "train_images": 512}).limit == 512
 
 
