@@ -1,0 +1,57 @@
+"""Confidence intervals and paired differences, checked against hand values and by simulation."""
+import math
+
+import numpy as np
+import pytest
+
+import stats
+
+
+def test_interval_matches_the_textbook_formula():
+    # mean 3, sample std sqrt(2.5), n 5: half-width t(0.975, 4) * sqrt(2.5 / 5), t(0.975, 4) = 2.776445 (tables)
+    mean, half = stats.mean_ci([1, 2, 3, 4, 5])
+    assert mean == 3 and half == pytest.approx(2.776445 * math.sqrt(0.5), rel=1e-6)
+    assert stats.mean_ci([1, 2, 3, 4, 5], level=0.99)[1] == pytest.approx(4.604095 * math.sqrt(0.5), rel=1e-6)
+    assert math.isnan(stats.mean_ci([99.5])[1]) and stats.mean_ci([99.5])[0] == 99.5
+    with pytest.raises(ValueError, match="non-empty"):
+        stats.mean_ci([])
+
+
+def test_interval_covers_the_true_mean_95_percent_of_the_time():
+    rng = np.random.default_rng(0)
+    samples = rng.normal(1.0, 2.0, size=(4000, 10))
+    hits = 0
+    for s in samples:
+        mean, half = stats.mean_ci(s)
+        hits += abs(mean - 1.0) <= half
+    assert abs(hits / len(samples) - 0.95) < 0.01  # binomial sd 0.0034
+
+
+def run(seed, accs, epochs=None):
+    history = [{"epoch": i + 1, "test_acc": a} for i, a in enumerate(accs)]
+    return {"config": {"seed": seed, "epochs": epochs or len(accs)}, "history": history}
+
+
+def test_paired_differences_use_only_seeds_both_runs_finished():
+    a = [run(0, [99.0, 99.5]), run(1, [99.0, 99.52]), run(2, [99.0, 99.54]), run(3, [99.0], epochs=2)]
+    b = [run(0, [99.0, 99.4]), run(1, [99.0, 99.4]), run(2, [99.0, 99.4]), run(3, [99.0, 99.0])]
+    p = stats.paired(a, b)
+    assert p["seeds"] == [0, 1, 2] and p["differences"] == pytest.approx([0.1, 0.12, 0.14])
+    assert p["mean"] == pytest.approx(0.12) and p["half"] == pytest.approx(4.302653 * 0.02 / math.sqrt(3), rel=1e-6)
+    assert p["nonzero"] and p["low"] > 0
+    # The same differences with more spread: the interval includes 0.
+    wide = stats.paired([run(0, [99.0, 99.5]), run(1, [99.0, 99.6]), run(2, [99.0, 99.7])], b[:3])
+    assert wide["mean"] == pytest.approx(0.2) and wide["low"] < 0 and not wide["nonzero"]
+    same = stats.paired(b, b)
+    assert same["mean"] == 0 and not same["nonzero"]
+    with pytest.raises(ValueError, match="no finished seed in common"):
+        stats.paired(a[:1], b[1:2])
+
+
+def test_first_epoch_at_the_target_and_comparisons_by_name():
+    records = {"bn_l1": [run(0, [98.0, 99.4, 99.3]), run(1, [98.0, 99.0, 99.1])],
+               "ln": [run(0, [99.41, 99.0, 99.2]), run(1, [98.0, 99.0, 99.0])]}
+    assert stats.time_to(records["bn_l1"]) == {0: 2, 1: None}
+    assert stats.time_to(records["ln"]) == {0: 1, 1: None}
+    (a, b, p), = stats.comparisons(records, stats.NORM_PAIRS)  # only bn_l1 - ln has both runs
+    assert (a, b) == ("bn_l1", "ln") and p["differences"] == pytest.approx([0.1, 0.1])
