@@ -53,6 +53,16 @@ def recipes(args):
     return by_seed(main), by_seed(utils.ablations(args.ablation_seeds, **settings))
 
 
+def val_folder(args):
+    """Where --val runs go: one folder per setting, so that runs that choose settings never clash ("" without --val).
+    The augmentation is named only when it is not rotation alone in ±7 degrees."""
+    if not args.val:
+        return ""
+    aug = cli.augmentation(args)
+    return os.path.join("val", f"lr{args.lr:g}_bs{args.batch_size}_dropout{args.dropout:g}_epochs{args.epochs}"
+                        + ("" if aug == utils.UNRECORDED else "_aug" + "-".join(f"{v:g}" for v in aug.values())))
+
+
 def rerun(args, data):
     """--rerun FILE: the recorded run again, with its recipe and thread count; 0 if its history is identical."""
     with open(args.rerun) as f:
@@ -90,8 +100,7 @@ def main(argv=None):
             return rerun(args, data)
         main_runs, ablation_runs = recipes(args)
         runs = main_runs + ablation_runs
-        folder = "" if not args.val else os.path.join(  # one folder per setting: runs that choose settings never clash
-            "val", f"lr{args.lr:g}_bs{args.batch_size}_dropout{args.dropout:g}_epochs{args.epochs}")
+        folder = val_folder(args)
         train, test = utils.select(data, runs[0])
         print(f"device {args.device}, {args.precision}, {args.jobs} job{'s' if args.jobs > 1 else ''}; training on "
               f"{len(train[1])} images, evaluating on {len(test[1])} {'held-out training' if args.val else 'test'} "

@@ -371,6 +371,17 @@ def test_cli_runs_seed_by_seed_and_adds_the_ablations_with_the_same_settings():
     assert train_cli.recipes(train_cli.parse_args([]))[1] == []
 
 
+def test_validation_runs_get_a_folder_per_setting():
+    folder = lambda *argv: train_cli.val_folder(train_cli.parse_args(list(argv)))
+    assert folder() == ""
+    assert folder("--val", "10000", "--degrees", "7", "--translate", "0", "--scale", "0", "--shear", "0",
+                  "--dropout", "0.05", "--batch-size", "128", "--lr", "0.1") == os.path.join(
+                      "val", "lr0.1_bs128_dropout0.05_epochs20")
+    assert folder("--val", "10000", "--degrees", "7", "--translate", "0.1", "--scale", "0.1", "--shear", "5",
+                  "--dropout", "0", "--batch-size", "64") == os.path.join(
+                      "val", "lr0.1_bs64_dropout0_epochs20_aug7-0.1-0.1-5")
+
+
 def test_cli_defaults_are_the_experiment():
     args = train_cli.parse_args([])
     assert args.norms == ["BN", "LN", "GN"] and args.epochs == 20 and args.l1 == 1e-5 and args.groups == 2
