@@ -534,6 +534,16 @@ def params(recipe) -> int:
         return sum(p.numel() for p in Net(recipe.norm, groups=recipe.groups).parameters())
 
 
+def hardware(device):
+    """What computes the run: the GPU's name, or the CPU's vector instruction set as PyTorch uses it ("AVX2",
+    "AVX512"), which decides its kernels and so the last digits of a run's numbers."""
+    if device.type == "cuda":
+        return torch.cuda.get_device_name(device)
+    if device.type == "mps":
+        return "Apple MPS"
+    return f"CPU {torch.backends.cpu.get_cpu_capability()}"
+
+
 def run_config(recipe, train, test, device):
     """A run's JSON config: the recipe, its data, a description of the optimizer and the environment."""
     lr = recipe.lr
@@ -544,7 +554,8 @@ def run_config(recipe, train, test, device):
             "schedule": f"OneCycleLR(max_lr={lr}, stepped per batch): lr {lr / 25:g} -> {lr:g} over the first 30%, "
                         f"then cosine to {lr / 25e4:.1e}; momentum 0.95 -> 0.85 -> 0.95",
             "augmentation": describe_augmentation(recipe),
-            "torch": str(torch.__version__), "device": str(device), "threads": torch.get_num_threads()}
+            "torch": str(torch.__version__), "device": str(device), "hardware": hardware(device),
+            "threads": torch.get_num_threads()}
 
 
 def describe_augmentation(recipe):
