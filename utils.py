@@ -38,7 +38,7 @@ class Recipe:
     seed: int = 0             # initial weights, dropout masks, batch order and augmentation
     batch_size: int = 128
     lr: float = 0.1           # peak learning rate of the one-cycle schedule
-    # Augmentation, drawn per image and per epoch: an affine map about the image's centre (see augment).
+    # Augmentation, drawn per image and per epoch: an affine map about the image's centre (see batches, affine).
     degrees: float = 7.0      # rotation uniform in ±degrees (counter-clockwise positive)
     translate: float = 0.0    # shift uniform in ±translate of the width (x) and of the height (y)
     scale: float = 0.0        # zoom by a factor uniform in [1 - scale, 1 + scale]
