@@ -186,3 +186,18 @@ def test_performance_tables_come_from_the_benchmark_files_and_the_runs(tmp_path)
     (tmp_path / "invocations.json").write_text(json.dumps({"invocations": [
         {"runs": ["bn_l1", "gn", "ln"], "runs_trained": 3, "jobs": 2, "threads": 1, "wall_seconds": 600.0}]}))
     assert report.speed_table(str(tmp_path)).splitlines()[-1] == "| bn_l1, gn, ln | 3 | 2 x 1 | 10.0 |"
+
+
+def test_no_table_mixes_recipes():
+    # The tables and figures read every run in results/ (top level) together: those runs may differ only in what
+    # the experiment compares (norm, groups, L1, seed, precision); the recipe (data, training, augmentation) is
+    # one. Runs of another recipe live in their own folder (results/v1/, results/tune/, ...).
+    from dataclasses import asdict
+
+    import utils
+    compared = {"norm", "groups", "l1", "seed", "precision"}
+    recipes = {(name, r["config"]["seed"]): {k: v for k, v in asdict(utils.Recipe.from_config(r["config"])).items()
+                                             if k not in compared}
+               for name, recs in utils.load_records(os.path.join(ROOT, "results")).items() for r in recs}
+    first = next(iter(recipes.values()))
+    assert len(recipes) > 1 and all(recipe == first for recipe in recipes.values()), recipes
