@@ -357,8 +357,8 @@ def search_table(results):
                      f"| {mark} |")
     done = sum(len(stats.finished(recs)) for recs in records.values())
     planned = 3 * len(tune.settings())
-    status = (f"chosen: `{chosen[0]}`" if chosen else
-              f"not decided yet: {done} runs finished; the rule needs the {planned} seed-0 runs and then seed 1 of "
+    status = (f"Chosen by the rule: `{chosen[0]}`" if chosen else
+              f"Not decided yet: {done} runs finished; the rule needs the {planned} seed-0 runs and then seed 1 of "
               f"the close settings (`python tune.py` resumes)")
     aug = "; ".join(f"{k}: " + utils.describe_augmentation(utils.Recipe(**v)).split(";")[0]
                     for k, v in tune.AUGMENTATIONS.items())
