@@ -77,8 +77,9 @@ def augmentation(args):
     return {"degrees": args.degrees, "translate": args.translate, "scale": args.scale, "shear": args.shear}
 
 
-def add_run_arguments(p, *, jobs_default, jobs_help):
-    """Where data and results are, the device, parallel jobs, and starting over."""
+def add_run_arguments(p, *, jobs_default, jobs_help, figures=True):
+    """Where data and results are, the device, parallel jobs, and starting over; --no-figures if the command draws
+    figures."""
     p.add_argument("--jobs", type=positive_int, default=jobs_default, help=jobs_help)
     p.add_argument("--data", default="data", help="dataset root (torchvision layout: DATA/MNIST/raw)")
     p.add_argument("--out", default=ROOT, help="where results/, weights/, checkpoints/ and static/ are written")
@@ -87,4 +88,5 @@ def add_run_arguments(p, *, jobs_default, jobs_help):
                    help="delete the files of the runs asked for and train them from scratch, instead of resuming "
                         "unfinished runs and keeping finished ones")
     p.add_argument("--no-progress", action="store_true", help="no progress bars, only the per-epoch log")
-    p.add_argument("--no-figures", action="store_true", help="write results/ only, leaving static/ as it is")
+    if figures:
+        p.add_argument("--no-figures", action="store_true", help="write results/ only, leaving static/ as it is")

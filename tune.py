@@ -131,11 +131,12 @@ def format_table(table):
 def parse_args(argv=None):
     p = cli.parser(__doc__)
     cli.add_run_arguments(p, jobs_default=min(2, os.cpu_count() or 1),
-                          jobs_help="runs trained at once, in that many processes with one CPU thread each")
+                          jobs_help="runs trained at once, in that many processes with one CPU thread each", figures=False)
     p.add_argument("--epochs", type=cli.positive_int, default=utils.Recipe.epochs,
-                   help="epochs per run (the search itself uses the default; fewer only for a quick look)")
+                   help="epochs per run (the search uses the default; fewer only for a quick look, with another --out)")
     p.add_argument("--limit", type=cli.positive_int, default=None,
-                   help="train on only the first N training images, for a quick look (default: all 50,000)")
+                   help="train on only the first N training images, for a quick look with another --out "
+                        "(default: all 50,000)")
     return p.parse_args(argv)
 
 
