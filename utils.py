@@ -748,8 +748,10 @@ def run_experiments(recipes, data, *, device, out=".", folder="", jobs=1, names=
         pool = multiprocessing.get_context("spawn").Pool(min(jobs, len(recipes)), _worker_init, (device,))
         try:
             tasks = [pool.apply_async(_worker_run, (r, data, device, kw)) for r, kw in zip(recipes, kws)]
-            while not all(t.ready() for t in tasks):
-                tasks[0].wait(0.5)  # a timed wait: an untimed one would not see Ctrl-C until the runs end
+            while waiting := [t for t in tasks if not t.ready()]:
+                # A timed wait (an untimed one would not see Ctrl-C until the runs end) on a task still running:
+                # waiting on a finished one returns at once, and the loop would take a whole core from the workers.
+                waiting[0].wait(0.5)
             done = [t.get() for t in tasks]  # re-raises a worker's error here
             pool.close()
         except BaseException:  # Ctrl-C or an error: stop the other runs now; their finished epochs are kept
