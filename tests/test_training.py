@@ -328,6 +328,20 @@ def test_figures_are_written_with_titles_labels_and_legend(tmp_path):
         utils.plot_curves({}, "accuracy")
 
 
+def test_seeds_figure_shows_every_seed_and_the_mean_with_its_interval():
+    panels = {"norms": {"BN + L1": {0: 99.5, 1: 99.6, 2: 99.7}, "LN": {0: 99.4}},
+              "groups": {"2 groups": {0: 99.5, 1: 99.5}}}
+    fig = utils.plot_seeds(panels)
+    norms, groups = fig.axes
+    assert norms.get_title() == "norms" and "accuracy" in norms.get_ylabel()
+    assert [t.get_text() for t in norms.get_xticklabels()] == ["BN + L1\n(3 seeds)", "LN\n(1 seed)"]
+    points = [c.get_offsets()[:, 1].tolist() for c in norms.collections if len(c.get_offsets())]
+    assert [99.5, 99.6, 99.7] in [[round(v, 6) for v in p] for p in points]
+    # The mean 99.6 with t(0.975, 2) * 0.1 / sqrt(3) = 0.248 written beside it; a lone seed has no interval.
+    labels = [t.get_text() for t in norms.texts]
+    assert labels == ["99.60\n±0.25", "99.40"]
+
+
 def test_summary_table_reports_mean_and_spread():
     rec = lambda acc, seed: {"config": {"norm": "GN", "groups": 5, "params": 7750, "seed": seed, "epochs": 2}, "history": [
         {"test_acc": acc - 1, "train_acc": 98.0, "test_loss": 0.05, "seconds": 30},
