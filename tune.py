@@ -21,6 +21,7 @@ import sys
 import numpy as np
 
 import cli
+import stats
 import utils
 
 # Each augmentation names all four of its settings, so that a setting means the same whatever Recipe's defaults.
@@ -66,9 +67,8 @@ def scores(records):
         for name, recs in records.items():
             if not name.endswith("_" + sid):
                 continue
-            for r in recs:
-                if len(r["history"]) >= r["config"]["epochs"]:
-                    by_seed.setdefault(r["config"]["seed"], []).append(r)
+            for seed, r in stats.finished(recs).items():
+                by_seed.setdefault(seed, []).append(r)
         done = {seed: recs for seed, recs in by_seed.items() if len(recs) == 3}
         if 0 not in done:
             continue
