@@ -12,20 +12,24 @@ import tune
 import utils
 
 HERE = os.path.dirname(os.path.abspath(__file__))
+V1 = "v1"  # results/v1/: the runs of the first recipe (rotation only, dropout 0.05, batch 128), kept apart
+
+
 def ordered(records):
     """The names of {name: [record, ...]} in utils.run_order."""
     return sorted(records, key=lambda n: utils.run_order(records[n][0]["config"]))
 
 
-def tuning_table(results):
-    """Validation accuracy of every setting tried under results/val/, one row per setting."""
-    val = os.path.join(results, "val")
+def tuning_table(results, folder=V1):
+    """Validation accuracy of every setting tried under results/<folder>/val/ (the first recipe's learning-rate
+    and dropout search), one row per setting."""
+    val = os.path.join(results, folder, "val")
     settings = sorted(os.listdir(val)) if os.path.isdir(val) else []
     found = {s: {name: recs for name, recs in utils.load_records(os.path.join(val, s)).items() if recs[0]["history"]}
              for s in settings}
     names = ordered({n: recs[n] for recs in found.values() for n in recs})
     labels = {n: utils.label(recs[n][0]) for recs in found.values() for n in recs}
-    head = "| setting (`results/val/...`) | " + " | ".join(
+    head = f"| setting (`results/{folder}/val/...`) | " + " | ".join(
         f"{labels[n]} final (best) val acc %" for n in names) + " | mean final |"
     lines = [head, "|" + "---|" * (len(names) + 2)]
     for setting, recs in found.items():
@@ -377,6 +381,9 @@ def worked_example_short(results):
 
 TABLES = {"headline": headline_table, "seeds": seeds_table, "findings": findings_table,
           "search": search_table, "tuning": tuning_table, "results": results_table,
+          "v1-results": lambda results: results_table(os.path.join(results, V1)),
+          "v1-seeds": lambda results: seeds_table(os.path.join(results, V1)),
+          "v1-findings": lambda results: findings_table(os.path.join(results, V1)),
           "batch-size": batch_size_table, "benchmark": benchmark_table, "options": options_table,
           "end-to-end": end_to_end_table, "speed": speed_table, "worked-example": worked_example,
           "worked-example-short": worked_example_short}

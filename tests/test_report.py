@@ -49,9 +49,9 @@ def test_findings_give_paired_intervals_seeds_and_time_to_accuracy(tmp_path):
 
 def test_tuning_table_is_rendered_between_markers_and_staleness_is_detected(tmp_path, capsys):
     results = tmp_path / "results"
-    write_run(results / "val" / "lr0.1_bs128", "gn", [98.0, 99.25])
-    write_run(results / "val" / "lr0.1_bs128", "bn_l1", [98.5, 99.40, 99.35])
-    write_run(results / "val" / "lr0.2_bs128", "gn", [98.1, 99.1], epochs=20)
+    write_run(results / "v1" / "val" / "lr0.1_bs128", "gn", [98.0, 99.25])
+    write_run(results / "v1" / "val" / "lr0.1_bs128", "bn_l1", [98.5, 99.40, 99.35])
+    write_run(results / "v1" / "val" / "lr0.2_bs128", "gn", [98.1, 99.1], epochs=20)
     readme = tmp_path / "README.md"
     readme.write_text("intro\n<!-- tuning:start -->\nold\n<!-- tuning:end -->\nafter\n"
                       "<!-- results:start -->\n<!-- results:end -->\n"
@@ -63,13 +63,14 @@ def test_tuning_table_is_rendered_between_markers_and_staleness_is_detected(tmp_
     assert report.main(args + ["--check"]) == 1
     assert report.main(args) == 0
     text = readme.read_text()
+    assert "| setting (`results/v1/val/...`) |" in text
     assert "| `lr0.1_bs128` | 99.35 (99.40) | 99.25 (99.25) | 99.30 |" in text  # BN + L1 before GN
     assert "| `lr0.2_bs128` |  | 99.10 (99.10) (2 of 20 epochs) |  |" in text
     assert text.startswith("intro\n") and "\nafter\n" in text and "old" not in text
     assert "| run | seeds | final test acc %" in text and "BN: statistics per channel" in text
     assert "| run | seed | first epoch at" in docs.read_text()
     assert report.main(args + ["--check"]) == 0
-    write_run(results / "val" / "lr0.1_bs128", "gn", [98.0, 99.30])
+    write_run(results / "v1" / "val" / "lr0.1_bs128", "gn", [98.0, 99.30])
     assert report.main(args + ["--check"]) == 1
     assert "python report.py" in capsys.readouterr().err
 
@@ -189,15 +190,16 @@ def test_performance_tables_come_from_the_benchmark_files_and_the_runs(tmp_path)
 
 
 def test_no_table_mixes_recipes():
-    # The tables and figures read every run in results/ (top level) together: those runs may differ only in what
-    # the experiment compares (norm, groups, L1, seed, precision); the recipe (data, training, augmentation) is
-    # one. Runs of another recipe live in their own folder (results/v1/, results/tune/, ...).
+    # The tables and figures read every run of a folder together: those runs may differ only in what the experiment
+    # compares (norm, groups, L1, seed, precision); the recipe (data, training, augmentation) is one. results/ (top
+    # level) holds today's recipe, utils.Recipe's defaults; results/v1/ the first recipe's runs, kept apart.
     from dataclasses import asdict
 
     import utils
     compared = {"norm", "groups", "l1", "seed", "precision"}
-    recipes = {(name, r["config"]["seed"]): {k: v for k, v in asdict(utils.Recipe.from_config(r["config"])).items()
-                                             if k not in compared}
-               for name, recs in utils.load_records(os.path.join(ROOT, "results")).items() for r in recs}
-    first = next(iter(recipes.values()))
-    assert len(recipes) > 1 and all(recipe == first for recipe in recipes.values()), recipes
+    rest = lambda recipe: {k: v for k, v in asdict(recipe).items() if k not in compared}
+    for folder, expected in (("results", rest(utils.Recipe())), (os.path.join("results", "v1"), None)):
+        recipes = {(name, r["config"]["seed"]): rest(utils.Recipe.from_config(r["config"]))
+                   for name, recs in utils.load_records(os.path.join(ROOT, folder)).items() for r in recs}
+        expected = expected or next(iter(recipes.values()))
+        assert len(recipes) > 1 and all(recipe == expected for recipe in recipes.values()), (folder, recipes)
