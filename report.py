@@ -311,6 +311,7 @@ def findings_table(results):
     records = utils.load_records(results)
     lines = ["| question | A | B | seeds | A - B, mean (points) | 95% interval | measured to differ? |",
              "|---|---|---|---|---|---|---|"]
+    words = []
     for question, pairs in (("norm", stats.NORM_PAIRS), ("L1", stats.L1_PAIRS), ("groups", stats.GROUP_PAIRS)):
         for a, b, p in stats.comparisons(records, pairs):
             la, lb = ((group_label(records, a), group_label(records, b)) if question == "groups"
@@ -325,7 +326,27 @@ def findings_table(results):
             span = f"{seeds[0]}-{seeds[-1]}" if seeds == list(range(seeds[0], seeds[-1] + 1)) and len(seeds) > 2 \
                 else ", ".join(map(str, seeds))
             lines.append(f"| {question} | {la} | {lb} | {span} | {p['mean']:+.3f} | {ci} | {verdict} |")
-    return "\n".join(lines)
+            words.append((la, lb, p))
+    return "\n".join(lines + [""] + in_words(words))
+
+
+def in_words(comparisons):
+    """The findings table in plain words: which differences the intervals show to be nonzero, which not."""
+    nonzero, unresolved, single = [], [], []
+    for la, lb, p in comparisons:
+        if p["half"] != p["half"]:
+            single.append(f"{la} against {lb}")
+        elif p["nonzero"]:
+            hi, lo = (la, lb) if p["mean"] > 0 else (lb, la)
+            a, b = sorted((abs(p["low"]), abs(p["high"])))
+            nonzero.append(f"{hi} is higher than {lo}, by {abs(p['mean']):.2f} points (interval {a:.2f} to {b:.2f}, "
+                           f"{len(p['seeds'])} seeds)")
+        else:
+            unresolved.append(f"{la} against {lb} ({p['low']:+.2f} to {p['high']:+.2f} points, {len(p['seeds'])} seeds)")
+    return [f"- **Measured to differ** (the 95% interval excludes 0): {'; '.join(nonzero) or 'none'}.",
+            f"- **Not measured to differ** (the interval includes 0: the true difference may be 0, or of either sign "
+            f"within the interval): {'; '.join(unresolved) or 'none'}."] + \
+        ([f"- **One seed, no interval:** {'; '.join(single)}."] if single else [])
 
 
 def seeds_figure(results):

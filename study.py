@@ -17,10 +17,11 @@ import utils
 
 BATCH_SIZES = (2, 4, 8, 16, 32, 64, 128, 256)
 EPOCHS, SEEDS = 2, (0, 1)  # the study's own defaults: short runs, two seeds
+BASE_BATCH = 128           # the batch at which the peak learning rate is --lr (the study's anchor, not the recipe's batch)
 FOLDER = "batch_size"
 
 
-def scaled_lr(batch_size, lr=utils.Recipe.lr, base=utils.Recipe.batch_size):
+def scaled_lr(batch_size, lr=utils.Recipe.lr, base=BASE_BATCH):
     """The linear scaling rule: the peak learning rate is proportional to the batch size, and is `lr` at `base`."""
     return lr * batch_size / base
 
@@ -128,7 +129,8 @@ def plot(records):
 
 def parse_args(argv=None):
     p = cli.parser(__doc__)
-    cli.add_recipe_arguments(p, lr_help="peak learning rate at batch 128 (in proportion to the batch size at the others)")
+    cli.add_recipe_arguments(p, lr_help=f"peak learning rate at batch {BASE_BATCH} (in proportion to the batch size "
+                                         f"at the others)")
     p.add_argument("--batch-sizes", nargs="+", type=cli.number(int, "an integer >= 2", 2), default=list(BATCH_SIZES),
                    metavar="B", help="the batch sizes")
     p.add_argument("--l1", type=cli.number(float, "a finite number >= 0", 0), default=0.0,
