@@ -1,4 +1,5 @@
 """The recipe search: its grid, the rule that picks a setting, and a tiny search end to end."""
+import os
 import pytest
 import torch
 
@@ -79,3 +80,17 @@ def test_the_search_has_no_option_to_score_on_the_test_set(capsys):
     with pytest.raises(SystemExit) as exit:
         tune.parse_args(["--val", "0"])
     assert exit.value.code == 2 and "unrecognized arguments: --val 0" in capsys.readouterr().err
+
+
+def test_the_recipe_defaults_are_the_setting_the_search_chose():
+    # utils.Recipe's defaults (and model.Net's dropout) are what the rule chose from the committed results/tune/ runs.
+    from model import Net
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    table = tune.scores(utils.load_records(os.path.join(root, "results", tune.FOLDER)))
+    chosen = tune.choose(table)
+    assert chosen is not None, "the committed search has not decided yet"
+    setting, default = table[chosen[0]]["setting"], utils.Recipe()
+    assert (default.dropout, default.batch_size) == (setting["dropout"], setting["batch_size"])
+    assert {k: getattr(default, k) for k in tune.AUGMENTATIONS[setting["augmentation"]]} == \
+        tune.AUGMENTATIONS[setting["augmentation"]]
+    assert Net().dropout == default.dropout
