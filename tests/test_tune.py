@@ -1,5 +1,6 @@
 """The recipe search: its grid, the rule that picks a setting, and a tiny search end to end."""
 import os
+
 import pytest
 import torch
 
