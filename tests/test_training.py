@@ -211,9 +211,32 @@ def test_an_interrupted_run_resumes_to_the_same_history_and_weights(tmp_path, mo
     monkeypatch.setattr(utils, "evaluate", real_evaluate)
     _, resumed = small_run(tmp_path / "cut", recipe)
     assert without_time(resumed["history"]) == without_time(whole["history"])
+    assert resumed["config"] == whole["config"]
     a = torch.load(tmp_path / "whole" / "weights" / "bn_l1_seed0.pt", weights_only=True)["state_dict"]
     b = torch.load(tmp_path / "cut" / "weights" / "bn_l1_seed0.pt", weights_only=True)["state_dict"]
     assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+
+
+def test_a_run_resumed_on_another_kind_of_processor_records_which_epochs_ran_where(tmp_path, monkeypatch):
+    recipe = replace(SMALL, epochs=3)
+    real_evaluate, calls = utils.evaluate, []
+
+    def evaluate_then_stop(*args, **kw):  # stop during the second epoch's evaluation
+        calls.append(1)
+        if len(calls) == 2:
+            raise KeyboardInterrupt
+        return real_evaluate(*args, **kw)
+    monkeypatch.setattr(utils, "evaluate", evaluate_then_stop)
+    with pytest.raises(KeyboardInterrupt):
+        small_run(tmp_path, recipe)
+    monkeypatch.setattr(utils, "evaluate", real_evaluate)
+    path = tmp_path / "checkpoints" / "bn_l1_seed0.pt"
+    state = torch.load(path, weights_only=True)
+    state["config"]["hardware"] = "CPU OTHER"
+    utils.save_torch(str(path), state)
+    _, record = small_run(tmp_path, recipe)
+    here = utils.hardware(torch.device("cpu"))
+    assert len(record["history"]) == 3 and record["config"]["hardware"] == f"CPU OTHER until epoch 1, then {here}"
 
 
 def test_files_of_other_settings_are_never_mixed_in(tmp_path):
