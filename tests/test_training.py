@@ -117,6 +117,19 @@ def small_run(tmp_path, recipe=SMALL, **kw):
     return utils.run(recipe, (TRAIN, TEST), device=torch.device("cpu"), out=str(tmp_path), progress=False, **kw)
 
 
+def stop_at_evaluation(monkeypatch, n):
+    """Make utils.evaluate raise KeyboardInterrupt at its n-th call (an interrupted run); returns the real one."""
+    real, calls = utils.evaluate, []
+
+    def evaluate_then_stop(*args, **kw):
+        calls.append(1)
+        if len(calls) == n:
+            raise KeyboardInterrupt
+        return real(*args, **kw)
+    monkeypatch.setattr(utils, "evaluate", evaluate_then_stop)
+    return real
+
+
 def without_time(history):
     return [{k: v for k, v in r.items() if k != "seconds"} for r in history]
 
@@ -194,14 +207,7 @@ def test_json_and_weights_are_written_and_a_finished_run_is_not_retrained(tmp_pa
 def test_an_interrupted_run_resumes_to_the_same_history_and_weights(tmp_path, monkeypatch):
     recipe = replace(SMALL, epochs=4)
     _, whole = small_run(tmp_path / "whole", recipe)
-    real_evaluate, calls = utils.evaluate, []
-
-    def evaluate_then_stop(*args, **kw):  # stop during the third epoch's evaluation
-        calls.append(1)
-        if len(calls) == 3:
-            raise KeyboardInterrupt
-        return real_evaluate(*args, **kw)
-    monkeypatch.setattr(utils, "evaluate", evaluate_then_stop)
+    real_evaluate = stop_at_evaluation(monkeypatch, 3)  # stop during the third epoch's evaluation
     with pytest.raises(KeyboardInterrupt):
         small_run(tmp_path / "cut", recipe)
     saved = json.load(open(tmp_path / "cut" / "results" / "bn_l1_seed0.json"))
@@ -219,14 +225,7 @@ def test_an_interrupted_run_resumes_to_the_same_history_and_weights(tmp_path, mo
 
 def test_a_run_resumed_on_another_kind_of_processor_records_which_epochs_ran_where(tmp_path, monkeypatch):
     recipe = replace(SMALL, epochs=3)
-    real_evaluate, calls = utils.evaluate, []
-
-    def evaluate_then_stop(*args, **kw):  # stop during the second epoch's evaluation
-        calls.append(1)
-        if len(calls) == 2:
-            raise KeyboardInterrupt
-        return real_evaluate(*args, **kw)
-    monkeypatch.setattr(utils, "evaluate", evaluate_then_stop)
+    real_evaluate = stop_at_evaluation(monkeypatch, 2)  # stop during the second epoch's evaluation
     with pytest.raises(KeyboardInterrupt):
         small_run(tmp_path, recipe)
     monkeypatch.setattr(utils, "evaluate", real_evaluate)
