@@ -216,7 +216,7 @@ def test_search_table_says_what_the_rule_still_needs_then_the_choice(tmp_path):
     ids = [tune.setting_id(s) for s in tune.settings()]
     close, best = "rotate_dropout0_bs128", "affine_dropout0.05_bs64"
     seed0 = {**{sid: 99.0 for sid in ids}, close: 99.45, best: 99.50}
-    for i, sid in enumerate(ids[:-1]):
+    for sid in ids[:-1]:
         for name in ("bn_l1", "ln", "gn"):
             write_run(results / "tune", f"{name}_{sid}", [seed0[sid]])
     assert "Not decided yet: 21 of the 24 seed-0 runs finished" in render()
