@@ -382,9 +382,15 @@ def search_table(results):
                      f"| {mark} |")
     done = sum(len(stats.finished(recs)) for recs in records.values())
     planned = 3 * len(tune.settings())
-    status = (f"Chosen by the rule: `{chosen[0]}`" if chosen else
-              f"Not decided yet: {done} runs finished; the rule needs the {planned} seed-0 runs and then seed 1 of "
-              f"the close settings (`python tune.py` resumes)")
+    if chosen:
+        status = f"Chosen by the rule: `{chosen[0]}`"
+    elif finalists:
+        second = sum(1 in table[sid]["seeds"] for sid in finalists)
+        status = (f"Not decided yet: seed 1 has finished for {second} of the {len(finalists)} close settings "
+                  f"(`python tune.py` resumes)")
+    else:
+        status = (f"Not decided yet: {done} of the {planned} seed-0 runs finished; then seed 1 of the close settings "
+                  f"(`python tune.py` resumes)")
     aug = "; ".join(f"{k}: " + utils.describe_augmentation(utils.Recipe(**v)).split(";")[0]
                     for k, v in tune.AUGMENTATIONS.items())
     lines += ["", f"Validation accuracy: the last {tune.VAL:,} training images, after epoch 20, training on the other "

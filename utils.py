@@ -664,7 +664,15 @@ def run(recipe, data, *, device, out=".", folder="", name=None, batch_stats=Fals
         generator.set_state(state["generator"])
         _set_rng_state(state["rng"], device)
         record["history"] = state["history"]
-        tqdm.write(f"{name:<10} resuming after epoch {len(record['history'])} from {paths['checkpoint']}")
+        done, before = len(record["history"]), state["config"].get("hardware")
+        tqdm.write(f"{name:<10} resuming after epoch {done} from {paths['checkpoint']}")
+        if before and before != config["hardware"] and not before.endswith(f"then {config['hardware']}"):
+            # Another kind of processor picks other kernels, so the rest of the run's numbers differ in the last digits
+            # from what the first machine would have given: the record says which epochs ran where.
+            tqdm.write(f"{name:<10} note: epochs 1-{done} ran on {before}, the rest runs on {config['hardware']}")
+            config["hardware"] = f"{before} until epoch {done}, then {config['hardware']}"
+        elif before:
+            config["hardware"] = before
     write_json(paths["results"], record)
     for epoch in range(len(record["history"]) + 1, recipe.epochs + 1):
         start = time.perf_counter()

@@ -208,3 +208,28 @@ def test_no_table_mixes_recipes():
                    for name, recs in utils.load_records(os.path.join(ROOT, folder)).items() for r in recs}
         expected = expected or next(iter(recipes.values()))
         assert len(recipes) > 1 and all(recipe == expected for recipe in recipes.values()), (folder, recipes)
+
+def test_search_table_says_what_the_rule_still_needs_then_the_choice(tmp_path):
+    import tune
+    results, doc = tmp_path / "results", tmp_path / "doc.md"
+    doc.write_text("<!-- search:start -->\n<!-- search:end -->\n")
+    render = lambda: report.main(["--files", str(doc), "--results", str(results)]) or doc.read_text()
+    ids = [tune.setting_id(s) for s in tune.settings()]
+    close, best = "rotate_dropout0_bs128", "affine_dropout0.05_bs64"
+    seed0 = {**{sid: 99.0 for sid in ids}, close: 99.45, best: 99.50}
+    for sid in ids[:-1]:
+        for name in ("bn_l1", "ln", "gn"):
+            write_run(results / "tune", f"{name}_{sid}", [seed0[sid]])
+    assert "Not decided yet: 21 of the 24 seed-0 runs finished" in render()
+    for name in ("bn_l1", "ln", "gn"):
+        write_run(results / "tune", f"{name}_{ids[-1]}", [seed0[ids[-1]]])
+    text = render()
+    assert "seed 1 has finished for 0 of the 2 close settings" in text
+    assert "| affine | 0.05 | 64 | 99.50 / 99.50 / 99.50 |  | 99.500 | yes |  |" in text
+    for sid, acc in ((close, 99.45), (best, 99.48)):  # two-seed scores 99.45 and 99.49: tied, the cheaper wins
+        for name in ("bn_l1", "ln", "gn"):
+            write_run(results / "tune", f"{name}_{sid}", [acc], seed=1)
+    text = render()
+    assert f"Chosen by the rule: `{close}`" in text
+    assert "| rotate | 0 | 128 | 99.45 / 99.45 / 99.45 | 99.45 / 99.45 / 99.45 | 99.450 | yes | **chosen** |" in text
+    assert "| affine | 0.05 | 64 | 99.50 / 99.50 / 99.50 | 99.48 / 99.48 / 99.48 | 99.490 | yes | tied |" in text

@@ -117,6 +117,19 @@ def small_run(tmp_path, recipe=SMALL, **kw):
     return utils.run(recipe, (TRAIN, TEST), device=torch.device("cpu"), out=str(tmp_path), progress=False, **kw)
 
 
+def stop_at_evaluation(monkeypatch, n):
+    """Make utils.evaluate raise KeyboardInterrupt at its n-th call (an interrupted run); returns the real one."""
+    real, calls = utils.evaluate, []
+
+    def evaluate_then_stop(*args, **kw):
+        calls.append(1)
+        if len(calls) == n:
+            raise KeyboardInterrupt
+        return real(*args, **kw)
+    monkeypatch.setattr(utils, "evaluate", evaluate_then_stop)
+    return real
+
+
 def without_time(history):
     return [{k: v for k, v in r.items() if k != "seconds"} for r in history]
 
@@ -194,14 +207,7 @@ def test_json_and_weights_are_written_and_a_finished_run_is_not_retrained(tmp_pa
 def test_an_interrupted_run_resumes_to_the_same_history_and_weights(tmp_path, monkeypatch):
     recipe = replace(SMALL, epochs=4)
     _, whole = small_run(tmp_path / "whole", recipe)
-    real_evaluate, calls = utils.evaluate, []
-
-    def evaluate_then_stop(*args, **kw):  # stop during the third epoch's evaluation
-        calls.append(1)
-        if len(calls) == 3:
-            raise KeyboardInterrupt
-        return real_evaluate(*args, **kw)
-    monkeypatch.setattr(utils, "evaluate", evaluate_then_stop)
+    real_evaluate = stop_at_evaluation(monkeypatch, 3)  # stop during the third epoch's evaluation
     with pytest.raises(KeyboardInterrupt):
         small_run(tmp_path / "cut", recipe)
     saved = json.load(open(tmp_path / "cut" / "results" / "bn_l1_seed0.json"))
@@ -211,9 +217,25 @@ def test_an_interrupted_run_resumes_to_the_same_history_and_weights(tmp_path, mo
     monkeypatch.setattr(utils, "evaluate", real_evaluate)
     _, resumed = small_run(tmp_path / "cut", recipe)
     assert without_time(resumed["history"]) == without_time(whole["history"])
+    assert resumed["config"] == whole["config"]
     a = torch.load(tmp_path / "whole" / "weights" / "bn_l1_seed0.pt", weights_only=True)["state_dict"]
     b = torch.load(tmp_path / "cut" / "weights" / "bn_l1_seed0.pt", weights_only=True)["state_dict"]
     assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+
+
+def test_a_run_resumed_on_another_kind_of_processor_records_which_epochs_ran_where(tmp_path, monkeypatch):
+    recipe = replace(SMALL, epochs=3)
+    real_evaluate = stop_at_evaluation(monkeypatch, 2)  # stop during the second epoch's evaluation
+    with pytest.raises(KeyboardInterrupt):
+        small_run(tmp_path, recipe)
+    monkeypatch.setattr(utils, "evaluate", real_evaluate)
+    path = tmp_path / "checkpoints" / "bn_l1_seed0.pt"
+    state = torch.load(path, weights_only=True)
+    state["config"]["hardware"] = "CPU OTHER"
+    utils.save_torch(str(path), state)
+    _, record = small_run(tmp_path, recipe)
+    here = utils.hardware(torch.device("cpu"))
+    assert len(record["history"]) == 3 and record["config"]["hardware"] == f"CPU OTHER until epoch 1, then {here}"
 
 
 def test_files_of_other_settings_are_never_mixed_in(tmp_path):
