@@ -209,6 +209,7 @@ def test_no_table_mixes_recipes():
         expected = expected or next(iter(recipes.values()))
         assert len(recipes) > 1 and all(recipe == expected for recipe in recipes.values()), (folder, recipes)
 
+
 def test_search_table_says_what_the_rule_still_needs_then_the_choice(tmp_path):
     import tune
     results, doc = tmp_path / "results", tmp_path / "doc.md"
