@@ -327,7 +327,10 @@ def findings_table(results):
                 else ", ".join(map(str, seeds))
             lines.append(f"| {question} | {la} | {lb} | {span} | {p['mean']:+.3f} | {ci} | {verdict} |")
             words.append((la, lb, p))
-    return "\n".join(lines + [""] + in_words(words))
+    diverged = diverged_runs(records)
+    collapsed = ([f"- **Diverged** (test accuracy fell by {stats.COLLAPSE:g} points or more in one epoch; such a "
+                  f"run counts in the table like any other): " + "; ".join(diverged) + "."] if diverged else [])
+    return "\n".join(lines + [""] + in_words(words) + collapsed)
 
 
 def in_words(comparisons):
@@ -395,7 +398,26 @@ def search_table(results):
                     for k, v in tune.AUGMENTATIONS.items())
     lines += ["", f"Validation accuracy: the last {tune.VAL:,} training images, after epoch 20, training on the other "
                   f"50,000. Score: the mean over the three norms (and seeds). Augmentations: {aug}. {status}."]
+    ids = [tune.setting_id(st) for st in tune.settings()]
+    diverged = diverged_runs(records, lambda name: next((f"`{sid}`" for sid in ids if name.endswith("_" + sid)), ""))
+    if diverged:
+        lines += ["", f"Diverged (validation accuracy fell by {stats.COLLAPSE:g} points or more in one epoch): "
+                      + "; ".join(diverged) + "."]
     return "\n".join(lines)
+
+
+def diverged_runs(records, setting=lambda name: ""):
+    """One phrase per run whose accuracy collapsed in some epoch (stats.collapses), in run order: which run, where,
+    how far, and where it ended. `setting(name)` names the rest of the run (the search's setting id)."""
+    out = []
+    for name in ordered(records):
+        for r in sorted(records[name], key=lambda r: r["config"]["seed"]):
+            for epoch, before, after in stats.collapses(r["history"]):
+                where = ", ".join(x for x in (utils.label(r), setting(name), f"seed {r['config']['seed']}") if x)
+                out.append(f"{where}: {before:.2f}% after epoch {epoch - 1}, {after:.2f}% after epoch {epoch} "
+                           f"({stats.final(r):.2f}% after epoch {len(r['history'])}"
+                           f"{'' if len(r['history']) >= r['config']['epochs'] else ', unfinished'})")
+    return out
 
 
 def worked_example(results):

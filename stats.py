@@ -6,6 +6,7 @@ from scipy import stats
 
 LEVEL = 0.95     # the confidence level of every interval
 TARGET = 99.4    # test accuracy (%) for the time-to-accuracy figures
+COLLAPSE = 10.0  # points: test accuracy falling this much from one epoch to the next is a divergence, not noise
 
 
 def mean_ci(values, level=LEVEL):
@@ -49,6 +50,12 @@ def paired(records_a, records_b, key="test_acc", level=LEVEL):
 def first_epoch(history, target=TARGET, key="test_acc"):
     """The first epoch whose `key` is at least `target`, or None if none is."""
     return next((e["epoch"] for e in history if e[key] >= target), None)
+
+
+def collapses(history, points=COLLAPSE, key="test_acc"):
+    """[(epoch, accuracy before, accuracy after)] for every epoch whose `key` fell by at least `points` from the
+    epoch before: training diverged there (seen with LN at the one-cycle schedule's peak learning rate)."""
+    return [(e["epoch"], prev[key], e[key]) for prev, e in zip(history, history[1:]) if prev[key] - e[key] >= points]
 
 
 # The paired comparisons the report makes, by run name (utils.Recipe.name): A minus B for the same seeds.

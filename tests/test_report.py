@@ -234,3 +234,21 @@ def test_search_table_says_what_the_rule_still_needs_then_the_choice(tmp_path):
     assert f"Chosen by the rule: `{close}`" in text
     assert "| rotate | 0 | 128 | 99.45 / 99.45 / 99.45 | 99.45 / 99.45 / 99.45 | 99.450 | yes | **chosen** |" in text
     assert "| affine | 0.05 | 64 | 99.50 / 99.50 / 99.50 | 99.48 / 99.48 / 99.48 | 99.490 | yes | tied |" in text
+
+
+def test_a_run_that_diverged_is_named_under_the_findings_and_the_search(tmp_path):
+    import tune
+    results = tmp_path / "results"
+    for seed in (0, 1):
+        write_run(results, "bn_l1", [99.0, 99.5], seed=seed)
+        write_run(results, "ln", [98.5, 40.0, 99.0] if seed else [99.0, 99.4, 99.45], seed=seed)
+    sid = tune.setting_id(tune.settings()[0])
+    write_run(results / "tune", f"ln_{sid}", [98.27, 45.38, 98.37])
+    doc = tmp_path / "doc.md"
+    doc.write_text("<!-- findings:start -->\n<!-- findings:end -->\n<!-- search:start -->\n<!-- search:end -->\n")
+    assert report.main(["--files", str(doc), "--results", str(results)]) == 0
+    text = doc.read_text()
+    assert ("- **Diverged** (test accuracy fell by 10 points or more in one epoch; such a run counts in the table like "
+            "any other): LN, seed 1: 98.50% after epoch 1, 40.00% after epoch 2 (99.00% after epoch 3).") in text
+    assert (f"Diverged (validation accuracy fell by 10 points or more in one epoch): LN, `{sid}`, seed 0: 98.27% after "
+            "epoch 1, 45.38% after epoch 2 (98.37% after epoch 3).") in text

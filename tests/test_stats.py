@@ -55,3 +55,10 @@ def test_first_epoch_at_the_target_and_comparisons_by_name():
     assert stats.time_to(records["ln"]) == {0: 1, 1: None}
     (a, b, p), = stats.comparisons(records, stats.NORM_PAIRS)  # only bn_l1 - ln has both runs
     assert (a, b) == ("bn_l1", "ln") and p["differences"] == pytest.approx([0.1, 0.1])
+
+
+def test_a_fall_of_ten_points_in_one_epoch_is_a_collapse_and_noise_is_not():
+    history = [{"epoch": i + 1, "test_acc": a} for i, a in enumerate([97.0, 98.27, 45.38, 60.0, 98.0, 87.99, 97.9])]
+    assert stats.collapses(history) == [(3, 98.27, 45.38), (6, 98.0, 87.99)]
+    assert stats.collapses(history[:2]) == [] and stats.collapses([]) == []
+    assert stats.collapses(history, points=60) == []
