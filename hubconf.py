@@ -45,7 +45,7 @@ def net(norm="BN", pretrained=False, **kwargs):
 
     pretrained=True: the trained weights committed under weights/ (seed 0 of BN + L1, LN and GN, the runs
     the README reports; hash-checked), returned in eval mode. Otherwise an untrained Net; kwargs
-    (groups=2, dropout=0.05) go to model.Net. Input: [N, 1, 28, 28] images scaled to [0, 1] and then
+    (groups=2, dropout=0.0) go to model.Net. Input: [N, 1, 28, 28] images scaled to [0, 1] and then
     standardized with MNIST's mean 0.1307 and std 0.3081; output: [N, 10] log-probabilities.
     """
     model = _model()

@@ -42,7 +42,7 @@ class Net(nn.Module):
     No fully connected layer: the last 1x1 convolution maps 10 channels to the 10 class scores.
     """
 
-    def __init__(self, norm: str = "BN", *, groups: int = 2, dropout: float = 0.05):
+    def __init__(self, norm: str = "BN", *, groups: int = 2, dropout: float = 0.0):
         super().__init__()
         if not isinstance(norm, str) or norm.upper() not in NORMS:
             raise ValueError(f"norm must be one of {', '.join(NORMS)} (any case), got {norm!r}")

@@ -18,6 +18,9 @@ import utils
 BATCH_SIZES = (2, 4, 8, 16, 32, 64, 128, 256)
 EPOCHS, SEEDS = 2, (0, 1)  # the study's own defaults: short runs, two seeds
 BASE_BATCH = 128           # the batch at which the peak learning rate is --lr (the study's anchor, not the recipe's batch)
+# The study's committed runs (results/batch_size/) used the first recipe's dropout and augmentation (rotation only),
+# so these stay its defaults: `python study.py` then resumes and reproduces them rather than clashing with them.
+SETTINGS = dict(dropout=0.05, degrees=7.0, translate=0.0, scale=0.0, shear=0.0)
 FOLDER = "batch_size"
 
 
@@ -137,20 +140,25 @@ def parse_args(argv=None):
                    help="L1 weight added to the BN runs' loss (the study compares the norms alone)")
     cli.add_run_arguments(p, jobs_default=None, jobs_help="runs trained at once, in that many processes with one CPU "
                           "thread each (default: 2 on a CPU with 2 or more cores, else 1)")
-    p.set_defaults(epochs=EPOCHS, seeds=list(SEEDS))
+    p.set_defaults(epochs=EPOCHS, seeds=list(SEEDS), **SETTINGS)
     args = p.parse_args(argv)
     # Many runs: single-thread processes side by side use a CPU's cores better than one process's threads.
     args.jobs = args.jobs or (min(2, os.cpu_count() or 1) if args.device.type == "cpu" else 1)
     return args
 
 
+def recipes_of(args):
+    """The study's recipes that the parsed command line asks for."""
+    return plan(args.norms, args.batch_sizes, args.seeds, l1=args.l1, epochs=args.epochs, lr=args.lr,
+                dropout=args.dropout, groups=args.groups, **cli.augmentation(args), precision=args.precision,
+                limit=args.limit)
+
+
 def main(argv=None):
     args = parse_args(argv)
     utils.tune_malloc()
     data = utils.load_mnist(args.data)
-    recipes = plan(args.norms, args.batch_sizes, args.seeds, l1=args.l1, epochs=args.epochs, lr=args.lr,
-                   dropout=args.dropout, groups=args.groups, **cli.augmentation(args), precision=args.precision,
-                   limit=args.limit)
+    recipes = recipes_of(args)
     try:
         records = run_study(recipes, data, device=args.device, out=args.out, jobs=args.jobs, fresh=args.fresh,
                             progress=not args.no_progress)

@@ -33,16 +33,16 @@ class Recipe:
     norm: str = "BN"          # BN, LN or GN (any case; stored in upper case)
     groups: int = 2           # groups in every GroupNorm layer (GN only): 1, 2, 5 or 10
     l1: float = 0.0           # weight of the L1 penalty on the convolution weights
-    dropout: float = 0.05     # after every norm layer
+    dropout: float = 0.0      # after every norm layer (0: none; the recipe search chose none, results/tune/)
     epochs: int = 20
     seed: int = 0             # initial weights, dropout masks, batch order and augmentation
-    batch_size: int = 128
+    batch_size: int = 64
     lr: float = 0.1           # peak learning rate of the one-cycle schedule
     # Augmentation, drawn per image and per epoch: an affine map about the image's centre (see batches, affine).
     degrees: float = 7.0      # rotation uniform in ±degrees (counter-clockwise positive)
-    translate: float = 0.0    # shift uniform in ±translate of the width (x) and of the height (y)
-    scale: float = 0.0        # zoom by a factor uniform in [1 - scale, 1 + scale]
-    shear: float = 0.0        # shear along x by an angle uniform in ±shear degrees
+    translate: float = 0.1    # shift uniform in ±translate of the width (x) and of the height (y)
+    scale: float = 0.1        # zoom by a factor uniform in [1 - scale, 1 + scale]
+    shear: float = 5.0        # shear along x by an angle uniform in ±shear degrees
     precision: str = "fp32"   # the training forward pass: fp32, or bf16 (bfloat16 autocast)
     val: int = 0              # if > 0: hold out the last `val` training images and evaluate on them, not the test set
     limit: int | None = None  # train on only the first `limit` training images

@@ -138,6 +138,8 @@ def test_cli_study_defaults():
     args = study.parse_args([])
     assert args.batch_sizes == [2, 4, 8, 16, 32, 64, 128, 256] and args.epochs == 2 and args.seeds == [0, 1]
     assert args.l1 == 0.0 and args.norms == ["BN", "LN", "GN"] and args.precision == "fp32"
+    # The committed study's dropout and augmentation (the first recipe's), whatever utils.Recipe's defaults are.
+    assert {k: getattr(args, k) for k in study.SETTINGS} == study.SETTINGS
 
 
 @pytest.mark.mnist
@@ -162,11 +164,11 @@ def test_cli_study_at_toy_size_in_two_processes(tmp_path, mnist):
 
 
 def test_committed_study_is_finished_under_the_current_code():
-    # The committed files read back as finished runs of the current study plan: `python study.py` trains nothing.
+    # The committed files read back as finished runs of what `python study.py` asks for: it trains nothing.
     folder = os.path.join(ROOT, "results", "batch_size")
     records = utils.load_records(folder)
-    recipes = study.plan(["BN", "LN", "GN"],
-                         list(study.BATCH_SIZES), list(study.SEEDS), epochs=study.EPOCHS)
+    recipes = study.recipes_of(study.parse_args([]))
+    assert len(recipes) == 3 * len(study.BATCH_SIZES) * len(study.SEEDS)
     for recipe in recipes:
         (record,) = [r for r in records[study.run_name(recipe)] if r["config"]["seed"] == recipe.seed]
         assert utils.Recipe.from_config(record["config"]) == recipe
