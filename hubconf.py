@@ -11,9 +11,9 @@ dependencies = ["torch"]
 HERE = os.path.dirname(os.path.abspath(__file__))
 # The weights of the runs the README reports (seed 0 of each model), written by train.py, and their SHA-256.
 PRETRAINED = {
-    "BN": ("weights/bn_l1_seed0.pt", "bd5461385352c4ba9a4f401587ad8a1e82bf9794fb890720c77cc57115aa8860"),
-    "LN": ("weights/ln_seed0.pt", "32489066ba5fedcf6e4a8b9fb071d6057eccddf6c8a26d6ae9bee9a094a0c191"),
-    "GN": ("weights/gn_seed0.pt", "f71437e0f75f5793d378636cb746852c1ccaf37a24567e06fbf106c9d2a6603d"),
+    "BN": ("weights/bn_l1_seed0.pt", "ba3124dc46801b080a7facbddc82342293417719133ffad9751d82a6101680e9"),
+    "LN": ("weights/ln_seed0.pt", "52788b6425670ebe075c9469a35ca9a9bcd641044ebf5e69e6518e437b915b03"),
+    "GN": ("weights/gn_seed0.pt", "c180aeeaffb87937677ba3f3cf05c4bc04a8e00ae3474c6a1bbc1498248b1f6c"),
 }
 
 

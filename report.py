@@ -55,21 +55,25 @@ def mean_std(row, key, digits=2):
 
 
 def results_table(results):
-    """The main runs in results/*.json: mean ± std over seeds (population std; a lone seed has none)."""
+    """The finished runs in results/*.json: mean ± std over seeds (population std; a lone seed has none). Runs
+    still training are named under the table, not averaged in (the table changes only when a run finishes)."""
     records = utils.load_records(results)
-    rows = {row["name"]: row for row in utils.summarize(records)}
+    finished = {n: sorted(stats.finished(recs).values(), key=lambda r: r["config"]["seed"]) for n, recs in records.items()}
+    rows = {row["name"]: row for row in utils.summarize({n: recs for n, recs in finished.items() if recs})}
     lines = ["| run | seeds | final test acc % | best test acc % | final test acc % per seed | final train acc % "
              "| lowest test loss | params | minutes per run |",
              "|---|---|---|---|---|---|---|---|---|"]
     for name in ordered({n: records[n] for n in rows}):
         r = rows[name]
-        per_seed = ", ".join(f"{acc:.2f}" for acc in r["finals"])
-        if r["unfinished"]:
-            per_seed += " (unfinished: " + "; ".join(f"seed {s}: {done} of {planned} epochs"
-                                                    for s, done, planned in r["unfinished"]) + ")"
         lines.append(f"| {r['label']} | {', '.join(map(str, r['seeds']))} | {mean_std(r, 'final')} "
-                     f"| {mean_std(r, 'best')} | {per_seed} | {mean_std(r, 'train')} | {mean_std(r, 'loss', 4)} "
-                     f"| {r['params']:,} | {mean_std(r, 'minutes', 1)} |")
+                     f"| {mean_std(r, 'best')} | {', '.join(f'{acc:.2f}' for acc in r['finals'])} "
+                     f"| {mean_std(r, 'train')} | {mean_std(r, 'loss', 4)} | {r['params']:,} "
+                     f"| {mean_std(r, 'minutes', 1)} |")
+    running = [f"{utils.label(r)} seed {r['config']['seed']}" for name in ordered(records)
+               for r in sorted(records[name], key=lambda r: r["config"]["seed"])
+               if len(r["history"]) < r["config"]["epochs"]]
+    if running:
+        lines += ["", f"Not finished, so left out: {', '.join(running)} (the same command resumes them)."]
     return "\n".join(lines)
 
 
@@ -236,7 +240,7 @@ def speed_table(results, target=99.4):
     lines = [f"| run | seed | first epoch at ≥ {target}% | minutes to it | final test acc % | minutes for the run |",
              "|---|---|---|---|---|---|"]
     for name in ordered({n: recs for n, recs in records.items() if n.startswith("bn_l1")}):
-        for r in records[name]:
+        for _, r in sorted(stats.finished(records[name]).items()):  # a run still training has no row yet
             h = r["history"]
             hit = next((e for e in h if e["test_acc"] >= target), None)
             minutes = sum(e["seconds"] for e in h[:hit["epoch"]]) / 60 if hit else None

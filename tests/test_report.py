@@ -90,7 +90,7 @@ def test_unknown_or_unclosed_markers_are_an_error(tmp_path):
         report.main(["--files", str(readme), "--results", str(tmp_path)])
 
 
-def test_results_table_reports_mean_std_and_unfinished_runs(tmp_path):
+def test_results_table_averages_finished_runs_and_names_the_unfinished(tmp_path):
     for seed, accs in ((0, [99.0, 99.5]), (1, [99.1, 99.3])):
         record = {"name": "ln", "config": {"norm": "LN", "seed": seed, "epochs": 2, "params": 7750},
                   "history": [{"epoch": i + 1, "test_acc": a, "train_acc": 99.0, "test_loss": 0.03 - i * 0.01,
@@ -100,10 +100,11 @@ def test_results_table_reports_mean_std_and_unfinished_runs(tmp_path):
     (tmp_path / "ln_seed2.json").write_text(json.dumps(record))
     started = {"name": "gn", "config": {"norm": "GN", "seed": 0, "epochs": 20, "params": 7750}, "history": []}
     (tmp_path / "gn_seed0.json").write_text(json.dumps(started))  # no epoch finished yet: no row
-    assert len(report.results_table(str(tmp_path)).splitlines()) == 3
-    row = report.results_table(str(tmp_path)).splitlines()[2]
-    assert row.startswith("| LN | 0, 1, 2 | 99.30 ± 0.16 |")  # finals 99.5, 99.3, 99.1 (the last unfinished)
-    assert "unfinished: seed 2: 1 of 2 epochs" in row and "| 7,750 |" in row
+    lines = report.results_table(str(tmp_path)).splitlines()
+    assert len(lines) == 5 and lines[3] == ""
+    # finals 99.5 and 99.3: mean 99.40, population std 0.10; seed 2 (one epoch of two) is not averaged in
+    assert lines[2].startswith("| LN | 0, 1 | 99.40 ± 0.10 | 99.40 ± 0.10 | 99.50, 99.30 |") and "| 7,750 |" in lines[2]
+    assert lines[4] == "Not finished, so left out: LN seed 2, GN seed 0 (the same command resumes them)."
 
 
 def test_every_figure_and_link_the_readme_and_docs_show_exists():
