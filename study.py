@@ -18,9 +18,9 @@ import utils
 BATCH_SIZES = (2, 4, 8, 16, 32, 64, 128, 256)
 EPOCHS, SEEDS = 2, (0, 1)  # the study's own defaults: short runs, two seeds
 BASE_BATCH = 128           # the batch at which the peak learning rate is --lr (the study's anchor, not the recipe's batch)
-# The study's committed runs (results/batch_size/) used the first recipe's dropout and augmentation (rotation only),
-# so these stay its defaults: `python study.py` then resumes and reproduces them rather than clashing with them.
-SETTINGS = dict(dropout=0.05, degrees=7.0, translate=0.0, scale=0.0, shear=0.0)
+# The study's committed runs (results/batch_size/) used the first recipe's dropout and augmentation (rotation only,
+# utils.UNRECORDED), so these stay its defaults: `python study.py` then resumes them rather than clashing with them.
+SETTINGS = dict(dropout=0.05, **utils.UNRECORDED)
 FOLDER = "batch_size"
 
 
