@@ -315,7 +315,7 @@ def findings_table(results):
     records = utils.load_records(results)
     lines = ["| question | A | B | seeds | A - B, mean (points) | 95% interval | measured to differ? |",
              "|---|---|---|---|---|---|---|"]
-    words = []
+    words, distinct = [], set()
     for question, pairs in (("norm", stats.NORM_PAIRS), ("L1", stats.L1_PAIRS), ("groups", stats.GROUP_PAIRS)):
         for a, b, p in stats.comparisons(records, pairs):
             la, lb = ((group_label(records, a), group_label(records, b)) if question == "groups"
@@ -331,10 +331,15 @@ def findings_table(results):
                 else ", ".join(map(str, seeds))
             lines.append(f"| {question} | {la} | {lb} | {span} | {p['mean']:+.3f} | {ci} | {verdict} |")
             words.append((la, lb, p))
+            if p["half"] == p["half"]:
+                distinct.add(frozenset((a, b)))  # GN against LN is also 1 group against 2: one comparison, not two
+    many = ([f"- **{len(distinct)} intervals at once.** Each covers its true difference with probability "
+             f"{stats.LEVEL:.0%}, so where no difference is real, about one interval in {1 / (1 - stats.LEVEL):.0f} "
+             "still excludes 0 by chance: one that only just excludes 0 is weak evidence on its own."] if len(distinct) > 1 else [])
     diverged = diverged_runs(records)
     collapsed = ([f"- **Diverged** (test accuracy fell by {stats.COLLAPSE:g} points or more in one epoch; such a "
                   f"run counts in the table like any other): " + "; ".join(diverged) + "."] if diverged else [])
-    return "\n".join(lines + [""] + in_words(words) + collapsed)
+    return "\n".join(lines + [""] + in_words(words) + many + collapsed)
 
 
 def in_words(comparisons):

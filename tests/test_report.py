@@ -46,6 +46,8 @@ def test_findings_give_paired_intervals_seeds_and_time_to_accuracy(tmp_path):
             "(interval 0.10 to 0.10, 3 seeds).") in text
     assert "- **Not measured to differ** " in text and "BN + L1 against GN (-0.33 to +0.53 points, 3 seeds)" in text
     assert "- **One seed, no interval:** GN, 5 groups against GN, 2 groups." in text
+    # BN + L1 - LN, BN + L1 - GN and GN - LN (which is also 1 group against 2): three distinct intervals
+    assert "- **3 intervals at once.** " in text
     # BN + L1: 99.6 ± t(0.975, 2) * 0.1 / sqrt(3) = 0.248; seed 0 reaches 99.4% at epoch 2, the others at 3
     assert "| BN + L1 | 99.60 ± 0.25 | 3 | 2.7 | 7,750 |" in text
     assert "| GN (5 groups) | 0 | 99.30 | 99.30 | 2 | 2.0 |" in text
