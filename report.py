@@ -339,7 +339,10 @@ def findings_table(results):
     diverged = diverged_runs(records)
     collapsed = ([f"- **Diverged** (test accuracy fell by {stats.COLLAPSE:g} points or more in one epoch; such a "
                   f"run counts in the table like any other): " + "; ".join(diverged) + "."] if diverged else [])
-    return "\n".join(lines + [""] + in_words(words) + many + collapsed)
+    stuck = unlearned_runs(records)
+    stuck = ([f"- **Did not learn** (test accuracy below {stats.NOT_LEARNED:g}% in every epoch; such runs count in the "
+              f"table like any other): " + "; ".join(stuck) + "."] if stuck else [])
+    return "\n".join(lines + [""] + in_words(words) + many + collapsed + stuck)
 
 
 def in_words(comparisons):
@@ -426,6 +429,21 @@ def diverged_runs(records, setting=lambda name: ""):
                 out.append(f"{where}: {before:.2f}% after epoch {epoch - 1}, {after:.2f}% after epoch {epoch} "
                            f"({stats.final(r):.2f}% after epoch {len(r['history'])}"
                            f"{'' if len(r['history']) >= r['config']['epochs'] else ', unfinished'})")
+    return out
+
+
+def unlearned_runs(records):
+    """One phrase per run with finished seeds that never learned (stats.never_learned): which seeds, and where
+    they ended."""
+    out = []
+    for name in ordered(records):
+        done = stats.finished(records[name])
+        stuck = sorted(s for s, r in done.items() if stats.never_learned(r["history"]))
+        if stuck:
+            finals = sorted(stats.final(done[s]) for s in stuck)
+            ended = f"{finals[0]:.2f}%" if finals[0] == finals[-1] else f"{finals[0]:.2f}% to {finals[-1]:.2f}%"
+            out.append(f"{utils.label(records[name][0])}, seed{'s' if len(stuck) > 1 else ''} "
+                       f"{', '.join(map(str, stuck))} of the {len(done)} finished ({ended} at the end)")
     return out
 
 

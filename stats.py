@@ -7,6 +7,7 @@ from scipy import stats
 LEVEL = 0.95     # the confidence level of every interval
 TARGET = 99.4    # test accuracy (%) for the time-to-accuracy figures
 COLLAPSE = 10.0  # points: test accuracy falling this much from one epoch to the next is a divergence, not noise
+NOT_LEARNED = 20.0  # test accuracy (%): a run below this in every epoch never learned (guessing one class: ~11%)
 
 
 def mean_ci(values, level=LEVEL):
@@ -56,6 +57,11 @@ def collapses(history, points=COLLAPSE, key="test_acc"):
     """[(epoch, accuracy before, accuracy after)] for every epoch whose `key` fell by at least `points` from the
     epoch before: training diverged there (seen with LN at the one-cycle schedule's peak learning rate)."""
     return [(e["epoch"], prev[key], e[key]) for prev, e in zip(history, history[1:]) if prev[key] - e[key] >= points]
+
+
+def never_learned(history, below=NOT_LEARNED, key="test_acc"):
+    """True if `key` stayed below `below` in every epoch: the run never got far past guessing one class."""
+    return bool(history) and all(e[key] < below for e in history)
 
 
 # The paired comparisons the report makes, by run name (utils.Recipe.name): A minus B for the same seeds.

@@ -976,31 +976,51 @@ def experiment_figures(records, models, test):
     return figures
 
 
-def plot_seeds(panels, *, ylabel="final test accuracy (%)"):
+def plot_seeds(panels, *, ylabel="final test accuracy (%)", off_scale=5.0):
     """Per-seed values as points, with each run's mean and 95% interval (stats.mean_ci) beside them.
 
-    panels maps a panel title to {run label: {seed: value}}; one panel per title, side by side.
+    panels maps a panel title to {run label: {seed: value}}; one panel per title, side by side. Values more than
+    `off_scale` below the median of all values (a run that did not learn) would squash the rest into one line:
+    they are drawn as downward triangles on the bottom edge instead, with the run's mean written beside them.
     """
     import stats  # only for this figure: the rest of utils runs without scipy
 
+    every = [v for runs in panels.values() for by_seed in runs.values() for v in by_seed.values()]
+    floor = float(np.median(every)) - off_scale
+    shown = [v for v in every if v >= floor]
+    for runs in panels.values():  # the intervals of the runs on the scale fit inside it too
+        for by_seed in runs.values():
+            mean, half = stats.mean_ci(list(by_seed.values()))
+            shown += [mean - half, mean + half] if mean >= floor and half == half else []
+    pad = 0.08 * (max(shown) - min(shown)) or 0.05
+    bottom, top = min(shown) - 3 * pad, max(shown) + 2 * pad
     fig = Figure(figsize=(4.5 * len(panels) + 1, 4.8), layout="constrained")
     axes = np.atleast_1d(fig.subplots(1, len(panels), sharey=True))
     for ax, (title, runs) in zip(axes, panels.items()):
         for i, (label, by_seed) in enumerate(runs.items()):
-            seeds, values = list(by_seed), list(by_seed.values())
+            values = np.array(list(by_seed.values()), dtype=float)
             offsets = np.linspace(-0.18, 0.18, len(values)) if len(values) > 1 else np.zeros(1)
-            ax.scatter(i - 0.12 + offsets * 0.5, values, s=18, alpha=0.7, color=f"C{i}", zorder=2)
-            mean, half = stats.mean_ci(values)
+            low = values < floor
+            ax.scatter((i - 0.12 + offsets * 0.5)[~low], values[~low], s=18, alpha=0.7, color=f"C{i}", zorder=2)
+            mean, half = stats.mean_ci(values.tolist())
+            if low.any():
+                ax.scatter((i - 0.12 + offsets * 0.5)[low], np.full(low.sum(), bottom + pad), marker="v", s=30,
+                           color=f"C{i}", zorder=2)
+            if mean < floor:
+                ax.annotate(f"{mean:.2f}\n(off the scale)", (i + 0.05, bottom + 1.5 * pad), va="bottom", fontsize=8)
+                continue
             ax.errorbar(i + 0.18, mean, yerr=None if half != half else half, fmt="D", color=f"C{i}",
                         markeredgecolor="k", capsize=5, zorder=3)
             ax.annotate(f"{mean:.2f}" + (f"\n±{half:.2f}" if half == half else ""), (i + 0.26, mean),
                         va="center", fontsize=8)
         ax.set_xticks(range(len(runs)), [f"{label}\n({len(v)} seed{'s' if len(v) > 1 else ''})" for label, v in runs.items()], fontsize=9)
         ax.set_xlim(-0.6, len(runs) - 0.3)
+        ax.set_ylim(bottom, top)
         ax.set_title(title, fontsize=11)
         ax.grid(axis="y", alpha=0.3)
     axes[0].set_ylabel(ylabel)
-    fig.suptitle("Each seed (dots); mean and 95% Student-t interval (diamond, bar)", fontsize=11)
+    below = "; triangles: seeds below the scale" if min(every) < floor else ""
+    fig.suptitle(f"Each seed (dots{below}); mean and 95% Student-t interval (diamond, bar)", fontsize=11)
     return fig
 
 

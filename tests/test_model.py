@@ -127,3 +127,30 @@ def test_ln_and_gn_do_not_depend_on_the_rest_of_the_batch_but_bn_does():
         together = model(x)[:1]
         same = torch.allclose(alone, together, atol=1e-5)
         assert same == (norm != "BN"), norm
+
+
+@pytest.mark.parametrize("groups", [1, 2, 5, 10])
+def test_gn_right_before_the_global_pool_leaves_10_minus_groups_dimensions(groups):
+    # conv5's norm feeds the 6x6 average pool. GroupNorm makes each group's mean over its channels and pixels 0,
+    # so the pooled values of a group's channels, once (value - beta) / gamma, sum to 0 in every image: the 10
+    # pooled features span at most 10 - G dimensions. With G = 10 (InstanceNorm) they are beta for every image,
+    # and the network's output does not depend on its input at all.
+    torch.manual_seed(0)
+    model = Net("GN", groups=groups).eval()
+    for m in model.modules():
+        if isinstance(m, nn.GroupNorm):  # away from gamma = 1, beta = 0, so that nothing holds by coincidence
+            nn.init.normal_(m.weight, 1.0, 0.3)
+            nn.init.normal_(m.bias, 0.0, 0.3)
+    pooled = {}
+    model.gap.register_forward_hook(lambda m, i, o: pooled.__setitem__("x", o.flatten(1).double()))
+    with torch.no_grad():
+        out = model(torch.randn(64, 1, 28, 28))
+    centered = pooled["x"] - pooled["x"].mean(0)
+    singular = torch.linalg.svdvals(centered)  # [10], largest first
+    if groups == 10:
+        assert (out - out[0]).abs().max() < 1e-5
+        assert centered.abs().max() < 1e-5
+    else:
+        assert (out - out[0]).abs().max() > 1e-2
+        assert singular[10 - groups - 1] > 1e-3 * singular[0]  # 10 - G dimensions are used ...
+        assert (singular[10 - groups:] < 1e-5 * singular[0]).all()  # ... and no more

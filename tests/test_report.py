@@ -245,6 +245,9 @@ def test_a_run_that_diverged_is_named_under_the_findings_and_the_search(tmp_path
     for seed in (0, 1):
         write_run(results, "bn_l1", [99.0, 99.5], seed=seed)
         write_run(results, "ln", [98.5, 40.0, 99.0] if seed else [99.0, 99.4, 99.45], seed=seed)
+    for seed in (0, 1, 2):  # never above guessing one class: named, and still in the table
+        write_run(results, "gn_g10", [11.2, 11.35] if seed < 2 else [98.0, 99.0], seed=seed)
+        write_run(results, "gn", [98.0, 99.0], seed=seed)
     sid = tune.setting_id(tune.settings()[0])
     write_run(results / "tune", f"ln_{sid}", [98.27, 45.38, 98.37])
     doc = tmp_path / "doc.md"
@@ -253,5 +256,8 @@ def test_a_run_that_diverged_is_named_under_the_findings_and_the_search(tmp_path
     text = doc.read_text()
     assert ("- **Diverged** (test accuracy fell by 10 points or more in one epoch; such a run counts in the table like "
             "any other): LN, seed 1: 98.50% after epoch 1, 40.00% after epoch 2 (99.00% after epoch 3).") in text
+    assert ("- **Did not learn** (test accuracy below 20% in every epoch; such runs count in the table like any "
+            "other): GN (10 groups), seeds 0, 1 of the 3 finished (11.35% at the end).") in text
+    assert "| groups | GN, 10 groups | GN, 2 groups | 0-2 |" in text
     assert (f"Diverged (validation accuracy fell by 10 points or more in one epoch): LN, `{sid}`, seed 0: 98.27% after "
             "epoch 1, 45.38% after epoch 2 (98.37% after epoch 3).") in text

@@ -364,6 +364,19 @@ def test_seeds_figure_shows_every_seed_and_the_mean_with_its_interval():
     assert labels == ["99.60\n±0.25", "99.40"]
 
 
+def test_seeds_figure_keeps_a_run_that_did_not_learn_off_the_scale():
+    from matplotlib.collections import PathCollection
+
+    panels = {"groups": {"2 groups": {0: 99.5, 1: 99.6}, "10 groups": {0: 11.35, 1: 11.35}}}
+    (ax,) = utils.plot_seeds(panels).axes
+    bottom, top = ax.get_ylim()
+    assert 98.5 < bottom < 98.91 and 100.19 < top < 100.5  # scaled to the run that learned, with its interval
+    assert [t.get_text() for t in ax.texts] == ["99.55\n±0.64", "11.35\n(off the scale)"]
+    marks = [c.get_offsets()[:, 1] for c in ax.collections if isinstance(c, PathCollection) and len(c.get_offsets())]
+    assert all(bottom <= y <= top for m in marks for y in m)  # every seed drawn inside the axes
+    assert sum(len(m) for m in marks) == 4
+
+
 def test_summary_table_reports_mean_and_spread():
     rec = lambda acc, seed: {"config": {"norm": "GN", "groups": 5, "params": 7750, "seed": seed, "epochs": 2}, "history": [
         {"test_acc": acc - 1, "train_acc": 98.0, "test_loss": 0.05, "seconds": 30},
