@@ -1007,7 +1007,8 @@ def plot_seeds(panels, *, ylabel="final test accuracy (%)", off_scale=5.0):
                 ax.scatter((i - 0.12 + offsets * 0.5)[low], np.full(low.sum(), bottom + pad), marker="v", s=30,
                            color=f"C{i}", zorder=2)
             if mean < floor:
-                ax.annotate(f"{mean:.2f}\n(off the scale)", (i + 0.05, bottom + 1.5 * pad), va="bottom", fontsize=8)
+                ax.annotate(f"mean {mean:.2f}\n(below the scale)", (i - 0.12, bottom + 1.8 * pad), ha="center",
+                            va="bottom", fontsize=8)
                 continue
             ax.errorbar(i + 0.18, mean, yerr=None if half != half else half, fmt="D", color=f"C{i}",
                         markeredgecolor="k", capsize=5, zorder=3)

@@ -371,7 +371,7 @@ def test_seeds_figure_keeps_a_run_that_did_not_learn_off_the_scale():
     (ax,) = utils.plot_seeds(panels).axes
     bottom, top = ax.get_ylim()
     assert 98.5 < bottom < 98.91 and 100.19 < top < 100.5  # scaled to the run that learned, with its interval
-    assert [t.get_text() for t in ax.texts] == ["99.55\n±0.64", "11.35\n(off the scale)"]
+    assert [t.get_text() for t in ax.texts] == ["99.55\n±0.64", "mean 11.35\n(below the scale)"]
     marks = [c.get_offsets()[:, 1] for c in ax.collections if isinstance(c, PathCollection) and len(c.get_offsets())]
     assert all(bottom <= y <= top for m in marks for y in m)  # every seed drawn inside the axes
     assert sum(len(m) for m in marks) == 4
