@@ -62,3 +62,11 @@ def test_a_fall_of_ten_points_in_one_epoch_is_a_collapse_and_noise_is_not():
     assert stats.collapses(history) == [(3, 98.27, 45.38), (6, 98.0, 87.99)]
     assert stats.collapses(history[:2]) == [] and stats.collapses([]) == []
     assert stats.collapses(history, points=60) == []
+
+
+def test_a_run_never_above_twenty_percent_never_learned():
+    history = lambda accs: [{"epoch": i + 1, "test_acc": a} for i, a in enumerate(accs)]
+    assert stats.never_learned(history([11.2, 11.35, 11.35]))
+    assert not stats.never_learned(history([11.35, 19.99, 20.0]))  # one epoch at 20% is learning
+    assert not stats.never_learned(history([98.0, 11.35]))  # learned, then diverged: a collapse instead
+    assert not stats.never_learned([])
