@@ -981,7 +981,7 @@ def plot_seeds(panels, *, ylabel="final test accuracy (%)", off_scale=5.0):
 
     panels maps a panel title to {run label: {seed: value}}; one panel per title, side by side. Values more than
     `off_scale` below the median of all values (a run that did not learn) would squash the rest into one line:
-    they are drawn as downward triangles on the bottom edge instead, with the run's mean written beside them.
+    they are drawn as downward triangles on the bottom edge instead, with the run's mean written above them.
     """
     import stats  # only for this figure: the rest of utils runs without scipy
 
