@@ -987,11 +987,10 @@ def plot_seeds(panels, *, ylabel="final test accuracy (%)", off_scale=5.0):
 
     every = [v for runs in panels.values() for by_seed in runs.values() for v in by_seed.values()]
     floor = float(np.median(every)) - off_scale
-    shown = [v for v in every if v >= floor]
-    for runs in panels.values():  # the intervals of the runs on the scale fit inside it too
-        for by_seed in runs.values():
-            mean, half = stats.mean_ci(list(by_seed.values()))
-            shown += [mean - half, mean + half] if mean >= floor and half == half else []
+    cis = {(title, label): stats.mean_ci(list(by_seed.values()))  # (mean, half-width) of each run
+           for title, runs in panels.items() for label, by_seed in runs.items()}
+    shown = [v for v in every if v >= floor]  # ... and the intervals of the runs on the scale fit inside it too
+    shown += [m + sign * h for m, h in cis.values() if m >= floor and h == h for sign in (-1, 1)]
     pad = 0.08 * (max(shown) - min(shown)) or 0.05
     bottom, top = min(shown) - 3 * pad, max(shown) + 2 * pad
     fig = Figure(figsize=(4.5 * len(panels) + 1, 4.8), layout="constrained")
@@ -999,13 +998,12 @@ def plot_seeds(panels, *, ylabel="final test accuracy (%)", off_scale=5.0):
     for ax, (title, runs) in zip(axes, panels.items()):
         for i, (label, by_seed) in enumerate(runs.items()):
             values = np.array(list(by_seed.values()), dtype=float)
-            offsets = np.linspace(-0.18, 0.18, len(values)) if len(values) > 1 else np.zeros(1)
+            xs = i - 0.12 + 0.5 * (np.linspace(-0.18, 0.18, len(values)) if len(values) > 1 else np.zeros(1))
             low = values < floor
-            ax.scatter((i - 0.12 + offsets * 0.5)[~low], values[~low], s=18, alpha=0.7, color=f"C{i}", zorder=2)
-            mean, half = stats.mean_ci(values.tolist())
+            ax.scatter(xs[~low], values[~low], s=18, alpha=0.7, color=f"C{i}", zorder=2)
+            mean, half = cis[title, label]
             if low.any():
-                ax.scatter((i - 0.12 + offsets * 0.5)[low], np.full(low.sum(), bottom + pad), marker="v", s=30,
-                           color=f"C{i}", zorder=2)
+                ax.scatter(xs[low], np.full(low.sum(), bottom + pad), marker="v", s=30, color=f"C{i}", zorder=2)
             if mean < floor:
                 ax.annotate(f"mean {mean:.2f}\n(below the scale)", (i - 0.12, bottom + 1.8 * pad), ha="center",
                             va="bottom", fontsize=8)
