@@ -72,6 +72,12 @@ def add_recipe_arguments(p, *, lr_help="peak learning rate of the one-cycle sche
                    help="train on only the first N training images, for a quick run (default: all)")
 
 
+def variant(args, defaults, keys) -> str:
+    """ "epochs1_limit500": the settings among `keys` in which parsed `args` differ from the parsed `defaults`, to
+    name a folder of their own under --out ("" for the defaults), so that runs with other settings never clash."""
+    return "_".join(f"{key}{getattr(args, key)}" for key in keys if getattr(args, key) != getattr(defaults, key))
+
+
 def augmentation(args):
     """The Recipe's augmentation settings from parsed arguments."""
     return {"degrees": args.degrees, "translate": args.translate, "scale": args.scale, "shear": args.shear}
@@ -82,11 +88,16 @@ def add_run_arguments(p, *, jobs_default, jobs_help, figures=True):
     figures."""
     p.add_argument("--jobs", type=positive_int, default=jobs_default, help=jobs_help)
     p.add_argument("--data", default="data", help="dataset root (torchvision layout: DATA/MNIST/raw)")
-    p.add_argument("--out", default=ROOT, help="where results/, weights/, checkpoints/ and static/ are written")
+    p.add_argument("--out", default=utils.RUNS,
+                   help="where results/, weights/, checkpoints/ and static/ are written: by default a folder of your "
+                        "own that git ignores; --out . is the repository's committed runs, written only when asked")
     p.add_argument("--device", type=device, default="auto", help="cpu, cuda[:N], mps, or auto: cuda, then mps, then cpu")
     p.add_argument("--fresh", action="store_true",
                    help="delete the files of the runs asked for and train them from scratch, instead of resuming "
                         "unfinished runs and keeping finished ones")
     p.add_argument("--no-progress", action="store_true", help="no progress bars, only the per-epoch log")
+    p.add_argument("--native-isa", action="store_true",
+                   help="leave the CPU's own instruction set to PyTorch's kernels instead of pinning them to AVX2 "
+                        "(faster on some CPUs; runs then reproduce bit for bit only on the same kind of CPU)")
     if figures:
         p.add_argument("--no-figures", action="store_true", help="write results/ only, leaving static/ as it is")

@@ -2,8 +2,8 @@
 
 Every norm at every batch size for every seed, with the peak learning rate scaled linearly with the
 batch (Goyal et al. 2017, as Wu & He do): LR at batch 128. BN runs also record the test set evaluated
-with batch statistics. Runs resume like train.py's; each invocation that trains logs its wall time to
-results/batch_size/study.json.
+with batch statistics. Runs resume like train.py's; results go to OUT/results/batch_size/ (--out: by default
+runs/; the committed study is `--out .`), and each invocation that trains logs its wall time to study.json there.
 """
 import os
 import sys
@@ -13,6 +13,7 @@ from matplotlib.figure import Figure
 from matplotlib.ticker import FuncFormatter, LogLocator, NullFormatter
 
 import cli
+import machine
 import utils
 
 BATCH_SIZES = (2, 4, 8, 16, 32, 64, 128, 256)
@@ -156,13 +157,18 @@ def recipes_of(args):
 
 def main(argv=None):
     args = parse_args(argv)
+    # Settings other than the study's own go to a folder of their own under --out (cli.variant)
+    variant = cli.variant(args, parse_args([]), ("epochs", "lr", "dropout", "groups", "degrees", "translate", "scale",
+                                                  "shear", "precision", "limit", "l1"))
+    args.out = os.path.join(args.out, variant)
     utils.tune_malloc()
-    data = utils.load_mnist(args.data)
-    recipes = recipes_of(args)
+    machine.pin_isa(not args.native_isa, onednn=args.precision == "fp32")  # before torch's first operation; bf16 keeps oneDNN's own
     try:
+        data = utils.load_mnist(args.data)
+        recipes = recipes_of(args)
         records = run_study(recipes, data, device=args.device, out=args.out, jobs=args.jobs, fresh=args.fresh,
                             progress=not args.no_progress)
-    except utils.SettingsClash as e:
+    except utils.USER_ERRORS as e:
         sys.exit(f"study.py: error: {e}")
     except KeyboardInterrupt:
         sys.exit(f"\nstopped: every finished epoch is kept; resume with: python {' '.join(sys.argv)}")

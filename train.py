@@ -1,11 +1,14 @@
 """Train BN + L1, LN and GN on MNIST: results/*.json, weights/*.pt, the figures in static/ and a summary table.
 
-Runs resume: run the same command again after an interruption and each unfinished run continues from
-its last finished epoch, while finished runs are loaded, not retrained (so on the committed results this
-only redraws the figures). --rerun FILE trains again exactly the run a results file records and says
-whether its history came out identical.
+Runs go to --out (default runs/, a folder of your own that git ignores), in a subfolder named after the settings
+that differ from the experiment's defaults (runs/results/epochs1_limit2000/ ...), so that no two sets of settings
+share files. The committed runs are written only by asking for them: --out . (docs/experiments.md, Reproduce);
+`python train.py --out .` on them finds every run finished and only redraws static/.
+
+Runs resume: run the same command again after an interruption and each unfinished run continues from its last
+finished epoch, while finished runs are loaded, not retrained. --rerun FILE trains again exactly the run a results
+file records (in OUT/results/rerun/) and says whether its history came out identical.
 """
-import json
 import os
 import shlex
 import sys
@@ -13,6 +16,7 @@ import sys
 import torch
 
 import cli
+import machine
 import utils
 
 
@@ -28,10 +32,13 @@ def parse_args(argv=None):
                    "(default: none)")
     p.add_argument("--val", type=cli.positive_int, default=None, metavar="N",
                    help="hold out the last N training images and evaluate on them instead of the test set "
-                        "(for choosing settings; results go to OUT/results/val/<settings>/, no figures)")
+                        "(for choosing settings; no figures)")
     p.add_argument("--rerun", metavar="FILE", default=None,
-                   help="train again the run recorded in FILE (a results JSON), with its settings and CPU thread "
-                        "count, write it under --out, and compare its history with FILE's")
+                   help="train again the run recorded in FILE (a results JSON), with its settings, CPU thread count and "
+                        "instruction set, write it under OUT/results/rerun/, and compare its history with FILE's")
+    p.add_argument("--rerun-epochs", type=cli.positive_int, default=None, metavar="N",
+                   help="with --rerun: train only the run's first N epochs (of its schedule) and compare those "
+                        "(default: all)")
     cli.add_run_arguments(p, jobs_default=1, jobs_help="runs trained at once, in that many processes with one CPU "
                           "thread each; 1: one after another in this process, with all threads (the faster for the "
                           "three models on 2 cores: docs/performance.md)")
@@ -40,6 +47,8 @@ def parse_args(argv=None):
         p.error(f"argument --val: must be smaller than the 60000 training images, got {args.val}")
     if args.rerun and not os.path.isfile(args.rerun):
         p.error(f"argument --rerun: no such file: {args.rerun}")
+    if args.rerun_epochs and not args.rerun:
+        p.error("argument --rerun-epochs: only with --rerun FILE")
     return args
 
 
@@ -53,37 +62,72 @@ def recipes(args):
     return by_seed(main), by_seed(utils.ablations(args.ablation_seeds, **settings))
 
 
-def val_folder(args):
-    """Where --val runs go: one folder per setting, so that runs that choose settings never clash ("" without --val).
-    The augmentation is named only when it is not rotation alone in ±7 degrees."""
-    if not args.val:
-        return ""
-    aug = cli.augmentation(args)
-    return os.path.join("val", f"lr{args.lr:g}_bs{args.batch_size}_dropout{args.dropout:g}_epochs{args.epochs}"
-                        + ("" if aug == utils.UNRECORDED else "_aug" + "-".join(f"{v:g}" for v in aug.values())))
+RERUN_INPUT = "--rerun takes a results file that train.py wrote, such as results/ln_seed0.json"
 
 
-def rerun(args, data):
-    """--rerun FILE: the recorded run again, with its recipe and thread count; 0 if its history is identical."""
-    with open(args.rerun) as f:
-        saved = json.load(f)
+def recorded_isa(config):
+    """The CPU instruction set a run's config records (machine.isa_in_use()); for runs from before it was recorded,
+    read from `hardware` ("CPU AVX2": "avx2"; "CPU AVX512": "native: ATen avx512"), None for a GPU run."""
+    if config.get("isa") or not config.get("hardware", "").startswith("CPU "):
+        return config.get("isa")
+    aten = config["hardware"].split()[1].lower()
+    return machine.AVX2 if aten == machine.AVX2 else f"native: ATen {aten}"
+
+
+def pin_for_rerun(args, saved):
+    """Before anything runs: the device and instruction set the rerun of `saved` needs, or an error (exit 1) that says
+    why this machine cannot reproduce it, before any training."""
+    config, path = saved["config"], args.rerun
+    if not config.get("device", "cpu").startswith("cpu"):
+        print(f"note: {path} was trained on {config.get('hardware', 'a GPU')}; GPU runs are not bit-reproducible on "
+              f"other kinds of GPU (and not promised on the same kind): expect other last digits")
+        return
+    args.device = torch.device("cpu")  # a CPU run is re-run on the CPU, even where a GPU is present
+    expected = recorded_isa(config)
+    if expected == machine.AVX2:
+        used = machine.pin_isa()
+        if used != machine.AVX2:
+            sys.exit(f"train.py: error: {path} was trained with its kernels pinned to AVX2, and this machine computes "
+                     f"with {used} ({machine.why_not_pinnable() or 'torch chose its kernels too early'}): it cannot "
+                     f"reproduce the run bit for bit")
+        return
+    used = machine.pin_isa(False)  # a run recorded with a CPU's native instruction set needs that same one
+    if not expected:
+        print(f"note: {path} does not record the CPU instruction set it ran with (it predates that record): it "
+              f"reproduces only on the kind of CPU that made it (docs/experiments.md, Reproduce, says which); this one "
+              f"computes with {used}")
+    if expected and machine.parts(used)[0] != machine.parts(expected)[0]:
+        sys.exit(f"train.py: error: {path} was trained with {expected} ({config.get('hardware')}), and this CPU "
+                 f"computes with {used}: it lacks that instruction set (or has another), so the run cannot be "
+                 f"reproduced bit for bit here; its last digits would differ from epoch 1 on")
+    if expected and machine.parts(expected)[1] not in (None, machine.parts(used)[1]):
+        print(f"note: {path} used oneDNN's {machine.parts(expected)[1]}, this CPU {machine.parts(used)[1]}: its "
+              f"convolutions may differ in the last digits")
+
+
+def rerun(args, saved, data):
+    """--rerun FILE: the recorded run (`saved`) again, with its recipe, thread count and instruction set; 0 if its
+    history is identical."""
     recipe = utils.Recipe.from_config(saved["config"])
     threads = saved["config"].get("threads")
     if threads and args.device.type == "cpu":
         torch.set_num_threads(threads)
     print(f"re-running {args.rerun}: {recipe}, {torch.get_num_threads()} CPU threads"
           + ("" if threads else " (the file does not record its thread count)"))
-    path = utils.run_paths(args.out, "", saved["name"], recipe.seed)["results"]
+    # A folder of its own, so that a rerun never finds (and loads) a run of the user's with the same settings
+    folder = os.path.join("rerun", utils.settings_folder(recipe))
+    path = utils.run_paths(args.out, folder, saved["name"], recipe.seed)["results"]
     if os.path.abspath(path) == os.path.abspath(args.rerun):
         sys.exit(f"train.py: error: --rerun would overwrite {args.rerun}; choose another --out")
     print(utils.LOG_HEADER)
-    _, record = utils.run(recipe, data, device=args.device, out=args.out, name=saved["name"],
-                          progress=not args.no_progress, fresh=args.fresh)
+    _, record = utils.run(recipe, data, device=args.device, out=args.out, folder=folder, name=saved["name"],
+                          progress=not args.no_progress, fresh=args.fresh, stop_after=args.rerun_epochs)
     strip = lambda history: [{k: v for k, v in e.items() if k != "seconds"} for e in history]
-    new, old = strip(record["history"]), strip(saved["history"])
+    new, old = strip(record["history"]), strip(saved["history"][:args.rerun_epochs])
     same = next((i for i, (a, b) in enumerate(zip(new, old)) if a != b), None)
     if same is None and len(new) == len(old):
-        print(f"identical: all {len(new)} epochs of {path} equal {args.rerun} (every key but seconds)")
+        which = f"the first {len(new)} of its {len(saved['history'])}" if args.rerun_epochs else f"all {len(new)}"
+        print(f"identical: {which} epochs of {utils.shown(path)} equal {args.rerun} (every key but seconds)")
         return 0
     where = f"epoch {same + 1} differs: {new[same]} against {old[same]}" if same is not None else \
         f"{len(new)} epochs against {len(old)}"
@@ -94,21 +138,29 @@ def rerun(args, data):
 def main(argv=None):
     args = parse_args(argv)
     utils.tune_malloc()
-    data = utils.load_mnist(args.data)
     try:
-        if args.rerun:
-            return rerun(args, data)
+        saved = utils.read_record(args.rerun, own=RERUN_INPUT) if args.rerun else None  # before anything is loaded
+        # Before torch's first operation (loading the data is one): the CPU instruction set, machine.py
+        if saved:
+            pin_for_rerun(args, saved)
+        else:  # bf16 keeps oneDNN's own instruction set: its AVX-512 BF16 kernels, where the CPU has them
+            machine.pin_isa(not args.native_isa, onednn=args.precision == "fp32")
+        data = utils.load_mnist(args.data)
+        if saved:
+            return rerun(args, saved, data)
         main_runs, ablation_runs = recipes(args)
         runs = main_runs + ablation_runs
-        folder = val_folder(args)
         train, test = utils.select(data, runs[0])
         print(f"device {args.device}, {args.precision}, {args.jobs} job{'s' if args.jobs > 1 else ''}; training on "
               f"{len(train[1])} images, evaluating on {len(test[1])} {'held-out training' if args.val else 'test'} "
               f"images")
+        folder = utils.experiment_folder(runs)
+        print(f"runs go to {utils.shown(os.path.join(args.out, 'results', folder))}{os.sep} (their weights and "
+              f"figures to the same folder under weights{os.sep} and static{os.sep})")
         print(utils.LOG_HEADER)
-        records, models = utils.run_experiments(runs, data, device=args.device, out=args.out, folder=folder,
-                                                jobs=args.jobs, progress=not args.no_progress, fresh=args.fresh)
-    except utils.SettingsClash as e:
+        records, models = utils.run_experiments(runs, data, device=args.device, out=args.out, jobs=args.jobs,
+                                                progress=not args.no_progress, fresh=args.fresh)
+    except utils.USER_ERRORS as e:
         sys.exit(f"train.py: error: {e}")
     except KeyboardInterrupt:
         sys.exit(f"\nstopped: every finished epoch is kept; resume with: "
@@ -117,13 +169,11 @@ def main(argv=None):
     print(utils.format_summary(records))
     if args.val or args.no_figures:
         return 0
-    static = os.path.join(args.out, "static")
     shown = {r.name for r in main_runs}  # the figures show the main runs
     records = {name: recs for name, recs in records.items() if name in shown}
     models = {name: model for name, model in models.items() if name in shown}
-    written = [utils.save_figure(fig, os.path.join(static, f"{name}.png"))
-               for name, fig in utils.experiment_figures(records, models, data[1]).items()]
-    print("wrote " + ", ".join(os.path.relpath(w, args.out) for w in written))
+    written = utils.save_figures(utils.experiment_figures(records, models, data[1]), args.out, main_runs)
+    print("wrote " + ", ".join(utils.shown(w) for w in written))
     missing = [name for name in records if name not in models]
     if missing:
         print(f"no weights kept for {', '.join(missing)}: no misclassified figure for them (--fresh retrains)")

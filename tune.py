@@ -11,8 +11,8 @@ on the last 10,000 (never on the test set). The rule, fixed before any of these 
    then the larger batch (batch 64 trains about 0.9x the images per second of 128 here: docs/performance.md),
    then rotation before the full affine map (the same cost; the simpler one).
 
-Runs resume like train.py's (run the same command again); results go to results/tune/, and each
-invocation that trains logs its wall time to results/tune/tune.json.
+Runs resume like train.py's (run the same command again); results go to OUT/results/tune/ (--out: by default
+runs/; the committed search is `--out .`), and each invocation that trains logs its wall time to tune.json there.
 """
 import itertools
 import os
@@ -21,6 +21,7 @@ import sys
 import numpy as np
 
 import cli
+import machine
 import stats
 import utils
 
@@ -133,22 +134,26 @@ def parse_args(argv=None):
     cli.add_run_arguments(p, jobs_default=min(2, os.cpu_count() or 1),
                           jobs_help="runs trained at once, in that many processes with one CPU thread each", figures=False)
     p.add_argument("--epochs", type=cli.positive_int, default=utils.Recipe.epochs,
-                   help="epochs per run (the search uses the default; fewer only for a quick look, with another --out)")
+                   help="epochs per run (the search uses the default; fewer only for a quick look, which goes to a "
+                        "folder of its own under --out)")
     p.add_argument("--limit", type=cli.positive_int, default=None,
-                   help="train on only the first N training images, for a quick look with another --out "
-                        "(default: all 50,000)")
+                   help="train on only the first N training images, for a quick look (a folder of its own under "
+                        "--out; default: all 50,000)")
     return p.parse_args(argv)
 
 
 def main(argv=None):
     args = parse_args(argv)
+    # A quick look (fewer epochs or images) goes to a folder of its own under --out (cli.variant)
+    args.out = os.path.join(args.out, cli.variant(args, parse_args([]), ("epochs", "limit")))
     utils.tune_malloc()
-    data = utils.load_mnist(args.data)
+    machine.pin_isa(not args.native_isa)  # before torch's first operation, so that the runs reproduce on any AVX2 CPU
     print(utils.LOG_HEADER)
     try:
+        data = utils.load_mnist(args.data)
         records = run_search(data, device=args.device, out=args.out, jobs=args.jobs, fresh=args.fresh,
                              progress=not args.no_progress, epochs=args.epochs, limit=args.limit)
-    except utils.SettingsClash as e:
+    except utils.USER_ERRORS as e:
         sys.exit(f"tune.py: error: {e}")
     except KeyboardInterrupt:
         sys.exit(f"\nstopped: every finished epoch is kept; resume with: python {' '.join(sys.argv)}")

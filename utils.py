@@ -11,6 +11,7 @@ import os
 import signal
 import sys
 import tempfile
+import threading
 import time
 from dataclasses import asdict, dataclass, fields
 
@@ -21,9 +22,12 @@ from matplotlib.figure import Figure
 from matplotlib.ticker import MaxNLocator
 from tqdm.auto import tqdm
 
+import machine
 from model import NORMS, Net
 
 PRECISIONS = ("fp32", "bf16")
+REPOSITORY = os.path.dirname(os.path.abspath(__file__))  # its results/, weights/ and static/ hold the committed runs
+RUNS = os.path.join(REPOSITORY, "runs")  # where runs are trained by default: a folder of the user's, ignored by git
 L1 = 1e-5  # the L1 weight of the experiment's BN run (LN and GN train without L1)
 
 
@@ -72,8 +76,9 @@ class Recipe:
 
     @property
     def name(self) -> str:
-        """The run's file name stem: bn_l1, bn, ln, gn; gn_g5 for GN with other than 2 groups; _bf16 for bf16."""
-        name = self.norm.lower() + ("_l1" if self.l1 else "")
+        """The run's file name stem: bn_l1, bn, ln, gn; bn_l1_0.0001 for an L1 weight other than L1; gn_g5 for GN with
+        other than 2 groups; _bf16 for bf16."""
+        name = self.norm.lower() + ("_l1" if self.l1 else "") + (f"_{self.l1:g}" if self.l1 not in (0, L1) else "")
         if self.norm == "GN" and self.groups != Recipe.groups:
             name += f"_g{self.groups}"
         return name + ("_bf16" if self.precision == "bf16" else "")
@@ -86,7 +91,7 @@ class Recipe:
     @property
     def label(self) -> str:
         """The name shown in figures and tables: "BN + L1", "GN (5 groups)", "LN (bf16)"."""
-        label = self.norm + (" + L1" if self.l1 else "")
+        label = self.norm + (" + L1" if self.l1 else "") + (f" ({self.l1:g})" if self.l1 not in (0, L1) else "")
         if self.norm == "GN" and self.groups != Recipe.groups:
             label += f" ({self.groups} groups)"
         return label + (" (bf16)" if self.precision == "bf16" else "")
@@ -109,10 +114,32 @@ class Recipe:
 UNRECORDED = {"degrees": 7.0, "translate": 0.0, "scale": 0.0, "shear": 0.0}
 
 
-def experiment(norms=NORMS, seeds=(0,), *, l1=L1, **settings):
-    """The experiment's recipes, by norm then seed: L1 on the BN run only; `settings` (Recipe fields) for all."""
-    return [Recipe(norm, l1=l1 if norm.upper() == "BN" else 0.0, seed=seed, **settings)
+def experiment(norms=NORMS, seeds=(0,), *, l1=L1, groups=Recipe.groups, **settings):
+    """The experiment's recipes, by norm then seed: L1 on the BN run only, `groups` on the GN run only (BN and LN
+    have no groups); `settings` (Recipe fields) for all."""
+    return [Recipe(norm, l1=l1 if norm.upper() == "BN" else 0.0, groups=groups if norm.upper() == "GN" else Recipe.groups,
+                   seed=seed, **settings)
             for norm in norms for seed in seeds]
+
+
+# In a run's file name (Recipe.name) rather than in its folder.
+NAMED = ("norm", "seed", "groups", "l1")
+
+
+def settings_folder(recipe) -> str:
+    """The folder, under results/, weights/, checkpoints/ and static/, of a run's settings: "" for the experiment's
+    own (Recipe's defaults), else the settings that differ from them, as "epochs1_limit2000" or "lr0.05_bf16".
+
+    So runs with other settings never meet the experiment's files, nor each other's: change a setting, run, change
+    it back and run again, and each set of settings resumes or loads its own runs. The norm, seed, groups and
+    L1 are in the file's name instead (Recipe.name: bn_l1_seed0, gn_g5_seed0)."""
+    default = Recipe()
+    parts = []
+    for f in fields(Recipe):
+        value = getattr(recipe, f.name)
+        if f.name not in NAMED and value != getattr(default, f.name):
+            parts.append(value if isinstance(value, str) else f"{f.name}{value:g}")
+    return "_".join(parts)
 
 
 ABLATION_GROUPS = (5, 10)  # GN's other group counts (1 group is LN, 2 the default GN): Wu & He's ablation
@@ -493,6 +520,90 @@ class SettingsClash(ValueError):
     """A run's files on disk were written with other settings than the run asked for now."""
 
 
+class RecordError(ValueError):
+    """A results file, checkpoint or weights file that cannot be read as one."""
+
+
+# What a user can cause and mend (settings, data, files): commands print these as one line, not as a traceback.
+USER_ERRORS = (ValueError, OSError, DataError)
+
+
+def is_committed(path) -> bool:
+    """Whether git tracks `path` (a file of the repository as committed); False where git or a repository is not
+    there. Only asked on the way to an error message, so its cost does not matter."""
+    import subprocess
+    try:
+        done = subprocess.run(["git", "ls-files", "--error-unmatch", os.path.basename(path)],
+                              cwd=os.path.dirname(os.path.abspath(path)), capture_output=True, timeout=10)
+    except (OSError, subprocess.SubprocessError):
+        return False
+    return done.returncode == 0
+
+
+def shown(path) -> str:
+    """A path as a log shows it: relative to the working directory when inside it, else as it is."""
+    rel = os.path.relpath(path)
+    return path if rel.startswith(os.pardir) else rel
+
+
+def how_to_restore(path, own=None) -> str:
+    """What to do about a file that cannot be used: `git checkout` for a committed one (never delete it), else `own`
+    (by default: train the run again with --fresh)."""
+    if is_committed(path):
+        return f"it is a committed file: restore it with `git checkout -- {os.path.relpath(path)}`"
+    return own or "if it is a run of your own, --fresh trains the run again from scratch"
+
+
+def settings_clash(path, clash, resume="") -> SettingsClash:
+    """The error for a run's file written with other settings: where to train instead, never to delete a committed one.
+    resume: how the file could still be used, said first."""
+    if is_committed(path):
+        advice = "it is a committed run, so leave it and train into another folder (the default --out, runs/)"
+    else:
+        advice = "train into another folder (--out), or pass --fresh to train this folder's run again from scratch"
+    return SettingsClash(f"{shown(path)} was written with other settings ({clash}); {resume}{advice}")
+
+
+def read_json(path, what="JSON file", own=None):
+    """The JSON in `path`, or RecordError naming the file, what is wrong and how to restore it (`own`: see
+    how_to_restore)."""
+    try:
+        with open(path, "rb") as f:
+            return json.loads(f.read().decode("utf-8"))
+    except (UnicodeDecodeError, json.JSONDecodeError) as e:
+        raise RecordError(f"{shown(path)} is not a {what}: it is not valid JSON ({e}); "
+                          f"{how_to_restore(path, own)}") from None
+
+
+def read_record(path, own=None):
+    """A run's record {"name", "config", "history"} from its results JSON, or RecordError naming the file, what is
+    wrong with it and how to restore it (a truncated file, one edited by hand, or not a results file at all).
+    own: what to do if it is not a committed file (how_to_restore)."""
+    record = read_json(path, "results file", own)
+    missing = [k for k, kind in (("name", str), ("config", dict), ("history", list))
+               if not isinstance(record, dict) or not isinstance(record.get(k), kind)]
+    if missing:
+        raise RecordError(f"{shown(path)} is not a results file: a run's JSON has \"name\", \"config\" and \"history\", "
+                          f"and this one lacks {', '.join(repr(k) for k in missing)} or has another type there; "
+                          f"{how_to_restore(path, own)}")
+    bad = [i + 1 for i, e in enumerate(record["history"]) if not isinstance(e, dict) or "test_acc" not in e]
+    if bad or not isinstance(record["config"].get("epochs"), int):
+        raise RecordError(f"{shown(path)} is not a complete results file: "
+                          + (f"epoch {bad[0]} of its history has no test_acc" if bad else "its config has no epochs")
+                          + f"; {how_to_restore(path, own)}")
+    return record
+
+
+def load_torch(path, device="cpu", what="checkpoint"):
+    """torch.load(path, weights_only=True) (data only, never code), or RecordError naming the file."""
+    try:
+        return torch.load(path, map_location=device, weights_only=True)
+    except Exception as e:  # truncated, not a torch file, or not data only: all mean the file is unusable
+        # (torch's own message suggests weights_only=False, which would run code from the file: not repeated here)
+        raise RecordError(f"{shown(path)} cannot be read as a {what} ({type(e).__name__}: it is truncated, or not a file "
+                          f"that a run wrote); {how_to_restore(path)}") from None
+
+
 def atomic_write(path, data: bytes):
     """Write to a temporary file beside `path`, then rename: readers never see half a file."""
     os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
@@ -555,6 +666,8 @@ def run_config(recipe, train, test, device):
                         f"then cosine to {lr / 25e4:.1e}; momentum 0.95 -> 0.85 -> 0.95",
             "augmentation": describe_augmentation(recipe),
             "torch": str(torch.__version__), "device": str(device), "hardware": hardware(device),
+            # the CPU instruction set of the kernels (machine.pin_isa): "avx2" reproduces on any x86-64 CPU with AVX2
+            "isa": machine.isa_in_use() if device.type == "cpu" else None,
             "threads": torch.get_num_threads()}
 
 
@@ -600,14 +713,15 @@ def _set_rng_state(state, device):
 def load_weights(path, device="cpu"):
     """(model in eval mode, saved config) from a weights file a run wrote. Loaded with weights_only=True:
     a weights file is data (tensors, numbers and strings), never code."""
-    saved = torch.load(path, map_location=device, weights_only=True)
+    saved = load_torch(path, device, "weights file")
     config = saved["config"]
     model = Net(config["norm"], groups=config["groups"], dropout=config["dropout"]).to(device)
     model.load_state_dict(saved["state_dict"])
     return model.eval(), config
 
 
-def run(recipe, data, *, device, out=".", folder="", name=None, batch_stats=False, progress=True, fresh=False):
+def run(recipe, data, *, device, out=RUNS, folder="", name=None, batch_stats=False, progress=True, fresh=False,
+        log=tqdm.write, stop_after=None):
     """Train one Net from scratch by `recipe` on data = (train, test) and evaluate after every epoch.
 
     SGD with Nesterov momentum and PyTorch's one-cycle schedule (stepped every batch): the learning
@@ -620,7 +734,9 @@ def run(recipe, data, *, device, out=".", folder="", name=None, batch_stats=Fals
     weights file is missing: runs from before weights were kept); an unfinished run continues from its
     checkpoint, and on a CPU with the same thread count ends bit-identical to an uninterrupted run. Files written with other settings raise SettingsClash;
     fresh=True deletes them and starts over. batch_stats=True (BN only) also records
-    test_loss_batch_stats and test_acc_batch_stats (see predict). Returns (model, record).
+    test_loss_batch_stats and test_acc_batch_stats (see predict). log: prints one line (what the run did, each epoch).
+    stop_after: stop after that epoch, as an interruption would (the checkpoint stays; no weights yet).
+    Returns (model, record).
     """
     name = name or recipe.name
     paths = run_paths(out, folder, name, recipe.seed)
@@ -632,15 +748,13 @@ def run(recipe, data, *, device, out=".", folder="", name=None, batch_stats=Fals
         for path in paths.values():
             if os.path.exists(path):
                 os.remove(path)
-    how = "delete them or pass --fresh to start this run over, or write elsewhere (--out)"
     if os.path.exists(paths["results"]):
-        with open(paths["results"]) as f:
-            record = json.load(f)
+        record = read_record(paths["results"])
         clash = differences(record["config"], config, RECIPE_KEYS)
         if clash:
-            raise SettingsClash(f"{paths['results']} was written with other settings ({clash}); {how}")
+            raise settings_clash(paths["results"], clash)
         if len(record["history"]) >= recipe.epochs:  # finished: its model, if its weights were kept
-            tqdm.write(f"{name:<10} finished, loaded from {paths['results']}")
+            log(f"{name:<10} finished, loaded from {shown(paths['results'])}")
             weights = paths["weights"]
             return (load_weights(weights, device)[0] if os.path.exists(weights) else None), record
 
@@ -653,28 +767,35 @@ def run(recipe, data, *, device, out=".", folder="", name=None, batch_stats=Fals
                                                     steps_per_epoch=steps)
     record = {"name": name, "config": config, "history": []}
     if os.path.exists(paths["checkpoint"]):
-        state = torch.load(paths["checkpoint"], map_location=device, weights_only=True)
+        state = load_torch(paths["checkpoint"], device)
         clash = differences(state["config"], config, RECIPE_KEYS + ["threads", "device"])
         if clash:
-            raise SettingsClash(f"{paths['checkpoint']} was written with other settings ({clash}); "
-                                f"resume it with those, or {how}")
-        model.load_state_dict(state["model"])
-        optimizer.load_state_dict(state["optimizer"])
-        scheduler.load_state_dict(state["scheduler"])
-        generator.set_state(state["generator"])
-        _set_rng_state(state["rng"], device)
-        record["history"] = state["history"]
-        done, before = len(record["history"]), state["config"].get("hardware")
-        tqdm.write(f"{name:<10} resuming after epoch {done} from {paths['checkpoint']}")
-        if before and before != config["hardware"] and not before.endswith(f"then {config['hardware']}"):
-            # Another kind of processor picks other kernels, so the rest of the run's numbers differ in the last digits
-            # from what the first machine would have given: the record says which epochs ran where.
-            tqdm.write(f"{name:<10} note: epochs 1-{done} ran on {before}, the rest runs on {config['hardware']}")
-            config["hardware"] = f"{before} until epoch {done}, then {config['hardware']}"
-        elif before:
-            config["hardware"] = before
+            raise settings_clash(paths["checkpoint"], clash, "resume it with those settings, or ")
+        try:
+            model.load_state_dict(state["model"])
+            optimizer.load_state_dict(state["optimizer"])
+            scheduler.load_state_dict(state["scheduler"])
+            generator.set_state(state["generator"])
+            _set_rng_state(state["rng"], device)
+            record["history"] = list(state["history"])
+        except (KeyError, TypeError, ValueError, RuntimeError) as e:
+            raise RecordError(f"{shown(paths['checkpoint'])} is not a checkpoint of this run ({type(e).__name__}: "
+                              f"{str(e).splitlines()[0][:200]}); {how_to_restore(paths['checkpoint'])}") from None
+        done = len(record["history"])
+        log(f"{name:<10} resuming after epoch {done} from {shown(paths['checkpoint'])}")
+        for key in ("hardware", "isa"):
+            before = state["config"].get(key)
+            if before and before != config[key] and not before.endswith(f"then {config[key]}"):
+                # Another kind of processor (or instruction set) picks other kernels, so the rest of the run's numbers
+                # differ in the last digits from what the first would have given: the record says which epochs ran where.
+                log(f"{name:<10} note: epochs 1-{done} ran on {before}, the rest runs on {config[key]}")
+                config[key] = f"{before} until epoch {done}, then {config[key]}"
+            elif before:
+                config[key] = before
+    else:
+        log(f"{name:<10} training from scratch, writing {shown(paths['results'])}")
     write_json(paths["results"], record)
-    for epoch in range(len(record["history"]) + 1, recipe.epochs + 1):
+    for epoch in range(len(record["history"]) + 1, min(recipe.epochs, stop_after or recipe.epochs) + 1):
         start = time.perf_counter()
         lr_now = optimizer.param_groups[0]["lr"]
         train_loss, train_acc = train_epoch(model, train, optimizer, batch_size=recipe.batch_size,
@@ -694,8 +815,10 @@ def run(recipe, data, *, device, out=".", folder="", name=None, batch_stats=Fals
             "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
             "generator": generator.get_state(), "rng": _rng_state(device)})
         write_json(paths["results"], record)
-        tqdm.write(f"{name:<10} {epoch:>5} {train_loss:>10.4f} {train_acc:>9.2f} {test_loss:>9.4f} "
+        log(f"{name:<10} {epoch:>5} {train_loss:>10.4f} {train_acc:>9.2f} {test_loss:>9.4f} "
                    f"{test_acc:>8.2f} {lr_now:>8.2g} {seconds:>6.1f}")
+    if len(record["history"]) < recipe.epochs:  # stopped early (stop_after): resumable, as after an interruption
+        return model.eval(), record
     save_torch(paths["weights"], {"config": config, "state_dict": model.state_dict()})
     os.remove(paths["checkpoint"])
     return model.eval(), record
@@ -706,29 +829,44 @@ def _worker_init(device):
     process whose threads spin-wait for each other), the allocator setting, and Ctrl-C left to the parent,
     which stops the workers itself."""
     signal.signal(signal.SIGINT, signal.SIG_IGN)
+    # tqdm would otherwise make a multiprocessing lock (a semaphore) here, which a worker stopped early leaves behind
+    # and the resource tracker then warns about; workers show no bars, so a thread lock is enough.
+    tqdm.set_lock(threading.RLock())
     tune_malloc()
     if device.type == "cpu":
         torch.set_num_threads(1)
 
 
-def _worker_run(recipe, data, device, kw):
-    return run(recipe, data, device=device, progress=False, **kw)[1]
+def _worker_run(recipe, data, device, kw, lines):
+    """run() in a worker process; its log lines go to the parent through the queue `lines`, which prints them (a
+    worker's own output would not reach a notebook's cell)."""
+    return run(recipe, data, device=device, progress=False, log=lines.put, **kw)[1]
 
 
 def is_finished(path):
     """Whether a results file exists and holds every epoch its config plans."""
     if not os.path.exists(path):
         return False
-    with open(path) as f:
-        record = json.load(f)
+    record = read_record(path)
     return len(record["history"]) >= record["config"]["epochs"]
 
 
-def run_experiments(recipes, data, *, device, out=".", folder="", jobs=1, names=None, batch_stats=False,
+def experiment_folder(recipes) -> str:
+    """The settings folder (settings_folder) that every one of `recipes` shares."""
+    folders = {settings_folder(r) for r in recipes}
+    if len(folders) != 1:
+        raise ValueError(f"these runs differ in more than their norm, seed, groups and L1, so they belong in "
+                         f"different folders: {sorted(folders)}")
+    return folders.pop()
+
+
+def run_experiments(recipes, data, *, device, out=RUNS, folder=None, jobs=1, names=None, batch_stats=False,
                     progress=True, fresh=False, log="invocations.json"):
     """run() every recipe (finished runs are loaded, unfinished ones resume), in this process or, with
-    jobs > 1, in that many worker processes (one CPU thread each on a CPU). names: the runs' names if not
-    their recipes'; batch_stats: for the BN runs (see run).
+    jobs > 1, in that many worker processes (one CPU thread each on a CPU; on a GPU, runs always go one after
+    another in this process). names: the runs' names if not their recipes'; folder: under OUT/results/ etc.,
+    by default the recipes' settings folder (experiment_folder); batch_stats: for the BN runs (see run).
+    A user's error in a worker (settings, files) is raised here as itself, without the worker's traceback.
 
     An invocation that trains anything appends its wall time, jobs and device to OUT/results/FOLDER/`log`.
 
@@ -737,6 +875,11 @@ def run_experiments(recipes, data, *, device, out=".", folder="", jobs=1, names=
     """
     if jobs < 1:
         raise ValueError(f"jobs must be a positive integer, got {jobs}")
+    if jobs > 1 and device.type != "cpu":
+        # Several processes sharing one GPU have not been measured here to train faster than one (docs/performance.md).
+        tqdm.write(f"on {device}, the runs train one after another in this process (jobs 1, not {jobs})")
+        jobs = 1
+    folder = experiment_folder(recipes) if folder is None else folder
     names = names or [r.name for r in recipes]
     if len(set(zip(names, (r.seed for r in recipes)))) < len(recipes):
         raise ValueError("two runs share a name and seed, so they would write the same files")
@@ -753,27 +896,42 @@ def run_experiments(recipes, data, *, device, out=".", folder="", jobs=1, names=
         trained = {record["name"]: model for model, record in reversed(results)}  # the first seed's
     else:
         # "spawn" starts clean interpreters: forking a process whose OpenMP pool has run can hang it.
-        pool = multiprocessing.get_context("spawn").Pool(min(jobs, len(recipes)), _worker_init, (device,))
+        context = multiprocessing.get_context("spawn")
+        pool = context.Pool(min(jobs, len(recipes)), _worker_init, (device,))
+        manager = context.Manager()  # its queue can be passed to the workers with each task
+        lines = manager.Queue()
+
+        def print_lines():
+            while not lines.empty():
+                tqdm.write(lines.get())
         try:
-            tasks = [pool.apply_async(_worker_run, (r, data, device, kw)) for r, kw in zip(recipes, kws)]
+            tasks = [pool.apply_async(_worker_run, (r, data, device, kw, lines)) for r, kw in zip(recipes, kws)]
             while waiting := [t for t in tasks if not t.ready()]:
                 # A timed wait (an untimed one would not see Ctrl-C until the runs end) on a task still running:
                 # waiting on a finished one returns at once, and the loop would take a whole core from the workers.
                 waiting[0].wait(0.5)
-            done = [t.get() for t in tasks]  # re-raises a worker's error here
+                print_lines()
+            print_lines()
+            try:
+                done = [t.get() for t in tasks]  # re-raises a worker's error here
+            except USER_ERRORS as e:
+                # A user's error (settings, a file): its message alone, without the worker's traceback that
+                # multiprocessing chains to it (a bug's error keeps it).
+                e.__cause__, e.__suppress_context__ = None, True
+                raise e.with_traceback(None)
             pool.close()
         except BaseException:  # Ctrl-C or an error: stop the other runs now; their finished epochs are kept
             pool.terminate()
             raise
         finally:
             pool.join()
+            manager.shutdown()
         trained = {}
     if todo:  # an invocation that only loads finished runs is not part of the experiment's time
         log_path = os.path.join(out, "results", folder, log)
         invocations = {"invocations": []}
         if os.path.exists(log_path):
-            with open(log_path) as f:
-                invocations = json.load(f)
+            invocations = read_json(log_path, "log of invocations")
         invocations["invocations"].append({
             "runs_planned": len(recipes), "runs_trained": todo, "runs": sorted(set(names)), "jobs": jobs,
             "device": str(device), "cpus": os.cpu_count(), "threads": 1 if jobs > 1 and device.type == "cpu" else
@@ -791,16 +949,18 @@ def run_experiments(recipes, data, *, device, out=".", folder="", jobs=1, names=
     return records, models
 
 
-def load_experiment(recipes, out="."):
-    """(records, models) as run_experiments returns them, read from runs already trained under `out`
-    (results/ and weights/), without training: for showing the committed runs in seconds."""
+def load_experiment(recipes, out=REPOSITORY):
+    """(records, models) as run_experiments returns them, read from finished runs under `out` (by default the
+    repository's committed runs) in the recipes' settings folder, without training: for showing them in seconds."""
     records, models = {}, {}
+    folder = experiment_folder(recipes)
     for recipe in recipes:
-        paths = run_paths(out, "", recipe.name, recipe.seed)
+        paths = run_paths(out, folder, recipe.name, recipe.seed)
         if not os.path.exists(paths["results"]):
-            raise FileNotFoundError(f"{paths['results']} does not exist: train the run first (python train.py)")
-        with open(paths["results"]) as f:
-            record = json.load(f)
+            committed = "" if os.path.abspath(out) != REPOSITORY else (
+                " (the committed runs are seeds 0 to 9 of the default settings: show those, or train these)")
+            raise FileNotFoundError(f"{paths['results']} does not exist{committed}")
+        record = read_record(paths["results"])
         if Recipe.from_config(record["config"]) != recipe or len(record["history"]) < recipe.epochs:
             raise ValueError(f"{paths['results']} is not a finished run of {recipe}")
         if recipe.name not in records and os.path.exists(paths["weights"]):
@@ -817,8 +977,7 @@ def load_records(folder):
     records = {}
     for file in sorted(os.listdir(folder)):
         if file.endswith(".json") and "_seed" in file:
-            with open(os.path.join(folder, file)) as f:
-                record = json.load(f)
+            record = read_record(os.path.join(folder, file))
             records.setdefault(record["name"], []).append(record)
     for recs in records.values():
         recs.sort(key=lambda r: r["config"]["seed"])
@@ -869,9 +1028,10 @@ def format_summary(records):
     lines = [f"{'run':<16} {'params':>6} {'seeds':>5} {'best test acc %':>16} {'final test acc %':>17} "
              f"{'min/run':>7}"]
     for r in summarize(records):
+        # one seed has no spread to show: the value alone, as report.py's tables
+        spread = lambda key: f" ± {r[key + '_std']:<4.2f}" if len(r["seeds"]) > 1 else " " * 7
         lines.append(f"{r['label']:<16} {r['params']:>6} {len(r['seeds']):>5} "
-                     f"{r['best_mean']:>9.2f} ± {r['best_std']:<4.2f} "
-                     f"{r['final_mean']:>10.2f} ± {r['final_std']:<4.2f} "
+                     f"{r['best_mean']:>9.2f}{spread('best')} {r['final_mean']:>10.2f}{spread('final')} "
                      f"{r['minutes_mean']:>7.1f}")
     return "\n".join(lines)
 
@@ -1021,6 +1181,12 @@ def plot_seeds(panels, *, ylabel="final test accuracy (%)", off_scale=5.0):
     below = "; triangles: seeds below the scale" if min(every) < floor else ""
     fig.suptitle(f"Each seed (dots{below}); mean and 95% Student-t interval (diamond, bar)", fontsize=11)
     return fig
+
+
+def save_figures(figures, out, recipes):
+    """Write {name: figure} as OUT/static/<the recipes' settings folder>/<name>.png; returns the paths."""
+    folder = os.path.join(out, "static", experiment_folder(recipes))
+    return [save_figure(fig, os.path.join(folder, f"{name}.png")) for name, fig in figures.items()]
 
 
 def save_figure(fig, path, dpi=120):

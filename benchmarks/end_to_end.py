@@ -8,6 +8,8 @@ Comparisons (--compare, any of):
               rotation, utils.tune_malloc); one epoch of BN + L1 on the 60,000 training images plus the evaluation
               of the 10,000 test images, both with the CPU's threads
   precision   fp32 against bf16 autocast (our pipeline, as malloc)
+  isa         the CPU's native instruction set against kernels pinned to AVX2 (machine.pin_isa, train.py's default);
+              one epoch of BN + L1 on the 60,000 training images plus the evaluation, as pipeline
   experiment  the whole `python train.py` (BN + L1, LN and GN) with --jobs 1 against --jobs 2; wall seconds of the
               process, for --experiment-epochs epochs
   before      the whole `python train.py` of another checkout (--before DIR, e.g. a `git worktree` of an older
@@ -27,18 +29,20 @@ import time
 
 import torch
 
+import machine
 import utils
 from benchmarks import pipeline
 from cli import ROOT
 from model import Net
 
-COMPARISONS = ("malloc", "pipeline", "precision", "experiment", "before")
+COMPARISONS = ("malloc", "pipeline", "precision", "isa", "experiment", "before")
 
 
 def epochs_in_this_process(spec, data_root):
     """Epoch seconds (train + test evaluation) of BN + L1 with spec's settings, in this (fresh) process."""
     if spec["malloc"]:
         utils.tune_malloc()
+    machine.pin_isa(spec["isa"] == machine.AVX2, onednn=spec["precision"] == "fp32")  # as train.py, before any op
     torch.set_num_threads(spec["threads"])
     device = torch.device("cpu")
     train, test = utils.load_mnist(data_root)
@@ -86,6 +90,13 @@ def fresh_epochs(spec, args):
     if done.returncode != 0:
         raise RuntimeError(f"{' '.join(cmd)} failed:\n{done.stderr[-2000:]}")
     return json.loads(done.stdout.strip().splitlines()[-1])
+
+
+def isa_of_a_fresh_process(pin):
+    """machine.isa_in_use() of a new process that pins (or not) before anything else."""
+    code = f"import machine; print(machine.pin_isa({pin}))"
+    return subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT,
+                          check=True).stdout.strip()
 
 
 def fresh_experiment(jobs, args, folder, checkout=ROOT):
@@ -157,7 +168,7 @@ def main(argv=None):
             result = {k: v for k, v in json.load(f).items() if k in COMPARISONS}
     threads = torch.get_num_threads()
     base = {"pipeline": "ours", "malloc": True, "threads": threads, "precision": "fp32", "epochs": args.epochs,
-            "limit": args.limit, "workers": args.workers}
+            "limit": args.limit, "workers": args.workers, "isa": machine.AVX2}
     settings = {"repeats": args.repeats, "epochs": args.epochs, "order": "alternating, a fresh process per run",
                 "statistic": "median epoch time, the first epoch of each run left out"}
     env = {"device": pipeline.device_description(torch.device("cpu")), "versions": pipeline.versions()}
@@ -172,10 +183,12 @@ def main(argv=None):
                 entry[f"{t}_threads"] = {"default_seconds": med["default"], "tuned_seconds": med["tuned"],
                                          "speedup": med["default"] / med["tuned"], "samples_epoch_seconds": runs}
             result["malloc"] = {**entry, "settings": {**settings, "limit": args.limit}, **env}
-        elif what in ("pipeline", "precision"):
+        elif what in ("pipeline", "precision", "isa"):
             if what == "pipeline":
                 specs = {"conventional": {**base, "pipeline": "conventional", "malloc": False, "limit": None},
                          "ours": {**base, "limit": None}}
+            elif what == "isa":
+                specs = {"native": {**base, "isa": "native", "limit": None}, "avx2": {**base, "limit": None}}
             else:
                 specs = {"fp32": base, "bf16": {**base, "precision": "bf16"}}
             if args.quick:
@@ -186,6 +199,8 @@ def main(argv=None):
             result[what] = {f"{a}_seconds": med[a], f"{b}_seconds": med[b], "speedup": med[a] / med[b],
                             "samples_epoch_seconds": runs, "specs": specs,
                             "settings": {**settings, "threads": threads}, **env}
+            if what == "isa":  # what each setting computes with here, read in fresh processes like the runs
+                result[what]["isa_in_use"] = {n: isa_of_a_fresh_process(n == "avx2") for n in specs}
         elif what == "before":
             with tempfile.TemporaryDirectory() as folder:
                 checkouts = {"before": args.before, "after": ROOT}

@@ -15,6 +15,7 @@ import time
 import torch
 
 import cli
+import machine
 import utils
 from benchmarks import pipeline
 
@@ -122,6 +123,7 @@ def main(argv=None):
     device = args.device
 
     utils.tune_malloc()  # every option on top of train.py's allocator setting
+    machine.pin_isa()  # as train.py does, before torch's first operation
     train, test = utils.load_mnist(args.data)
     data = tuple(t.to(device) for t in train)
     test = tuple(t[:2000 if args.quick else None].to(device) for t in test)

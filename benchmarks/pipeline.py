@@ -23,6 +23,7 @@ from torch.utils.data import DataLoader
 from torchvision import datasets, transforms
 
 import cli
+import machine
 import utils
 from cli import ROOT
 from model import Net
@@ -195,6 +196,7 @@ def parse_args(argv=None):
 def main(argv=None):
     args = parse_args(argv)
     utils.tune_malloc()  # train.py's default, for all three pipelines alike
+    machine.pin_isa(onednn=args.precision == "fp32")  # as train.py does, before torch's first operation
     device, bs, steps = args.device, args.batch_size, args.steps
     (train, _test) = utils.load_mnist(args.data)  # also makes sure the idx files torchvision reads are there
     if steps * bs > len(train[1]):

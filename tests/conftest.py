@@ -1,5 +1,7 @@
 """Shared fixtures: the repository on sys.path, small synthetic data, and the real MNIST when marked."""
 import os
+import shutil
+import subprocess
 import sys
 
 import pytest
@@ -28,3 +30,35 @@ def synthetic(n, seed=0):
         r, col = 3 + 12 * (c // 5), 2 + 5 * (c % 5)
         images[i, r:r + 6, col:col + 6] = 255
     return images, labels
+
+
+def git(*args, cwd=ROOT):
+    return subprocess.run(["git", *args], cwd=cwd, check=True, capture_output=True, text=True).stdout
+
+
+@pytest.fixture
+def clone(tmp_path):
+    """A fresh clone of the repository in the state a user gets it (the committed results/, weights/ and static/
+    in it), with this working tree's changes committed on top, so that `git status --porcelain` there lists exactly
+    what a command went on to change."""
+    if not os.path.isdir(os.path.join(ROOT, ".git")):
+        pytest.skip("needs the repository's git history to clone from")
+    path = tmp_path / "clone"
+    git("clone", "--quiet", "--no-hardlinks", ROOT, str(path))
+    changed = git("diff", "--name-only", "-z", "HEAD").split("\0") + \
+        git("ls-files", "--others", "--exclude-standard", "-z").split("\0")
+    for name in filter(None, changed):
+        if os.path.exists(os.path.join(ROOT, name)):
+            os.makedirs((path / name).parent, exist_ok=True)
+            shutil.copy2(os.path.join(ROOT, name), path / name)
+        else:
+            (path / name).unlink(missing_ok=True)
+    git("add", "-A", cwd=path)
+    git("-c", "user.name=tests", "-c", "user.email=tests@localhost", "commit", "--quiet", "--allow-empty", "-m",
+        "the working tree under test", cwd=path)
+    return path
+
+
+def changed_files(path):
+    """`git status --porcelain` of a clone: the tracked files changed and the untracked files not ignored."""
+    return git("status", "--porcelain", cwd=path)

@@ -1,7 +1,8 @@
-"""The notebook runs headlessly in a real Jupyter kernel: training (1 epoch, a small LIMIT), showing the committed
-runs without training, and setting itself up in Colab (a clone of the repository, made with git)."""
+"""The notebook runs headlessly in a real Jupyter kernel, in a fresh clone of the repository (the state a student gets):
+training (1 epoch, a small LIMIT) into its own folder, showing the committed runs without training, and setting itself
+up in Colab (a clone of the repository, made with git)."""
+import json
 import os
-import shutil
 
 import pytest
 
@@ -44,38 +45,34 @@ def shown(nb):
 
 
 @pytest.mark.mnist
-def test_notebook_trains_then_shows_the_same_runs_without_training(tmp_path, mnist):
-    out = tmp_path / "out"
-    nb = execute(f"EPOCHS = 1\nLIMIT = 1000\nJOBS = 2\nDATA = {DATA!r}\nOUT = {str(out)!r}", ROOT)
+def test_notebook_in_a_fresh_clone_trains_into_its_own_folder_and_leaves_the_committed_runs(clone, mnist):
+    from conftest import changed_files
+    # The defaults, with one setting changed for a quick try: as a student would, in the state the repository ships in.
+    nb = execute(f"EPOCHS = 1\nLIMIT = 2000\nDATA = {DATA!r}", clone)
+    folder = clone / "runs" / "static" / "epochs1_limit2000"
     for name in FIGURES:
-        assert os.path.getsize(out / "static" / f"{name}.png") > 5000, name
+        assert os.path.getsize(folder / f"{name}.png") > 5000, name
     for name in ("bn_l1", "ln", "gn"):
-        assert (out / "results" / f"{name}_seed0.json").exists() and (out / "weights" / f"{name}_seed0.pt").exists()
+        assert (clone / "runs" / "results" / "epochs1_limit2000" / f"{name}_seed0.json").exists()
+        assert (clone / "runs" / "weights" / "epochs1_limit2000" / f"{name}_seed0.pt").exists()
     images, text = shown(nb)
     assert images == 5  # Graph 1, Graph 2 and three misclassified grids shown inline
     assert text.count("Trainable params: 7,750") == 3 and "final test acc" in text
-    table = text[text.index("final test acc"):]
-
-    # TRAIN = False: the same summary from the files, nothing trained (no per-epoch log).
-    for name in FIGURES:
-        os.remove(out / "static" / f"{name}.png")
-    nb = execute(f"TRAIN = False\nEPOCHS = 1\nLIMIT = 1000\nDATA = {DATA!r}\nOUT = {str(out)!r}", ROOT)
-    images, text = shown(nb)
-    assert images == 5 and all((out / "static" / f"{name}.png").exists() for name in FIGURES)
-    assert text[text.index("final test acc"):] == table and "train_loss" not in text
+    assert text.count("training from scratch") == 3 and "finished, loaded" not in text
+    assert changed_files(clone) == ""  # nothing committed changed, nothing written outside runs/
 
 
 @pytest.mark.mnist
-def test_notebook_shows_the_committed_runs_without_training(tmp_path, mnist):
-    out = tmp_path / "out"
-    for folder in ("results", "weights"):
-        os.makedirs(out / folder)
-        for name in ("bn_l1", "ln", "gn"):
-            suffix = ".json" if folder == "results" else ".pt"
-            shutil.copy(os.path.join(ROOT, folder, f"{name}_seed0{suffix}"), out / folder)
-    nb = execute(f"TRAIN = False\nDATA = {DATA!r}\nOUT = {str(out)!r}", ROOT)
+def test_notebook_with_train_false_shows_the_committed_runs(clone, mnist):
+    from conftest import changed_files
+    nb = execute(f"TRAIN = False\nDATA = {DATA!r}", clone)
     images, text = shown(nb)
-    assert images == 5 and "BN + L1" in text and "final test acc" in text
+    assert images == 5 and "BN + L1" in text and "train_loss" not in text and "training from scratch" not in text
+    table = text[text.index("final test acc"):]
+    for name in ("bn_l1", "ln", "gn"):  # the committed runs' final accuracies, in the summary table
+        with open(clone / "results" / f"{name}_seed0.json") as f:
+            assert f"{json.load(f)['history'][-1]['test_acc']:.2f}" in table
+    assert changed_files(clone) == ""
 
 
 def test_notebook_in_colab_without_repo_url_says_what_to_set(tmp_path):
@@ -87,14 +84,13 @@ def test_notebook_in_colab_without_repo_url_says_what_to_set(tmp_path):
 
 
 @pytest.mark.mnist
-def test_notebook_in_colab_clones_the_repository_and_runs_there(tmp_path, mnist):
-    if not os.path.isdir(os.path.join(ROOT, ".git")):
-        pytest.skip("needs the repository's git history to clone from")
+def test_notebook_in_colab_clones_the_repository_and_runs_there(clone, tmp_path, mnist):
     fake_colab = "import sys, types\nsys.modules['google.colab'] = types.ModuleType('google.colab')"
-    out = tmp_path / "out"
-    nb = execute(f"EPOCHS = 1\nLIMIT = 500\nJOBS = 1\nDATA = {DATA!r}\nOUT = {str(out)!r}\nREPO_URL = {ROOT!r}",
-                 tmp_path, setup=fake_colab)
-    assert (tmp_path / os.path.basename(ROOT) / "model.py").exists()
-    assert (out / "results" / "bn_l1_seed0.json").exists()
+    colab = tmp_path / "colab"  # Colab's working folder, where the notebook clones the repository (here: `clone`)
+    os.makedirs(colab)
+    nb = execute(f"EPOCHS = 1\nLIMIT = 500\nJOBS = 1\nDATA = {DATA!r}\nREPO_URL = {str(clone)!r}", colab,
+                 setup=fake_colab)
+    assert (colab / "clone" / "model.py").exists()
+    assert (colab / "clone" / "runs" / "results" / "epochs1_limit500" / "bn_l1_seed0.json").exists()
     images, text = shown(nb)
     assert images == 5 and "final test acc" in text

@@ -150,13 +150,14 @@ def test_cli_study_at_toy_size_in_two_processes(tmp_path, mnist):
            "--device", "cpu", "--no-progress"]
     done = subprocess.run(cmd, capture_output=True, text=True, timeout=600)
     assert done.returncode == 0, done.stderr
-    folder = tmp_path / "results" / "batch_size"
+    # Fewer epochs and images than the study's own: a folder of their own under --out
+    folder = tmp_path / "epochs1_limit512" / "results" / "batch_size"
     assert sorted(os.listdir(folder)) == sorted(
         [f"{n}_bs{b}_seed0.json" for n in ("bn", "ln", "gn") for b in (8, 64)] + ["study.json"])
     record = json.load(open(folder / "bn_bs8_seed0.json"))
     assert record["config"]["train_images"] == 512 and record["config"]["eval_images"] == 10000
     assert 0 <= record["history"][0]["test_acc_batch_stats"] <= 100
-    assert os.path.getsize(tmp_path / "static" / "batch_size_study.png") > 5000
+    assert os.path.getsize(tmp_path / "epochs1_limit512" / "static" / "batch_size_study.png") > 5000
     assert "BN, batch 8" in done.stdout and "with batch stats" in done.stdout
     # Run again: everything is there already.
     done = subprocess.run(cmd, capture_output=True, text=True, timeout=600)

@@ -274,10 +274,11 @@ def test_parallel_jobs_give_the_same_histories_as_one_process_with_one_thread(tm
     for name in serial:
         assert without_time(serial[name][0]["history"]) == without_time(parallel[name][0]["history"])
         assert parallel[name][0]["config"]["threads"] == 1
-    (log,) = json.load(open(tmp_path / "b" / "results" / "invocations.json"))["invocations"]
+    log_path = tmp_path / "b" / "results" / "epochs1" / "invocations.json"  # 1 epoch: not the defaults' folder
+    (log,) = json.load(open(log_path))["invocations"]
     assert log["runs_trained"] == 2 and log["jobs"] == 2 and log["threads"] == 1 and log["wall_seconds"] > 0
     utils.run_experiments(recipes, data, device=torch.device("cpu"), out=str(tmp_path / "b"), jobs=2)
-    assert len(json.load(open(tmp_path / "b" / "results" / "invocations.json"))["invocations"]) == 1  # nothing trained
+    assert len(json.load(open(log_path))["invocations"]) == 1  # nothing trained
 
 
 def test_malloc_setting_changes_no_number(tmp_path):
@@ -385,7 +386,10 @@ def test_summary_table_reports_mean_and_spread():
     assert row["label"] == "GN (5 groups)" and len(row["seeds"]) == 2 and row["minutes_mean"] == 1.0
     assert row["train_mean"] == 99.0 and row["loss_mean"] == pytest.approx(0.02) and row["unfinished"] == []
     assert row["final_mean"] == pytest.approx(99.2) and row["final_std"] == pytest.approx(0.2)
-    assert "GN (5 groups)" in utils.format_summary({"gn_g5": [rec(99.0, 0)]})
+    table = utils.format_summary({"gn_g5": [rec(99.0, 0)], "gn": [rec(99.0, 0), rec(99.4, 1)]})
+    one, two = table.splitlines()[1:]
+    assert one.split() == ["GN", "(5", "groups)", "7750", "1", "99.00", "99.00", "1.0"]  # one seed: no spread to show
+    assert "99.20 ± 0.20" in two
 
 
 @pytest.mark.parametrize("args,message", [
@@ -420,15 +424,20 @@ def test_cli_runs_seed_by_seed_and_adds_the_ablations_with_the_same_settings():
     assert train_cli.recipes(train_cli.parse_args([]))[1] == []
 
 
-def test_validation_runs_get_a_folder_per_setting():
-    folder = lambda *argv: train_cli.val_folder(train_cli.parse_args(list(argv)))
-    assert folder() == ""
-    assert folder("--val", "10000", "--degrees", "7", "--translate", "0", "--scale", "0", "--shear", "0",
-                  "--dropout", "0.05", "--batch-size", "128", "--lr", "0.1") == os.path.join(
-                      "val", "lr0.1_bs128_dropout0.05_epochs20")
-    assert folder("--val", "10000", "--degrees", "7", "--translate", "0.1", "--scale", "0.1", "--shear", "5",
-                  "--dropout", "0", "--batch-size", "64") == os.path.join(
-                      "val", "lr0.1_bs64_dropout0_epochs20_aug7-0.1-0.1-5")
+def test_each_set_of_settings_gets_a_folder_named_after_what_differs_from_the_defaults():
+    folder = lambda *argv: {utils.settings_folder(r) for r in sum(train_cli.recipes(train_cli.parse_args(list(argv))),
+                                                                  [])}
+    assert folder() == folder("--seeds", "3", "--ablation-seeds", "1") == {""}  # the experiment's own: results/
+    assert folder("--epochs", "1", "--limit", "2000") == {"epochs1_limit2000"}
+    assert folder("--val", "10000", "--batch-size", "128", "--dropout", "0.05") == {"dropout0.05_batch_size128_val10000"}
+    assert folder("--precision", "bf16", "--lr", "0.05") == {"lr0.05_bf16"}
+    # The norm, seed, groups and L1 are in the file's name instead.
+    assert folder("--groups", "5", "--norms", "gn", "ln") == folder("--l1", "0.0001") == {""}
+    assert [r.name for r in train_cli.recipes(train_cli.parse_args(["--l1", "0.0001"]))[0]] == ["bn_l1_0.0001", "ln",
+                                                                                                 "gn"]
+    assert utils.experiment(groups=5)[1].groups == utils.Recipe.groups  # LN has no groups to set
+    with pytest.raises(ValueError, match="different folders"):
+        utils.experiment_folder([utils.Recipe(), utils.Recipe(epochs=1)])
 
 
 def test_cli_defaults_are_the_experiment():
@@ -439,38 +448,80 @@ def test_cli_defaults_are_the_experiment():
 
 
 @pytest.mark.mnist
-def test_cli_quick_run_writes_figures_and_results(tmp_path, mnist):
-    from conftest import DATA
-    cmd = [sys.executable, os.path.join(ROOT, "train.py"), "--epochs", "1", "--limit", "2000", "--data", DATA,
-           "--out", str(tmp_path), "--device", "cpu", "--no-progress"]
-    done = subprocess.run(cmd, capture_output=True, text=True, timeout=600)
+def test_cli_quick_run_in_a_fresh_clone_trains_into_its_own_folder_and_leaves_the_committed_runs(clone, mnist):
+    from conftest import DATA, changed_files
+    cmd = [sys.executable, "train.py", "--epochs", "1", "--limit", "2000", "--data", DATA, "--device", "cpu",
+           "--no-progress"]  # no --out: as the README's one-minute run
+    train = lambda *more: subprocess.run(cmd + list(more), capture_output=True, text=True, timeout=600, cwd=clone)
+    done = train()
     assert done.returncode == 0, done.stderr
+    assert done.stdout.count("training from scratch") == 3 and "runs/results/epochs1_limit2000/" in done.stdout
+    runs = clone / "runs"
     for name in ("graph_losses", "graph_accuracies", "misclassified_bn_l1", "misclassified_ln", "misclassified_gn"):
-        assert os.path.getsize(tmp_path / "static" / f"{name}.png") > 5000, name
+        assert os.path.getsize(runs / "static" / "epochs1_limit2000" / f"{name}.png") > 5000, name
     for name in ("bn_l1", "ln", "gn"):
-        record = json.load(open(tmp_path / "results" / f"{name}_seed0.json"))
+        record = json.load(open(runs / "results" / "epochs1_limit2000" / f"{name}_seed0.json"))
         assert record["config"]["train_images"] == 2000 and record["config"]["eval_images"] == 10000
         assert record["config"]["params"] == 7750 and len(record["history"]) == 1
-    assert "BN + L1" in done.stdout and "final test acc" in done.stdout
-    # The same command again trains nothing; other settings on the same files are refused.
-    again = subprocess.run(cmd, capture_output=True, text=True, timeout=600)
+    assert "BN + L1" in done.stdout and "final test acc" in done.stdout and " ± " not in done.stdout  # one seed
+    assert changed_files(clone) == ""  # the committed results/, weights/ and static/ as they were
+    # The same command again trains nothing; other settings train again, in a folder of their own.
+    again = train()
     assert again.returncode == 0 and again.stdout.count("finished, loaded from") == 3, again.stderr
-    clash = subprocess.run(cmd + ["--epochs", "2"], capture_output=True, text=True, timeout=600)
-    assert clash.returncode == 1 and "(epochs 1 there, 2 now)" in clash.stderr and "--fresh" in clash.stderr
+    other = train("--epochs", "2")
+    assert other.returncode == 0 and other.stdout.count("training from scratch") == 3, other.stderr
+    assert len(json.load(open(runs / "results" / "epochs2_limit2000" / "gn_seed0.json"))["history"]) == 2
     # --rerun trains a results file's run again, with its thread count, and compares the histories.
-    rerun = subprocess.run(cmd[:2] + ["--rerun", str(tmp_path / "results" / "ln_seed0.json"), "--out",
-                                      str(tmp_path / "re"), "--data", DATA, "--no-progress"],
-                           capture_output=True, text=True, timeout=600)
+    rerun = subprocess.run([sys.executable, "train.py", "--rerun", "runs/results/epochs1_limit2000/ln_seed0.json",
+                            "--data", DATA, "--no-progress"], capture_output=True, text=True, timeout=600, cwd=clone)
     assert rerun.returncode == 0, rerun.stdout + rerun.stderr
     assert "identical: all 1 epochs" in rerun.stdout
     # --no-figures: results only, static/ untouched.
-    done = subprocess.run(cmd[:2] + ["--norms", "gn", "--groups", "5", "--no-figures"] + cmd[2:],
-                          capture_output=True, text=True, timeout=600)
+    done = train("--norms", "gn", "--groups", "5", "--no-figures")
     assert done.returncode == 0, done.stderr
-    assert json.load(open(tmp_path / "results" / "gn_g5_seed0.json"))["config"]["groups"] == 5
-    assert sorted(os.listdir(tmp_path / "static")) == sorted(
+    assert json.load(open(runs / "results" / "epochs1_limit2000" / "gn_g5_seed0.json"))["config"]["groups"] == 5
+    assert sorted(os.listdir(runs / "static" / "epochs1_limit2000")) == sorted(
         f"{n}.png" for n in ("graph_losses", "graph_accuracies", "misclassified_bn_l1", "misclassified_ln",
                              "misclassified_gn"))
+    assert changed_files(clone) == ""
+
+
+@pytest.mark.mnist
+def test_unreadable_files_and_a_workers_error_end_in_one_message_naming_the_file(clone, mnist):
+    from conftest import DATA, changed_files
+    cmd = [sys.executable, "train.py", "--data", DATA, "--device", "cpu", "--no-progress"]
+    train = lambda *more: subprocess.run(cmd + list(more), capture_output=True, text=True, timeout=600, cwd=clone)
+    done = train("--rerun", "/etc/passwd")
+    assert done.returncode == 1 and "Traceback" not in done.stderr
+    assert "/etc/passwd is not a results file: it is not valid JSON" in done.stderr and "--rerun takes" in done.stderr
+    # A committed results file cut in half: restore it with git, never delete it.
+    committed = clone / "results" / "bn_l1_seed0.json"
+    text = committed.read_text()
+    committed.write_text(text[:len(text) // 2])
+    done = train("--out", ".")
+    assert done.returncode == 1 and "Traceback" not in done.stderr
+    assert "results/bn_l1_seed0.json is not a results file" in done.stderr
+    assert "restore it with `git checkout -- results/bn_l1_seed0.json`" in done.stderr and "delet" not in done.stderr
+    committed.write_text(text)
+    # A checkpoint that is not one, read by a worker process (--jobs 2): one line, no pool traceback.
+    broken = clone / "runs" / "checkpoints" / "epochs1_limit1000" / "ln_seed0.pt"
+    os.makedirs(broken.parent)
+    broken.write_bytes(b"not a checkpoint")
+    done = train("--epochs", "1", "--limit", "1000", "--jobs", "2", "--no-figures")
+    assert done.returncode == 1 and "Traceback" not in done.stderr, done.stderr
+    assert done.stderr.strip().splitlines() == [
+        f"train.py: error: {os.path.join('runs', 'checkpoints', 'epochs1_limit1000', 'ln_seed0.pt')} cannot be read "
+        "as a checkpoint (UnpicklingError: it is truncated, or not a file that a run wrote); if it is a run of your "
+        "own, --fresh trains the run again from scratch"]
+    assert changed_files(clone) == ""
+
+
+def test_a_bad_setting_in_a_worker_is_raised_as_itself_without_the_pool_traceback(tmp_path):
+    import traceback
+    recipes = [replace(SMALL, norm=n, l1=0.0, epochs=1, val=1000) for n in ("BN", "GN")]  # 1000 > 256 images
+    with pytest.raises(ValueError, match="validation size must be between 1 and 255, got 1000") as error:
+        utils.run_experiments(recipes, (TRAIN, TEST), device=torch.device("cpu"), out=str(tmp_path), jobs=2)
+    assert error.value.__cause__ is None and "RemoteTraceback" not in "".join(traceback.format_exception(error.value))
 
 
 @pytest.mark.mnist
@@ -484,7 +535,7 @@ def test_ctrl_c_stops_parallel_runs_cleanly_and_the_same_command_resumes_them(tm
     # reset to its default first, in case this test itself runs in the background, where it is ignored.
     proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True,
                             preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
-    results = tmp_path / "results" / "bn_l1_seed0.json"
+    results = tmp_path / "results" / "epochs3_limit1000" / "bn_l1_seed0.json"
     deadline = time.time() + 300
     while time.time() < deadline and not (results.exists() and json.load(open(results))["history"]):
         time.sleep(0.2)
@@ -493,9 +544,9 @@ def test_ctrl_c_stops_parallel_runs_cleanly_and_the_same_command_resumes_them(tm
     assert proc.returncode == 1 and "stopped: every finished epoch is kept; resume with: python" in err
     assert "Traceback" not in err  # the workers leave Ctrl-C to the parent
     cut = len(json.load(open(results))["history"])
-    assert 1 <= cut < 3 and (tmp_path / "checkpoints" / "bn_l1_seed0.pt").exists()
+    assert 1 <= cut < 3 and (tmp_path / "checkpoints" / "epochs3_limit1000" / "bn_l1_seed0.pt").exists()
     done = subprocess.run(cmd, capture_output=True, text=True, timeout=600)
     assert done.returncode == 0, done.stderr
     assert f"resuming after epoch {cut}" in done.stdout
-    assert all(len(json.load(open(tmp_path / "results" / f"{n}_seed0.json"))["history"]) == 3
+    assert all(len(json.load(open(tmp_path / "results" / "epochs3_limit1000" / f"{n}_seed0.json"))["history"]) == 3
                for n in ("bn_l1", "ln", "gn"))

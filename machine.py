@@ -1,0 +1,121 @@
+"""The CPU instruction set that PyTorch's kernels use, pinned so that a run reproduces bit for bit on other CPUs.
+
+ATen's vectorized kernels and oneDNN's convolutions pick their code by the CPU's instruction set, so the same seed
+gives other last digits on an AVX-512 CPU than on an AVX2 one. Both can be capped before torch runs its first
+operation (ATEN_CPU_CAPABILITY, ONEDNN_MAX_CPU_ISA); capped at AVX2, which nearly every x86-64 CPU of the last ten
+years has, a run reproduces on all of them. pin_isa() sets the cap and checks that it took effect; isa_in_use()
+says what a process computes with, for a run's config.
+"""
+import contextlib
+import ctypes
+import os
+import platform
+import re
+import tempfile
+import warnings
+
+import torch
+
+AVX2 = "avx2"  # the instruction set pinned by default, and how a run's config names it when both use it
+
+
+def cpu_flags():
+    """The CPU's feature flags (Linux's /proc/cpuinfo), or None where they cannot be read."""
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith("flags"):
+                    return set(line.split(":", 1)[1].split())
+    except OSError:
+        pass
+    return None
+
+
+def why_not_pinnable():
+    """Why AVX2 cannot be pinned on this CPU (a sentence), or None where it can: an x86-64 CPU with AVX2 and FMA."""
+    if platform.machine().lower() not in ("x86_64", "amd64"):
+        return f"the CPU is {platform.machine()}, not x86-64"
+    flags = cpu_flags()
+    if flags is None:
+        return "this system does not show the CPU's flags (/proc/cpuinfo)"
+    if not {"avx2", "fma"} <= flags:
+        return "the CPU has no AVX2 (or no FMA)"
+    return None
+
+
+@contextlib.contextmanager
+def _stdout_to(file):
+    """Send the process's C-level standard output (where oneDNN's verbose lines go) to `file` for the block."""
+    libc = ctypes.CDLL(None)
+    saved = os.dup(1)
+    try:
+        os.dup2(file.fileno(), 1)
+        yield
+    finally:
+        libc.fflush(None)
+        os.dup2(saved, 1)
+        os.close(saved)
+
+
+def onednn_convolution():
+    """oneDNN's implementation of a convolution of this network's shapes, as its verbose log names it ("jit:avx2",
+    "brgconv:avx512_core"), or "unknown" where it cannot be read. It runs one convolution (of zeros: no random
+    number is drawn)."""
+    x, w = torch.zeros(2, 10, 26, 26), torch.zeros(20, 10, 3, 3)  # conv1's shapes; too small a one skips oneDNN
+    try:
+        with tempfile.TemporaryFile() as log:
+            with _stdout_to(log), torch.backends.mkldnn.verbose(torch.backends.mkldnn.VERBOSE_ON):
+                torch.nn.functional.conv2d(x, w)
+            log.seek(0)
+            found = re.search(r"exec,cpu,convolution,([^,]+),", log.read().decode(errors="replace"))
+    except (OSError, AttributeError):  # no C library to flush, or no verbose mode in this build
+        return "unknown"
+    return found.group(1) if found else "unknown"
+
+
+def isa_in_use():
+    """What this process computes with on the CPU, for a run's config: "avx2" where ATen's kernels and oneDNN's
+    convolutions both use AVX2 (reproducible on any x86-64 CPU with AVX2), else "native: ATen X, oneDNN Y"
+    (reproducible only on the same kind of CPU). Asking runs torch's first operations if none ran yet: pin first."""
+    return _describe(torch.backends.cpu.get_cpu_capability().lower(), onednn_convolution())
+
+
+def parts(isa):
+    """(ATen's capability, oneDNN's convolution or None) of an isa_in_use() string: "avx2" -> ("avx2", "jit:avx2");
+    "native: ATen avx512, oneDNN brgconv:avx512_core" -> ("avx512", "brgconv:avx512_core")."""
+    if isa == AVX2:
+        return AVX2, "jit:" + AVX2
+    found = re.fullmatch(r"native: ATen ([^,]+)(?:, oneDNN (.+))?", isa)
+    if not found:
+        raise ValueError(f"not an instruction set as isa_in_use() writes it: {isa!r}")
+    return found.group(1), found.group(2)
+
+
+def _describe(aten, convolution):
+    return AVX2 if aten == AVX2 and convolution.endswith(":" + AVX2) else f"native: ATen {aten}, oneDNN {convolution}"
+
+
+def pin_isa(pin=True, *, onednn=True):
+    """Cap ATen's kernels and (onednn=True) oneDNN's at AVX2, then check that the cap took effect; returns
+    isa_in_use(). Call it before torch's first tensor operation (loading data is one).
+
+    pin=False leaves the CPU's native instruction set (faster on some CPUs, reproducible only on the same kind).
+    onednn=False caps ATen only: bf16 runs need oneDNN's AVX-512 BF16 kernels where the CPU has them. Where the cap
+    cannot be set (not x86-64, no AVX2) or came too late (torch already ran operations in this process), it warns
+    and the result says what is in use instead.
+    """
+    if pin:
+        reason = why_not_pinnable()
+        if reason:
+            warnings.warn(f"the CPU instruction set is not pinned to AVX2: {reason}; runs here reproduce bit for "
+                          f"bit only on this kind of CPU", stacklevel=2)
+            return isa_in_use()
+        os.environ["ATEN_CPU_CAPABILITY"] = AVX2
+        if onednn:
+            os.environ["ONEDNN_MAX_CPU_ISA"] = AVX2.upper()
+    aten, convolution = torch.backends.cpu.get_cpu_capability().lower(), onednn_convolution()
+    if pin and (aten != AVX2 or (onednn and not convolution.endswith(":" + AVX2))):
+        warnings.warn(f"the CPU instruction set could not be pinned to AVX2: torch had already run an operation in "
+                      f"this process, so its kernels were chosen (ATen {aten}, oneDNN {convolution}); pin before "
+                      f"anything else, at the start of the program", stacklevel=2)
+    return _describe(aten, convolution)

@@ -1,0 +1,96 @@
+"""machine.py: the CPU instruction set pinned before torch's first operation, checked, and recorded in each run."""
+import subprocess
+import sys
+
+import pytest
+
+import machine
+from conftest import ROOT
+
+
+def in_a_fresh_process(code, **env):
+    """stdout and stderr of `code` run by a new Python in the repository (a pin only works before torch's first op)."""
+    import os
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT, timeout=120,
+                          env={**os.environ, **env})
+    assert done.returncode == 0, done.stderr
+    return done.stdout.strip(), done.stderr
+
+
+@pytest.mark.skipif(machine.why_not_pinnable() is not None, reason="this CPU cannot run AVX2 kernels")
+def test_the_pin_makes_aten_and_onednn_compute_with_avx2():
+    out, err = in_a_fresh_process("import machine, torch\nused = machine.pin_isa()\n"
+                                  "print(used, torch.backends.cpu.get_cpu_capability(), machine.onednn_convolution())")
+    used, aten, convolution = out.split()
+    assert (used, aten) == ("avx2", "AVX2") and convolution.endswith(":avx2") and "Warning" not in err
+
+
+@pytest.mark.skipif(machine.why_not_pinnable() is not None, reason="this CPU cannot run AVX2 kernels")
+def test_a_pin_after_torch_ran_an_operation_warns_and_says_what_is_in_use():
+    # ATEN_CPU_CAPABILITY=default from the start makes the kernels torch picks at its first operation differ from
+    # AVX2 on any CPU, so the too-late pin is visible even on a CPU whose own best is AVX2.
+    out, err = in_a_fresh_process("import torch, machine\ntorch.ones(3).add(1)\nprint(machine.pin_isa())",
+                                  ATEN_CPU_CAPABILITY="default")
+    assert out.startswith("native: ATen default") and "could not be pinned to AVX2" in err
+    assert "torch had already run an operation" in err
+
+
+def test_without_the_pin_the_native_instruction_set_is_recorded_as_it_is():
+    out, err = in_a_fresh_process("import machine\nprint(machine.pin_isa(False))")
+    assert out == "avx2" or out.startswith("native: ATen ")
+    assert machine.parts(out)[0] in ("avx2", "avx512", "default") or out.startswith("native")
+
+
+def test_isa_strings_split_into_aten_and_onednn():
+    assert machine.parts("avx2") == ("avx2", "jit:avx2")
+    assert machine.parts("native: ATen avx512, oneDNN brgconv:avx512_core") == ("avx512", "brgconv:avx512_core")
+    assert machine.parts("native: ATen avx512") == ("avx512", None)
+    with pytest.raises(ValueError, match="not an instruction set"):
+        machine.parts("AVX-512")
+
+
+def test_rerun_reads_the_instruction_set_of_files_from_before_it_was_recorded():
+    import train
+    assert train.recorded_isa({"hardware": "CPU AVX2"}) == "avx2"
+    assert train.recorded_isa({"hardware": "CPU AVX512"}) == "native: ATen avx512"
+    assert train.recorded_isa({"hardware": "CPU AVX2", "isa": "native: ATen avx2, oneDNN x"}) == \
+        "native: ATen avx2, oneDNN x"
+    assert train.recorded_isa({"hardware": "NVIDIA H200", "isa": None}) is None
+
+
+@pytest.mark.mnist
+def test_rerun_of_a_committed_run_reproduces_its_first_epoch_exactly(tmp_path, mnist):
+    # The proof that the committed numbers come from the committed code: epoch 1 of a full-data run, through the same
+    # code path as `python train.py --rerun`, with the file's settings, thread count and instruction set.
+    import json
+    import os
+    from conftest import DATA
+    committed = os.path.join("results", "ln_seed0.json")
+    done = subprocess.run([sys.executable, "train.py", "--rerun", committed, "--rerun-epochs", "1", "--out",
+                           str(tmp_path), "--data", DATA, "--no-progress"], capture_output=True, text=True, cwd=ROOT,
+                          timeout=900)
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert "identical: the first 1 of its 20 epochs" in done.stdout
+    with open(os.path.join(ROOT, committed)) as f:
+        old = json.load(f)
+    with open(tmp_path / "results" / "rerun" / "ln_seed0.json") as f:
+        new = json.load(f)
+    (epoch,) = new["history"]
+    assert {k: v for k, v in epoch.items() if k != "seconds"} == \
+        {k: v for k, v in old["history"][0].items() if k != "seconds"}
+    assert new["config"]["isa"] == "avx2" and new["config"]["threads"] == old["config"]["threads"] == 1
+
+
+@pytest.mark.skipif("avx512f" in (machine.cpu_flags() or {"avx512f"}), reason="needs a CPU without AVX-512")
+def test_rerun_of_a_run_made_with_an_instruction_set_this_cpu_lacks_says_so_before_training(tmp_path):
+    import json
+    import os
+    saved = json.load(open(os.path.join(ROOT, "results", "ln_seed0.json")))
+    saved["config"].update(hardware="CPU AVX512", isa="native: ATen avx512, oneDNN brgconv:avx512_core")
+    path = tmp_path / "avx512_run.json"
+    path.write_text(json.dumps(saved))
+    done = subprocess.run([sys.executable, "train.py", "--rerun", str(path), "--out", str(tmp_path), "--data",
+                           str(tmp_path / "no-data")], capture_output=True, text=True, cwd=ROOT, timeout=120)
+    assert done.returncode == 1 and "Traceback" not in done.stderr
+    assert "was trained with native: ATen avx512" in done.stderr and "cannot be reproduced bit for bit" in done.stderr
+    assert not (tmp_path / "no-data").exists()  # it stopped before loading (let alone training) anything
