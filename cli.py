@@ -5,9 +5,11 @@ import os
 
 import utils
 from model import NORMS, VALID_GROUPS
+from machine import pick_device
+from recipe import PRECISIONS, Recipe
 
 ROOT = os.path.dirname(os.path.abspath(__file__))
-DEFAULT = utils.Recipe()  # every default below is read from here
+DEFAULT = Recipe()  # every default below is read from here
 
 
 def number(kind, what, low, *, low_open=False, high=None):
@@ -30,7 +32,7 @@ positive_int = number(int, "a positive integer", 1)
 def device(text):
     """An argparse type: cpu, cuda[:N], mps, or auto (cuda, then mps, then cpu), available here."""
     try:
-        return utils.pick_device(None if text == "auto" else text)
+        return pick_device(None if text == "auto" else text)
     except (RuntimeError, ValueError) as e:
         raise argparse.ArgumentTypeError(str(e)) from None
 
@@ -66,7 +68,7 @@ def add_recipe_arguments(p, *, lr_help="peak learning rate of the one-cycle sche
                    help="augmentation: and zoomed by a factor uniform in [1 - SCALE, 1 + SCALE]")
     p.add_argument("--shear", type=number(float, "degrees in [0, 90)", 0, high=90), default=DEFAULT.shear,
                    help="augmentation: and sheared along x by an angle uniform in ±SHEAR degrees")
-    p.add_argument("--precision", choices=utils.PRECISIONS, default=DEFAULT.precision,
+    p.add_argument("--precision", choices=PRECISIONS, default=DEFAULT.precision,
                    help="the training forward pass: fp32, or bf16 (bfloat16 autocast)")
     p.add_argument("--limit", type=positive_int, default=None,
                    help="train on only the first N training images, for a quick run (default: all)")

@@ -1,4 +1,5 @@
-"""The CPU instruction set that PyTorch's kernels use, pinned so that a run reproduces bit for bit on other CPUs.
+"""The machine: the device, the allocator setting, and the CPU instruction set of PyTorch's kernels, pinned so that a
+run reproduces bit for bit on other CPUs.
 
 ATen's vectorized kernels and oneDNN's convolutions pick their code by the CPU's instruction set, so the same seed
 gives other last digits on an AVX-512 CPU than on an AVX2 one. Both can be capped before torch runs its first
@@ -11,6 +12,7 @@ import ctypes
 import os
 import platform
 import re
+import sys
 import tempfile
 import warnings
 
@@ -119,3 +121,52 @@ def pin_isa(pin=True, *, onednn=True):
                       f"this process, so its kernels were chosen (ATen {aten}, oneDNN {convolution}); pin before "
                       f"anything else, at the start of the program", stacklevel=2)
     return _describe(aten, convolution)
+
+
+def pick_device(name=None) -> torch.device:
+    """cuda, then mps, then cpu; `name` (e.g. "cpu", "cuda:0") overrides and must be available."""
+    if name is None:
+        if torch.cuda.is_available():
+            return torch.device("cuda")
+        if torch.backends.mps.is_available():
+            return torch.device("mps")
+        return torch.device("cpu")
+    device = torch.device(name)  # raises on a malformed name
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise ValueError(f"device {name!r} asked for, but CUDA is not available here; use cpu")
+    if device.type == "cuda" and (device.index or 0) >= torch.cuda.device_count():
+        raise ValueError(f"device {name!r} asked for, but there are {torch.cuda.device_count()} CUDA devices")
+    if device.type == "mps" and not torch.backends.mps.is_available():
+        raise ValueError(f"device {name!r} asked for, but MPS is not available here; use cpu")
+    if device.type not in ("cpu", "cuda", "mps"):
+        raise ValueError(f"device must be cpu, cuda[:N] or mps, got {name!r}")
+    return device
+
+
+def tune_malloc(threshold=1 << 30) -> bool:
+    """On Linux with glibc, raise malloc's mmap and trim thresholds to `threshold` bytes; elsewhere do nothing.
+
+    By default glibc serves each large activation buffer with a fresh mmap and hands it back to the kernel
+    when freed, so every training step page-faults its memory in again. Above these thresholds freed
+    memory stays in the heap and is reused. The arithmetic is unchanged. Call it once at start-up, before
+    the large allocations. Returns whether both settings were applied.
+    """
+    if not sys.platform.startswith("linux"):
+        return False
+    try:
+        libc = ctypes.CDLL("libc.so.6")
+        mallopt = libc.mallopt
+    except (OSError, AttributeError):  # musl and other C libraries have no mallopt
+        return False
+    m_trim_threshold, m_mmap_threshold = -1, -3  # glibc's <malloc.h>
+    return bool(mallopt(m_mmap_threshold, threshold)) and bool(mallopt(m_trim_threshold, threshold))
+
+
+def hardware(device):
+    """What computes the run: the GPU's name, or the CPU's vector instruction set as PyTorch uses it ("AVX2",
+    "AVX512"), which decides its kernels and so the last digits of a run's numbers."""
+    if device.type == "cuda":
+        return torch.cuda.get_device_name(device)
+    if device.type == "mps":
+        return "Apple MPS"
+    return f"CPU {torch.backends.cpu.get_cpu_capability()}"

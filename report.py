@@ -10,14 +10,17 @@ import stats
 import study
 import tune
 import utils
+from figures import plot_seeds, save_figure
+from recipe import Recipe, experiment, label, run_order
+from records import load_records, summarize
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 V1 = "v1"  # results/v1/: the runs of the first recipe (rotation only, dropout 0.05, batch 128), kept apart
 
 
 def ordered(records):
-    """The names of {name: [record, ...]} in utils.run_order."""
-    return sorted(records, key=lambda n: utils.run_order(records[n][0]["config"]))
+    """The names of {name: [record, ...]} in run_order."""
+    return sorted(records, key=lambda n: run_order(records[n][0]["config"]))
 
 
 def tuning_table(results, folder=V1):
@@ -25,10 +28,10 @@ def tuning_table(results, folder=V1):
     and dropout search), one row per setting."""
     val = os.path.join(results, folder, "val")
     settings = sorted(os.listdir(val)) if os.path.isdir(val) else []
-    found = {s: {name: recs for name, recs in utils.load_records(os.path.join(val, s)).items() if recs[0]["history"]}
+    found = {s: {name: recs for name, recs in load_records(os.path.join(val, s)).items() if recs[0]["history"]}
              for s in settings}
     names = ordered({n: recs[n] for recs in found.values() for n in recs})
-    labels = {n: utils.label(recs[n][0]) for recs in found.values() for n in recs}
+    labels = {n: label(recs[n][0]) for recs in found.values() for n in recs}
     head = f"| setting (`results/{folder}/val/...`) | " + " | ".join(
         f"{labels[n]} final (best) val acc %" for n in names) + " | mean final |"
     lines = [head, "|" + "---|" * (len(names) + 2)]
@@ -57,9 +60,9 @@ def mean_std(row, key, digits=2):
 def results_table(results):
     """The finished runs in results/*.json: mean ± std over seeds (population std; a lone seed has none). Runs
     still training are named under the table, not averaged in (the table changes only when a run finishes)."""
-    records = utils.load_records(results)
+    records = load_records(results)
     finished = {n: sorted(stats.finished(recs).values(), key=lambda r: r["config"]["seed"]) for n, recs in records.items()}
-    rows = {row["name"]: row for row in utils.summarize({n: recs for n, recs in finished.items() if recs})}
+    rows = {row["name"]: row for row in summarize({n: recs for n, recs in finished.items() if recs})}
     lines = ["| run | seeds | final test acc % | best test acc % | final test acc % per seed | final train acc % "
              "| lowest test loss | params | minutes per run |",
              "|---|---|---|---|---|---|---|---|---|"]
@@ -69,7 +72,7 @@ def results_table(results):
                      f"| {mean_std(r, 'best')} | {', '.join(f'{acc:.2f}' for acc in r['finals'])} "
                      f"| {mean_std(r, 'train')} | {mean_std(r, 'loss', 4)} | {r['params']:,} "
                      f"| {mean_std(r, 'minutes', 1)} |")
-    running = [f"{utils.label(r)} seed {r['config']['seed']}" for name in ordered(records)
+    running = [f"{label(r)} seed {r['config']['seed']}" for name in ordered(records)
                for r in sorted(records[name], key=lambda r: r["config"]["seed"])
                if len(r["history"]) < r["config"]["epochs"]]
     if running:
@@ -81,7 +84,7 @@ def batch_size_table(results):
     """The batch-size study in results/batch_size/: final test accuracy per norm and batch size, and
     its wall time from study.json."""
     folder = os.path.join(results, "batch_size")
-    records = utils.load_records(folder) if os.path.isdir(folder) else {}
+    records = load_records(folder) if os.path.isdir(folder) else {}
     rows = study.summary(records)
     if not rows:
         return "(no runs in results/batch_size/ yet: `python study.py`)"
@@ -205,7 +208,7 @@ def end_to_end_table(results):
         m = e["malloc"]
         for key in sorted(k for k in m if k.endswith("_threads")):
             row(f"a BN + L1 epoch on {m['settings']['limit']:,} images + test, {key.split('_')[0]} thread(s)",
-                "glibc default", m[key]["default_seconds"], "`utils.tune_malloc()`", m[key]["tuned_seconds"])
+                "glibc default", m[key]["default_seconds"], "`machine.tune_malloc()`", m[key]["tuned_seconds"])
     if "pipeline" in e:
         p = e["pipeline"]
         row(f"a BN + L1 epoch on 60,000 images + test, {p['settings']['threads']} threads",
@@ -215,6 +218,12 @@ def end_to_end_table(results):
         p = e["precision"]
         row(f"a BN + L1 epoch on {p['specs']['fp32']['limit'] or 60000:,} images + test, "
             f"{p['settings']['threads']} threads", "fp32", p["fp32_seconds"], "bf16 autocast", p["bf16_seconds"])
+    if "isa" in e:
+        p = e["isa"]
+        used = p["isa_in_use"]
+        row(f"a BN + L1 epoch on 60,000 images + test, {p['settings']['threads']} threads", f"the CPU's own "
+            f"(`--native-isa`: {used['native']})", p["native_seconds"], f"pinned to AVX2 (the default: {used['avx2']})",
+            p["avx2_seconds"])
     if "experiment" in e:
         x = e["experiment"]
         row(f"`{x['settings']['command']}`, whole process", "--jobs 1", x["jobs1_seconds"], "--jobs 2",
@@ -236,7 +245,7 @@ def end_to_end_table(results):
 def speed_table(results, target=99.4):
     """From the runs in results/: when BN + L1 first reaches `target` % test accuracy, and how long
     each experiment (BN + L1, LN and GN, seed 0, in one precision) took."""
-    records = utils.load_records(results)
+    records = load_records(results)
     lines = [f"| run | seed | first epoch at ≥ {target}% | minutes to it | final test acc % | minutes for the run |",
              "|---|---|---|---|---|---|"]
     for name in ordered({n: recs for n, recs in records.items() if n.startswith("bn_l1")}):
@@ -244,7 +253,7 @@ def speed_table(results, target=99.4):
             h = r["history"]
             hit = next((e for e in h if e["test_acc"] >= target), None)
             minutes = sum(e["seconds"] for e in h[:hit["epoch"]]) / 60 if hit else None
-            lines.append(f"| {utils.label(r)} | {r['config']['seed']} | {hit['epoch'] if hit else 'never'} "
+            lines.append(f"| {label(r)} | {r['config']['seed']} | {hit['epoch'] if hit else 'never'} "
                          f"| {f'{minutes:.1f}' if hit else ''} | {h[-1]['test_acc']:.2f} "
                          f"| {sum(e['seconds'] for e in h) / 60:.1f} |")
     log = _load(results, "invocations.json")
@@ -274,10 +283,10 @@ def reaches(records, target=stats.TARGET):
 
 def headline_table(results):
     """The README's first table: the three main runs' final test accuracy over their finished seeds."""
-    records = utils.load_records(results)
+    records = load_records(results)
     lines = [f"| model | final test accuracy %, mean ± 95% interval | seeds | first epoch at ≥ {stats.TARGET}% "
              f"(mean) | parameters |", "|---|---|---|---|---|"]
-    for recipe in utils.experiment():
+    for recipe in experiment():
         done = stats.finished(records.get(recipe.name, []))
         if done:
             first = next(iter(done.values()))
@@ -289,15 +298,15 @@ def headline_table(results):
 def seeds_table(results):
     """Every fp32 run with its seeds: the mean and 95% interval of the final test accuracy, each seed's value, and
     the first epoch at >= TARGET per seed."""
-    records = utils.load_records(results)
+    records = load_records(results)
     lines = [f"| run | seeds | final test acc %, mean ± 95% interval | final test acc % per seed | first epoch at "
              f"≥ {stats.TARGET}% per seed | its mean |", "|---|---|---|---|---|---|"]
     for name in ordered(records):
         done = stats.finished(records[name])
-        if not done or utils.Recipe.from_config(records[name][0]["config"]).precision != "fp32":
+        if not done or Recipe.from_config(records[name][0]["config"]).precision != "fp32":
             continue
         epochs = stats.time_to(records[name])
-        lines.append(f"| {utils.label(records[name][0])} | {', '.join(map(str, done))} "
+        lines.append(f"| {label(records[name][0])} | {', '.join(map(str, done))} "
                      f"| {interval([stats.final(r) for r in done.values()])} "
                      f"| {', '.join(f'{stats.final(r):.2f}' for r in done.values())} "
                      f"| {', '.join(str(e) if e else '-' for e in epochs.values())} | {reaches(records[name])} |")
@@ -305,21 +314,21 @@ def seeds_table(results):
 
 
 def group_label(records, name):
-    recipe = utils.Recipe.from_config(records[name][0]["config"])
+    recipe = Recipe.from_config(records[name][0]["config"])
     return "GN, 1 group (= LN)" if recipe.norm == "LN" else f"GN, {recipe.groups} groups"
 
 
 def findings_table(results):
     """Paired differences in final test accuracy (A - B over the seeds both have), with 95% intervals: the norms,
     L1 on BN, and GN's number of groups."""
-    records = utils.load_records(results)
+    records = load_records(results)
     lines = ["| question | A | B | seeds | A - B, mean (points) | 95% interval | measured to differ? |",
              "|---|---|---|---|---|---|---|"]
     words, distinct = [], set()
     for question, pairs in (("norm", stats.NORM_PAIRS), ("L1", stats.L1_PAIRS), ("groups", stats.GROUP_PAIRS)):
         for a, b, p in stats.comparisons(records, pairs):
             la, lb = ((group_label(records, a), group_label(records, b)) if question == "groups"
-                      else (utils.label(records[a][0]), utils.label(records[b][0])))
+                      else (label(records[a][0]), label(records[b][0])))
             if p["half"] != p["half"]:
                 ci, verdict = "(one seed)", "cannot say: one seed"
             else:
@@ -367,20 +376,20 @@ def in_words(comparisons):
 def seeds_figure(results):
     """static/seeds.png: each seed's final test accuracy with the mean and 95% interval, for the main runs (and BN
     without L1) and for GN's number of groups; None if no run has finished."""
-    records = utils.load_records(results)
+    records = load_records(results)
     per_seed = lambda name: {s: stats.final(r) for s, r in stats.finished(records.get(name, [])).items()}
-    main = {utils.label(records[n][0]): per_seed(n) for n in ("bn_l1", "ln", "gn", "bn") if per_seed(n)}
+    main = {label(records[n][0]): per_seed(n) for n in ("bn_l1", "ln", "gn", "bn") if per_seed(n)}
     groups = {group_label(records, n).removeprefix("GN, "): per_seed(n) for n in ("ln", "gn", "gn_g5", "gn_g10")
               if per_seed(n)}
     panels = {title: runs for title, runs in (("The norms (and BN without L1)", main),
                                               ("GroupNorm's number of groups", groups)) if runs}
-    return utils.plot_seeds(panels) if panels else None
+    return plot_seeds(panels) if panels else None
 
 
 def search_table(results):
     """The recipe search in results/tune/ (tune.py): every setting's validation score, and the choice."""
     folder = os.path.join(results, tune.FOLDER)
-    records = utils.load_records(folder) if os.path.isdir(folder) else {}
+    records = load_records(folder) if os.path.isdir(folder) else {}
     table = tune.scores(records)
     chosen = tune.choose(table)
     finalists = tune.second_seeds(table) or []
@@ -406,7 +415,7 @@ def search_table(results):
     else:
         status = (f"Not decided yet: {done} of the {planned} seed-0 runs finished; then seed 1 of the close settings "
                   f"(`python tune.py` resumes)")
-    aug = "; ".join(f"{k}: " + utils.describe_augmentation(utils.Recipe(**v)).split(";")[0]
+    aug = "; ".join(f"{k}: " + utils.describe_augmentation(Recipe(**v)).split(";")[0]
                     for k, v in tune.AUGMENTATIONS.items())
     lines += ["", f"Validation accuracy: the last {tune.VAL:,} training images, after epoch 20, training on the other "
                   f"50,000. Score: the mean over the three norms (and seeds). Augmentations: {aug}. {status}."]
@@ -425,7 +434,7 @@ def diverged_runs(records, setting=lambda name: ""):
     for name in ordered(records):
         for r in sorted(records[name], key=lambda r: r["config"]["seed"]):
             for epoch, before, after in stats.collapses(r["history"]):
-                where = ", ".join(x for x in (utils.label(r), setting(name), f"seed {r['config']['seed']}") if x)
+                where = ", ".join(x for x in (label(r), setting(name), f"seed {r['config']['seed']}") if x)
                 out.append(f"{where}: {before:.2f}% after epoch {epoch - 1}, {after:.2f}% after epoch {epoch} "
                            f"({stats.final(r):.2f}% after epoch {len(r['history'])}"
                            f"{'' if len(r['history']) >= r['config']['epochs'] else ', unfinished'})")
@@ -442,7 +451,7 @@ def unlearned_runs(records):
         if stuck:
             finals = sorted(stats.final(done[s]) for s in stuck)
             ended = f"{finals[0]:.2f}%" if finals[0] == finals[-1] else f"{finals[0]:.2f}% to {finals[-1]:.2f}%"
-            out.append(f"{utils.label(records[name][0])}, seed{'s' if len(stuck) > 1 else ''} "
+            out.append(f"{label(records[name][0])}, seed{'s' if len(stuck) > 1 else ''} "
                        f"{', '.join(map(str, stuck))} of the {len(done)} finished ({ended} at the end)")
     return out
 
@@ -507,7 +516,7 @@ def main(argv=None):
     if not args.check:
         fig = seeds_figure(args.results)
         if fig is not None:
-            path = utils.save_figure(fig, os.path.join(os.path.dirname(os.path.abspath(args.results)), "static",
+            path = save_figure(fig, os.path.join(os.path.dirname(os.path.abspath(args.results)), "static",
                                                        "seeds.png"))
             print(f"wrote {os.path.relpath(path)}")
     if args.check and not stale:

@@ -64,7 +64,7 @@ def never_learned(history, below=NOT_LEARNED, key="test_acc"):
     return bool(history) and all(e[key] < below for e in history)
 
 
-# The paired comparisons the report makes, by run name (utils.Recipe.name): A minus B for the same seeds.
+# The paired comparisons the report makes, by run name (Recipe.name): A minus B for the same seeds.
 NORM_PAIRS = [("bn_l1", "ln"), ("bn_l1", "gn"), ("gn", "ln")]
 L1_PAIRS = [("bn_l1", "bn")]
 # GroupNorm's number of groups, each against the default 2 (gn); one group is LN (model.make_norm), so the LN

@@ -15,17 +15,21 @@ from matplotlib.ticker import FuncFormatter, LogLocator, NullFormatter
 import cli
 import machine
 import utils
+from data import load_mnist
+from figures import save_figure
+from recipe import UNRECORDED, Recipe, run_order
+from records import is_finished, load_records, summarize
 
 BATCH_SIZES = (2, 4, 8, 16, 32, 64, 128, 256)
 EPOCHS, SEEDS = 2, (0, 1)  # the study's own defaults: short runs, two seeds
 BASE_BATCH = 128           # the batch at which the peak learning rate is --lr (the study's anchor, not the recipe's batch)
 # The study's committed runs (results/batch_size/) used the first recipe's dropout and augmentation (rotation only,
-# utils.UNRECORDED), so these stay its defaults: `python study.py` then resumes them rather than clashing with them.
-SETTINGS = dict(dropout=0.05, **utils.UNRECORDED)
+# UNRECORDED), so these stay its defaults: `python study.py` then resumes them rather than clashing with them.
+SETTINGS = dict(dropout=0.05, **UNRECORDED)
 FOLDER = "batch_size"
 
 
-def scaled_lr(batch_size, lr=utils.Recipe.lr, base=BASE_BATCH):
+def scaled_lr(batch_size, lr=Recipe.lr, base=BASE_BATCH):
     """The linear scaling rule: the peak learning rate is proportional to the batch size, and is `lr` at `base`."""
     return lr * batch_size / base
 
@@ -38,8 +42,8 @@ def plan(norms, batch_sizes, seeds, **settings):
     bad = [b for b in batch_sizes if not isinstance(b, int) or b < 2]
     if bad:  # BatchNorm cannot normalize a batch of one image in training
         raise ValueError(f"batch sizes must be integers >= 2, got {bad}")
-    lr = settings.pop("lr", utils.Recipe.lr)
-    return [utils.Recipe(norm, seed=seed, batch_size=b, lr=scaled_lr(b, lr), **settings)
+    lr = settings.pop("lr", Recipe.lr)
+    return [Recipe(norm, seed=seed, batch_size=b, lr=scaled_lr(b, lr), **settings)
             for b in sorted(batch_sizes) for norm in norms for seed in seeds]
 
 
@@ -51,14 +55,14 @@ def run_study(recipes, data, *, device, out, jobs=1, fresh=False, progress=True)
     """Train (or resume) the study's recipes; returns {run name: [record per seed]} for every run in the folder."""
     folder = os.path.join(out, "results", FOLDER)
     names = [run_name(r) for r in recipes]
-    todo = sum(fresh or not utils.is_finished(os.path.join(folder, f"{n}_seed{r.seed}.json"))
+    todo = sum(fresh or not is_finished(os.path.join(folder, f"{n}_seed{r.seed}.json"))
                for r, n in zip(recipes, names))
     print(f"batch-size study: {len(recipes)} runs, {len(recipes) - todo} already finished in {folder}, "
           f"{todo} to train with {jobs} job{'s' if jobs > 1 else ''}")
     print(utils.LOG_HEADER)
     utils.run_experiments(recipes, data, device=device, out=out, folder=FOLDER, jobs=jobs, names=names,
                           batch_stats=True, progress=progress, fresh=fresh, log="study.json")
-    return utils.load_records(folder)
+    return load_records(folder)
 
 
 def summary(records):
@@ -66,17 +70,17 @@ def summary(records):
     keys plus norm, batch_size, lr, and for BN batch_stats_mean/_std (final accuracy with batch
     statistics)."""
     rows = []
-    for row in utils.summarize(records):
+    for row in summarize(records):
         recs = [r for r in records[row["name"]] if r["history"]]
         config = recs[0]["config"]
-        recipe = utils.Recipe.from_config(config)
+        recipe = Recipe.from_config(config)
         row.update(norm=recipe.name, norm_label=recipe.label, batch_size=config["batch_size"], lr=config.get("lr"),
                    epochs=config["epochs"])
         stats = [r["history"][-1].get("test_acc_batch_stats") for r in recs]
         if all(v is not None for v in stats):
             row["batch_stats_mean"], row["batch_stats_std"] = float(np.mean(stats)), float(np.std(stats))
         rows.append(row)
-    return sorted(rows, key=lambda r: utils.run_order(records[r["name"]][0]["config"]))
+    return sorted(rows, key=lambda r: run_order(records[r["name"]][0]["config"]))
 
 
 def plot(records):
@@ -161,10 +165,10 @@ def main(argv=None):
     variant = cli.variant(args, parse_args([]), ("epochs", "lr", "dropout", "groups", "degrees", "translate", "scale",
                                                   "shear", "precision", "limit", "l1"))
     args.out = os.path.join(args.out, variant)
-    utils.tune_malloc()
+    machine.tune_malloc()
     machine.pin_isa(not args.native_isa, onednn=args.precision == "fp32")  # before torch's first operation; bf16 keeps oneDNN's own
     try:
-        data = utils.load_mnist(args.data)
+        data = load_mnist(args.data)
         recipes = recipes_of(args)
         records = run_study(recipes, data, device=args.device, out=args.out, jobs=args.jobs, fresh=args.fresh,
                             progress=not args.no_progress)
@@ -179,7 +183,7 @@ def main(argv=None):
         print(f"{r['norm_label'] + ', batch ' + str(r['batch_size']):<16} {r['lr']:>8.4g} {len(r['seeds']):>5} "
               f"{r['final_mean']:>10.2f} ± {r['final_std']:<4.2f} {stats}")
     if not args.no_figures:
-        path = utils.save_figure(plot(records), os.path.join(args.out, "static", "batch_size_study.png"))
+        path = save_figure(plot(records), os.path.join(args.out, "static", "batch_size_study.png"))
         print("wrote " + os.path.relpath(path, args.out))
     return records
 

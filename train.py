@@ -18,17 +18,21 @@ import torch
 import cli
 import machine
 import utils
+from data import MNIST_SHA256, load_mnist, select
+from figures import experiment_figures, save_figures
+from recipe import ABLATION_GROUPS, L1, ablations, experiment, experiment_folder, settings_folder, Recipe
+from records import format_summary, read_record, run_paths, shown
 
 
 def parse_args(argv=None):
     p = cli.parser(__doc__)
     cli.add_recipe_arguments(p)
     p.add_argument("--batch-size", type=cli.positive_int, default=cli.DEFAULT.batch_size, help="training batch size")
-    p.add_argument("--l1", type=cli.number(float, "a finite number >= 0", 0), default=utils.L1,
+    p.add_argument("--l1", type=cli.number(float, "a finite number >= 0", 0), default=L1,
                    help="L1 weight added to the BN run's loss (LN and GN train without it); 0 for none")
     p.add_argument("--ablation-seeds", nargs="+", type=cli.number(int, "a seed >= 0", 0), default=[],
                    metavar="SEED", help="also train, for these seeds, BN without L1 and GN with "
-                   f"{' and '.join(map(str, utils.ABLATION_GROUPS))} groups (one group is LN), with the same settings "
+                   f"{' and '.join(map(str, ABLATION_GROUPS))} groups (one group is LN), with the same settings "
                    "(default: none)")
     p.add_argument("--val", type=cli.positive_int, default=None, metavar="N",
                    help="hold out the last N training images and evaluate on them instead of the test set "
@@ -43,7 +47,7 @@ def parse_args(argv=None):
                           "thread each; 1: one after another in this process, with all threads (the faster for the "
                           "three models on 2 cores: docs/performance.md)")
     args = p.parse_args(argv)
-    if args.val is not None and args.val >= utils.MNIST_SHA256["train"][0]:
+    if args.val is not None and args.val >= MNIST_SHA256["train"][0]:
         p.error(f"argument --val: must be smaller than the 60000 training images, got {args.val}")
     if args.rerun and not os.path.isfile(args.rerun):
         p.error(f"argument --rerun: no such file: {args.rerun}")
@@ -57,9 +61,9 @@ def recipes(args):
     leaves whole pairs): each norm for each seed, L1 on the BN run only; the ablations for their seeds."""
     settings = dict(epochs=args.epochs, batch_size=args.batch_size, lr=args.lr, dropout=args.dropout,
                     **cli.augmentation(args), precision=args.precision, val=args.val or 0, limit=args.limit)
-    main = utils.experiment(args.norms, args.seeds, l1=args.l1, groups=args.groups, **settings)
+    main = experiment(args.norms, args.seeds, l1=args.l1, groups=args.groups, **settings)
     by_seed = lambda runs: sorted(runs, key=lambda r: r.seed)
-    return by_seed(main), by_seed(utils.ablations(args.ablation_seeds, **settings))
+    return by_seed(main), by_seed(ablations(args.ablation_seeds, **settings))
 
 
 RERUN_INPUT = "--rerun takes a results file that train.py wrote, such as results/ln_seed0.json"
@@ -108,15 +112,15 @@ def pin_for_rerun(args, saved):
 def rerun(args, saved, data):
     """--rerun FILE: the recorded run (`saved`) again, with its recipe, thread count and instruction set; 0 if its
     history is identical."""
-    recipe = utils.Recipe.from_config(saved["config"])
+    recipe = Recipe.from_config(saved["config"])
     threads = saved["config"].get("threads")
     if threads and args.device.type == "cpu":
         torch.set_num_threads(threads)
     print(f"re-running {args.rerun}: {recipe}, {torch.get_num_threads()} CPU threads"
           + ("" if threads else " (the file does not record its thread count)"))
     # A folder of its own, so that a rerun never finds (and loads) a run of the user's with the same settings
-    folder = os.path.join("rerun", utils.settings_folder(recipe))
-    path = utils.run_paths(args.out, folder, saved["name"], recipe.seed)["results"]
+    folder = os.path.join("rerun", settings_folder(recipe))
+    path = run_paths(args.out, folder, saved["name"], recipe.seed)["results"]
     if os.path.abspath(path) == os.path.abspath(args.rerun):
         sys.exit(f"train.py: error: --rerun would overwrite {args.rerun}; choose another --out")
     print(utils.LOG_HEADER)
@@ -127,7 +131,7 @@ def rerun(args, saved, data):
     same = next((i for i, (a, b) in enumerate(zip(new, old)) if a != b), None)
     if same is None and len(new) == len(old):
         which = f"the first {len(new)} of its {len(saved['history'])}" if args.rerun_epochs else f"all {len(new)}"
-        print(f"identical: {which} epochs of {utils.shown(path)} equal {args.rerun} (every key but seconds)")
+        print(f"identical: {which} epochs of {shown(path)} equal {args.rerun} (every key but seconds)")
         return 0
     where = f"epoch {same + 1} differs: {new[same]} against {old[same]}" if same is not None else \
         f"{len(new)} epochs against {len(old)}"
@@ -137,25 +141,25 @@ def rerun(args, saved, data):
 
 def main(argv=None):
     args = parse_args(argv)
-    utils.tune_malloc()
+    machine.tune_malloc()
     try:
-        saved = utils.read_record(args.rerun, own=RERUN_INPUT) if args.rerun else None  # before anything is loaded
+        saved = read_record(args.rerun, own=RERUN_INPUT) if args.rerun else None  # before anything is loaded
         # Before torch's first operation (loading the data is one): the CPU instruction set, machine.py
         if saved:
             pin_for_rerun(args, saved)
         else:  # bf16 keeps oneDNN's own instruction set: its AVX-512 BF16 kernels, where the CPU has them
             machine.pin_isa(not args.native_isa, onednn=args.precision == "fp32")
-        data = utils.load_mnist(args.data)
+        data = load_mnist(args.data)
         if saved:
             return rerun(args, saved, data)
         main_runs, ablation_runs = recipes(args)
         runs = main_runs + ablation_runs
-        train, test = utils.select(data, runs[0])
+        train, test = select(data, runs[0])
         print(f"device {args.device}, {args.precision}, {args.jobs} job{'s' if args.jobs > 1 else ''}; training on "
               f"{len(train[1])} images, evaluating on {len(test[1])} {'held-out training' if args.val else 'test'} "
               f"images")
-        folder = utils.experiment_folder(runs)
-        print(f"runs go to {utils.shown(os.path.join(args.out, 'results', folder))}{os.sep} (their weights and "
+        folder = experiment_folder(runs)
+        print(f"runs go to {shown(os.path.join(args.out, 'results', folder))}{os.sep} (their weights and "
               f"figures to the same folder under weights{os.sep} and static{os.sep})")
         print(utils.LOG_HEADER)
         records, models = utils.run_experiments(runs, data, device=args.device, out=args.out, jobs=args.jobs,
@@ -166,14 +170,14 @@ def main(argv=None):
         sys.exit(f"\nstopped: every finished epoch is kept; resume with: "
                  f"{shlex.join(['python'] + sys.argv)}")
     print()
-    print(utils.format_summary(records))
+    print(format_summary(records))
     if args.val or args.no_figures:
         return 0
-    shown = {r.name for r in main_runs}  # the figures show the main runs
-    records = {name: recs for name, recs in records.items() if name in shown}
-    models = {name: model for name, model in models.items() if name in shown}
-    written = utils.save_figures(utils.experiment_figures(records, models, data[1]), args.out, main_runs)
-    print("wrote " + ", ".join(utils.shown(w) for w in written))
+    main_names = {r.name for r in main_runs}  # the figures show the main runs
+    records = {name: recs for name, recs in records.items() if name in main_names}
+    models = {name: model for name, model in models.items() if name in main_names}
+    written = save_figures(experiment_figures(records, models, data[1]), args.out, main_runs)
+    print("wrote " + ", ".join(shown(w) for w in written))
     missing = [name for name in records if name not in models]
     if missing:
         print(f"no weights kept for {', '.join(missing)}: no misclassified figure for them (--fresh retrains)")

@@ -24,6 +24,9 @@ import cli
 import machine
 import stats
 import utils
+from data import load_mnist
+from recipe import Recipe, experiment
+from records import load_records
 
 # Each augmentation names all four of its settings, so that a setting means the same whatever Recipe's defaults.
 AUGMENTATIONS = {
@@ -50,7 +53,7 @@ def setting_id(setting):
 def recipes(setting, seed, **overrides):
     """BN + L1, LN and GN for one setting and seed, on the validation split (overrides: for tests)."""
     aug = AUGMENTATIONS[setting["augmentation"]]
-    return utils.experiment(seeds=(seed,), dropout=setting["dropout"], batch_size=setting["batch_size"],
+    return experiment(seeds=(seed,), dropout=setting["dropout"], batch_size=setting["batch_size"],
                             **{"val": VAL, **aug, **overrides})
 
 
@@ -108,7 +111,7 @@ def run_search(data, *, device, out, jobs, fresh=False, progress=True, **overrid
     """Train what the rule needs next, until it can choose; returns the records under results/tune/."""
     folder = os.path.join(out, "results", FOLDER)
     for stage, seed in ((1, 0), (2, 1)):
-        records = utils.load_records(folder) if os.path.isdir(folder) else {}
+        records = load_records(folder) if os.path.isdir(folder) else {}
         todo = settings() if stage == 1 else [s for s in settings() if setting_id(s) in second_seeds(scores(records))]
         runs, names = [], []
         for setting in todo:
@@ -118,7 +121,7 @@ def run_search(data, *, device, out, jobs, fresh=False, progress=True, **overrid
         print(f"stage {stage}: seed {seed} of {len(todo)} setting{'s' if len(todo) != 1 else ''}, {len(runs)} runs")
         utils.run_experiments(runs, data, device=device, out=out, folder=FOLDER, jobs=jobs, names=names,
                               progress=progress, fresh=fresh, log="tune.json")
-    return utils.load_records(folder)
+    return load_records(folder)
 
 
 def format_table(table):
@@ -133,7 +136,7 @@ def parse_args(argv=None):
     p = cli.parser(__doc__)
     cli.add_run_arguments(p, jobs_default=min(2, os.cpu_count() or 1),
                           jobs_help="runs trained at once, in that many processes with one CPU thread each", figures=False)
-    p.add_argument("--epochs", type=cli.positive_int, default=utils.Recipe.epochs,
+    p.add_argument("--epochs", type=cli.positive_int, default=Recipe.epochs,
                    help="epochs per run (the search uses the default; fewer only for a quick look, which goes to a "
                         "folder of its own under --out)")
     p.add_argument("--limit", type=cli.positive_int, default=None,
@@ -146,11 +149,11 @@ def main(argv=None):
     args = parse_args(argv)
     # A quick look (fewer epochs or images) goes to a folder of its own under --out (cli.variant)
     args.out = os.path.join(args.out, cli.variant(args, parse_args([]), ("epochs", "limit")))
-    utils.tune_malloc()
+    machine.tune_malloc()
     machine.pin_isa(not args.native_isa)  # before torch's first operation, so that the runs reproduce on any AVX2 CPU
     print(utils.LOG_HEADER)
     try:
-        data = utils.load_mnist(args.data)
+        data = load_mnist(args.data)
         records = run_search(data, device=args.device, out=args.out, jobs=args.jobs, fresh=args.fresh,
                              progress=not args.no_progress, epochs=args.epochs, limit=args.limit)
     except utils.USER_ERRORS as e:

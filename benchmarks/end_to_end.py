@@ -1,11 +1,11 @@
 """Whole epochs and whole experiments, each measured in a fresh process, two settings side by side in alternating order.
 
 Comparisons (--compare, any of):
-  malloc      glibc's default allocator against utils.tune_malloc, at 1 and at 2 CPU threads
+  malloc      glibc's default allocator against machine.tune_malloc, at 1 and at 2 CPU threads
               (BN + L1, our pipeline, on --limit training images; epoch seconds)
   pipeline    the conventional pipeline (torchvision DataLoader with PIL RandomRotation, ToTensor and Normalize,
               glibc's default allocator, fp32) against ours with train.py's defaults (data on the device, batched
-              rotation, utils.tune_malloc); one epoch of BN + L1 on the 60,000 training images plus the evaluation
+              rotation, machine.tune_malloc); one epoch of BN + L1 on the 60,000 training images plus the evaluation
               of the 10,000 test images, both with the CPU's threads
   precision   fp32 against bf16 autocast (our pipeline, as malloc)
   isa         the CPU's native instruction set against kernels pinned to AVX2 (machine.pin_isa, train.py's default);
@@ -30,10 +30,13 @@ import time
 import torch
 
 import machine
-import utils
 from benchmarks import pipeline
 from cli import ROOT
 from model import Net
+from data import MEAN, STD, load_mnist, select
+from files import write_json
+from recipe import L1, Recipe
+from training import evaluate, train_epoch
 
 COMPARISONS = ("malloc", "pipeline", "precision", "isa", "experiment", "before")
 
@@ -41,13 +44,13 @@ COMPARISONS = ("malloc", "pipeline", "precision", "isa", "experiment", "before")
 def epochs_in_this_process(spec, data_root):
     """Epoch seconds (train + test evaluation) of BN + L1 with spec's settings, in this (fresh) process."""
     if spec["malloc"]:
-        utils.tune_malloc()
+        machine.tune_malloc()
     machine.pin_isa(spec["isa"] == machine.AVX2, onednn=spec["precision"] == "fp32")  # as train.py, before any op
     torch.set_num_threads(spec["threads"])
     device = torch.device("cpu")
-    train, test = utils.load_mnist(data_root)
-    recipe = utils.Recipe("BN", l1=utils.L1, epochs=spec["epochs"], limit=spec["limit"], precision=spec["precision"])
-    train, test = utils.select((train, test), recipe)
+    train, test = load_mnist(data_root)
+    recipe = Recipe("BN", l1=L1, epochs=spec["epochs"], limit=spec["limit"], precision=spec["precision"])
+    train, test = select((train, test), recipe)
     torch.manual_seed(0)
     model = Net("BN").to(device)
     optimizer = torch.optim.SGD(model.parameters(), lr=recipe.lr, momentum=0.9, nesterov=True)
@@ -56,9 +59,9 @@ def epochs_in_this_process(spec, data_root):
         generator = torch.Generator().manual_seed(0)
         for _ in range(spec["epochs"]):
             start = time.perf_counter()
-            utils.train_epoch(model, train, optimizer, batch_size=recipe.batch_size, generator=generator, l1=recipe.l1,
+            train_epoch(model, train, optimizer, batch_size=recipe.batch_size, generator=generator, l1=recipe.l1,
                               progress=False, precision=recipe.precision, **recipe.augmentation)
-            utils.evaluate(model, test)
+            evaluate(model, test)
             seconds.append(time.perf_counter() - start)
         return seconds
     from torch.utils.data import DataLoader, Subset
@@ -68,7 +71,7 @@ def epochs_in_this_process(spec, data_root):
         loader = DataLoader(Subset(loader.dataset, range(spec["limit"])), batch_size=recipe.batch_size, shuffle=True,
                             num_workers=spec["workers"], persistent_workers=spec["workers"] > 0)
     test_set = datasets.MNIST(data_root, train=False, transform=transforms.Compose(
-        [transforms.ToTensor(), transforms.Normalize((utils.MEAN,), (utils.STD,))]))
+        [transforms.ToTensor(), transforms.Normalize((MEAN,), (STD,))]))
     test_loader = DataLoader(test_set, batch_size=2000)
     for _ in range(spec["epochs"]):
         start = time.perf_counter()
@@ -161,7 +164,7 @@ def main(argv=None):
     if args.child:
         print(json.dumps(epochs_in_this_process(json.loads(args.child), args.data)))
         return None
-    utils.load_mnist(args.data)  # fetch once here rather than in every process
+    load_mnist(args.data)  # fetch once here rather than in every process
     result = {}
     if os.path.exists(args.out):  # keep the other comparisons already measured
         with open(args.out) as f:
@@ -224,7 +227,7 @@ def main(argv=None):
                 "settings": {"command": f"python train.py --epochs {args.experiment_epochs} --jobs J"
                                         + (f" --limit {args.limit}" if args.quick else ""),
                              "repeats": args.repeats, "order": settings["order"], "statistic": "median wall time"}}
-        utils.write_json(args.out, result)
+        write_json(args.out, result)
     print(json.dumps({k: {kk: vv for kk, vv in v.items() if "speedup" in kk or kk.endswith("seconds")}
                       for k, v in result.items() if isinstance(v, dict)}, indent=1))
     print(f"wrote {os.path.relpath(args.out)}")

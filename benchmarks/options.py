@@ -16,18 +16,21 @@ import torch
 
 import cli
 import machine
-import utils
 from benchmarks import pipeline
+from augment import batches
+from data import load_mnist, standardize, to_unit
+from files import write_json
+from training import evaluate
 
 
 def train_steps(model, optimizer, data, steps, batch_size, *, channels_last=False, autocast=False):
-    """Seconds for `steps` of pipeline.train_step (utils.train_epoch's step) on our batches, with the options."""
+    """Seconds for `steps` of pipeline.train_step (train_epoch's step) on our batches, with the options."""
     device = data[0].device
-    batches = utils.batches(data, batch_size, generator=torch.Generator().manual_seed(0), degrees=7.0)
+    stream = batches(data, batch_size, generator=torch.Generator().manual_seed(0), degrees=7.0)
     precision = "bf16" if autocast else "fp32"
     pipeline.sync(device)
     start = time.perf_counter()
-    for _, (x, y) in zip(range(steps), batches):
+    for _, (x, y) in zip(range(steps), stream):
         if channels_last:
             x = x.contiguous(memory_format=torch.channels_last)
         pipeline.train_step(model, optimizer, x, y, precision)
@@ -79,7 +82,7 @@ def make_trainer(name, data, images):
 
 
 def eval_img_s(model, test, batch_size, no_grad):
-    """Images per second of utils.evaluate over the test set (no_grad: the same with torch.no_grad)."""
+    """Images per second of evaluate over the test set (no_grad: the same with torch.no_grad)."""
     device = next(model.parameters()).device
     pipeline.sync(device)
     start = time.perf_counter()
@@ -87,11 +90,11 @@ def eval_img_s(model, test, batch_size, no_grad):
         model.eval()
         with torch.no_grad():
             images, labels = test
-            logp = torch.cat([model(utils.standardize(utils.to_unit(images[i:i + batch_size])))
+            logp = torch.cat([model(standardize(to_unit(images[i:i + batch_size])))
                               for i in range(0, len(images), batch_size)])
             (logp.argmax(1) == labels).sum().item()
     else:
-        utils.evaluate(model, test, batch_size)
+        evaluate(model, test, batch_size)
     pipeline.sync(device)
     return len(test[1]) / (time.perf_counter() - start)
 
@@ -122,9 +125,9 @@ def main(argv=None):
     out = args.out or os.path.join(pipeline.ROOT, "results", "options_quick.json" if args.quick else "options.json")
     device = args.device
 
-    utils.tune_malloc()  # every option on top of train.py's allocator setting
+    machine.tune_malloc()  # every option on top of train.py's allocator setting
     machine.pin_isa()  # as train.py does, before torch's first operation
-    train, test = utils.load_mnist(args.data)
+    train, test = load_mnist(args.data)
     data = tuple(t.to(device) for t in train)
     test = tuple(t[:2000 if args.quick else None].to(device) for t in test)
     names = [args.baseline] + [o for o in (args.only or list(TRAIN_OPTIONS)[1:]) if o != args.baseline]
@@ -191,7 +194,7 @@ def main(argv=None):
             for name, v in results[group].items():
                 if "run_seconds" in v:
                     print(f"  {name:<42} {v['run_seconds'] / 60:>5.1f} min  (x{v['end_to_end_speedup']:.2f} end to end)")
-    utils.write_json(out, results)
+    write_json(out, results)
     print(f"wrote {os.path.relpath(out)}")
     return results
 

@@ -2,7 +2,7 @@
 
 1. conventional: torchvision.datasets.MNIST with RandomRotation, ToTensor and Normalize, through a
    DataLoader (batch 128, the fastest num_workers of those tried here, pinned memory on a GPU);
-2. ours: utils.train_epoch on the dataset held on the device (batched rotation there);
+2. ours: train_epoch on the dataset held on the device (batched rotation there);
 3. ceiling: the same training step on one fixed batch already on the device (no data work at all).
 All three train the same model (BN + L1, the experiment's BN run) with the same optimizer, in the same
 precision (--precision, fp32 by default as in train.py), for the same number of steps. Each is
@@ -24,9 +24,14 @@ from torchvision import datasets, transforms
 
 import cli
 import machine
-import utils
 from cli import ROOT
 from model import Net
+from augment import batches
+from data import MEAN, STD, load_mnist
+from files import write_json
+from recipe import L1, PRECISIONS
+import training
+from training import train_epoch
 
 
 def sync(device):
@@ -45,8 +50,8 @@ def fresh_model(device, seed=0):
 
 
 def train_step(model, optimizer, x, y, precision):
-    """utils.train_step of the BN + L1 run."""
-    utils.train_step(model, optimizer, x, y, l1=utils.L1, precision=precision)
+    """train_step of the BN + L1 run."""
+    training.train_step(model, optimizer, x, y, l1=L1, precision=precision)
 
 
 def conventional_loader(root, batch_size, num_workers, device, seed=0):
@@ -54,7 +59,7 @@ def conventional_loader(root, batch_size, num_workers, device, seed=0):
     transform = transforms.Compose([
         transforms.RandomRotation(7, interpolation=transforms.InterpolationMode.BILINEAR, fill=0),
         transforms.ToTensor(),
-        transforms.Normalize((utils.MEAN,), (utils.STD,)),
+        transforms.Normalize((MEAN,), (STD,)),
     ])
     dataset = datasets.MNIST(root, train=True, download=False, transform=transform)
     return DataLoader(dataset, batch_size=batch_size, shuffle=True, num_workers=num_workers,
@@ -81,14 +86,14 @@ def time_conventional(loader, steps, device, precision):
 
 
 def time_ours(data, steps, batch_size, device, precision, seed=0):
-    """Images per second of utils.train_epoch over steps * batch_size images on the device."""
+    """Images per second of train_epoch over steps * batch_size images on the device."""
     model, optimizer = fresh_model(device)
     n = steps * batch_size
     subset = (data[0][:n], data[1][:n])
     sync(device)
     start = time.perf_counter()
-    utils.train_epoch(model, subset, optimizer, batch_size=batch_size, generator=torch.Generator().manual_seed(seed),
-                      l1=utils.L1, progress=False, precision=precision)
+    train_epoch(model, subset, optimizer, batch_size=batch_size, generator=torch.Generator().manual_seed(seed),
+                      l1=L1, progress=False, precision=precision)
     sync(device)
     return n / (time.perf_counter() - start)
 
@@ -171,7 +176,7 @@ def parse_args(argv=None):
     p.add_argument("--batch-size", type=int, default=128, help="images per training step (default 128)")
     p.add_argument("--data", default=os.path.join(ROOT, "data"), help="dataset root (DATA/MNIST/raw)")
     p.add_argument("--device", type=cli.device, default="auto", help="cpu, cuda[:N], mps, or auto (default)")
-    p.add_argument("--precision", choices=utils.PRECISIONS, default="fp32",
+    p.add_argument("--precision", choices=PRECISIONS, default="fp32",
                    help="the training step's precision, the same for all three pipelines (default fp32, train.py's)")
     p.add_argument("--out", default=None,
                    help="the JSON written (default results/benchmark.json, results/benchmark_bf16.json with "
@@ -195,14 +200,14 @@ def parse_args(argv=None):
 
 def main(argv=None):
     args = parse_args(argv)
-    utils.tune_malloc()  # train.py's default, for all three pipelines alike
+    machine.tune_malloc()  # train.py's default, for all three pipelines alike
     machine.pin_isa(onednn=args.precision == "fp32")  # as train.py does, before torch's first operation
     device, bs, steps = args.device, args.batch_size, args.steps
-    (train, _test) = utils.load_mnist(args.data)  # also makes sure the idx files torchvision reads are there
+    (train, _test) = load_mnist(args.data)  # also makes sure the idx files torchvision reads are there
     if steps * bs > len(train[1]):
         raise SystemExit(f"pipeline.py: error: --steps x --batch-size must be at most {len(train[1])} images")
     on_device = tuple(t.to(device) for t in train)
-    batch = next(utils.batches(on_device, bs, generator=torch.Generator().manual_seed(0), degrees=7.0))
+    batch = next(batches(on_device, bs, generator=torch.Generator().manual_seed(0), degrees=7.0))
 
     # Warm up every path once (allocator, oneDNN kernels, CUDA context), then pick the DataLoader's workers.
     precision = args.precision
@@ -241,7 +246,7 @@ def main(argv=None):
                      "augmentation": "rotation uniform in ±7 degrees, bilinear, fill 0 (both pipelines)"},
         "samples_img_s": samples,
     }
-    utils.write_json(args.out, result)
+    write_json(args.out, result)
     print(f"\n{'pipeline':<14} {'img/s (median)':>15} {'min':>9} {'max':>9}")
     for name in names:
         print(f"{name:<14} {median[name]:>15,.0f} {min(samples[name]):>9,.0f} {max(samples[name]):>9,.0f}")

@@ -10,7 +10,7 @@ import torch
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
 
-import utils  # noqa: E402
+from data import load_mnist
 
 DATA = os.environ.get("MNIST_DATA", os.path.join(ROOT, "data"))
 
@@ -18,7 +18,7 @@ DATA = os.environ.get("MNIST_DATA", os.path.join(ROOT, "data"))
 @pytest.fixture(scope="session")
 def mnist():
     """The real MNIST ((train), (test)), loaded once per session from DATA (fetched there if absent)."""
-    return utils.load_mnist(DATA)
+    return load_mnist(DATA)
 
 
 def synthetic(n, seed=0):
@@ -30,6 +30,11 @@ def synthetic(n, seed=0):
         r, col = 3 + 12 * (c // 5), 2 + 5 * (c % 5)
         images[i, r:r + 6, col:col + 6] = 255
     return images, labels
+
+
+def without_time(history):
+    """A run's history without its timings, which differ between any two runs."""
+    return [{k: v for k, v in r.items() if k != "seconds"} for r in history]
 
 
 def git(*args, cwd=ROOT):
@@ -48,6 +53,8 @@ def clone(tmp_path):
     changed = git("diff", "--name-only", "-z", "HEAD").split("\0") + \
         git("ls-files", "--others", "--exclude-standard", "-z").split("\0")
     for name in filter(None, changed):
+        if os.path.islink(os.path.join(ROOT, name)):  # a link to a virtual environment or data kept elsewhere
+            continue
         if os.path.exists(os.path.join(ROOT, name)):
             os.makedirs((path / name).parent, exist_ok=True)
             shutil.copy2(os.path.join(ROOT, name), path / name)

@@ -8,6 +8,7 @@ import pytest
 
 from conftest import ROOT
 
+
 KEYS = {"conventional_img_s", "ours_img_s", "ceiling_img_s", "speedup", "efficiency", "device", "versions", "settings"}
 
 
@@ -69,11 +70,13 @@ def test_end_to_end_quick_times_fresh_processes_for_every_comparison(tmp_path, m
     entry = result["malloc"]["1_threads"]
     assert entry["speedup"] == pytest.approx(entry["default_seconds"] / entry["tuned_seconds"])
     assert [len(run) for run in entry["samples_epoch_seconds"]["tuned"]] == [2]  # 1 repeat of 2 epochs
-    for what, (a, b) in (("pipeline", ("conventional", "ours")), ("precision", ("fp32", "bf16"))):
+    for what, (a, b) in (("pipeline", ("conventional", "ours")), ("precision", ("fp32", "bf16")),
+                         ("isa", ("native", "avx2"))):
         assert result[what]["speedup"] == pytest.approx(result[what][f"{a}_seconds"] / result[what][f"{b}_seconds"])
     assert result["pipeline"]["specs"]["conventional"]["malloc"] is False
+    assert result["isa"]["isa_in_use"]["avx2"] in ("avx2", result["isa"]["isa_in_use"]["native"])
     assert result["experiment"]["jobs1_seconds"] > 0 and result["experiment"]["jobs2_seconds"] > 0
     # A second invocation for one comparison keeps the others.
     done = subprocess.run([sys.executable, "-m", "benchmarks.end_to_end", "--quick", "--compare", "precision",
                            "--data", DATA, "--out", str(out)], capture_output=True, text=True, timeout=900, cwd=ROOT)
-    assert done.returncode == 0 and set(json.load(open(out))) == {"malloc", "pipeline", "precision", "experiment"}
+    assert done.returncode == 0 and set(json.load(open(out))) == {"malloc", "pipeline", "precision", "isa", "experiment"}

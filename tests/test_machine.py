@@ -1,11 +1,14 @@
-"""machine.py: the CPU instruction set pinned before torch's first operation, checked, and recorded in each run."""
+"""machine.py: the CPU instruction set pinned before torch's first operation, checked, and recorded in each run; the
+allocator setting, which changes no number."""
+import json
+import os
 import subprocess
 import sys
 
 import pytest
 
 import machine
-from conftest import ROOT
+from conftest import ROOT, without_time
 
 
 def in_a_fresh_process(code, **env):
@@ -94,3 +97,19 @@ def test_rerun_of_a_run_made_with_an_instruction_set_this_cpu_lacks_says_so_befo
     assert done.returncode == 1 and "Traceback" not in done.stderr
     assert "was trained with native: ATen avx512" in done.stderr and "cannot be reproduced bit for bit" in done.stderr
     assert not (tmp_path / "no-data").exists()  # it stopped before loading (let alone training) anything
+
+
+def test_malloc_setting_changes_no_number(tmp_path):
+    # Two fresh processes, the same 1-epoch run with and without tune_malloc(): identical histories.
+    code = ("import sys, torch, machine, utils; from recipe import Recipe; torch.set_num_threads(1); "
+            "sys.argv[2] == '1' and machine.tune_malloc(); from conftest import synthetic; "
+            "utils.run(Recipe('BN', l1=1e-5, epochs=1, batch_size=64), (synthetic(512), synthetic(64, seed=1)), "
+            "device=torch.device('cpu'), out=sys.argv[1], progress=False)")
+    for flag in ("0", "1"):
+        done = subprocess.run([sys.executable, "-c", code, str(tmp_path / flag), flag], capture_output=True, text=True,
+                              cwd=ROOT, env=dict(os.environ, PYTHONPATH=os.path.join(ROOT, "tests")))
+        assert done.returncode == 0, done.stderr
+    a, b = (json.load(open(tmp_path / flag / "results" / "bn_l1_seed0.json")) for flag in ("0", "1"))
+    assert without_time(a["history"]) == without_time(b["history"])
+    import platform
+    assert machine.tune_malloc() == (sys.platform.startswith("linux") and platform.libc_ver()[0] == "glibc")

@@ -7,6 +7,8 @@ from torch import nn
 from model import NORMS, Net, make_norm
 
 # block -> (output shape for a 28x28 input, parameters): the table in the issue.
+
+
 TABLE = {
     "conv0": ((10, 26, 26), 90 + 20),
     "conv1": ((20, 24, 24), 1800 + 40),

@@ -11,6 +11,7 @@ from conftest import DATA, ROOT
 nbformat = pytest.importorskip("nbformat")
 nbclient = pytest.importorskip("nbclient")
 
+
 NOTEBOOK = os.path.join(ROOT, "session5_assignment.ipynb")
 FIGURES = ("graph_losses", "graph_accuracies", "misclassified_bn_l1", "misclassified_ln", "misclassified_gn")
 

@@ -6,6 +6,8 @@ import pytest
 
 import report
 from conftest import ROOT
+from recipe import Recipe
+from records import load_records
 
 
 def test_readme_and_docs_tables_match_results():
@@ -175,13 +177,18 @@ def test_performance_tables_come_from_the_benchmark_files_and_the_runs(tmp_path)
     (tmp_path / "end_to_end.json").write_text(json.dumps({
         "malloc": {"1_threads": {"default_seconds": 13.0, "tuned_seconds": 10.0}, "settings": {"limit": 15000, "repeats": 3},
                    "device": "cpu: test", "versions": {"torch": "2"}},
+        "isa": {"native_seconds": 40.0, "avx2_seconds": 50.0, "isa_in_use": {"native": "native: ATen avx512, oneDNN x",
+                                                                              "avx2": "avx2"},
+                "settings": {"threads": 2, "repeats": 3}, "device": "cpu: test", "versions": {"torch": "2"}},
         "experiment": {"jobs1_seconds": 300.0, "jobs2_seconds": 200.0, "settings": {
             "command": "python train.py --epochs 2 --jobs J", "repeats": 2}, "device": "cpu: test",
             "versions": {"torch": "2"}}}))
     lines = report.end_to_end_table(str(tmp_path)).splitlines()
     assert lines[2] == ("| a BN + L1 epoch on 15,000 images + test, 1 thread(s) | glibc default | 13.0 "
-                        "| `utils.tune_malloc()` | 10.0 | **1.30** |")
-    assert lines[3] == "| `python train.py --epochs 2 --jobs J`, whole process | --jobs 1 | 300.0 | --jobs 2 | 200.0 | **1.50** |"
+                        "| `machine.tune_malloc()` | 10.0 | **1.30** |")
+    assert lines[3] == ("| a BN + L1 epoch on 60,000 images + test, 2 threads | the CPU's own (`--native-isa`: native: "
+                        "ATen avx512, oneDNN x) | 40.0 | pinned to AVX2 (the default: avx2) | 50.0 | **0.80** |")
+    assert lines[4] == "| `python train.py --epochs 2 --jobs J`, whole process | --jobs 1 | 300.0 | --jobs 2 | 200.0 | **1.50** |"
     assert "2/3 processes per setting" in lines[-1]
 
     for name, accs in (("bn_l1", [99.0, 99.41, 99.5]), ("ln", [99.0, 99.2, 99.3]), ("gn", [99.1, 99.3, 99.45])):
@@ -200,15 +207,14 @@ def test_performance_tables_come_from_the_benchmark_files_and_the_runs(tmp_path)
 def test_no_table_mixes_recipes():
     # The tables and figures read every run of a folder together: those runs may differ only in what the experiment
     # compares (norm, groups, L1, seed, precision); the recipe (data, training, augmentation) is one. results/ (top
-    # level) holds today's recipe, utils.Recipe's defaults; results/v1/ the first recipe's runs, kept apart.
+    # level) holds today's recipe, Recipe's defaults; results/v1/ the first recipe's runs, kept apart.
     from dataclasses import asdict
 
-    import utils
     compared = {"norm", "groups", "l1", "seed", "precision"}
     rest = lambda recipe: {k: v for k, v in asdict(recipe).items() if k not in compared}
-    for folder, expected in (("results", rest(utils.Recipe())), (os.path.join("results", "v1"), None)):
-        recipes = {(name, r["config"]["seed"]): rest(utils.Recipe.from_config(r["config"]))
-                   for name, recs in utils.load_records(os.path.join(ROOT, folder)).items() for r in recs}
+    for folder, expected in (("results", rest(Recipe())), (os.path.join("results", "v1"), None)):
+        recipes = {(name, r["config"]["seed"]): rest(Recipe.from_config(r["config"]))
+                   for name, recs in load_records(os.path.join(ROOT, folder)).items() for r in recs}
         expected = expected or next(iter(recipes.values()))
         assert len(recipes) > 1 and all(recipe == expected for recipe in recipes.values()), (folder, recipes)
 

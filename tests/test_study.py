@@ -13,6 +13,11 @@ import study
 import utils
 from conftest import ROOT, synthetic
 from model import Net
+from data import standardize, to_unit
+from files import write_json
+from recipe import Recipe
+from records import SettingsClash, load_records
+from training import evaluate, train_epoch
 
 
 def test_learning_rate_scales_linearly_from_batch_128():
@@ -40,7 +45,7 @@ def trained_bn(seed=0):
     images, labels = synthetic(256)
     opt = torch.optim.SGD(model.parameters(), lr=0.05, momentum=0.9)
     g = torch.Generator().manual_seed(seed)
-    utils.train_epoch(model, (images, labels), opt, batch_size=32, generator=g, progress=False)
+    train_epoch(model, (images, labels), opt, batch_size=32, generator=g, progress=False)
     return model
 
 
@@ -48,7 +53,7 @@ def test_batch_stats_evaluation_matches_a_train_mode_forward_and_leaves_the_mode
     model = trained_bn()
     images, labels = synthetic(100, seed=1)
     before = copy.deepcopy(model.state_dict())
-    loss, acc = utils.evaluate(model, (images, labels), batch_size=8, batch_stats=True)
+    loss, acc = evaluate(model, (images, labels), batch_size=8, batch_stats=True)
     assert all(torch.equal(before[k], v) for k, v in model.state_dict().items())  # running stats untouched
 
     # Reference: the whole net in train mode (dropout is 0), batch by batch of 8 (the last has 4), by hand:
@@ -57,18 +62,18 @@ def test_batch_stats_evaluation_matches_a_train_mode_forward_and_leaves_the_mode
     total, correct = 0.0, 0
     with torch.no_grad():
         for i in range(0, 100, 8):
-            x = utils.standardize(utils.to_unit(images[i:i + 8]))
+            x = standardize(to_unit(images[i:i + 8]))
             logp = reference(x)
             total += F.nll_loss(logp, labels[i:i + 8], reduction="sum").item()
             correct += (logp.argmax(1) == labels[i:i + 8]).sum().item()
     assert loss == pytest.approx(total / 100, rel=1e-5) and acc == pytest.approx(correct)
     # ... and it is not what the running averages give, which is the point of measuring it.
-    assert loss != pytest.approx(utils.evaluate(model, (images, labels))[0], rel=1e-3)
+    assert loss != pytest.approx(evaluate(model, (images, labels))[0], rel=1e-3)
 
 
 def test_batch_stats_evaluation_is_for_batchnorm_only(tmp_path):
     with pytest.raises(ValueError, match="GN has none"):
-        utils.run(utils.Recipe("GN", epochs=1), (synthetic(64), synthetic(64)), device=torch.device("cpu"),
+        utils.run(Recipe("GN", epochs=1), (synthetic(64), synthetic(64)), device=torch.device("cpu"),
                   out=str(tmp_path), progress=False, batch_stats=True)
 
 
@@ -97,7 +102,7 @@ def test_toy_study_writes_every_run_and_resumes_where_it_stopped(tmp_path):
     mtimes = {f: os.path.getmtime(folder / f) for f in os.listdir(folder) if f != "study.json"}
     cut = json.load(open(folder / "gn_bs16_seed0.json"))
     cut["history"] = []
-    utils.write_json(str(folder / "gn_bs16_seed0.json"), cut)
+    write_json(str(folder / "gn_bs16_seed0.json"), cut)
     mtimes.pop("gn_bs16_seed0.json")
     again = toy_study(tmp_path)
     assert json.load(open(folder / "study.json"))["invocations"][-1]["runs_trained"] == 1
@@ -107,7 +112,7 @@ def test_toy_study_writes_every_run_and_resumes_where_it_stopped(tmp_path):
     assert len(json.load(open(folder / "study.json"))["invocations"]) == 2
 
     # Other settings in the same folder are refused, naming the file and what differs.
-    with pytest.raises(utils.SettingsClash, match=r"bn_bs4_seed0.json was written with other settings "
+    with pytest.raises(SettingsClash, match=r"bn_bs4_seed0.json was written with other settings "
                                                   r"\(epochs 1 there, 2 now"):
         toy_study(tmp_path, epochs=2)
 
@@ -138,7 +143,7 @@ def test_cli_study_defaults():
     args = study.parse_args([])
     assert args.batch_sizes == [2, 4, 8, 16, 32, 64, 128, 256] and args.epochs == 2 and args.seeds == [0, 1]
     assert args.l1 == 0.0 and args.norms == ["BN", "LN", "GN"] and args.precision == "fp32"
-    # The committed study's dropout and augmentation (the first recipe's), whatever utils.Recipe's defaults are.
+    # The committed study's dropout and augmentation (the first recipe's), whatever Recipe's defaults are.
     assert {k: getattr(args, k) for k in study.SETTINGS} == study.SETTINGS
 
 
@@ -167,10 +172,10 @@ def test_cli_study_at_toy_size_in_two_processes(tmp_path, mnist):
 def test_committed_study_is_finished_under_the_current_code():
     # The committed files read back as finished runs of what `python study.py` asks for: it trains nothing.
     folder = os.path.join(ROOT, "results", "batch_size")
-    records = utils.load_records(folder)
+    records = load_records(folder)
     recipes = study.recipes_of(study.parse_args([]))
     assert len(recipes) == 3 * len(study.BATCH_SIZES) * len(study.SEEDS)
     for recipe in recipes:
         (record,) = [r for r in records[study.run_name(recipe)] if r["config"]["seed"] == recipe.seed]
-        assert utils.Recipe.from_config(record["config"]) == recipe
+        assert Recipe.from_config(record["config"]) == recipe
         assert len(record["history"]) == recipe.epochs

@@ -5,8 +5,9 @@ import pytest
 import torch
 
 import tune
-import utils
 from conftest import synthetic
+from recipe import L1, Recipe
+from records import load_records
 
 
 def fake(scores_by_setting):
@@ -26,7 +27,7 @@ IDS = [tune.setting_id(s) for s in tune.settings()]
 def test_the_grid_is_every_combination_on_the_validation_split():
     assert len(IDS) == len(set(IDS)) == 8
     bn, ln, gn = tune.recipes(tune.settings()[0], 0)
-    assert (bn.l1, ln.l1, gn.l1) == (utils.L1, 0, 0) and bn.val == tune.VAL == 10000 and bn.epochs == 20
+    assert (bn.l1, ln.l1, gn.l1) == (L1, 0, 0) and bn.val == tune.VAL == 10000 and bn.epochs == 20
     affine = tune.recipes({"augmentation": "affine", "dropout": 0.0, "batch_size": 64}, 1)[0]
     assert (affine.translate, affine.scale, affine.shear, affine.seed, affine.batch_size) == (0.1, 0.1, 5.0, 1, 64)
 
@@ -84,13 +85,13 @@ def test_the_search_has_no_option_to_score_on_the_test_set(capsys):
 
 
 def test_the_recipe_defaults_are_the_setting_the_search_chose():
-    # utils.Recipe's defaults (and model.Net's dropout) are what the rule chose from the committed results/tune/ runs.
+    # Recipe's defaults (and model.Net's dropout) are what the rule chose from the committed results/tune/ runs.
     from model import Net
     root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-    table = tune.scores(utils.load_records(os.path.join(root, "results", tune.FOLDER)))
+    table = tune.scores(load_records(os.path.join(root, "results", tune.FOLDER)))
     chosen = tune.choose(table)
     assert chosen is not None, "the committed search has not decided yet"
-    setting, default = table[chosen[0]]["setting"], utils.Recipe()
+    setting, default = table[chosen[0]]["setting"], Recipe()
     assert (default.dropout, default.batch_size) == (setting["dropout"], setting["batch_size"])
     assert {k: getattr(default, k) for k in tune.AUGMENTATIONS[setting["augmentation"]]} == \
         tune.AUGMENTATIONS[setting["augmentation"]]

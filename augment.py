@@ -1,0 +1,77 @@
+"""On-device augmentation and batches: each training image moved by its own random affine map, a whole batch at a time."""
+import torch
+import torch.nn.functional as F
+
+from data import standardize, to_unit
+
+def affine(images: torch.Tensor, degrees: torch.Tensor, translate: torch.Tensor | None = None,
+           scale: torch.Tensor | None = None, shear: torch.Tensor | None = None) -> torch.Tensor:
+    """Move each image of [B, C, H, W] by its own affine map about its centre, bilinear, 0 outside the frame,
+    for the whole batch in two ops (affine_grid, grid_sample).
+
+    degrees [B]: rotation, counter-clockwise; translate [B, 2]: shift (x right, y down) in pixels, after the
+    rest; scale [B]: zoom factor; shear [B]: shear along x, in degrees. Leaving one out leaves it out. For one
+    image this is torchvision.transforms.functional.affine(img, angle=-degrees, translate, scale,
+    shear=[shear, 0], bilinear) (its angle turns clockwise), which with translate, scale and shear left out
+    is torchvision's rotate(img, degrees, bilinear): exactly so with fill=None, and with fill=0 on
+    black-bordered images such as MNIST's.
+    """
+    _, _, h, w = images.shape
+    rad = torch.deg2rad(degrees.to(images.dtype))
+    cos, sin = rad.cos(), rad.sin()
+    # affine_grid wants the inverse map: for each output pixel, the input point it samples, in (x right,
+    # y down) coordinates scaled to [-1, 1]. The forward map is p -> scale * R * Shear * p + translate;
+    # R^-1 = [[cos, -sin], [sin, cos]] turns the image counter-clockwise on screen (y points down).
+    a, b, c, d = cos, -sin, sin, cos
+    if shear is not None:  # Shear^-1 = [[1, tan], [0, 1]] applied after R^-1
+        tan = torch.deg2rad(shear.to(images.dtype)).tan()
+        a, b = a + tan * c, b + tan * d
+    if scale is not None:
+        s = scale.to(images.dtype)
+        a, b, c, d = a / s, b / s, c / s, d / s
+    # From pixels to the [-1, 1] coordinates of each axis (the identity for square images).
+    b, c = b * (h / w), c * (w / h)
+    if translate is None:
+        tx = ty = torch.zeros_like(rad)
+    else:  # the input point of output pixel p is M^-1 (p - translate)
+        t = translate.to(images.dtype)
+        tx = -(a * t[:, 0] * (2 / w) + b * t[:, 1] * (2 / h))
+        ty = -(c * t[:, 0] * (2 / w) + d * t[:, 1] * (2 / h))
+    theta = torch.stack([torch.stack([a, b, tx], 1), torch.stack([c, d, ty], 1)], 1)  # [B, 2, 3]
+    grid = F.affine_grid(theta, list(images.shape), align_corners=False)  # [B, H, W, 2]
+    return F.grid_sample(images, grid, mode="bilinear", padding_mode="zeros", align_corners=False)
+
+
+def batches(data, batch_size, *, generator=None, degrees=0.0, translate=0.0, scale=0.0, shear=0.0):
+    """Yield (x [B, 1, 28, 28] standardized, y [B]) from (uint8 images [N, 28, 28], labels [N]) on the device.
+
+    With a generator: shuffled, and each image moved by its own random affine map (see affine): a
+    rotation uniform in ±degrees, a shift uniform in ±translate of the width and of the height, a zoom
+    uniform in [1 - scale, 1 + scale] and a shear along x uniform in ±shear degrees; a setting of 0 draws
+    nothing. The order and parameters of a whole epoch are drawn at once on the CPU (so a seed gives the
+    same epoch on every device), in that order, and moved in one copy; the rest happens on the device.
+    """
+    images, labels = data
+    n = len(labels)
+    order, params = None, {}
+    if generator is not None:
+        order = torch.randperm(n, generator=generator).to(images.device, non_blocking=True)
+        uniform = lambda *shape: torch.rand(*shape, generator=generator) * 2 - 1  # in [-1, 1)
+        if degrees:
+            params["degrees"] = uniform(n) * degrees
+        if translate:
+            h, w = images.shape[-2:]
+            params["translate"] = uniform(n, 2) * translate * torch.tensor([w, h])  # pixels, (x, y)
+        if scale:
+            params["scale"] = 1 + uniform(n) * scale
+        if shear:
+            params["shear"] = uniform(n) * shear
+        if params:
+            params.setdefault("degrees", torch.zeros(n))
+        params = {k: v.to(images.device, non_blocking=True) for k, v in params.items()}
+    for start in range(0, n, batch_size):
+        idx = slice(start, start + batch_size) if order is None else order[start:start + batch_size]
+        x = to_unit(images[idx])  # [B, 1, 28, 28]
+        if params:  # fill 0 is black: transform before standardizing
+            x = affine(x, **{k: v[start:start + batch_size] for k, v in params.items()})
+        yield standardize(x), labels[idx]

@@ -1,0 +1,63 @@
+"""recipe.py: a run's settings checked against what is accepted, its name and label, and its settings folder."""
+
+import pytest
+import torch
+
+import train as train_cli
+import utils
+from recipe import L1, Recipe, experiment, experiment_folder, settings_folder
+
+
+@pytest.mark.parametrize("settings,message", [
+    (dict(precision="fp16"), r"precision must be one of \('fp32', 'bf16'\), got 'fp16'"),
+    (dict(norm="XN"), "norm must be one of BN, LN, GN"),
+    (dict(groups=3), "groups must divide both 10 and 20"),
+    (dict(epochs=0), "epochs must be an integer >= 1, got 0"),
+    (dict(lr=0.0), "lr must be a finite number > 0, got 0.0"),
+    (dict(l1=float("nan")), "l1 must be a finite number >= 0, got nan"),
+    (dict(limit=0), "limit must be None or an integer >= 1, got 0"),
+    (dict(translate=1.0), r"translate must be a number in \[0, 1\), got 1.0"),
+    (dict(scale=-0.1), r"scale must be a number in \[0, 1\), got -0.1"),
+    (dict(shear=90), r"shear must be a number in \[0, 90\), got 90"),
+])
+def test_bad_recipe_is_rejected_naming_what_is_accepted(settings, message):
+    with pytest.raises(ValueError, match=message):
+        Recipe(**settings)
+
+
+def test_making_a_recipe_draws_no_random_numbers():
+    torch.manual_seed(0)
+    expected = torch.rand(3)
+    torch.manual_seed(0)
+    Recipe("GN", groups=5)
+    assert torch.equal(torch.rand(3), expected) and utils.params(Recipe("LN")) == 7750
+
+
+def test_recipe_names_and_labels_come_from_its_settings():
+    assert [(r.name, r.label) for r in experiment()] == [("bn_l1", "BN + L1"), ("ln", "LN"), ("gn", "GN")]
+    assert experiment()[0].l1 == L1 and Recipe("gn", groups=5).name == "gn_g5"
+    assert Recipe("LN", precision="bf16").label == "LN (bf16)"
+    assert Recipe("GN", groups=5).label == "GN (5 groups)"
+    # A config written before degrees, val and limit were recorded reads back with its split sizes.
+    old = {"norm": "GN", "groups": 2, "lr": 0.2, "train_images": 50000, "eval_images": 10000,
+           "eval_split": "validation: the last 10000 training images", "torch": "x"}
+    # ... and with the augmentation such runs had (rotation only, ±7 degrees), whatever the defaults are now.
+    assert Recipe.from_config(old) == Recipe("GN", lr=0.2, val=10000, degrees=7.0, translate=0.0,
+                                                         scale=0.0, shear=0.0)
+    assert Recipe.from_config({**old, "train_images": 512}).limit == 512
+
+
+def test_each_set_of_settings_gets_a_folder_named_after_what_differs_from_the_defaults():
+    folder = lambda *argv: {settings_folder(r) for r in sum(train_cli.recipes(train_cli.parse_args(list(argv))),
+                                                                  [])}
+    assert folder() == folder("--seeds", "3", "--ablation-seeds", "1") == {""}  # the experiment's own: results/
+    assert folder("--epochs", "1", "--limit", "2000") == {"epochs1_limit2000"}
+    assert folder("--val", "10000", "--batch-size", "128", "--dropout", "0.05") == {"dropout0.05_batch_size128_val10000"}
+    assert folder("--precision", "bf16", "--lr", "0.05") == {"lr0.05_bf16"}
+    # The norm, seed, groups and L1 are in the file's name instead.
+    assert folder("--groups", "5", "--norms", "gn", "ln") == folder("--l1", "0.0001") == {""}
+    assert [r.name for r in train_cli.recipes(train_cli.parse_args(["--l1", "0.0001"]))[0]] == ["bn_l1_0.0001", "ln",
+                                                                                                 "gn"]
+    assert experiment(groups=5)[1].groups == Recipe.groups  # LN has no groups to set
+    with pytest.raises(ValueError, match="different folders"):
+        experiment_folder([Recipe(), Recipe(epochs=1)])

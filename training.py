@@ -1,0 +1,99 @@
+"""Training and evaluation: one step (NLL + L1), one epoch over on-device batches, predictions and accuracy."""
+import contextlib
+import copy
+
+import torch
+import torch.nn.functional as F
+from tqdm.auto import tqdm
+
+from augment import batches
+from data import standardize, to_unit
+from recipe import PRECISIONS
+
+def l1_penalty(model) -> torch.Tensor:
+    """Σ|w| over the convolution weights (every parameter with 2+ dims); the norms' scale and shift
+    are not penalized."""
+    return sum(p.abs().sum() for p in model.parameters() if p.ndim > 1)
+
+
+def autocast(precision, device):
+    """The context the forward pass runs in: nothing for fp32; for bf16, autocast to bfloat16
+    (convolutions in bfloat16; weights, gradients, the optimizer and the norms' statistics stay fp32)."""
+    if precision not in PRECISIONS:
+        raise ValueError(f"precision must be one of {PRECISIONS}, got {precision!r}")
+    if precision == "fp32":
+        return contextlib.nullcontext()
+    return torch.autocast(device.type, dtype=torch.bfloat16)
+
+
+def train_step(model, optimizer, x, y, *, l1=0.0, precision="fp32", scheduler=None):
+    """One step: forward (in `precision`), NLL + l1 * Σ|w|, backward, update, schedule. Returns (output, NLL)."""
+    with autocast(precision, x.device):
+        out = model(x)  # [B, 10] log-probabilities
+    loss = F.nll_loss(out.float(), y)  # the loss in fp32 whatever the forward pass ran in
+    objective = loss + l1 * l1_penalty(model) if l1 else loss
+    optimizer.zero_grad(set_to_none=True)
+    objective.backward()
+    optimizer.step()
+    if scheduler is not None:
+        scheduler.step()
+    return out, loss
+
+
+def train_epoch(model, data, optimizer, *, batch_size, generator, scheduler=None, l1=0.0, degrees=7.0,
+                translate=0.0, scale=0.0, shear=0.0, progress=True, precision="fp32"):
+    """One epoch over data = (images, labels) on the model's device, augmented as batches() says. Returns
+    (loss, accuracy %).
+
+    The loss minimized is NLL + l1 * Σ|w| (see l1_penalty); the loss returned is the mean NLL,
+    so runs with and without L1 compare. `scheduler` steps after every batch.
+    """
+    model.train()
+    n = len(data[1])
+    total_loss = torch.zeros((), device=data[1].device)
+    correct = torch.zeros((), dtype=torch.long, device=data[1].device)
+    seen = 0
+    bar = tqdm(total=n, unit="img", leave=False, disable=not progress, mininterval=0.5)
+    for step, (x, y) in enumerate(batches(data, batch_size, generator=generator, degrees=degrees,
+                                                        translate=translate, scale=scale, shear=shear)):
+        out, loss = train_step(model, optimizer, x, y, l1=l1, precision=precision, scheduler=scheduler)
+        # Accumulate on the device; reading a value back only every 20 steps avoids GPU syncs.
+        total_loss += loss.detach() * len(y)
+        correct += (out.argmax(1) == y).sum()
+        seen += len(y)
+        bar.update(len(y))
+        if progress and step % 20 == 0:
+            bar.set_postfix(loss=f"{total_loss.item() / seen:.4f}", acc=f"{100 * correct.item() / seen:.2f}%")
+    bar.close()
+    return total_loss.item() / n, 100 * correct.item() / n
+
+
+@torch.inference_mode()
+def predict(model, images, batch_size=2000, *, batch_stats=False) -> torch.Tensor:
+    """Log-probabilities [N, 10] for uint8 images [N, 28, 28], in eval mode, `batch_size` images at a time.
+
+    batch_stats=True: every BatchNorm normalizes by the statistics of its own batch (train mode), as in
+    training, instead of its running averages; it runs on a copy, so the model's averages stay untouched.
+    """
+    model = model.eval()
+    if batch_stats:
+        model = copy.deepcopy(model)
+        for m in model.modules():
+            if isinstance(m, torch.nn.modules.batchnorm._BatchNorm):
+                m.train()
+    device = next(model.parameters()).device
+    chunks = (images[i:i + batch_size].to(device) for i in range(0, len(images), batch_size))
+    return torch.cat([model(standardize(to_unit(chunk))) for chunk in chunks])
+
+
+def evaluate(model, data, batch_size=2000, *, batch_stats=False):
+    """(mean NLL, accuracy %) on data = (images, labels), without augmentation. batch_stats: see predict;
+    the test set is then cut in order into batches of batch_size (the last one may be smaller)."""
+    images, labels = data
+    logp = predict(model, images, batch_size, batch_stats=batch_stats)
+    labels = labels.to(logp.device)
+    if batch_stats:  # summed batch by batch
+        loss = sum(F.nll_loss(p, y, reduction="sum") for p, y in zip(logp.split(batch_size), labels.split(batch_size)))
+    else:
+        loss = F.nll_loss(logp, labels, reduction="sum")
+    return loss.item() / len(labels), 100 * (logp.argmax(1) == labels).sum().item() / len(labels)
