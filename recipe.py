@@ -24,6 +24,11 @@ class Recipe:
     seed: int = 0             # initial weights, dropout masks, batch order and augmentation
     batch_size: int = 64
     lr: float = 0.1           # peak learning rate of the one-cycle schedule
+    pct_start: float = 0.3    # the share of the cycle's steps over which the learning rate rises to its peak
+    cycle_epochs: int | None = None  # the one-cycle schedule spans the first cycle_epochs (None: all), then holds its end
+    final_div: float = 1e4    # the cycle ends at lr / 25 / final_div (OneCycleLR's final_div_factor)
+    ema: float = 0.0          # per-step decay of an average of the weights and BN's statistics (0: none); if > 0 the
+                              # averaged model is what is evaluated and saved (torch.optim.swa_utils.AveragedModel)
     # Augmentation, drawn per image and per epoch: an affine map about the image's centre (see batches, affine).
     degrees: float = 7.0      # rotation uniform in ±degrees (counter-clockwise positive)
     translate: float = 0.1    # shift uniform in ±translate of the width (x) and of the height (y)
@@ -49,7 +54,17 @@ class Recipe:
             if (isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value)
                     or value < 0 or (positive and value == 0)):
                 raise ValueError(f"{name} must be a finite number {'>' if positive else '>='} 0, got {value!r}")
-        for name, high in (("translate", 1), ("scale", 1), ("shear", 90)):
+        if self.cycle_epochs is not None and (isinstance(self.cycle_epochs, bool) or not isinstance(self.cycle_epochs, int)
+                                              or not 1 <= self.cycle_epochs <= self.epochs):
+            raise ValueError(f"cycle_epochs must be None or an integer in [1, epochs={self.epochs}], got "
+                             f"{self.cycle_epochs!r}")
+        if isinstance(self.pct_start, bool) or not isinstance(self.pct_start, (int, float)) or \
+                not 0 < self.pct_start < 1:
+            raise ValueError(f"pct_start must be a number in (0, 1), got {self.pct_start!r}")
+        if isinstance(self.final_div, bool) or not isinstance(self.final_div, (int, float)) or \
+                not math.isfinite(self.final_div) or self.final_div <= 0:
+            raise ValueError(f"final_div must be a finite number > 0, got {self.final_div!r}")
+        for name, high in (("translate", 1), ("scale", 1), ("shear", 90), ("ema", 1)):
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 <= value < high:
                 raise ValueError(f"{name} must be a number in [0, {high}), got {value!r}")

@@ -411,10 +411,10 @@ def search_table(results):
     elif finalists:
         second = sum(1 in table[sid]["seeds"] for sid in finalists)
         status = (f"Not decided yet: seed 1 has finished for {second} of the {len(finalists)} close settings "
-                  f"(`python tune.py` resumes)")
+                  f"(`python tune.py --search augmentation --out .` resumes)")
     else:
         status = (f"Not decided yet: {done} of the {planned} seed-0 runs finished; then seed 1 of the close settings "
-                  f"(`python tune.py` resumes)")
+                  f"(`python tune.py --search augmentation --out .` resumes)")
     aug = "; ".join(f"{k}: " + utils.describe_augmentation(Recipe(**v)).split(";")[0]
                     for k, v in tune.AUGMENTATIONS.items())
     lines += ["", f"Validation accuracy: the last {tune.VAL:,} training images, after epoch 20, training on the other "

@@ -41,12 +41,13 @@ def train_step(model, optimizer, x, y, *, l1=0.0, precision="fp32", scheduler=No
 
 
 def train_epoch(model, data, optimizer, *, batch_size, generator, scheduler=None, l1=0.0, degrees=7.0,
-                translate=0.0, scale=0.0, shear=0.0, progress=True, precision="fp32"):
+                translate=0.0, scale=0.0, shear=0.0, progress=True, precision="fp32", averaged=None):
     """One epoch over data = (images, labels) on the model's device, augmented as batches() says. Returns
     (loss, accuracy %).
 
-    The loss minimized is NLL + l1 * Σ|w| (see l1_penalty); the loss returned is the mean NLL,
-    so runs with and without L1 compare. `scheduler` steps after every batch.
+    The loss minimized is NLL + l1 * Σ|w| (see l1_penalty); the loss returned is the mean NLL (of the model
+    trained, not of `averaged`), so runs with and without L1 compare. `scheduler` steps after every batch, and
+    `averaged` (a torch.optim.swa_utils.AveragedModel of `model`) takes in the weights after every step.
     """
     model.train()
     n = len(data[1])
@@ -57,6 +58,8 @@ def train_epoch(model, data, optimizer, *, batch_size, generator, scheduler=None
     for step, (x, y) in enumerate(batches(data, batch_size, generator=generator, degrees=degrees,
                                                         translate=translate, scale=scale, shear=shear)):
         out, loss = train_step(model, optimizer, x, y, l1=l1, precision=precision, scheduler=scheduler)
+        if averaged is not None:
+            averaged.update_parameters(model)
         # Accumulate on the device; reading a value back only every 20 steps avoids GPU syncs.
         total_loss += loss.detach() * len(y)
         correct += (out.argmax(1) == y).sum()

@@ -1,7 +1,10 @@
-"""The recipe search: a small grid of training settings compared on the validation split, and the rule that picks one.
+"""The recipe searches: settings compared on the validation split, each with the rule that picks one.
 
 Every setting trains BN + L1, LN and GN for 20 epochs on the first 50,000 training images and is scored
-on the last 10,000 (never on the test set). The rule, fixed before any of these runs was trained:
+on the last 10,000 (never on the test set).
+
+The augmentation search (--search augmentation, decided: Recipe's defaults are its choice) compared the
+augmentation, dropout and batch size in GRID. Its rule, fixed before any of its runs was trained:
 
 1. Seed 0 of the three norms for every setting in GRID. A setting's score is its mean final (epoch 20)
    validation accuracy over the three norms and over the seeds it has.
@@ -10,6 +13,22 @@ on the last 10,000 (never on the test set). The rule, fixed before any of these 
    goes to the cheapest (cost()): no dropout before dropout (drawing the masks is about 18% of a CPU step),
    then the larger batch (batch 64 trains about 0.9x the images per second of 128 here: docs/performance.md),
    then rotation before the full affine map (the same cost; the simpler one).
+
+The schedule search (--search schedule) compares today's recipe with changes to its learning-rate schedule and
+an average of its weights (SCHEDULES), everything else as Recipe's defaults. Its rule, fixed and committed before
+any of its runs was trained, rewards both the final accuracy and a run that gets there early and stays:
+
+1. Seed 0 of the three norms for every setting in SCHEDULES (today's recipe has seeds 0 and 1 already: the
+   augmentation search's runs of its choice). A setting's score is its mean final validation accuracy over the
+   three norms and over the seeds it has.
+2. Every setting whose seed-0 score is within CLOSE points of the best seed-0 score also trains seed 1.
+3. Among those, the settings whose two-seed score is within TIE points of the best are tied on accuracy. Of
+   them the rule prefers the one that settles earliest: a run settles at the first epoch from which its
+   validation accuracy stays within SETTLE points of its final one through the last epoch, and a setting's
+   settle epoch is the mean over its runs. Settings within SETTLE_TIE epochs of the earliest are tied again,
+   and that tie goes to the cheapest (schedule_cost()): today's recipe, then no average before the average
+   (it updates a copy of the weights every step), then fewer changes.
+4. If the choice is today's recipe, today's recipe and its runs stay.
 
 Runs resume like train.py's (run the same command again); results go to OUT/results/tune/ (--out: by default
 runs/; the committed search is `--out .`), and each invocation that trains logs its wall time to tune.json there.
@@ -39,6 +58,23 @@ CLOSE = 0.10     # points: a setting this close to the best after seed 0 gets a 
 TIE = 0.05       # points: settings this close to the best after two seeds are tied
 FOLDER = "tune"
 
+# The schedule search: each setting is the Recipe fields it changes. final_div 40 ends a shorter cycle at lr / 1000
+# (1e-4), low enough to settle, not so low that the epochs after the cycle train nothing.
+SCHEDULES = {
+    "today": {},
+    "ema": {"ema": 0.999},
+    "peak15": {"pct_start": 0.15},
+    "peak15_ema": {"pct_start": 0.15, "ema": 0.999},
+    "cycle14": {"cycle_epochs": 14, "final_div": 40.0},
+    "cycle14_ema": {"cycle_epochs": 14, "final_div": 40.0, "ema": 0.999},
+    "cycle12": {"cycle_epochs": 12, "final_div": 40.0},
+    "cycle12_ema": {"cycle_epochs": 12, "final_div": 40.0, "ema": 0.999},
+}
+INCUMBENT = "affine_dropout0_bs64"  # the augmentation search's choice, whose runs in FOLDER are today's recipe
+SCHEDULE_FOLDER = os.path.join(FOLDER, "schedule")
+SETTLE = 0.1      # points: a run has settled once its validation accuracy stays this close to its final one
+SETTLE_TIE = 1.0  # epochs: settings that settle this close to the earliest are tied
+
 
 def settings():
     """Every setting of the grid, as {"augmentation": ..., "dropout": ..., "batch_size": ...}."""
@@ -61,15 +97,24 @@ def run_names(recipes_, setting):
     return [f"{r.name}_{setting_id(setting)}" for r in recipes_]
 
 
-def scores(records):
-    """{setting id: {"seeds": {seed: score}, "score": mean, "runs": n, "seconds": mean s/epoch}} over the settings
-    whose three norms have finished for at least seed 0. A seed counts once all three norms have finished it."""
+def settle_epoch(history, points=SETTLE, key="test_acc"):
+    """The first epoch from which `key` stays within `points` of its final value through the last epoch."""
+    final, epoch = history[-1][key], len(history)
+    while epoch > 1 and abs(history[epoch - 2][key] - final) <= points + 1e-9:
+        epoch -= 1
+    return epoch
+
+
+def scores(records, by_id=None):
+    """{setting id: {"seeds": {seed: score}, "score": mean, "settle": mean settle epoch, "runs": n, "seconds": mean
+    s/epoch}} over the settings (by_id: {id: setting}; by default the augmentation search's) whose three norms have
+    finished for at least seed 0. A seed counts once all three norms have finished it."""
     out = {}
-    for setting in settings():
-        sid = setting_id(setting)
+    norms = [r.name for r in experiment()]
+    for sid, setting in (by_id or {setting_id(s): s for s in settings()}).items():
         by_seed = {}
         for name, recs in records.items():
-            if not name.endswith("_" + sid):
+            if name not in {f"{norm}_{sid}" for norm in norms}:
                 continue
             for seed, r in stats.finished(recs).items():
                 by_seed.setdefault(seed, []).append(r)
@@ -79,14 +124,14 @@ def scores(records):
         finals = {seed: float(np.mean([r["history"][-1]["test_acc"] for r in recs])) for seed, recs in done.items()}
         runs = [r for recs in done.values() for r in recs]
         out[sid] = {"setting": setting, "seeds": finals, "score": float(np.mean(list(finals.values()))),
-                    "runs": len(runs), "seconds": float(np.mean([e["seconds"] for r in runs for e in r["history"]]))}
+                    "settle": float(np.mean([settle_epoch(r["history"]) for r in runs])), "runs": len(runs), "seconds": float(np.mean([e["seconds"] for r in runs for e in r["history"]]))}
     return out
 
 
-def second_seeds(table):
+def second_seeds(table, planned=None):
     """The settings (ids) that the rule gives a second seed: within CLOSE of the best seed-0 score. None until every
-    setting has its seed-0 score."""
-    if len(table) < len(settings()):
+    setting (of `planned`, by default the augmentation search's count) has its seed-0 score."""
+    if len(table) < (planned or len(settings())):
         return None
     best = max(t["seeds"][0] for t in table.values())
     return [sid for sid, t in table.items() if t["seeds"][0] >= best - CLOSE - 1e-9]
@@ -107,8 +152,59 @@ def choose(table):
     return min(tied, key=lambda sid: cost(table[sid]["setting"])), tied
 
 
+def schedule_cost(sid):
+    """The schedule rule's order of cheapness, cheapest first: today's recipe, no average, fewer changes."""
+    return sid != "today", SCHEDULES[sid].get("ema", 0) > 0, len(SCHEDULES[sid])
+
+
+def schedule_choose(table):
+    """(chosen setting id, the ids tied on accuracy, the ids tied on settling too) by the schedule search's rule, or
+    None while runs it needs are missing."""
+    finalists = second_seeds(table, len(SCHEDULES))
+    if finalists is None or any(1 not in table[sid]["seeds"] for sid in finalists):
+        return None
+    best = max(table[sid]["score"] for sid in finalists)
+    tied = [sid for sid in finalists if table[sid]["score"] >= best - TIE - 1e-9]
+    earliest = min(table[sid]["settle"] for sid in tied)
+    settled = [sid for sid in tied if table[sid]["settle"] <= earliest + SETTLE_TIE + 1e-9]
+    return min(settled, key=schedule_cost), tied, settled
+
+
+def schedule_records(out):
+    """The schedule search's records under OUT/results: today's recipe from FOLDER (the augmentation search's runs
+    of its choice, renamed to "today"), every other setting from SCHEDULE_FOLDER."""
+    records = {}
+    for folder in (FOLDER, SCHEDULE_FOLDER):
+        path = os.path.join(out, "results", folder)
+        for name, recs in (load_records(path) if os.path.isdir(path) else {}).items():
+            if folder == FOLDER:
+                if not name.endswith("_" + INCUMBENT):
+                    continue
+                name = name.removesuffix(INCUMBENT) + "today"
+            records[name] = recs
+    return records
+
+
+def run_schedule_search(data, *, device, out, jobs, fresh=False, progress=True, **overrides):
+    """Train what the schedule rule needs next, until it can choose; returns schedule_records(out)."""
+    for stage, seed in ((1, 0), (2, 1)):
+        records = schedule_records(out)
+        todo = list(SCHEDULES) if stage == 1 else second_seeds(scores(records, SCHEDULES), len(SCHEDULES))
+        print(f"schedule search, stage {stage}: seed {seed} of {len(todo)} setting{'s' if len(todo) != 1 else ''}")
+        for folder, suffix, sids in ((FOLDER, INCUMBENT, [s for s in todo if s == "today"]),
+                                     (SCHEDULE_FOLDER, None, [s for s in todo if s != "today"])):
+            runs = [r for sid in sids
+                    for r in experiment(seeds=(seed,), **{"val": VAL, **SCHEDULES[sid], **overrides})]
+            names = [f"{r.name}_{suffix or sid}" for sid in sids for r in experiment(seeds=(seed,))]
+            if runs:
+                utils.run_experiments(runs, data, device=device, out=out, folder=folder, jobs=jobs, names=names,
+                                      progress=progress, fresh=fresh, log="tune.json")
+    return schedule_records(out)
+
+
 def run_search(data, *, device, out, jobs, fresh=False, progress=True, **overrides):
-    """Train what the rule needs next, until it can choose; returns the records under results/tune/."""
+    """Train what the augmentation search's rule needs next, until it can choose; returns the records under
+    results/tune/."""
     folder = os.path.join(out, "results", FOLDER)
     for stage, seed in ((1, 0), (2, 1)):
         records = load_records(folder) if os.path.isdir(folder) else {}
@@ -125,15 +221,19 @@ def run_search(data, *, device, out, jobs, fresh=False, progress=True, **overrid
 
 
 def format_table(table):
-    lines = [f"{'setting':<28} {'seed 0':>7} {'seed 1':>7} {'score':>7} {'s/epoch':>8}"]
+    lines = [f"{'setting':<28} {'seed 0':>7} {'seed 1':>7} {'score':>7} {'settles':>7} {'s/epoch':>8}"]
     for sid, t in sorted(table.items(), key=lambda kv: -kv[1]["score"]):
         s1 = f"{t['seeds'][1]:.3f}" if 1 in t["seeds"] else ""
-        lines.append(f"{sid:<28} {t['seeds'][0]:>7.3f} {s1:>7} {t['score']:>7.3f} {t['seconds']:>8.1f}")
+        lines.append(f"{sid:<28} {t['seeds'][0]:>7.3f} {s1:>7} {t['score']:>7.3f} {t['settle']:>7.1f} "
+                     f"{t['seconds']:>8.1f}")
     return "\n".join(lines)
 
 
 def parse_args(argv=None):
     p = cli.parser(__doc__)
+    p.add_argument("--search", choices=("schedule", "augmentation"), default="schedule",
+                   help="which search: the learning-rate schedule and weight averaging, or the (decided) augmentation, "
+                        "dropout and batch size")
     cli.add_run_arguments(p, jobs_default=min(2, os.cpu_count() or 1),
                           jobs_help="runs trained at once, in that many processes with one CPU thread each", figures=False)
     p.add_argument("--epochs", type=cli.positive_int, default=Recipe.epochs,
@@ -154,16 +254,17 @@ def main(argv=None):
     print(utils.LOG_HEADER)
     try:
         data = load_mnist(args.data)
-        records = run_search(data, device=args.device, out=args.out, jobs=args.jobs, fresh=args.fresh,
-                             progress=not args.no_progress, epochs=args.epochs, limit=args.limit)
+        search = run_schedule_search if args.search == "schedule" else run_search
+        records = search(data, device=args.device, out=args.out, jobs=args.jobs, fresh=args.fresh,
+                         progress=not args.no_progress, epochs=args.epochs, limit=args.limit)
     except utils.USER_ERRORS as e:
         sys.exit(f"tune.py: error: {e}")
     except KeyboardInterrupt:
         sys.exit(f"\nstopped: every finished epoch is kept; resume with: python {' '.join(sys.argv)}")
-    table = scores(records)
+    table = scores(records, SCHEDULES if args.search == "schedule" else None)
     print()
     print(format_table(table))
-    chosen = choose(table)
+    chosen = (schedule_choose if args.search == "schedule" else choose)(table)
     print(f"\nchosen: {chosen[0]} (tied: {', '.join(chosen[1])})" if chosen else "\nnot yet decided")
     return 0
 

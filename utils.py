@@ -10,6 +10,7 @@ import time
 from dataclasses import asdict, fields
 
 import torch
+from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
 from tqdm.auto import tqdm
 
 import machine
@@ -43,13 +44,19 @@ def params(recipe) -> int:
 
 def run_config(recipe, train, test, device):
     """A run's JSON config: the recipe, its data, a description of the optimizer and the environment."""
-    lr = recipe.lr
+    lr, cycle = recipe.lr, recipe.cycle_epochs or recipe.epochs
+    schedule = (f"OneCycleLR(max_lr={lr}, stepped per batch): lr {lr / 25:g} -> {lr:g} over the first "
+                f"{100 * recipe.pct_start:g}%, then cosine to {lr / 25 / recipe.final_div:.1e}; momentum 0.95 -> 0.85 -> 0.95")
+    if cycle < recipe.epochs:
+        schedule += f"; the cycle spans epochs 1-{cycle}, then lr and momentum stay at its end"
+    if recipe.ema:
+        schedule += (f"; evaluated and saved: the exponential moving average of the weights and BN's statistics, "
+                     f"decay {recipe.ema:g} per step (AveragedModel)")
     return {**asdict(recipe), "train_images": len(train[1]),
             "eval_split": f"validation: the last {recipe.val} training images" if recipe.val else "test",
             "eval_images": len(test[1]), "params": params(recipe),
             "optimizer": "SGD(nesterov=True), momentum set by the schedule",
-            "schedule": f"OneCycleLR(max_lr={lr}, stepped per batch): lr {lr / 25:g} -> {lr:g} over the first 30%, "
-                        f"then cosine to {lr / 25e4:.1e}; momentum 0.95 -> 0.85 -> 0.95",
+            "schedule": schedule,
             "augmentation": describe_augmentation(recipe),
             "torch": str(torch.__version__), "device": str(device), "hardware": machine.hardware(device),
             # the CPU instruction set of the kernels (machine.pin_isa): "avx2" reproduces on any x86-64 CPU with AVX2
@@ -101,8 +108,11 @@ def run(recipe, data, *, device, out=RUNS, folder="", name=None, batch_stats=Fal
     """Train one Net from scratch by `recipe` on data = (train, test) and evaluate after every epoch.
 
     SGD with Nesterov momentum and PyTorch's one-cycle schedule (stepped every batch): the learning
-    rate rises from lr/25 to lr over the first 30% of steps and anneals to lr/25e4, while the momentum
-    moves inversely between 0.95 and 0.85. Files (run_paths): after every epoch the JSON record
+    rate rises from lr/25 to lr over the first pct_start of the cycle's steps and anneals to lr/25/final_div,
+    while the momentum moves inversely between 0.95 and 0.85; the cycle spans cycle_epochs (by default every
+    epoch), and after it both stay where it ended. With ema > 0 an exponential moving average of the weights
+    and BN's statistics (torch.optim.swa_utils.AveragedModel) follows every step, and it is what is evaluated,
+    saved and returned. Files (run_paths): after every epoch the JSON record
     (config and history so far) and a checkpoint (model, optimizer, schedule, both random generators,
     history); at the end the weights (state_dict and config), and the checkpoint is removed.
 
@@ -139,8 +149,16 @@ def run(recipe, data, *, device, out=RUNS, folder="", name=None, batch_stats=Fal
     model = Net(recipe.norm, groups=recipe.groups, dropout=recipe.dropout).to(device)
     optimizer = torch.optim.SGD(model.parameters(), lr=recipe.lr, momentum=0.9, nesterov=True)
     steps = math.ceil(len(train[1]) / recipe.batch_size)
-    scheduler = torch.optim.lr_scheduler.OneCycleLR(optimizer, max_lr=recipe.lr, epochs=recipe.epochs,
-                                                    steps_per_epoch=steps)
+    cycle = recipe.cycle_epochs or recipe.epochs
+    # A cycle shorter than the run gets one step more than it takes, so that its last step lands on the cycle's end
+    # (lr / 25 / final_div), the rate then held; OneCycleLR's own count would end one step past it.
+    total = cycle * steps + (cycle < recipe.epochs)
+    scheduler = torch.optim.lr_scheduler.OneCycleLR(optimizer, max_lr=recipe.lr, total_steps=total,
+                                                    pct_start=recipe.pct_start, final_div_factor=recipe.final_div)
+    # PyTorch's own averaging; use_buffers: BN's running statistics are averaged too, so they match the weights
+    averaged = AveragedModel(model, multi_avg_fn=get_ema_multi_avg_fn(recipe.ema), use_buffers=True) \
+        if recipe.ema else None
+    evaluated = averaged.module if averaged is not None else model  # the model each epoch's evaluation reports
     record = {"name": name, "config": config, "history": []}
     if os.path.exists(paths["checkpoint"]):
         state = load_torch(paths["checkpoint"], device)
@@ -151,6 +169,8 @@ def run(recipe, data, *, device, out=RUNS, folder="", name=None, batch_stats=Fal
             model.load_state_dict(state["model"])
             optimizer.load_state_dict(state["optimizer"])
             scheduler.load_state_dict(state["scheduler"])
+            if averaged is not None:
+                averaged.load_state_dict(state["averaged"])
             generator.set_state(state["generator"])
             _set_rng_state(state["rng"], device)
             record["history"] = list(state["history"])
@@ -175,29 +195,31 @@ def run(recipe, data, *, device, out=RUNS, folder="", name=None, batch_stats=Fal
         start = time.perf_counter()
         lr_now = optimizer.param_groups[0]["lr"]
         train_loss, train_acc = train_epoch(model, train, optimizer, batch_size=recipe.batch_size,
-                                            generator=generator, scheduler=scheduler, l1=recipe.l1,
-                                            progress=progress, precision=recipe.precision, **recipe.augmentation)
-        test_loss, test_acc = evaluate(model, test)
+                                            generator=generator, scheduler=scheduler if epoch <= cycle else None,
+                                            l1=recipe.l1, progress=progress, precision=recipe.precision,
+                                            averaged=averaged, **recipe.augmentation)
+        test_loss, test_acc = evaluate(evaluated, test)
         seconds = time.perf_counter() - start
         entry = {"epoch": epoch, "train_loss": train_loss, "train_acc": train_acc, "test_loss": test_loss,
                  "test_acc": test_acc, "lr": lr_now, "seconds": seconds}
         if batch_stats:  # after the timing, so that seconds stays comparable between runs
             entry["test_loss_batch_stats"], entry["test_acc_batch_stats"] = \
-                evaluate(model, test, recipe.batch_size, batch_stats=True)
+                evaluate(evaluated, test, recipe.batch_size, batch_stats=True)
         record["history"].append(entry)
         # The checkpoint first: if a run stops between the two writes, the resumed history comes from it.
         save_torch(paths["checkpoint"], {
             "config": config, "history": record["history"], "model": model.state_dict(),
             "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
-            "generator": generator.get_state(), "rng": _rng_state(device)})
+            "generator": generator.get_state(), "rng": _rng_state(device),
+            **({"averaged": averaged.state_dict()} if averaged is not None else {})})
         write_json(paths["results"], record)
         log(f"{name:<10} {epoch:>5} {train_loss:>10.4f} {train_acc:>9.2f} {test_loss:>9.4f} "
                    f"{test_acc:>8.2f} {lr_now:>8.2g} {seconds:>6.1f}")
     if len(record["history"]) < recipe.epochs:  # stopped early (stop_after): resumable, as after an interruption
-        return model.eval(), record
-    save_torch(paths["weights"], {"config": config, "state_dict": model.state_dict()})
+        return evaluated.eval(), record
+    save_torch(paths["weights"], {"config": config, "state_dict": evaluated.state_dict()})
     os.remove(paths["checkpoint"])
-    return model.eval(), record
+    return evaluated.eval(), record
 
 
 def _worker_init(device):

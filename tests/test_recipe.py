@@ -19,6 +19,10 @@ from recipe import L1, Recipe, experiment, experiment_folder, settings_folder
     (dict(translate=1.0), r"translate must be a number in \[0, 1\), got 1.0"),
     (dict(scale=-0.1), r"scale must be a number in \[0, 1\), got -0.1"),
     (dict(shear=90), r"shear must be a number in \[0, 90\), got 90"),
+    (dict(pct_start=0), r"pct_start must be a number in \(0, 1\), got 0"),
+    (dict(epochs=10, cycle_epochs=11), r"cycle_epochs must be None or an integer in \[1, epochs=10\], got 11"),
+    (dict(final_div=0), "final_div must be a finite number > 0, got 0"),
+    (dict(ema=1.0), r"ema must be a number in \[0, 1\), got 1.0"),
 ])
 def test_bad_recipe_is_rejected_naming_what_is_accepted(settings, message):
     with pytest.raises(ValueError, match=message):

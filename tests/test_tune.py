@@ -6,7 +6,7 @@ import torch
 
 import tune
 from conftest import synthetic
-from recipe import L1, Recipe
+from recipe import L1, Recipe, experiment
 from records import load_records
 
 
@@ -96,3 +96,64 @@ def test_the_recipe_defaults_are_the_setting_the_search_chose():
     assert {k: getattr(default, k) for k in tune.AUGMENTATIONS[setting["augmentation"]]} == \
         tune.AUGMENTATIONS[setting["augmentation"]]
     assert Net().dropout == default.dropout
+
+
+def test_a_run_settles_at_the_first_epoch_from_which_it_stays_near_its_final_accuracy():
+    history = lambda *accs: [{"test_acc": a} for a in accs]
+    assert tune.settle_epoch(history(98.0, 99.35, 99.0, 99.35, 99.42, 99.40)) == 4  # 99.0 at epoch 3 is 0.4 off
+    assert tune.settle_epoch(history(99.4, 99.4)) == 1 and tune.settle_epoch(history(97.0)) == 1
+    assert tune.settle_epoch(history(99.55, 99.30, 99.40)) == 2  # 0.15 above the final is not within 0.1 either
+
+
+def schedule_fake(finals, settles):
+    """Records of the schedule search: {sid: {seed: final}}, each run at 98% until its settle epoch, then at its final."""
+    records = {}
+    for sid, seeds in finals.items():
+        for seed, acc in seeds.items():
+            for norm in ("bn_l1", "ln", "gn"):
+                history = [{"test_acc": 98.0 if e < settles[sid] else acc, "seconds": 1.0} for e in range(1, 21)]
+                records.setdefault(f"{norm}_{sid}", []).append({"config": {"seed": seed, "epochs": 20},
+                                                                "history": history})
+    return records
+
+
+def test_the_schedule_rule_breaks_accuracy_ties_by_the_earliest_settling_then_the_cheapest():
+    finals = {sid: {0: 99.0} for sid in tune.SCHEDULES}
+    finals.update(today={0: 99.40, 1: 99.40}, cycle14={0: 99.42}, cycle14_ema={0: 99.38}, ema={0: 99.45})
+    settles = {sid: 18 for sid in tune.SCHEDULES}
+    settles.update(today=16, cycle14=11, cycle14_ema=10, ema=15)
+    table = tune.scores(schedule_fake(finals, settles), tune.SCHEDULES)
+    assert sorted(tune.second_seeds(table, len(tune.SCHEDULES))) == ["cycle14", "cycle14_ema", "ema", "today"]
+    assert tune.schedule_choose(table) is None  # their second seeds are missing
+    finals.update(cycle14={0: 99.42, 1: 99.40}, cycle14_ema={0: 99.38, 1: 99.40}, ema={0: 99.45, 1: 99.47})
+    table = tune.scores(schedule_fake(finals, settles), tune.SCHEDULES)
+    # Within 0.05 of the best (ema, 99.46): cycle14 (99.41) and today (99.40 is 0.06 below: out); cycle14_ema (99.39) out
+    chosen, tied, settled = tune.schedule_choose(table)
+    assert sorted(tied) == ["cycle14", "ema"] and settled == ["cycle14"] and chosen == "cycle14"
+    # Settling within an epoch of the earliest is a tie, which goes to the cheaper: no average before the average.
+    settles.update(ema=12)
+    chosen, tied, settled = tune.schedule_choose(tune.scores(schedule_fake(finals, settles), tune.SCHEDULES))
+    assert sorted(settled) == ["cycle14", "ema"] and chosen == "cycle14"
+    # Today's recipe wins every tie it is in: then it and its runs stay.
+    finals.update(today={0: 99.44, 1: 99.44}, cycle14={0: 99.44, 1: 99.44})
+    settles.update(today=11, cycle14=11)
+    assert tune.schedule_choose(tune.scores(schedule_fake(finals, settles), tune.SCHEDULES))[0] == "today"
+
+
+def test_today_in_the_schedule_search_is_the_augmentation_searchs_choice_and_recipes_defaults():
+    assert tune.SCHEDULES["today"] == {} and tune.setting_id(
+        {"augmentation": "affine", "dropout": Recipe().dropout, "batch_size": Recipe().batch_size}) == tune.INCUMBENT
+    for sid, changes in tune.SCHEDULES.items():  # every setting is a valid recipe on the validation split
+        assert all(r.val == tune.VAL and r.epochs == 20 for r in experiment(val=tune.VAL, **changes)), sid
+
+
+def test_a_tiny_schedule_search_reads_today_from_the_augmentation_search_and_trains_the_rest(tmp_path, monkeypatch):
+    monkeypatch.setattr(tune, "SCHEDULES", {"today": {}, "ema": {"ema": 0.9}, "cycle2": {"cycle_epochs": 2}})
+    data = (synthetic(96), synthetic(16, seed=1))
+    kw = dict(device=torch.device("cpu"), out=str(tmp_path), jobs=1, progress=False, epochs=3, val=32)
+    records = tune.run_schedule_search(data, **kw)
+    table = tune.scores(records, tune.SCHEDULES)
+    assert sorted(table) == ["cycle2", "ema", "today"] and tune.schedule_choose(table) is not None
+    assert os.path.exists(tmp_path / "results" / "tune" / f"ln_{tune.INCUMBENT}_seed0.json")  # today's, where it was
+    assert os.path.exists(tmp_path / "results" / "tune" / "schedule" / "ln_cycle2_seed0.json")
+    assert all(r["config"]["ema"] == 0.9 for r in records["gn_ema"])

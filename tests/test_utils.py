@@ -13,7 +13,7 @@ from conftest import synthetic, without_time
 from model import Net
 from files import save_torch, write_json
 from machine import hardware
-from recipe import Recipe, experiment
+from recipe import Recipe, experiment, settings_folder
 from records import SettingsClash, load_weights
 from training import evaluate
 
@@ -194,3 +194,27 @@ def test_a_bad_setting_in_a_worker_is_raised_as_itself_without_the_pool_tracebac
     with pytest.raises(ValueError, match="validation size must be between 1 and 255, got 1000") as error:
         utils.run_experiments(recipes, (TRAIN, TEST), device=torch.device("cpu"), out=str(tmp_path), jobs=2)
     assert error.value.__cause__ is None and "RemoteTraceback" not in "".join(traceback.format_exception(error.value))
+
+
+def test_a_cycle_shorter_than_the_run_anneals_by_its_end_and_then_holds_that_learning_rate(tmp_path):
+    recipe = replace(SMALL, epochs=4, cycle_epochs=2, final_div=40, pct_start=0.25)
+    _, record = small_run(tmp_path, recipe)
+    lr = [e["lr"] for e in record["history"]]  # the rate at the start of each epoch
+    assert lr[0] == pytest.approx(0.1 / 25) and lr[2] == lr[3] == pytest.approx(0.1 / 25 / 40, rel=1e-2)
+    assert "the cycle spans epochs 1-2" in record["config"]["schedule"] and record["config"]["cycle_epochs"] == 2
+    assert settings_folder(recipe) == "epochs4_pct_start0.25_cycle_epochs2_final_div40"
+
+
+def test_with_ema_the_average_is_what_is_evaluated_saved_and_resumed_bit_identically(tmp_path):
+    recipe = replace(SMALL, epochs=3, ema=0.9)
+    model, whole = small_run(tmp_path / "whole", recipe)
+    # The averaged weights (not the trained ones) are returned, saved, and give the recorded test accuracy.
+    saved = torch.load(tmp_path / "whole" / "weights" / "bn_l1_seed0.pt", weights_only=True)["state_dict"]
+    assert all(torch.equal(saved[k], v) for k, v in model.state_dict().items())
+    assert evaluate(model, TEST) == (whole["history"][-1]["test_loss"], whole["history"][-1]["test_acc"])
+    trained, _ = small_run(tmp_path / "plain", replace(recipe, ema=0.0))
+    assert not torch.equal(trained.state_dict()["conv0.0.weight"], model.state_dict()["conv0.0.weight"])
+    # Stopped after epoch 1 and resumed: the average comes back from the checkpoint, and the history is the same.
+    small_run(tmp_path / "cut", recipe, stop_after=1)
+    _, resumed = small_run(tmp_path / "cut", recipe)
+    assert without_time(resumed["history"]) == without_time(whole["history"])
