@@ -427,6 +427,42 @@ def search_table(results):
     return "\n".join(lines)
 
 
+def schedule_search_table(results):
+    """The schedule search (tune.py --search schedule): every setting's validation score and settle epoch, and the
+    choice by its rule, or what the rule still needs."""
+    records = tune.schedule_records(results)
+    table = tune.scores(records, tune.SCHEDULES)
+    chosen = tune.schedule_choose(table)
+    finalists = tune.second_seeds(table, len(tune.SCHEDULES)) or []
+    lines = ["| setting | BN + L1 / LN / GN val acc %, seed 0 | seed 1 | score (mean) | settles at epoch (mean) "
+             "| second seed? | chosen |", "|---|---|---|---|---|---|---|"]
+    for sid, t in sorted(table.items(), key=lambda kv: -kv[1]["score"]):
+        per = lambda seed: " / ".join(f"{r['history'][-1]['test_acc']:.2f}" for name in ordered(records)
+                                      if name.endswith("_" + sid) and name.removesuffix("_" + sid) in NORM_NAMES
+                                      for r in records[name] if r["config"]["seed"] == seed)
+        mark = "**chosen**" if chosen and sid == chosen[0] else ("tied" if chosen and sid in chosen[2] else "")
+        lines.append(f"| {sid} | {per(0)} | {per(1) if 1 in t['seeds'] else ''} | {t['score']:.3f} | {t['settle']:.1f} "
+                     f"| {'yes' if sid in finalists else ''} | {mark} |")
+    if chosen:
+        status = f"Chosen by the rule: `{chosen[0]}`" + (": today's recipe stays" if chosen[0] == "today" else "")
+    else:
+        done = sum(sid in table for sid in tune.SCHEDULES)
+        status = (f"Not decided yet: seed 0 has finished for {done} of the {len(tune.SCHEDULES)} settings, then seed 1 "
+                  f"of the close ones (`python tune.py --search schedule --out .` resumes)")
+    lines += ["", f"Validation accuracy: the last {tune.VAL:,} training images, after epoch 20, training on the other "
+                  f"50,000. Score: the mean over the three norms (and seeds). Settles: the first epoch from which a "
+                  f"run's validation accuracy stays within {tune.SETTLE:g} points of its final one. {status}."]
+    diverged = diverged_runs(records, lambda name: next((f"`{sid}`" for sid in tune.SCHEDULES
+                                                         if name.endswith("_" + sid)), ""))
+    if diverged:
+        lines += ["", f"Diverged (validation accuracy fell by {stats.COLLAPSE:g} points or more in one epoch): "
+                      + "; ".join(diverged) + "."]
+    return "\n".join(lines)
+
+
+NORM_NAMES = [r.name for r in experiment()]  # bn_l1, ln, gn: the runs of each setting of a search
+
+
 def diverged_runs(records, setting=lambda name: ""):
     """One phrase per run whose accuracy collapsed in some epoch (stats.collapses), in run order: which run, where,
     how far, and where it ended. `setting(name)` names the rest of the run (the search's setting id)."""
@@ -465,7 +501,7 @@ def worked_example_short(results):
 
 
 TABLES = {"headline": headline_table, "seeds": seeds_table, "findings": findings_table,
-          "search": search_table, "tuning": tuning_table, "results": results_table,
+          "search": search_table, "schedule-search": schedule_search_table, "tuning": tuning_table, "results": results_table,
           "v1-results": lambda results: results_table(os.path.join(results, V1)),
           "v1-seeds": lambda results: seeds_table(os.path.join(results, V1)),
           "v1-findings": lambda results: findings_table(os.path.join(results, V1)),

@@ -170,12 +170,12 @@ def schedule_choose(table):
     return min(settled, key=schedule_cost), tied, settled
 
 
-def schedule_records(out):
-    """The schedule search's records under OUT/results: today's recipe from FOLDER (the augmentation search's runs
-    of its choice, renamed to "today"), every other setting from SCHEDULE_FOLDER."""
+def schedule_records(results):
+    """The schedule search's records under a results/ folder: today's recipe from FOLDER (the augmentation search's
+    runs of its choice, renamed to "today"), every other setting from SCHEDULE_FOLDER."""
     records = {}
     for folder in (FOLDER, SCHEDULE_FOLDER):
-        path = os.path.join(out, "results", folder)
+        path = os.path.join(results, folder)
         for name, recs in (load_records(path) if os.path.isdir(path) else {}).items():
             if folder == FOLDER:
                 if not name.endswith("_" + INCUMBENT):
@@ -186,9 +186,9 @@ def schedule_records(out):
 
 
 def run_schedule_search(data, *, device, out, jobs, fresh=False, progress=True, **overrides):
-    """Train what the schedule rule needs next, until it can choose; returns schedule_records(out)."""
+    """Train what the schedule rule needs next, until it can choose; returns schedule_records(OUT/results)."""
     for stage, seed in ((1, 0), (2, 1)):
-        records = schedule_records(out)
+        records = schedule_records(os.path.join(out, "results"))
         todo = list(SCHEDULES) if stage == 1 else second_seeds(scores(records, SCHEDULES), len(SCHEDULES))
         print(f"schedule search, stage {stage}: seed {seed} of {len(todo)} setting{'s' if len(todo) != 1 else ''}")
         for folder, suffix, sids in ((FOLDER, INCUMBENT, [s for s in todo if s == "today"]),
@@ -199,7 +199,7 @@ def run_schedule_search(data, *, device, out, jobs, fresh=False, progress=True, 
             if runs:
                 utils.run_experiments(runs, data, device=device, out=out, folder=folder, jobs=jobs, names=names,
                                       progress=progress, fresh=fresh, log="tune.json")
-    return schedule_records(out)
+    return schedule_records(os.path.join(out, "results"))
 
 
 def run_search(data, *, device, out, jobs, fresh=False, progress=True, **overrides):

@@ -267,3 +267,17 @@ def test_a_run_that_diverged_is_named_under_the_findings_and_the_search(tmp_path
     assert "| groups | GN, 10 groups | GN, 2 groups | 0-2 |" in text
     assert (f"Diverged (validation accuracy fell by 10 points or more in one epoch): LN, `{sid}`, seed 0: 98.27% after "
             "epoch 1, 45.38% after epoch 2 (98.37% after epoch 3).") in text
+
+
+def test_schedule_search_table_reads_today_from_the_augmentation_search_and_says_what_is_left(tmp_path):
+    import tune
+    results = tmp_path / "results"
+    for norm in ("bn_l1", "ln", "gn"):
+        for seed in (0, 1):
+            write_run(results / "tune", f"{norm}_{tune.INCUMBENT}", [99.0, 99.3, 99.4], seed=seed)
+        write_run(results / "tune" / "schedule", f"{norm}_cycle14_ema", [99.45, 99.5, 99.5])
+    write_run(results / "tune", "ln_rotate_dropout0_bs64", [99.9, 99.9, 99.9])  # another setting of the first search
+    lines = report.schedule_search_table(str(results)).splitlines()
+    assert lines[2] == "| cycle14_ema | 99.50 / 99.50 / 99.50 |  | 99.500 | 1.0 |  |  |"
+    assert lines[3] == "| today | 99.40 / 99.40 / 99.40 | 99.40 / 99.40 / 99.40 | 99.400 | 2.0 |  |  |"
+    assert "seed 0 has finished for 2 of the 8 settings" in lines[-1]
