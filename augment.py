@@ -4,6 +4,7 @@ import torch.nn.functional as F
 
 from data import standardize, to_unit
 
+
 def affine(images: torch.Tensor, degrees: torch.Tensor, translate: torch.Tensor | None = None,
            scale: torch.Tensor | None = None, shear: torch.Tensor | None = None) -> torch.Tensor:
     """Move each image of [B, C, H, W] by its own affine map about its centre, bilinear, 0 outside the frame,

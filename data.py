@@ -17,17 +17,11 @@ import torch
 from files import atomic_write
 
 MEAN, STD = 0.1307, 0.3081  # MNIST training-set pixel mean and std, after scaling to [0, 1]
-
-
 SOURCES = ("files", "torchvision", "pypi")
-
-
 RAW_FILES = {  # split -> (images, labels), torchvision's names under root/MNIST/raw
     "train": ("train-images-idx3-ubyte", "train-labels-idx1-ubyte"),
     "test": ("t10k-images-idx3-ubyte", "t10k-labels-idx1-ubyte"),
 }
-
-
 # split -> (count, SHA-256 of the uint8 images, SHA-256 of the labels as uint8), as stored in the
 # idx files: every source is checked against these.
 MNIST_SHA256 = {

@@ -10,6 +10,7 @@ from matplotlib.ticker import MaxNLocator
 from recipe import experiment_folder, label as label_of
 from training import predict
 
+
 @dataclass
 class Mistake:
     index: int          # position in the test set

@@ -6,6 +6,7 @@ import tempfile
 
 import torch
 
+
 def atomic_write(path, data: bytes):
     """Write to a temporary file beside `path`, then rename: readers never see half a file."""
     os.makedirs(os.path.dirname(path) or ".", exist_ok=True)

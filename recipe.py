@@ -8,8 +8,6 @@ from data import MNIST_SHA256
 from model import NORMS, Net
 
 PRECISIONS = ("fp32", "bf16")
-
-
 L1 = 1e-5  # the L1 weight of the experiment's BN run (LN and GN train without L1)
 
 

@@ -9,6 +9,7 @@ import torch
 from model import Net
 from recipe import label
 
+
 class SettingsClash(ValueError):
     """A run's files on disk were written with other settings than the run asked for now."""
 

@@ -10,6 +10,7 @@ from augment import batches
 from data import standardize, to_unit
 from recipe import PRECISIONS
 
+
 def l1_penalty(model) -> torch.Tensor:
     """Σ|w| over the convolution weights (every parameter with 2+ dims); the norms' scale and shift
     are not penalized."""

@@ -18,13 +18,11 @@ from data import DataError, select
 from files import save_torch, write_json
 from model import Net
 from recipe import Recipe, experiment_folder
-from records import (RecordError, how_to_restore, load_torch, load_weights, read_json, read_record, run_paths,
-                     settings_clash, shown, is_finished)
+from records import (RecordError, how_to_restore, is_finished, load_torch, load_weights, read_json, read_record,
+                     run_paths, settings_clash, shown)
 from training import evaluate, train_epoch
 
 REPOSITORY = os.path.dirname(os.path.abspath(__file__))  # its results/, weights/ and static/ hold the committed runs
-
-
 RUNS = os.path.join(REPOSITORY, "runs")  # where runs are trained by default: a folder of the user's, ignored by git
 
 
