@@ -285,17 +285,14 @@ def run_experiments(recipes, data, *, device, out=RUNS, folder=None, jobs=1, nam
                 tqdm.write(lines.get())
         try:
             tasks = [pool.apply_async(_worker_run, (r, data, device, kw, lines)) for r, kw in zip(recipes, kws)]
-            while (waiting := [t for t in tasks if not t.ready()]) and \
-                    all(t.successful() for t in tasks if t.ready()):  # a failed run stops all at once, below
+            while waiting := [t for t in tasks if not t.ready()]:
                 # A timed wait (an untimed one would not see Ctrl-C until the runs end) on a task still running:
                 # waiting on a finished one returns at once, and the loop would take a whole core from the workers.
                 waiting[0].wait(0.5)
                 print_lines()
             print_lines()
             try:
-                # A failed run's error is raised here (get re-raises it) at once, without waiting for the others.
-                failed = [t for t in tasks if t.ready() and not t.successful()]
-                done = [t.get() for t in failed + tasks][len(failed):]
+                done = [t.get() for t in tasks]  # re-raises a worker's error here
             except USER_ERRORS as e:
                 # A user's error (settings, a file): its message alone, without the worker's traceback that
                 # multiprocessing chains to it (a bug's error keeps it).
