@@ -154,6 +154,34 @@ def plot_seeds(panels, *, ylabel="final test accuracy (%)", off_scale=5.0):
     return fig
 
 
+def plot_seed_curves(panels, target, *, key="test_acc", from_epoch=None, below=1.0):
+    """Every seed's `key` per epoch, one thin line each, with a dashed line at `target`: the spread of the curves
+    that a mean hides. panels maps a panel title to {seed: history}; one panel per title, side by side, sharing
+    the y-axis, which starts `below` points under the target (earlier, lower epochs leave the bottom edge).
+    from_epoch, if given, shades the epochs from it on."""
+    fig = Figure(figsize=(4.2 * len(panels) + 1, 4.5), layout="constrained")
+    axes = np.atleast_1d(fig.subplots(1, len(panels), sharey=True))
+    top = max(e[key] for runs in panels.values() for h in runs.values() for e in h)
+    for i, (ax, (title, runs)) in enumerate(zip(axes, panels.items())):
+        for h in runs.values():
+            ax.plot([e["epoch"] for e in h], [e[key] for e in h], color=f"C{i}", alpha=0.6, linewidth=1)
+        last = max(e["epoch"] for h in runs.values() for e in h)
+        if from_epoch is not None:
+            ax.axvspan(from_epoch, last, color="0.9", zorder=0)
+        ax.axhline(target, color="k", linestyle="--", linewidth=1)
+        ax.annotate(f"{target}%", (1, target), xytext=(2, 2), textcoords="offset points", fontsize=8)
+        ax.set_xlim(1, last)
+        ax.set_ylim(target - below, top + 0.1 * below)
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+        ax.set_xlabel("epoch")
+        ax.set_title(title, fontsize=10)
+        ax.grid(alpha=0.3)
+    axes[0].set_ylabel(METRICS[key][0])
+    shade = f"; shaded: epochs {from_epoch} on" if from_epoch is not None else ""
+    fig.suptitle(f"Each seed's curve (one line per seed; dashed: {target}%{shade})", fontsize=11)
+    return fig
+
+
 def save_figures(figures, out, recipes):
     """Write {name: figure} as OUT/static/<the recipes' settings folder>/<name>.png; returns the paths."""
     folder = os.path.join(out, "static", experiment_folder(recipes))

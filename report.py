@@ -10,11 +10,12 @@ import stats
 import study
 import tune
 import utils
-from figures import plot_seeds, save_figure
+from figures import plot_seed_curves, plot_seeds, save_figure
 from recipe import Recipe, experiment, label, run_order
 from records import load_records, summarize
 
 HERE = os.path.dirname(os.path.abspath(__file__))
+STEADY_FROM = (12, 15)  # epochs: from which on a seed at >= stats.TARGET in every epoch is counted (steady_table)
 V1 = "v1"  # results/v1/: the runs of the first recipe (rotation only, dropout 0.05, batch 128), kept apart
 
 
@@ -281,18 +282,61 @@ def reaches(records, target=stats.TARGET):
     return f"{sum(hit) / len(hit):.1f}" + (f" ({len(hit)} of {len(epochs)} seeds)" if len(hit) < len(epochs) else "")
 
 
+def steady_count(records, epoch):
+    """"3 of 10": the finished seeds at >= stats.TARGET % test accuracy in every epoch from `epoch` on."""
+    steady = stats.steady(records)
+    return f"{sum(1 for e in steady.values() if e is not None and e <= epoch)} of {len(steady)}"
+
+
 def headline_table(results):
     """The README's first table: the three main runs' final test accuracy over their finished seeds."""
     records = load_records(results)
+    last = STEADY_FROM[-1]
     lines = [f"| model | final test accuracy %, mean ± 95% interval | seeds | first epoch at ≥ {stats.TARGET}% "
-             f"(mean) | parameters |", "|---|---|---|---|---|"]
+             f"(mean) | seeds at ≥ {stats.TARGET}% in every epoch from {last} on | parameters |",
+             "|---|---|---|---|---|---|"]
     for recipe in experiment():
         done = stats.finished(records.get(recipe.name, []))
         if done:
             first = next(iter(done.values()))
             lines.append(f"| {recipe.label} | {interval([stats.final(r) for r in done.values()])} | {len(done)} "
-                         f"| {reaches(records[recipe.name])} | {first['config']['params']:,} |")
+                         f"| {reaches(records[recipe.name])} | {steady_count(records[recipe.name], last)} "
+                         f"| {first['config']['params']:,} |")
     return "\n".join(lines)
+
+
+def steady_table(results):
+    """Every fp32 run with its seeds: the epoch from which each seed stays at >= stats.TARGET % test accuracy
+    through its last epoch ("-": its last epoch is below), and how many seeds do so from each of STEADY_FROM."""
+    records = load_records(results)
+    t = stats.TARGET
+    lines = [f"| run | seeds | at ≥ {t}% in every epoch from, per seed | "
+             + " | ".join(f"seeds at ≥ {t}% from epoch {k} on" for k in STEADY_FROM) + " |",
+             "|---|---|---|" + "---|" * len(STEADY_FROM)]
+    for name in ordered(records):
+        done = stats.finished(records[name])
+        if not done or Recipe.from_config(records[name][0]["config"]).precision != "fp32":
+            continue
+        steady = stats.steady(records[name])
+        lines.append(f"| {label(records[name][0])} | {', '.join(map(str, done))} "
+                     f"| {', '.join(str(e) if e else '-' for e in steady.values())} | "
+                     + " | ".join(steady_count(records[name], k) for k in STEADY_FROM) + " |")
+    return "\n".join(lines)
+
+
+def seed_curves_figure(results):
+    """static/seed_curves.png: every finished seed's test accuracy per epoch for the three main runs, with the
+    99.4% line and the epochs from STEADY_FROM[-1] shaded; None if none has finished."""
+    records = load_records(results)
+    last = STEADY_FROM[-1]
+    panels = {}
+    for recipe in experiment():
+        done = stats.finished(records.get(recipe.name, []))
+        if done:
+            title = (f"{recipe.label}: {steady_count(records[recipe.name], last)} seeds at ≥ {stats.TARGET}%\n"
+                     f"in every epoch from {last} on")
+            panels[title] = {seed: r["history"] for seed, r in done.items()}
+    return plot_seed_curves(panels, stats.TARGET, from_epoch=last) if panels else None
 
 
 def seeds_table(results):
@@ -500,7 +544,7 @@ def worked_example_short(results):
     return "```text\n" + normalizations.worked_example(brief=True) + "\n```"
 
 
-TABLES = {"headline": headline_table, "seeds": seeds_table, "findings": findings_table,
+TABLES = {"headline": headline_table, "seeds": seeds_table, "steady": steady_table, "findings": findings_table,
           "search": search_table, "schedule-search": schedule_search_table, "tuning": tuning_table, "results": results_table,
           "v1-results": lambda results: results_table(os.path.join(results, V1)),
           "v1-seeds": lambda results: seeds_table(os.path.join(results, V1)),
@@ -550,11 +594,11 @@ def main(argv=None):
                 f.write(new)
         print(f"{'updated' if new != text else 'unchanged'}: {os.path.relpath(path)}")
     if not args.check:
-        fig = seeds_figure(args.results)
-        if fig is not None:
-            path = save_figure(fig, os.path.join(os.path.dirname(os.path.abspath(args.results)), "static",
-                                                       "seeds.png"))
-            print(f"wrote {os.path.relpath(path)}")
+        static = os.path.join(os.path.dirname(os.path.abspath(args.results)), "static")
+        for name, draw in (("seeds", seeds_figure), ("seed_curves", seed_curves_figure)):
+            fig = draw(args.results)
+            if fig is not None:
+                print(f"wrote {os.path.relpath(save_figure(fig, os.path.join(static, name + '.png')))}")
     if args.check and not stale:
         print(f"{', '.join(os.path.relpath(p) for p in texts)} match {args.results}")
     return stale

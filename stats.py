@@ -53,6 +53,15 @@ def first_epoch(history, target=TARGET, key="test_acc"):
     return next((e["epoch"] for e in history if e[key] >= target), None)
 
 
+def steady_from(history, target=TARGET, key="test_acc"):
+    """The first epoch from which `key` stays at least `target` through the last epoch, or None if the last epoch
+    is below it: a run steady from epoch 12 is at >= target in every epoch from 12 on."""
+    epoch = None
+    for e in history:
+        epoch = (epoch or e["epoch"]) if e[key] >= target else None
+    return epoch
+
+
 def collapses(history, points=COLLAPSE, key="test_acc"):
     """[(epoch, accuracy before, accuracy after)] for every epoch whose `key` fell by at least `points` from the
     epoch before: training diverged there (seen with LN at the one-cycle schedule's peak learning rate)."""
@@ -84,3 +93,8 @@ def comparisons(records, pairs):
 def time_to(records, target=TARGET):
     """{seed: first epoch at >= target % test accuracy, or None} over a run's finished seeds."""
     return {seed: first_epoch(r["history"], target) for seed, r in sorted(finished(records).items())}
+
+
+def steady(records, target=TARGET):
+    """{seed: steady_from(its history), or None} over a run's finished seeds."""
+    return {seed: steady_from(r["history"], target) for seed, r in sorted(finished(records).items())}

@@ -70,3 +70,17 @@ def test_a_run_never_above_twenty_percent_never_learned():
     assert not stats.never_learned(history([11.35, 19.99, 20.0]))  # one epoch at 20% is learning
     assert not stats.never_learned(history([98.0, 11.35]))  # learned, then diverged: a collapse instead
     assert not stats.never_learned([])
+
+
+def test_steady_from_is_the_first_epoch_after_which_every_epoch_is_at_the_target():
+    history = lambda accs: [{"epoch": i + 1, "test_acc": a} for i, a in enumerate(accs)]
+    assert stats.steady_from(history([99.0, 99.4, 99.3, 99.41, 99.5])) == 4  # epoch 2 reached it, epoch 3 fell
+    assert stats.steady_from(history([99.4, 99.4])) == 1  # exactly the target counts, as in first_epoch
+    assert stats.steady_from(history([99.5, 99.6, 99.39])) is None  # below it at the end: never steady
+    assert stats.steady_from([]) is None
+    # Against the definition, by brute force, on random runs near the target
+    rng = np.random.default_rng(0)
+    for _ in range(200):
+        h = history(rng.choice([99.3, 99.4, 99.5], size=rng.integers(1, 8)).tolist())
+        from_each = [k for k in range(1, len(h) + 1) if all(e["test_acc"] >= 99.4 for e in h[k - 1:])]
+        assert stats.steady_from(h) == (from_each[0] if from_each else None)
