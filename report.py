@@ -10,12 +10,14 @@ import stats
 import study
 import tune
 import utils
+from benchmarks import end_to_end
 from figures import plot_seed_curves, plot_seeds, save_figure
 from recipe import Recipe, experiment, label, run_order
 from records import load_records, summarize
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 STEADY_FROM = (12, 15)  # epochs: from which on a seed at >= stats.TARGET in every epoch is counted (steady_table)
+ISA_NAMES = {"avx2": "AVX2", "avx512": "AVX-512"}  # ATen's capability names, as the docs write them
 V1 = "v1"  # results/v1/: the runs of the first recipe (rotation only, dropout 0.05, batch 128), kept apart
 
 
@@ -219,12 +221,11 @@ def end_to_end_table(results):
         p = e["precision"]
         row(f"a BN + L1 epoch on {p['specs']['fp32']['limit'] or 60000:,} images + test, "
             f"{p['settings']['threads']} threads", "fp32", p["fp32_seconds"], "bf16 autocast", p["bf16_seconds"])
-    if "isa" in e:
-        p = e["isa"]
+    for kind, p in sorted(end_to_end.isa_entries(e.get("isa")).items()):  # one row per kind of CPU measured
         used = p["isa_in_use"]
-        row(f"a BN + L1 epoch on 60,000 images + test, {p['settings']['threads']} threads", f"the CPU's own "
-            f"(`--native-isa`: {used['native']})", p["native_seconds"], f"pinned to AVX2 (the default: {used['avx2']})",
-            p["avx2_seconds"])
+        row(f"a BN + L1 epoch on 60,000 images + test, {p['settings']['threads']} threads, on a CPU whose own is "
+            f"{ISA_NAMES.get(kind, kind)}", f"the CPU's own (`--native-isa`: {used['native']})", p["native_seconds"],
+            f"pinned to AVX2 (the default: {used['avx2']})", p["avx2_seconds"])
     if "experiment" in e:
         x = e["experiment"]
         row(f"`{x['settings']['command']}`, whole process", "--jobs 1", x["jobs1_seconds"], "--jobs 2",

@@ -102,6 +102,14 @@ def isa_of_a_fresh_process(pin):
                           check=True).stdout.strip()
 
 
+def isa_entries(isa):
+    """The isa comparison's entries by CPU kind ({"avx2": {...}, "avx512": {...}}); a file written before there was
+    one entry per kind holds a single entry, which is keyed by the native instruction set it records."""
+    if not isa:
+        return {}
+    return {machine.parts(isa["isa_in_use"]["native"])[0]: isa} if "isa_in_use" in isa else isa
+
+
 def fresh_experiment(jobs, args, folder, checkout=ROOT):
     """Wall seconds of a whole `python train.py` run (of `checkout`) with --jobs `jobs` (None: its default), in a
     new process."""
@@ -199,11 +207,15 @@ def main(argv=None):
             runs = compare(list(specs), lambda n: fresh_epochs(specs[n], args), args.repeats)
             a, b = list(specs)
             med = {n: epoch_median(v) for n, v in runs.items()}
-            result[what] = {f"{a}_seconds": med[a], f"{b}_seconds": med[b], "speedup": med[a] / med[b],
-                            "samples_epoch_seconds": runs, "specs": specs,
-                            "settings": {**settings, "threads": threads}, **env}
-            if what == "isa":  # what each setting computes with here, read in fresh processes like the runs
-                result[what]["isa_in_use"] = {n: isa_of_a_fresh_process(n == "avx2") for n in specs}
+            entry = {f"{a}_seconds": med[a], f"{b}_seconds": med[b], "speedup": med[a] / med[b],
+                     "samples_epoch_seconds": runs, "specs": specs, "settings": {**settings, "threads": threads}, **env}
+            if what == "isa":
+                # What each setting computes with here, read in fresh processes like the runs. The cost of the pin
+                # depends on the CPU, so each kind (ATen's native capability: avx2, avx512) keeps its own entry.
+                entry["isa_in_use"] = {n: isa_of_a_fresh_process(n == "avx2") for n in specs}
+                result[what] = {**isa_entries(result.get(what)), machine.parts(entry["isa_in_use"]["native"])[0]: entry}
+            else:
+                result[what] = entry
         elif what == "before":
             with tempfile.TemporaryDirectory() as folder:
                 checkouts = {"before": args.before, "after": ROOT}
@@ -228,8 +240,9 @@ def main(argv=None):
                                         + (f" --limit {args.limit}" if args.quick else ""),
                              "repeats": args.repeats, "order": settings["order"], "statistic": "median wall time"}}
         write_json(args.out, result)
-    print(json.dumps({k: {kk: vv for kk, vv in v.items() if "speedup" in kk or kk.endswith("seconds")}
-                      for k, v in result.items() if isinstance(v, dict)}, indent=1))
+    brief = lambda v: {k: brief(vv) if isinstance(vv, dict) and k != "isa_in_use" else vv for k, vv in v.items()
+                       if "speedup" in k or k.endswith("seconds") or (isinstance(vv, dict) and "speedup" in vv)}
+    print(json.dumps({k: brief(v) for k, v in result.items() if isinstance(v, dict)}, indent=1))
     print(f"wrote {os.path.relpath(args.out)}")
     return result
 

@@ -5,6 +5,7 @@ import subprocess
 import sys
 
 import pytest
+import torch
 
 from conftest import ROOT
 
@@ -70,13 +71,24 @@ def test_end_to_end_quick_times_fresh_processes_for_every_comparison(tmp_path, m
     entry = result["malloc"]["1_threads"]
     assert entry["speedup"] == pytest.approx(entry["default_seconds"] / entry["tuned_seconds"])
     assert [len(run) for run in entry["samples_epoch_seconds"]["tuned"]] == [2]  # 1 repeat of 2 epochs
-    for what, (a, b) in (("pipeline", ("conventional", "ours")), ("precision", ("fp32", "bf16")),
-                         ("isa", ("native", "avx2"))):
-        assert result[what]["speedup"] == pytest.approx(result[what][f"{a}_seconds"] / result[what][f"{b}_seconds"])
+    (kind, isa), = result["isa"].items()  # one entry per kind of CPU: this one's
+    assert kind == torch.backends.cpu.get_cpu_capability().lower()
+    for entry, (a, b) in ((result["pipeline"], ("conventional", "ours")), (result["precision"], ("fp32", "bf16")),
+                          (isa, ("native", "avx2"))):
+        assert entry["speedup"] == pytest.approx(entry[f"{a}_seconds"] / entry[f"{b}_seconds"])
     assert result["pipeline"]["specs"]["conventional"]["malloc"] is False
-    assert result["isa"]["isa_in_use"]["avx2"] in ("avx2", result["isa"]["isa_in_use"]["native"])
+    assert isa["isa_in_use"]["avx2"] in ("avx2", isa["isa_in_use"]["native"])
     assert result["experiment"]["jobs1_seconds"] > 0 and result["experiment"]["jobs2_seconds"] > 0
     # A second invocation for one comparison keeps the others.
     done = subprocess.run([sys.executable, "-m", "benchmarks.end_to_end", "--quick", "--compare", "precision",
                            "--data", DATA, "--out", str(out)], capture_output=True, text=True, timeout=900, cwd=ROOT)
     assert done.returncode == 0 and set(json.load(open(out))) == {"malloc", "pipeline", "precision", "isa", "experiment"}
+
+
+def test_the_isa_comparison_keeps_one_entry_per_kind_of_cpu_and_reads_the_older_single_entry():
+    from benchmarks.end_to_end import isa_entries
+    old = {"native_seconds": 44.8, "avx2_seconds": 45.2, "speedup": 0.99, "isa_in_use": {"native": "avx2", "avx2": "avx2"}}
+    assert isa_entries(old) == {"avx2": old}  # written before the entries were kept by kind
+    wide = {**old, "isa_in_use": {"native": "native: ATen avx512, oneDNN brgconv:avx512_core", "avx2": "avx2"}}
+    assert isa_entries({"avx2": old, "avx512": wide}) == {"avx2": old, "avx512": wide}
+    assert isa_entries(None) == {}
