@@ -306,6 +306,13 @@ def headline_table(results):
     return "\n".join(lines)
 
 
+def fp32_runs(records):
+    """[(name, {seed: record} of its finished seeds)] of the fp32 runs with a finished seed, in report order."""
+    done = ((name, stats.finished(records[name])) for name in ordered(records))
+    return [(name, seeds) for name, seeds in done
+            if seeds and Recipe.from_config(records[name][0]["config"]).precision == "fp32"]
+
+
 def steady_table(results):
     """Every fp32 run with its seeds: the epoch from which each seed stays at >= stats.TARGET % test accuracy
     through its last epoch ("-": its last epoch is below), and how many seeds do so from each of STEADY_FROM."""
@@ -314,10 +321,7 @@ def steady_table(results):
     lines = [f"| run | seeds | at ≥ {t}% in every epoch from, per seed | "
              + " | ".join(f"seeds at ≥ {t}% from epoch {k} on" for k in STEADY_FROM) + " |",
              "|---|---|---|" + "---|" * len(STEADY_FROM)]
-    for name in ordered(records):
-        done = stats.finished(records[name])
-        if not done or Recipe.from_config(records[name][0]["config"]).precision != "fp32":
-            continue
+    for name, done in fp32_runs(records):
         steady = stats.steady(records[name])
         lines.append(f"| {label(records[name][0])} | {', '.join(map(str, done))} "
                      f"| {', '.join(str(e) if e else '-' for e in steady.values())} | "
@@ -346,10 +350,7 @@ def seeds_table(results):
     records = load_records(results)
     lines = [f"| run | seeds | final test acc %, mean ± 95% interval | final test acc % per seed | first epoch at "
              f"≥ {stats.TARGET}% per seed | its mean |", "|---|---|---|---|---|---|"]
-    for name in ordered(records):
-        done = stats.finished(records[name])
-        if not done or Recipe.from_config(records[name][0]["config"]).precision != "fp32":
-            continue
+    for name, done in fp32_runs(records):
         epochs = stats.time_to(records[name])
         lines.append(f"| {label(records[name][0])} | {', '.join(map(str, done))} "
                      f"| {interval([stats.final(r) for r in done.values()])} "
