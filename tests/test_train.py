@@ -119,13 +119,13 @@ def test_ctrl_c_stops_parallel_runs_cleanly_and_the_same_command_resumes_them(tm
     import signal
     import time
     from conftest import DATA
-    cmd = [sys.executable, os.path.join(ROOT, "train.py"), "--epochs", "3", "--limit", "1000", "--jobs", "2",
+    cmd = [sys.executable, os.path.join(ROOT, "train.py"), "--epochs", "2", "--limit", "1000", "--jobs", "2",
            "--data", DATA, "--out", str(tmp_path), "--device", "cpu", "--no-progress", "--no-figures"]
     # A new session, as a terminal's foreground job: Ctrl-C sends SIGINT to the whole process group. SIGINT is
     # reset to its default first, in case this test itself runs in the background, where it is ignored.
     proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True,
                             preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
-    results = tmp_path / "results" / "epochs3_limit1000" / "bn_l1_seed0.json"
+    results = tmp_path / "results" / "epochs2_limit1000" / "bn_l1_seed0.json"
     deadline = time.time() + 300
     while time.time() < deadline and not (results.exists() and json.load(open(results))["history"]):
         time.sleep(0.2)
@@ -134,9 +134,9 @@ def test_ctrl_c_stops_parallel_runs_cleanly_and_the_same_command_resumes_them(tm
     assert proc.returncode == 1 and "stopped: every finished epoch is kept; resume with: python" in err
     assert "Traceback" not in err  # the workers leave Ctrl-C to the parent
     cut = len(json.load(open(results))["history"])
-    assert 1 <= cut < 3 and (tmp_path / "checkpoints" / "epochs3_limit1000" / "bn_l1_seed0.pt").exists()
+    assert cut == 1 and (tmp_path / "checkpoints" / "epochs2_limit1000" / "bn_l1_seed0.pt").exists()
     done = subprocess.run(cmd, capture_output=True, text=True, timeout=600)
     assert done.returncode == 0, done.stderr
     assert f"resuming after epoch {cut}" in done.stdout
-    assert all(len(json.load(open(tmp_path / "results" / "epochs3_limit1000" / f"{n}_seed0.json"))["history"]) == 3
+    assert all(len(json.load(open(tmp_path / "results" / "epochs2_limit1000" / f"{n}_seed0.json"))["history"]) == 2
                for n in ("bn_l1", "ln", "gn"))
