@@ -65,6 +65,7 @@ def fake_seconds(spec):
             + 2.0 * (spec["precision"] == "bf16") + 0.25 * (spec["isa"] == "native"))
 
 
+@pytest.mark.mnist  # main() loads the real MNIST once, as before the fresh processes
 def test_end_to_end_compares_each_pair_alternating_and_keeps_the_other_comparisons(tmp_path, monkeypatch, mnist):
     # The bookkeeping, in this process: what each fresh process would measure is faked (the measuring itself is
     # the next test), so the medians, ratios and files can be checked exactly.
