@@ -56,6 +56,16 @@ def add_recipe_arguments(p, *, lr_help="peak learning rate of the one-cycle sche
                    help="one run per seed")
     p.add_argument("--epochs", type=positive_int, default=DEFAULT.epochs, help="epochs per run")
     p.add_argument("--lr", type=number(float, "a number > 0", 0, low_open=True), default=DEFAULT.lr, help=lr_help)
+    p.add_argument("--pct-start", type=number(float, "a fraction in (0, 1)", 0, low_open=True, high=1),
+                   default=DEFAULT.pct_start, help="the share of the one-cycle schedule over which the learning rate "
+                   "rises to its peak")
+    p.add_argument("--cycle-epochs", type=positive_int, default=DEFAULT.cycle_epochs, metavar="N",
+                   help="the one-cycle schedule spans the first N epochs, then holds its end (default: all epochs)")
+    p.add_argument("--final-div", type=number(float, "a number > 0", 0, low_open=True), default=DEFAULT.final_div,
+                   help="the cycle ends at lr / 25 / FINAL_DIV")
+    p.add_argument("--ema", type=number(float, "a decay in [0, 1)", 0, high=1), default=DEFAULT.ema,
+                   help="per-step decay of the exponential moving average of the weights and BN's statistics that "
+                        "is evaluated and saved; 0: none, the trained weights themselves")
     p.add_argument("--dropout", type=number(float, "a probability in [0, 1)", 0, high=1), default=DEFAULT.dropout,
                    help="dropout after every norm layer")
     p.add_argument("--groups", type=int, choices=VALID_GROUPS, default=DEFAULT.groups,
@@ -78,6 +88,12 @@ def variant(args, defaults, keys) -> str:
     """ "epochs1_limit500": the settings among `keys` in which parsed `args` differ from the parsed `defaults`, to
     name a folder of their own under --out ("" for the defaults), so that runs with other settings never clash."""
     return "_".join(f"{key}{getattr(args, key)}" for key in keys if getattr(args, key) != getattr(defaults, key))
+
+
+def schedule(args):
+    """The Recipe's schedule and averaging settings from parsed arguments."""
+    return {"pct_start": args.pct_start, "cycle_epochs": args.cycle_epochs, "final_div": args.final_div,
+            "ema": args.ema}
 
 
 def augmentation(args):

@@ -22,11 +22,12 @@ class Recipe:
     seed: int = 0             # initial weights, dropout masks, batch order and augmentation
     batch_size: int = 64
     lr: float = 0.1           # peak learning rate of the one-cycle schedule
-    pct_start: float = 0.3    # the share of the cycle's steps over which the learning rate rises to its peak
+    pct_start: float = 0.15   # the share of the cycle's steps over which the learning rate rises to its peak
     cycle_epochs: int | None = None  # the one-cycle schedule spans the first cycle_epochs (None: all), then holds its end
     final_div: float = 1e4    # the cycle ends at lr / 25 / final_div (OneCycleLR's final_div_factor)
-    ema: float = 0.0          # per-step decay of an average of the weights and BN's statistics (0: none); if > 0 the
+    ema: float = 0.999        # per-step decay of an average of the weights and BN's statistics (0: none); if > 0 the
                               # averaged model is what is evaluated and saved (torch.optim.swa_utils.AveragedModel)
+    # pct_start 0.15 and ema 0.999: the schedule search's choice on the validation split (tune.py, results/tune/schedule/)
     # Augmentation, drawn per image and per epoch: an affine map about the image's centre (see batches, affine).
     degrees: float = 7.0      # rotation uniform in ±degrees (counter-clockwise positive)
     translate: float = 0.1    # shift uniform in ±translate of the width (x) and of the height (y)
@@ -105,8 +106,11 @@ class Recipe:
         return cls(**settings)
 
 
+# The learning-rate schedule of every run before the schedule search (results/v2/, results/v1/, results/tune/,
+# results/batch_size/): one cycle over all epochs, peaking after 30% of it, and no average of the weights.
+FIRST_SCHEDULE = {"pct_start": 0.3, "cycle_epochs": None, "final_div": 1e4, "ema": 0.0}
 # What runs whose files do not record these settings trained with (the files predate the settings).
-UNRECORDED = {"degrees": 7.0, "translate": 0.0, "scale": 0.0, "shear": 0.0}
+UNRECORDED = {"degrees": 7.0, "translate": 0.0, "scale": 0.0, "shear": 0.0, **FIRST_SCHEDULE}
 
 
 def experiment(norms=NORMS, seeds=(0,), *, l1=L1, groups=Recipe.groups, **settings):
@@ -133,7 +137,7 @@ def settings_folder(recipe) -> str:
     for f in fields(Recipe):
         value = getattr(recipe, f.name)
         if f.name not in NAMED and value != getattr(default, f.name):
-            parts.append(value if isinstance(value, str) else f"{f.name}{value:g}")
+            parts.append(value if isinstance(value, str) else f"{f.name}{'all' if value is None else format(value, 'g')}")
     return "_".join(parts)
 
 

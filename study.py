@@ -23,8 +23,8 @@ from records import is_finished, load_records, summarize
 BATCH_SIZES = (2, 4, 8, 16, 32, 64, 128, 256)
 EPOCHS, SEEDS = 2, (0, 1)  # the study's own defaults: short runs, two seeds
 BASE_BATCH = 128           # the batch at which the peak learning rate is --lr (the study's anchor, not the recipe's batch)
-# The study's committed runs (results/batch_size/) used the first recipe's dropout and augmentation (rotation only,
-# UNRECORDED), so these stay its defaults: `python study.py` then resumes them rather than clashing with them.
+# The study's committed runs (results/batch_size/) used the first recipe's dropout, augmentation (rotation only) and
+# schedule (UNRECORDED), so these stay its defaults: `python study.py` then resumes them rather than clashing with them.
 SETTINGS = dict(dropout=0.05, **UNRECORDED)
 FOLDER = "batch_size"
 
@@ -155,15 +155,16 @@ def parse_args(argv=None):
 def recipes_of(args):
     """The study's recipes that the parsed command line asks for."""
     return plan(args.norms, args.batch_sizes, args.seeds, l1=args.l1, epochs=args.epochs, lr=args.lr,
-                dropout=args.dropout, groups=args.groups, **cli.augmentation(args), precision=args.precision,
+                **cli.schedule(args), dropout=args.dropout, groups=args.groups, **cli.augmentation(args), precision=args.precision,
                 limit=args.limit)
 
 
 def main(argv=None):
     args = parse_args(argv)
     # Settings other than the study's own go to a folder of their own under --out (cli.variant)
-    variant = cli.variant(args, parse_args([]), ("epochs", "lr", "dropout", "groups", "degrees", "translate", "scale",
-                                                  "shear", "precision", "limit", "l1"))
+    variant = cli.variant(args, parse_args([]), ("epochs", "lr", "pct_start", "cycle_epochs", "final_div", "ema",
+                                                  "dropout", "groups", "degrees", "translate", "scale", "shear",
+                                                  "precision", "limit", "l1"))
     args.out = os.path.join(args.out, variant)
     machine.tune_malloc()
     machine.pin_isa(not args.native_isa, onednn=args.precision == "fp32")  # before torch's first operation; bf16 keeps oneDNN's own

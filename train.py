@@ -59,8 +59,8 @@ def parse_args(argv=None):
 def recipes(args):
     """(main runs, ablation runs) the command line asks for, each seed by seed (so that an interrupted invocation
     leaves whole pairs): each norm for each seed, L1 on the BN run only; the ablations for their seeds."""
-    settings = dict(epochs=args.epochs, batch_size=args.batch_size, lr=args.lr, dropout=args.dropout,
-                    **cli.augmentation(args), precision=args.precision, val=args.val or 0, limit=args.limit)
+    settings = dict(epochs=args.epochs, batch_size=args.batch_size, lr=args.lr, **cli.schedule(args),
+                    dropout=args.dropout, **cli.augmentation(args), precision=args.precision, val=args.val or 0, limit=args.limit)
     main = experiment(args.norms, args.seeds, l1=args.l1, groups=args.groups, **settings)
     by_seed = lambda runs: sorted(runs, key=lambda r: r.seed)
     return by_seed(main), by_seed(ablations(args.ablation_seeds, **settings))
@@ -149,10 +149,10 @@ def main(argv=None):
             pin_for_rerun(args, saved)
         else:  # bf16 keeps oneDNN's own instruction set: its AVX-512 BF16 kernels, where the CPU has them
             machine.pin_isa(not args.native_isa, onednn=args.precision == "fp32")
+        main_runs, ablation_runs = recipes(args) if not saved else ([], [])  # bad settings: an error before the data
         data = load_mnist(args.data)
         if saved:
             return rerun(args, saved, data)
-        main_runs, ablation_runs = recipes(args)
         runs = main_runs + ablation_runs
         train, test = select(data, runs[0])
         print(f"device {args.device}, {args.precision}, {args.jobs} job{'s' if args.jobs > 1 else ''}; training on "

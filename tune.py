@@ -14,8 +14,9 @@ augmentation, dropout and batch size in GRID. Its rule, fixed before any of its 
    then the larger batch (batch 64 trains about 0.9x the images per second of 128 here: docs/performance.md),
    then rotation before the full affine map (the same cost; the simpler one).
 
-The schedule search (--search schedule) compares today's recipe with changes to its learning-rate schedule and
-an average of its weights (SCHEDULES), everything else as Recipe's defaults. Its rule, fixed and committed before
+The schedule search (--search schedule) compares today's recipe (the one the search started from, FIRST_SCHEDULE,
+whose ten-seed runs are in results/v2/) with changes to its learning-rate schedule and an average of its weights
+(SCHEDULES), everything else as Recipe's defaults. Its rule, fixed and committed before
 any of its runs was trained, rewards both the final accuracy and a run that gets there early and stays:
 
 1. Seed 0 of the three norms for every setting in SCHEDULES (today's recipe has seeds 0 and 1 already: the
@@ -29,6 +30,8 @@ any of its runs was trained, rewards both the final accuracy and a run that gets
    and that tie goes to the cheapest (schedule_cost()): today's recipe, then no average before the average
    (it updates a copy of the weights every step), then fewer changes.
 4. If the choice is today's recipe, today's recipe and its runs stay.
+
+It chose peak15_ema, which is Recipe's defaults now (the runs in results/).
 
 Runs resume like train.py's (run the same command again); results go to OUT/results/tune/ (--out: by default
 runs/; the committed search is `--out .`), and each invocation that trains logs its wall time to tune.json there.
@@ -44,7 +47,7 @@ import machine
 import stats
 import utils
 from data import load_mnist
-from recipe import Recipe, experiment
+from recipe import FIRST_SCHEDULE, Recipe, experiment
 from records import load_records
 
 # Each augmentation names all four of its settings, so that a setting means the same whatever Recipe's defaults.
@@ -58,9 +61,11 @@ CLOSE = 0.10     # points: a setting this close to the best after seed 0 gets a 
 TIE = 0.05       # points: settings this close to the best after two seeds are tied
 FOLDER = "tune"
 
-# The schedule search: each setting is the Recipe fields it changes. final_div 40 ends a shorter cycle at lr / 1000
-# (1e-4), low enough to settle, not so low that the epochs after the cycle train nothing.
-SCHEDULES = {
+# The schedule search: each setting is the changes it makes to the schedule that every run before it used
+# (FIRST_SCHEDULE; SCHEDULES spells out all of its fields, so that a setting means the same whatever Recipe's
+# defaults). final_div 40 ends a shorter cycle at lr / 1000 (1e-4), low enough to settle, not so low that the epochs
+# after the cycle train nothing.
+CHANGES = {
     "today": {},
     "ema": {"ema": 0.999},
     "peak15": {"pct_start": 0.15},
@@ -70,6 +75,7 @@ SCHEDULES = {
     "cycle12": {"cycle_epochs": 12, "final_div": 40.0},
     "cycle12_ema": {"cycle_epochs": 12, "final_div": 40.0, "ema": 0.999},
 }
+SCHEDULES = {sid: {**FIRST_SCHEDULE, **changes} for sid, changes in CHANGES.items()}
 INCUMBENT = "affine_dropout0_bs64"  # the augmentation search's choice, whose runs in FOLDER are today's recipe
 SCHEDULE_FOLDER = os.path.join(FOLDER, "schedule")
 SETTLE = 0.1      # points: a run has settled once its validation accuracy stays this close to its final one
@@ -90,7 +96,7 @@ def recipes(setting, seed, **overrides):
     """BN + L1, LN and GN for one setting and seed, on the validation split (overrides: for tests)."""
     aug = AUGMENTATIONS[setting["augmentation"]]
     return experiment(seeds=(seed,), dropout=setting["dropout"], batch_size=setting["batch_size"],
-                            **{"val": VAL, **aug, **overrides})
+                      **{"val": VAL, **aug, **FIRST_SCHEDULE, **overrides})
 
 
 def run_names(recipes_, setting):
@@ -154,7 +160,8 @@ def choose(table):
 
 def schedule_cost(sid):
     """The schedule rule's order of cheapness, cheapest first: today's recipe, no average, fewer changes."""
-    return sid != "today", SCHEDULES[sid].get("ema", 0) > 0, len(SCHEDULES[sid])
+    changes = {k for k, v in SCHEDULES[sid].items() if FIRST_SCHEDULE.get(k) != v}
+    return sid != "today", SCHEDULES[sid].get("ema", 0) > 0, len(changes)
 
 
 def schedule_choose(table):

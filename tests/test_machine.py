@@ -62,13 +62,17 @@ def test_rerun_reads_the_instruction_set_of_files_from_before_it_was_recorded():
 
 
 @pytest.mark.mnist
-def test_rerun_of_a_committed_run_reproduces_its_first_epoch_exactly(tmp_path, mnist):
+@pytest.mark.parametrize("committed,folder", [
+    (os.path.join("results", "ln_seed0.json"), "rerun"),
+    # The recipe before the schedule search, whose file records no schedule settings: read as FIRST_SCHEDULE's, which
+    # now differ from the defaults (hence the folder), they still give its history.
+    (os.path.join("results", "v2", "ln_seed0.json"), os.path.join("rerun", "pct_start0.3_ema0")),
+])
+def test_rerun_of_a_committed_run_reproduces_its_first_epoch_exactly(tmp_path, mnist, committed, folder):
     # The proof that the committed numbers come from the committed code: epoch 1 of a full-data run, through the same
     # code path as `python train.py --rerun`, with the file's settings, thread count and instruction set.
     import json
-    import os
     from conftest import DATA
-    committed = os.path.join("results", "ln_seed0.json")
     done = subprocess.run([sys.executable, "train.py", "--rerun", committed, "--rerun-epochs", "1", "--out",
                            str(tmp_path), "--data", DATA, "--no-progress"], capture_output=True, text=True, cwd=ROOT,
                           timeout=900)
@@ -76,7 +80,7 @@ def test_rerun_of_a_committed_run_reproduces_its_first_epoch_exactly(tmp_path, m
     assert "identical: the first 1 of its 20 epochs" in done.stdout
     with open(os.path.join(ROOT, committed)) as f:
         old = json.load(f)
-    with open(tmp_path / "results" / "rerun" / "ln_seed0.json") as f:
+    with open(tmp_path / "results" / folder / "ln_seed0.json") as f:
         new = json.load(f)
     (epoch,) = new["history"]
     assert {k: v for k, v in epoch.items() if k != "seconds"} == \
@@ -88,7 +92,7 @@ def test_rerun_of_a_committed_run_reproduces_its_first_epoch_exactly(tmp_path, m
 def test_rerun_of_a_run_made_with_an_instruction_set_this_cpu_lacks_says_so_before_training(tmp_path):
     import json
     import os
-    saved = json.load(open(os.path.join(ROOT, "results", "ln_seed0.json")))
+    saved = json.load(open(os.path.join(ROOT, "results", "v2", "ln_seed0.json")))
     saved["config"].update(hardware="CPU AVX512", isa="native: ATen avx512, oneDNN brgconv:avx512_core")
     path = tmp_path / "avx512_run.json"
     path.write_text(json.dumps(saved))

@@ -45,9 +45,10 @@ def test_recipe_names_and_labels_come_from_its_settings():
     # A config written before degrees, val and limit were recorded reads back with its split sizes.
     old = {"norm": "GN", "groups": 2, "lr": 0.2, "train_images": 50000, "eval_images": 10000,
            "eval_split": "validation: the last 10000 training images", "torch": "x"}
-    # ... and with the augmentation such runs had (rotation only, ±7 degrees), whatever the defaults are now.
-    assert Recipe.from_config(old) == Recipe("GN", lr=0.2, val=10000, degrees=7.0, translate=0.0,
-                                                         scale=0.0, shear=0.0)
+    # ... and with the augmentation (rotation only, ±7 degrees) and schedule such runs had, whatever the defaults are.
+    assert Recipe.from_config(old) == Recipe("GN", lr=0.2, val=10000, degrees=7.0, translate=0.0, scale=0.0,
+                                             shear=0.0, pct_start=0.3, cycle_epochs=None, final_div=1e4, ema=0.0)
+    assert (Recipe().pct_start, Recipe().ema) == (0.15, 0.999)  # the schedule search's choice
     assert Recipe.from_config({**old, "train_images": 512}).limit == 512
 
 
@@ -58,6 +59,11 @@ def test_each_set_of_settings_gets_a_folder_named_after_what_differs_from_the_de
     assert folder("--epochs", "1", "--limit", "2000") == {"epochs1_limit2000"}
     assert folder("--val", "10000", "--batch-size", "128", "--dropout", "0.05") == {"dropout0.05_batch_size128_val10000"}
     assert folder("--precision", "bf16", "--lr", "0.05") == {"lr0.05_bf16"}
+    # The schedule before the schedule search chose today's (the runs of results/v2/), from the command line.
+    assert folder("--pct-start", "0.3", "--ema", "0") == {"pct_start0.3_ema0"}
+    assert folder("--cycle-epochs", "12", "--final-div", "40") == {"cycle_epochs12_final_div40"}
+    assert settings_folder(Recipe(cycle_epochs=None)) == "" and \
+        settings_folder(Recipe(limit=5, val=10)) == "val10_limit5"
     # The norm, seed, groups and L1 are in the file's name instead.
     assert folder("--groups", "5", "--norms", "gn", "ln") == folder("--l1", "0.0001") == {""}
     assert [r.name for r in train_cli.recipes(train_cli.parse_args(["--l1", "0.0001"]))[0]] == ["bn_l1_0.0001", "ln",

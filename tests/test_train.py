@@ -21,6 +21,10 @@ from conftest import ROOT
     (["--val", "60000"], "must be smaller than the 60000 training images"),
     (["--device", "tpu"], "argument --device"),
     (["--translate", "1"], r"argument --translate: expected a fraction in \[0, 1\), got '1'"),
+    (["--pct-start", "0"], r"argument --pct-start: expected a fraction in \(0, 1\), got '0'"),
+    (["--ema", "1"], r"argument --ema: expected a decay in \[0, 1\), got '1'"),
+    (["--cycle-epochs", "0"], "argument --cycle-epochs: expected a positive integer, got '0'"),
+    (["--final-div", "-1"], "argument --final-div: expected a number > 0, got '-1'"),
     (["--shear", "-1"], r"argument --shear: expected degrees in \[0, 90\)"),
     (["--bogus"], "unrecognized arguments: --bogus"),
 ])
@@ -140,3 +144,11 @@ def test_ctrl_c_stops_parallel_runs_cleanly_and_the_same_command_resumes_them(tm
     assert f"resuming after epoch {cut}" in done.stdout
     assert all(len(json.load(open(tmp_path / "results" / "epochs2_limit1000" / f"{n}_seed0.json"))["history"]) == 2
                for n in ("bn_l1", "ln", "gn"))
+
+
+def test_settings_that_no_recipe_accepts_are_an_error_before_any_data_is_loaded(tmp_path):
+    done = subprocess.run([sys.executable, "train.py", "--cycle-epochs", "30", "--data", str(tmp_path / "no-data"),
+                           "--out", str(tmp_path)], capture_output=True, text=True, cwd=ROOT, timeout=120)
+    assert done.returncode == 1 and "Traceback" not in done.stderr
+    assert "cycle_epochs must be None or an integer in [1, epochs=20], got 30" in done.stderr
+    assert not (tmp_path / "no-data").exists()

@@ -140,11 +140,18 @@ def test_the_schedule_rule_breaks_accuracy_ties_by_the_earliest_settling_then_th
     assert tune.schedule_choose(tune.scores(schedule_fake(finals, settles), tune.SCHEDULES))[0] == "today"
 
 
-def test_today_in_the_schedule_search_is_the_augmentation_searchs_choice_and_recipes_defaults():
-    assert tune.SCHEDULES["today"] == {} and tune.setting_id(
+def test_today_in_the_schedule_search_is_the_augmentation_searchs_choice_with_the_first_schedule():
+    from dataclasses import replace
+    from recipe import FIRST_SCHEDULE
+    assert tune.SCHEDULES["today"] == FIRST_SCHEDULE and tune.setting_id(
         {"augmentation": "affine", "dropout": Recipe().dropout, "batch_size": Recipe().batch_size}) == tune.INCUMBENT
     for sid, changes in tune.SCHEDULES.items():  # every setting is a valid recipe on the validation split
         assert all(r.val == tune.VAL and r.epochs == 20 for r in experiment(val=tune.VAL, **changes)), sid
+    # Every setting names the whole schedule, so it means the same whatever Recipe's defaults; the choice is them.
+    assert all(set(FIRST_SCHEDULE) <= set(changes) for changes in tune.SCHEDULES.values())
+    assert replace(Recipe(), **tune.SCHEDULES["peak15_ema"]) == Recipe()
+    # The augmentation search's settings keep the schedule its runs were trained with.
+    assert all(r.pct_start == 0.3 and r.ema == 0 for r in tune.recipes(tune.settings()[0], 0))
 
 
 def test_a_tiny_schedule_search_reads_today_from_the_augmentation_search_and_trains_the_rest(tmp_path, monkeypatch):
