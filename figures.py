@@ -81,6 +81,7 @@ def plot_curves(runs, metric="test_acc", *, title=None, train=False):
                 zorder=3)
     ax.xaxis.set_major_locator(MaxNLocator(integer=True))
     ax.margins(y=0.08)
+    _keep_early_epochs_off_scale(ax, runs, metric, "%" if not lower else "")
     ax.set_xlabel("epoch")
     ax.set_ylabel(ylabel)
     name = ylabel.split(" (")[0]
@@ -89,6 +90,39 @@ def plot_curves(runs, metric="test_acc", *, title=None, train=False):
     ax.grid(alpha=0.3)
     ax.legend(loc="upper right" if lower else "lower right")
     return fig
+
+
+def _keep_early_epochs_off_scale(ax, runs, metric, unit, far=10.0):
+    """Early epochs far from the rest (an averaged model's first epochs still hold much of its random start) would
+    flatten every later epoch into a line. So the y-axis spans the epochs after the first quarter, and an epoch more
+    than `far` times their range beyond them is left off the scale: a triangle on the edge, and a note that gives its
+    value (each run's mean over seeds)."""
+    means = {label: np.array([[r[metric] for r in h] for h in hs]).mean(0) for label, hs in runs.items()}
+    n = min(len(m) for m in means.values())
+    if n < 4:
+        return
+    later = np.concatenate([m[n // 4:] for m in means.values()])
+    lo, hi = later.min(), later.max()
+    span = max(hi - lo, 1e-12)
+    off = {label: [i for i in range(n // 4) if not lo - far * span <= m[i] <= hi + far * span]
+           for label, m in means.items()}
+    if not any(off.values()):
+        return
+    kept = np.concatenate([np.delete(m, off[label]) for label, m in means.items()])
+    pad = 0.05 * (kept.max() - kept.min() or span)
+    bottom, top = kept.min() - pad, kept.max() + pad
+    ax.set_ylim(bottom, top)
+    notes = []
+    for i, (label, m) in enumerate(means.items()):
+        epochs = [runs[label][0][j]["epoch"] for j in off[label]]
+        for j, epoch in zip(off[label], epochs):
+            below = m[j] < bottom
+            ax.plot(epoch, bottom if below else top, marker="v" if below else "^", markersize=9, color=f"C{i}",
+                    clip_on=False, zorder=4)
+        if epochs:
+            notes.append(f"{label}, epoch{'s' if len(epochs) > 1 else ''} {', '.join(map(str, epochs))}: "
+                         + ", ".join(f"{m[j]:.4g}{unit}" for j in off[label]))
+    ax.text(0.3, 0.6, "off the scale (▲▼):\n" + "\n".join(notes), transform=ax.transAxes, fontsize=8, va="center")
 
 
 def experiment_figures(records, models, test):

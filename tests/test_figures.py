@@ -63,6 +63,21 @@ def test_figures_are_written_with_titles_labels_and_legend(tmp_path):
         plot_curves({}, "accuracy")
 
 
+def test_curves_leave_an_early_epoch_far_below_the_rest_off_the_scale_and_say_so():
+    # An averaged model's epoch 1 (11%, then 46%) would squeeze epochs 3 to 20 (98.0 to 99.6%) into a line.
+    accs = [11.35, 46.11, 98.0] + [99.0 + 0.6 * e / 20 for e in range(4, 21)]
+    history = [{"epoch": e, "test_acc": a, "test_loss": 0.1} for e, a in enumerate(accs, 1)]
+    steady = [{"epoch": e, "test_acc": 99.0, "test_loss": 0.1} for e in range(1, 21)]
+    ax = plot_curves({"BN + L1": [history], "LN": [steady]}, "test_acc").axes[0]
+    bottom, top = ax.get_ylim()
+    assert 97.8 < bottom < 98.0 and 99.6 < top < 99.8
+    (note,) = [t.get_text() for t in ax.texts if t.get_text().startswith("off the scale")]
+    assert note.endswith("BN + L1, epochs 1, 2: 11.35%, 46.11%")
+    # Curves without such an epoch keep matplotlib's own limits, and no note.
+    ax = plot_curves({"LN": [steady], "GN": [history[2:]]}, "test_acc").axes[0]
+    assert not [t for t in ax.texts if t.get_text().startswith("off the scale")]
+
+
 def test_seeds_figure_shows_every_seed_and_the_mean_with_its_interval():
     panels = {"norms": {"BN + L1": {0: 99.5, 1: 99.6, 2: 99.7}, "LN": {0: 99.4}},
               "groups": {"2 groups": {0: 99.5, 1: 99.5}}}
