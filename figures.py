@@ -92,7 +92,7 @@ def plot_curves(runs, metric="test_acc", *, title=None, train=False):
     return fig
 
 
-def _keep_early_epochs_off_scale(ax, runs, metric, unit, far=10.0):
+def _keep_early_epochs_off_scale(ax, runs, metric, unit, far=20.0):
     """Early epochs far from the rest (an averaged model's first epochs still hold much of its random start) would
     flatten every later epoch into a line. So the y-axis spans the epochs after the first quarter, and an epoch more
     than `far` times their range beyond them is left off the scale: a triangle on the edge, and a note that gives its

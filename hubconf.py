@@ -11,9 +11,9 @@ dependencies = ["torch"]
 HERE = os.path.dirname(os.path.abspath(__file__))
 # The weights of the runs the README reports (seed 0 of each model), written by train.py, and their SHA-256.
 PRETRAINED = {
-    "BN": ("weights/bn_l1_seed0.pt", "ba3124dc46801b080a7facbddc82342293417719133ffad9751d82a6101680e9"),
-    "LN": ("weights/ln_seed0.pt", "52788b6425670ebe075c9469a35ca9a9bcd641044ebf5e69e6518e437b915b03"),
-    "GN": ("weights/gn_seed0.pt", "c180aeeaffb87937677ba3f3cf05c4bc04a8e00ae3474c6a1bbc1498248b1f6c"),
+    "BN": ("weights/bn_l1_seed0.pt", "3d30afbd18f66c59685ba07af59a1e5189603685c894c5cfbdee683406ceb6c5"),
+    "LN": ("weights/ln_seed0.pt", "b378115e3398968b34b817e69ba96cadf020370e604a31bb9a5ccf1568dce403"),
+    "GN": ("weights/gn_seed0.pt", "7ad75877ae798bcb4b5c40f6d5182d65360f3149e09fd285c1de8a42520bf192"),
 }
 
 
