@@ -44,7 +44,8 @@ def net(norm="BN", pretrained=False, **kwargs):
     """The MNIST CNN (7,750 parameters) with norm "BN", "LN" or "GN" (any case).
 
     pretrained=True: the trained weights committed under weights/ (seed 0 of BN + L1, LN and GN, the runs
-    the README reports; hash-checked), returned in eval mode. Otherwise an untrained Net; kwargs
+    the README reports: the average of their weights that each epoch evaluated; hash-checked), returned in eval
+    mode. Otherwise an untrained Net; kwargs
     (groups=2, dropout=0.0) go to model.Net. Input: [N, 1, 28, 28] images scaled to [0, 1] and then
     standardized with MNIST's mean 0.1307 and std 0.3081; output: [N, 10] log-probabilities.
     """

@@ -332,17 +332,17 @@ def steady_table(results):
 
 def seed_curves_figure(results):
     """static/seed_curves.png: every finished seed's test accuracy per epoch for the three main runs, with the
-    99.4% line and the epochs from STEADY_FROM[-1] shaded; None if none has finished."""
+    99.4% line and the epochs from STEADY_FROM[0] shaded; None if none has finished."""
     records = load_records(results)
-    last = STEADY_FROM[-1]
+    start = STEADY_FROM[0]
     panels = {}
     for recipe in experiment():
         done = stats.finished(records.get(recipe.name, []))
         if done:
-            title = (f"{recipe.label}: {steady_count(records[recipe.name], last)} seeds at ≥ {stats.TARGET}%\n"
-                     f"in every epoch from {last} on")
+            title = (f"{recipe.label}: {steady_count(records[recipe.name], start)} seeds at ≥ {stats.TARGET}%\n"
+                     f"in every epoch from {start} on")
             panels[title] = {seed: r["history"] for seed, r in done.items()}
-    return plot_seed_curves(panels, stats.TARGET, from_epoch=last) if panels else None
+    return plot_seed_curves(panels, stats.TARGET, from_epoch=start) if panels else None
 
 
 def seeds_table(results):

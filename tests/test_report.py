@@ -51,7 +51,7 @@ def test_findings_give_paired_intervals_seeds_and_time_to_accuracy(tmp_path):
     # BN + L1 - LN, BN + L1 - GN and GN - LN (which is also 1 group against 2): three distinct intervals
     assert "- **3 intervals at once.** " in text
     # BN + L1: 99.6 ± t(0.975, 2) * 0.1 / sqrt(3) = 0.248; seed 0 reaches 99.4% at epoch 2, the others at 3
-    assert "| BN + L1 | 99.60 ± 0.25 | 3 | 2.7 | 3 of 3 | 7,750 |" in text
+    assert "| BN + L1 | 99.60 ± 0.25 | 3 | 2.7 | 3 of 3 | 3 of 3 | 7,750 |" in text
     assert "| GN (5 groups) | 0 | 99.30 | 99.30 | 2 | 2.0 |" in text
     assert (tmp_path / "static" / "seeds.png").stat().st_size > 10_000
 
@@ -70,10 +70,10 @@ def test_steady_table_and_curves_count_the_seeds_that_stay_at_the_target(tmp_pat
     assert "| BN + L1 | 0, 1, 2 | 12, 15, - | 1 of 3 | 2 of 3 |" in text
     assert "| LN | 0 | 12 | 1 of 1 | 1 of 1 |" in text
     # 99.5, 99.5, 99.39: mean 99.463, t(0.975, 2) * 0.0635 / sqrt(3) = 0.158; every seed first reaches it at 12
-    assert "| BN + L1 | 99.46 ± 0.16 | 3 | 12.0 | 2 of 3 | 7,750 |" in text
+    assert "| BN + L1 | 99.46 ± 0.16 | 3 | 12.0 | 1 of 3 | 2 of 3 | 7,750 |" in text
     fig = report.seed_curves_figure(str(results))
     assert [len(ax.lines) for ax in fig.axes] == [3 + 1, 1 + 1]  # a line per seed, and the 99.4% line
-    assert fig.axes[0].get_title() == "BN + L1: 2 of 3 seeds at ≥ 99.4%\nin every epoch from 15 on"
+    assert fig.axes[0].get_title() == "BN + L1: 1 of 3 seeds at ≥ 99.4%\nin every epoch from 12 on"
     assert (tmp_path / "static" / "seed_curves.png").stat().st_size > 10_000
 
 
