@@ -33,6 +33,20 @@ def cpu_flags():
     return None
 
 
+def cpu_vendor():
+    """The CPU's vendor as /proc/cpuinfo gives it ("AuthenticAMD", "GenuineIntel"), or None where it cannot be read.
+    Pinned to AVX2, a run reproduces on CPUs of the vendor that made it; across vendors it has been seen to differ
+    (docs/performance.md)."""
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith("vendor_id"):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return None
+
+
 def why_not_pinnable():
     """Why AVX2 cannot be pinned on this CPU (a sentence), or None where it can: an x86-64 CPU with AVX2 and FMA."""
     if platform.machine().lower() not in ("x86_64", "amd64"):
@@ -77,7 +91,8 @@ def onednn_convolution():
 
 def isa_in_use():
     """What this process computes with on the CPU, for a run's config: "avx2" where ATen's kernels and oneDNN's
-    convolutions both use AVX2 (reproducible on any x86-64 CPU with AVX2), else "native: ATen X, oneDNN Y"
+    convolutions both use AVX2 (reproducible on other CPUs of the same vendor with AVX2), else
+    "native: ATen X, oneDNN Y"
     (reproducible only on the same kind of CPU). Asking runs torch's first operations if none ran yet: pin first."""
     return _describe(torch.backends.cpu.get_cpu_capability().lower(), onednn_convolution())
 

@@ -257,7 +257,8 @@ def main(argv=None):
     # A quick look (fewer epochs or images) goes to a folder of its own under --out (cli.variant)
     args.out = os.path.join(args.out, cli.variant(args, parse_args([]), ("epochs", "limit")))
     machine.tune_malloc()
-    machine.pin_isa(not args.native_isa)  # before torch's first operation, so that the runs reproduce on any AVX2 CPU
+    # Before torch's first operation, so that the runs reproduce on other AVX2 CPUs of the same vendor
+    machine.pin_isa(not args.native_isa)
     print(utils.LOG_HEADER)
     try:
         data = load_mnist(args.data)

@@ -57,7 +57,8 @@ def run_config(recipe, train, test, device):
             "schedule": schedule,
             "augmentation": describe_augmentation(recipe),
             "torch": str(torch.__version__), "device": str(device), "hardware": machine.hardware(device),
-            # the CPU instruction set of the kernels (machine.pin_isa): "avx2" reproduces on any x86-64 CPU with AVX2
+            # the CPU instruction set of the kernels (machine.pin_isa): "avx2" reproduces on x86-64 CPUs of the same
+            # vendor with AVX2
             "isa": machine.isa_in_use() if device.type == "cpu" else None,
             "threads": torch.get_num_threads()}
 
