@@ -21,30 +21,29 @@ import torch
 AVX2 = "avx2"  # the instruction set pinned by default, and how a run's config names it when both use it
 
 
-def cpu_flags():
-    """The CPU's feature flags (Linux's /proc/cpuinfo), or None where they cannot be read."""
+def _cpuinfo(key):
+    """The value of `key` in Linux's /proc/cpuinfo (its first CPU), or None where it cannot be read."""
     try:
         with open("/proc/cpuinfo") as f:
             for line in f:
-                if line.startswith("flags"):
-                    return set(line.split(":", 1)[1].split())
+                if line.startswith(key):
+                    return line.split(":", 1)[1].strip()
     except OSError:
         pass
     return None
+
+
+def cpu_flags():
+    """The CPU's feature flags (Linux's /proc/cpuinfo), or None where they cannot be read."""
+    flags = _cpuinfo("flags")
+    return set(flags.split()) if flags is not None else None
 
 
 def cpu_vendor():
     """The CPU's vendor as /proc/cpuinfo gives it ("AuthenticAMD", "GenuineIntel"), or None where it cannot be read.
     Pinned to AVX2, a run reproduces on CPUs of the vendor that made it; across vendors it has been seen to differ
     (docs/performance.md)."""
-    try:
-        with open("/proc/cpuinfo") as f:
-            for line in f:
-                if line.startswith("vendor_id"):
-                    return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return None
+    return _cpuinfo("vendor_id")
 
 
 def why_not_pinnable():

@@ -155,8 +155,8 @@ def parse_args(argv=None):
 def recipes_of(args):
     """The study's recipes that the parsed command line asks for."""
     return plan(args.norms, args.batch_sizes, args.seeds, l1=args.l1, epochs=args.epochs, lr=args.lr,
-                **cli.schedule(args), dropout=args.dropout, groups=args.groups, **cli.augmentation(args), precision=args.precision,
-                limit=args.limit)
+                **cli.schedule(args), dropout=args.dropout, groups=args.groups, **cli.augmentation(args),
+                precision=args.precision, limit=args.limit)
 
 
 def main(argv=None):

@@ -60,7 +60,8 @@ def recipes(args):
     """(main runs, ablation runs) the command line asks for, each seed by seed (so that an interrupted invocation
     leaves whole pairs): each norm for each seed, L1 on the BN run only; the ablations for their seeds."""
     settings = dict(epochs=args.epochs, batch_size=args.batch_size, lr=args.lr, **cli.schedule(args),
-                    dropout=args.dropout, **cli.augmentation(args), precision=args.precision, val=args.val or 0, limit=args.limit)
+                    dropout=args.dropout, **cli.augmentation(args), precision=args.precision, val=args.val or 0,
+                    limit=args.limit)
     main = experiment(args.norms, args.seeds, l1=args.l1, groups=args.groups, **settings)
     by_seed = lambda runs: sorted(runs, key=lambda r: r.seed)
     return by_seed(main), by_seed(ablations(args.ablation_seeds, **settings))
