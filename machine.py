@@ -46,6 +46,15 @@ def cpu_vendor():
     return _cpuinfo("vendor_id")
 
 
+def cpu_name():
+    """The CPU's model and vendor as /proc/cpuinfo gives them ("AMD EPYC (AuthenticAMD)"), for a run's config: pinned
+    to AVX2, a run has been seen to reproduce only on CPUs of its vendor. None where /proc/cpuinfo cannot be read."""
+    vendor, model = cpu_vendor(), _cpuinfo("model name")
+    if vendor is None and model is None:
+        return None
+    return f"{model or 'unknown model'} ({vendor or 'unknown vendor'})"
+
+
 def why_not_pinnable():
     """Why AVX2 cannot be pinned on this CPU (a sentence), or None where it can: an x86-64 CPU with AVX2 and FMA."""
     if platform.machine().lower() not in ("x86_64", "amd64"):

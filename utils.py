@@ -60,6 +60,8 @@ def run_config(recipe, train, test, device):
             # the CPU instruction set of the kernels (machine.pin_isa): "avx2" reproduces on x86-64 CPUs of the same
             # vendor with AVX2
             "isa": machine.isa_in_use() if device.type == "cpu" else None,
+            # the CPU's model and vendor: even pinned to AVX2, runs have been measured to differ across vendors
+            "cpu": machine.cpu_name() if device.type == "cpu" else None,
             "threads": torch.get_num_threads()}
 
 
@@ -178,7 +180,10 @@ def run(recipe, data, *, device, out=RUNS, folder="", name=None, batch_stats=Fal
                               f"{str(e).splitlines()[0][:200]}); {how_to_restore(paths['checkpoint'])}") from None
         done = len(record["history"])
         log(f"{name:<10} resuming after epoch {done} from {shown(paths['checkpoint'])}")
-        for key in ("hardware", "isa"):
+        for key in ("hardware", "isa", "cpu"):
+            if key not in state["config"] and config[key]:  # a checkpoint from before the key was recorded
+                config[key] = f"not recorded until epoch {done}, then {config[key]}"
+                continue
             before = state["config"].get(key)
             if before and before != config[key] and not before.endswith(f"then {config[key]}"):
                 # Another kind of processor (or instruction set) picks other kernels, so the rest of the run's numbers
