@@ -89,6 +89,10 @@ def pin_for_rerun(args, saved):
         return
     args.device = torch.device("cpu")  # a CPU run is re-run on the CPU, even where a GPU is present
     expected = recorded_isa(config)
+    made_on, vendor = config.get("cpu"), machine.cpu_vendor()
+    if made_on and vendor and f"({vendor})" not in made_on:
+        print(f"note: {path} was made on {made_on}, and this CPU is {machine.cpu_name()}: pinned to AVX2, runs have "
+              f"reproduced on other CPUs of the vendor that made them, not across vendors; expect other last digits")
     if expected == machine.AVX2:
         used = machine.pin_isa()
         if used != machine.AVX2:

@@ -125,3 +125,16 @@ def test_malloc_setting_changes_no_number(tmp_path):
     assert without_time(a["history"]) == without_time(b["history"])
     import platform
     assert machine.tune_malloc() == (sys.platform.startswith("linux") and platform.libc_ver()[0] == "glibc")
+
+
+def test_rerun_of_a_file_made_on_another_vendors_cpu_says_to_expect_other_digits(monkeypatch, capsys):
+    import argparse
+    import train
+    monkeypatch.setattr(machine, "pin_isa", lambda *a, **k: machine.AVX2)  # the pin itself is tested above
+    config = {"device": "cpu", "hardware": "CPU AVX2", "isa": "avx2"}
+    args = argparse.Namespace(rerun="run.json", device=None)
+    train.pin_for_rerun(args, {"config": {**config, "cpu": "Some CPU (OtherVendor)"}})
+    assert "was made on Some CPU (OtherVendor)" in capsys.readouterr().out
+    train.pin_for_rerun(args, {"config": {**config, "cpu": machine.cpu_name()}})  # this CPU's own: no note
+    train.pin_for_rerun(args, {"config": config})  # a file from before the CPU was recorded: the docs say which
+    assert "was made on" not in capsys.readouterr().out

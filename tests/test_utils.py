@@ -12,6 +12,7 @@ import utils
 from conftest import synthetic, without_time
 from model import Net
 from files import save_torch, write_json
+import machine
 from machine import hardware
 from recipe import Recipe, experiment, settings_folder
 from records import SettingsClash, load_weights
@@ -100,6 +101,7 @@ def test_json_and_weights_are_written_and_a_finished_run_is_not_retrained(tmp_pa
     config = saved["config"]
     assert Recipe.from_config(config) == SMALL
     assert config["threads"] == torch.get_num_threads() and config["train_images"] == 256 and config["params"] == 7750
+    assert config["cpu"] == machine.cpu_name()  # the vendor: pinned runs reproduce only on CPUs of the same one
     # The weights file holds the final model and its config, loadable as data only.
     loaded, weights_config = load_weights(tmp_path / "weights" / "bn_l1_seed0.pt")
     assert weights_config == config
@@ -139,10 +141,27 @@ def test_a_run_resumed_on_another_kind_of_processor_records_which_epochs_ran_whe
     path = tmp_path / "checkpoints" / "bn_l1_seed0.pt"
     state = torch.load(path, weights_only=True)
     state["config"]["hardware"] = "CPU OTHER"
+    state["config"]["cpu"] = "Other CPU (OtherVendor)"
     save_torch(str(path), state)
     _, record = small_run(tmp_path, recipe)
     here = hardware(torch.device("cpu"))
     assert len(record["history"]) == 3 and record["config"]["hardware"] == f"CPU OTHER until epoch 1, then {here}"
+    assert record["config"]["cpu"] == f"Other CPU (OtherVendor) until epoch 1, then {machine.cpu_name()}"
+
+
+def test_a_run_resumed_from_a_checkpoint_that_predates_the_cpu_record_says_the_first_epochs_are_unknown(
+        tmp_path, monkeypatch):
+    recipe = replace(SMALL, epochs=2)
+    real_evaluate = stop_at_evaluation(monkeypatch, 2)
+    with pytest.raises(KeyboardInterrupt):
+        small_run(tmp_path, recipe)
+    monkeypatch.setattr(utils, "evaluate", real_evaluate)
+    path = tmp_path / "checkpoints" / "bn_l1_seed0.pt"
+    state = torch.load(path, weights_only=True)
+    del state["config"]["cpu"]
+    save_torch(str(path), state)
+    _, record = small_run(tmp_path, recipe)
+    assert record["config"]["cpu"] == f"not recorded until epoch 1, then {machine.cpu_name()}"
 
 
 def test_files_of_other_settings_are_never_mixed_in(tmp_path):
