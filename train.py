@@ -93,6 +93,9 @@ def pin_for_rerun(args, saved):
     if made_on and vendor and f"({vendor})" not in made_on:
         print(f"note: {path} was made on {made_on}, and this CPU is {machine.cpu_name()}: pinned to AVX2, runs have "
               f"reproduced on other CPUs of the vendor that made them, not across vendors; expect other last digits")
+    elif not made_on:
+        print(f"note: {path} does not record the CPU that made it (it predates that record; docs/experiments.md, "
+              f"Reproduce, says which): runs have reproduced on CPUs of the vendor that made them, not across vendors")
     if expected == machine.AVX2:
         used = machine.pin_isa()
         if used != machine.AVX2:
