@@ -4,11 +4,26 @@ import torch.nn.functional as F
 
 from data import standardize, to_unit
 
+# How the affine map's numbers are computed; each gives other last digits.
+AFFINE_OPS = {
+    # ATen's own kernels only: the shear's tangent as sin / cos, and the sampling grid elementwise, (x * a + y * b) + t,
+    # each operation rounded on its own. They run under the instruction-set pin with the rest of a step
+    # (machine.pin_isa), so a run reproduces on any x86-64 CPU with AVX2 and FMA, whatever its vendor.
+    "aten": "ATen's own kernels: the shear's tangent as sin / cos, the sampling grid as (x * a + y * b) + t",
+    # torch.tan and F.affine_grid, as every run before this was recorded: on a CPU both are Intel MKL's (its vector
+    # math, and a batched matrix product), whose code MKL picks by the CPU's vendor and instruction set unless
+    # MKL_CBWR fixes it. On AMD CPUs MKL computes what it computes on Intel ones under MKL_CBWR=COMPATIBLE.
+    "mkl": "torch.tan and F.affine_grid, on a CPU Intel MKL's, whose code follows the CPU's vendor and MKL_CBWR",
+}
+AFFINE = "aten"  # new runs: no arithmetic in a step that depends on the CPU's vendor (docs/performance.md)
+AFFINE_BEFORE_RECORD = "mkl"  # what a run whose config records no affine_ops computed with
+
 
 def affine(images: torch.Tensor, degrees: torch.Tensor, translate: torch.Tensor | None = None,
-           scale: torch.Tensor | None = None, shear: torch.Tensor | None = None) -> torch.Tensor:
+           scale: torch.Tensor | None = None, shear: torch.Tensor | None = None, *, ops: str = AFFINE) -> torch.Tensor:
     """Move each image of [B, C, H, W] by its own affine map about its centre, bilinear, 0 outside the frame,
-    for the whole batch in two ops (affine_grid, grid_sample).
+    for the whole batch at once (a sampling grid, then grid_sample); `ops`: how its numbers are computed
+    (AFFINE_OPS).
 
     degrees [B]: rotation, counter-clockwise; translate [B, 2]: shift (x right, y down) in pixels, after the
     rest; scale [B]: zoom factor; shear [B]: shear along x, in degrees. Leaving one out leaves it out. For one
@@ -17,6 +32,8 @@ def affine(images: torch.Tensor, degrees: torch.Tensor, translate: torch.Tensor 
     is torchvision's rotate(img, degrees, bilinear): exactly so with fill=None, and with fill=0 on
     black-bordered images such as MNIST's.
     """
+    if ops not in AFFINE_OPS:
+        raise ValueError(f"ops must be one of {', '.join(AFFINE_OPS)}, got {ops!r}")
     _, _, h, w = images.shape
     rad = torch.deg2rad(degrees.to(images.dtype))
     cos, sin = rad.cos(), rad.sin()
@@ -25,7 +42,9 @@ def affine(images: torch.Tensor, degrees: torch.Tensor, translate: torch.Tensor 
     # R^-1 = [[cos, -sin], [sin, cos]] turns the image counter-clockwise on screen (y points down).
     a, b, c, d = cos, -sin, sin, cos
     if shear is not None:  # Shear^-1 = [[1, tan], [0, 1]] applied after R^-1
-        tan = torch.deg2rad(shear.to(images.dtype)).tan()
+        shear = torch.deg2rad(shear.to(images.dtype))
+        # torch.tan runs in MKL's vector math on a CPU, whose results follow the CPU's vendor; sin and cos are ATen's
+        tan = shear.tan() if ops == "mkl" else shear.sin() / shear.cos()
         a, b = a + tan * c, b + tan * d
     if scale is not None:
         s = scale.to(images.dtype)
@@ -39,18 +58,34 @@ def affine(images: torch.Tensor, degrees: torch.Tensor, translate: torch.Tensor 
         tx = -(a * t[:, 0] * (2 / w) + b * t[:, 1] * (2 / h))
         ty = -(c * t[:, 0] * (2 / w) + d * t[:, 1] * (2 / h))
     theta = torch.stack([torch.stack([a, b, tx], 1), torch.stack([c, d, ty], 1)], 1)  # [B, 2, 3]
-    grid = F.affine_grid(theta, list(images.shape), align_corners=False)  # [B, H, W, 2]
-    return F.grid_sample(images, grid, mode="bilinear", padding_mode="zeros", align_corners=False)
+    return F.grid_sample(images, sampling_grid(theta, images.shape, ops), mode="bilinear", padding_mode="zeros",
+                         align_corners=False)
 
 
-def batches(data, batch_size, *, generator=None, degrees=0.0, translate=0.0, scale=0.0, shear=0.0):
+def sampling_grid(theta: torch.Tensor, shape, ops: str = AFFINE) -> torch.Tensor:
+    """F.affine_grid(theta, shape, align_corners=False): for each output pixel (x, y) of each image, the input point
+    it samples, a x + b y + t for each of its two rows (a, b, t) of theta [B, 2, 3], in [-1, 1] coordinates; computed
+    by F.affine_grid itself (ops "mkl": a batched matrix product, in MKL on a CPU) or elementwise ("aten"), which on a
+    CPU gives exactly what MKL gives on AMD CPUs. Returns [B, H, W, 2]."""
+    if ops == "mkl":
+        return F.affine_grid(theta, list(shape), align_corners=False)
+    h, w = shape[-2:]
+    # The pixel centres in [-1, 1], as affine_grid builds them (ATen's linspace_from_neg_one, align_corners=False).
+    x = (torch.linspace(-1, 1, w, dtype=theta.dtype, device=theta.device) * (w - 1) / w).view(1, 1, 1, w)
+    y = (torch.linspace(-1, 1, h, dtype=theta.dtype, device=theta.device) * (h - 1) / h).view(1, 1, h, 1)
+    a, b, t = (theta[:, :, k, None, None] for k in range(3))  # each [B, 2, 1, 1]: per image, per output coordinate
+    return ((a * x + b * y) + t).permute(0, 2, 3, 1)  # [B, 2, H, W] -> [B, H, W, 2]: (x, y) last, as grid_sample wants
+
+
+def batches(data, batch_size, *, generator=None, degrees=0.0, translate=0.0, scale=0.0, shear=0.0, ops=AFFINE):
     """Yield (x [B, 1, 28, 28] standardized, y [B]) from (uint8 images [N, 28, 28], labels [N]) on the device.
 
     With a generator: shuffled, and each image moved by its own random affine map (see affine): a
     rotation uniform in ±degrees, a shift uniform in ±translate of the width and of the height, a zoom
     uniform in [1 - scale, 1 + scale] and a shear along x uniform in ±shear degrees; a setting of 0 draws
     nothing. The order and parameters of a whole epoch are drawn at once on the CPU (so a seed gives the
-    same epoch on every device), in that order, and moved in one copy; the rest happens on the device.
+    same epoch on every device), in that order, and moved in one copy; the rest happens on the device. ops: how the
+    affine map's numbers are computed (AFFINE_OPS).
     """
     images, labels = data
     n = len(labels)
@@ -74,5 +109,5 @@ def batches(data, batch_size, *, generator=None, degrees=0.0, translate=0.0, sca
         idx = slice(start, start + batch_size) if order is None else order[start:start + batch_size]
         x = to_unit(images[idx])  # [B, 1, 28, 28]
         if params:  # fill 0 is black: transform before standardizing
-            x = affine(x, **{k: v[start:start + batch_size] for k, v in params.items()})
+            x = affine(x, **{k: v[start:start + batch_size] for k, v in params.items()}, ops=ops)
         yield standardize(x), labels[idx]

@@ -18,6 +18,7 @@ import torch
 import cli
 import machine
 import utils
+from augment import AFFINE, AFFINE_BEFORE_RECORD
 from data import MNIST_SHA256, load_mnist, select
 from figures import experiment_figures, save_figures
 from recipe import ABLATION_GROUPS, L1, ablations, experiment, experiment_folder, settings_folder, Recipe
@@ -43,6 +44,12 @@ def parse_args(argv=None):
     p.add_argument("--rerun-epochs", type=cli.positive_int, default=None, metavar="N",
                    help="with --rerun: train only the run's first N epochs (of its schedule) and compare those "
                         "(default: all)")
+    p.add_argument("--rerun-mkl", choices=MKL_BRANCHES, default=None, metavar="BRANCH",
+                   help="with --rerun of a file that does not record affine_ops (made before that record: its "
+                        "augmentation ran in Intel MKL, whose results follow the code branch MKL picks for the CPU): "
+                        "run MKL in BRANCH (as MKL_CBWR=BRANCH), one of " + ", ".join(MKL_BRANCHES) + ". COMPATIBLE "
+                        "is what MKL runs on AMD CPUs, so a file made on one reproduces on any x86-64 CPU with it "
+                        "(default: the branch MKL picks for this CPU)")
     cli.add_run_arguments(p, jobs_default=1, jobs_help="runs trained at once, in that many processes with one CPU "
                           "thread each; 1: one after another in this process, with all threads (the faster for the "
                           "three models on 2 cores: docs/performance.md)")
@@ -53,6 +60,8 @@ def parse_args(argv=None):
         p.error(f"argument --rerun: no such file: {args.rerun}")
     if args.rerun_epochs and not args.rerun:
         p.error("argument --rerun-epochs: only with --rerun FILE")
+    if args.rerun_mkl and not args.rerun:
+        p.error("argument --rerun-mkl: only with --rerun FILE")
     return args
 
 
@@ -67,6 +76,8 @@ def recipes(args):
     return by_seed(main), by_seed(ablations(args.ablation_seeds, **settings))
 
 
+# MKL's code branches a rerun can ask for (MKL_CBWR's values; AUTO is its default choice)
+MKL_BRANCHES = [b for b in machine.MKL_BRANCHES.values() if b not in ("unset", "AUTO")]
 RERUN_INPUT = "--rerun takes a results file that train.py wrote, such as results/ln_seed0.json"
 
 
@@ -80,9 +91,15 @@ def recorded_isa(config):
 
 
 def pin_for_rerun(args, saved):
-    """Before anything runs: the device and instruction set the rerun of `saved` needs, or an error (exit 1) that says
-    why this machine cannot reproduce it, before any training."""
+    """Before anything runs: the device, instruction set and affine ops (args.affine_ops) the rerun of `saved` needs, or an error
+    (exit 1) that says why this machine cannot reproduce it, before any training."""
     config, path = saved["config"], args.rerun
+    args.affine_ops = config.get("affine_ops", AFFINE_BEFORE_RECORD)
+    if args.rerun_mkl:
+        if args.affine_ops != "mkl" or not config.get("device", "cpu").startswith("cpu"):
+            sys.exit(f"train.py: error: {path} did not compute its augmentation with Intel MKL on a CPU, so "
+                     f"--rerun-mkl does not apply to it")
+        os.environ["MKL_CBWR"] = args.rerun_mkl  # read by MKL at its first call, which is yet to come
     if not config.get("device", "cpu").startswith("cpu"):
         print(f"note: {path} was trained on {config.get('hardware', 'a GPU')}; GPU runs are not bit-reproducible on "
               f"other kinds of GPU (and not promised on the same kind): expect other last digits")
@@ -90,12 +107,23 @@ def pin_for_rerun(args, saved):
     args.device = torch.device("cpu")  # a CPU run is re-run on the CPU, even where a GPU is present
     expected = recorded_isa(config)
     made_on, vendor = config.get("cpu"), machine.cpu_vendor()
-    if made_on and vendor and f"({vendor})" not in made_on:
-        print(f"note: {path} was made on {made_on}, and this CPU is {machine.cpu_name()}: pinned to AVX2, runs have "
-              f"reproduced on other CPUs of the vendor that made them, not across vendors; expect other last digits")
-    elif not made_on:
-        print(f"note: {path} does not record the CPU that made it (it predates that record; docs/experiments.md, "
-              f"Reproduce, says which): runs have reproduced on CPUs of the vendor that made them, not across vendors")
+    other_vendor = made_on and vendor and f"({vendor})" not in made_on
+    if args.affine_ops != "mkl":
+        if other_vendor:
+            print(f"note: {path} was made on {made_on}, and this CPU is {machine.cpu_name()}; no operation of its steps "
+                  f"depends on the CPU's vendor, so it reproduces on any x86-64 CPU with AVX2 and FMA "
+                  f"(docs/performance.md says on which CPUs that was checked)")
+    else:
+        branch = machine.mkl_branch()
+        if args.rerun_mkl and not (branch or "").startswith(args.rerun_mkl + " "):
+            sys.exit(f"train.py: error: --rerun-mkl {args.rerun_mkl} did not take effect (MKL runs {branch}): MKL "
+                     f"refuses a branch the CPU cannot run")
+        made = f"was made on {made_on}" if made_on else \
+            "does not record the CPU that made it (docs/experiments.md, Reproduce, says which)"
+        print(f"note: {path} {made} and computed its augmentation in Intel MKL (it predates affine_ops), whose "
+              f"results follow the code branch MKL runs: it reproduces where MKL runs the branch it ran there; here "
+              f"MKL runs {branch}. MKL runs COMPATIBLE on AMD CPUs, so a file made on one reproduces on any CPU with "
+              f"--rerun-mkl COMPATIBLE")
     if expected == machine.AVX2:
         used = machine.pin_isa()
         if used != machine.AVX2:
@@ -124,16 +152,19 @@ def rerun(args, saved, data):
     threads = saved["config"].get("threads")
     if threads and args.device.type == "cpu":
         torch.set_num_threads(threads)
-    print(f"re-running {args.rerun}: {recipe}, {torch.get_num_threads()} CPU threads"
+    print(f"re-running {args.rerun}: {recipe}, {torch.get_num_threads()} CPU threads, affine ops {args.affine_ops}"
           + ("" if threads else " (the file does not record its thread count)"))
-    # A folder of its own, so that a rerun never finds (and loads) a run of the user's with the same settings
-    folder = os.path.join("rerun", settings_folder(recipe))
+    # A folder of its own, so that a rerun never finds (and loads) a run of the user's with the same settings, nor one
+    # computed with other operations
+    mkl = f"mkl{args.rerun_mkl or ''}" if args.affine_ops != AFFINE else ""
+    folder = os.path.join("rerun", "_".join(filter(None, [settings_folder(recipe), mkl])))
     path = run_paths(args.out, folder, saved["name"], recipe.seed)["results"]
     if os.path.abspath(path) == os.path.abspath(args.rerun):
         sys.exit(f"train.py: error: --rerun would overwrite {args.rerun}; choose another --out")
     print(utils.LOG_HEADER)
     _, record = utils.run(recipe, data, device=args.device, out=args.out, folder=folder, name=saved["name"],
-                          progress=not args.no_progress, fresh=args.fresh, stop_after=args.rerun_epochs)
+                          progress=not args.no_progress, fresh=args.fresh, stop_after=args.rerun_epochs,
+                          affine_ops=args.affine_ops)
     strip = lambda history: [{k: v for k, v in e.items() if k != "seconds"} for e in history]
     new, old = strip(record["history"]), strip(saved["history"][:args.rerun_epochs])
     same = next((i for i, (a, b) in enumerate(zip(new, old)) if a != b), None)

@@ -6,7 +6,7 @@ import torch
 import torch.nn.functional as F
 from tqdm.auto import tqdm
 
-from augment import batches
+from augment import AFFINE, batches
 from data import standardize, to_unit
 from recipe import PRECISIONS
 
@@ -42,13 +42,14 @@ def train_step(model, optimizer, x, y, *, l1=0.0, precision="fp32", scheduler=No
 
 
 def train_epoch(model, data, optimizer, *, batch_size, generator, scheduler=None, l1=0.0, degrees=7.0,
-                translate=0.0, scale=0.0, shear=0.0, progress=True, precision="fp32", averaged=None):
+                translate=0.0, scale=0.0, shear=0.0, progress=True, precision="fp32", averaged=None, affine_ops=AFFINE):
     """One epoch over data = (images, labels) on the model's device, augmented as batches() says. Returns
     (loss, accuracy %).
 
     The loss minimized is NLL + l1 * Σ|w| (see l1_penalty); the loss returned is the mean NLL (of the model
     trained, not of `averaged`), so runs with and without L1 compare. `scheduler` steps after every batch, and
     `averaged` (a torch.optim.swa_utils.AveragedModel of `model`) takes in the weights after every step.
+    affine_ops: how the augmentation's affine maps are computed (augment.AFFINE_OPS).
     """
     model.train()
     n = len(data[1])
@@ -57,7 +58,7 @@ def train_epoch(model, data, optimizer, *, batch_size, generator, scheduler=None
     seen = 0
     bar = tqdm(total=n, unit="img", leave=False, disable=not progress, mininterval=0.5)
     for step, (x, y) in enumerate(batches(data, batch_size, generator=generator, degrees=degrees,
-                                                        translate=translate, scale=scale, shear=shear)):
+                                     translate=translate, scale=scale, shear=shear, ops=affine_ops)):
         out, loss = train_step(model, optimizer, x, y, l1=l1, precision=precision, scheduler=scheduler)
         if averaged is not None:
             averaged.update_parameters(model)

@@ -14,6 +14,7 @@ from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
 from tqdm.auto import tqdm
 
 import machine
+from augment import AFFINE, AFFINE_BEFORE_RECORD, AFFINE_OPS
 from data import DataError, select
 from files import save_torch, write_json
 from model import Net
@@ -65,6 +66,18 @@ def run_config(recipe, train, test, device):
             "threads": torch.get_num_threads()}
 
 
+def arithmetic(affine_ops, device):
+    """What a run's numbers depend on besides its recipe, instruction set and CPU, for its config: how the
+    augmentation's affine maps are computed (augment.AFFINE_OPS) and, on a CPU, whether Intel MKL, whose code follows
+    the CPU's vendor, computes in a step, and in which of its branches."""
+    if affine_ops not in AFFINE_OPS:
+        raise ValueError(f"affine_ops must be one of {', '.join(AFFINE_OPS)}, got {affine_ops!r}")
+    mkl = None
+    if device.type == "cpu":
+        mkl = machine.mkl_branch() if affine_ops == "mkl" else "no result of a step depends on it"
+    return {"affine_ops": affine_ops, "mkl": mkl}
+
+
 def describe_augmentation(recipe):
     """The augmentation in words, for a run's config."""
     parts = [f"rotation uniform in ±{recipe.degrees:g} degrees"]
@@ -104,8 +117,30 @@ def _set_rng_state(state, device):
         torch.mps.set_rng_state(state["mps"])
 
 
+def initial_state(recipe, train_images, device):
+    """A run's state before its first step, for `train_images` training images: (model, optimizer, scheduler,
+    averaged, generator). The recipe's Net (seeded), SGD with Nesterov momentum, the one-cycle schedule (stepped every
+    batch), the moving average of the weights (None without ema), and the generator of the batch order and the
+    augmentation."""
+    torch.manual_seed(recipe.seed)  # initial weights and dropout masks
+    generator = torch.Generator().manual_seed(recipe.seed)  # batch order and rotation angles
+    model = Net(recipe.norm, groups=recipe.groups, dropout=recipe.dropout).to(device)
+    optimizer = torch.optim.SGD(model.parameters(), lr=recipe.lr, momentum=0.9, nesterov=True)
+    steps = math.ceil(train_images / recipe.batch_size)
+    cycle = recipe.cycle_epochs or recipe.epochs
+    # A cycle shorter than the run gets one step more than it takes, so that its last step lands on the cycle's end
+    # (lr / 25 / final_div), the rate then held; OneCycleLR's own count would end one step past it.
+    total = cycle * steps + (cycle < recipe.epochs)
+    scheduler = torch.optim.lr_scheduler.OneCycleLR(optimizer, max_lr=recipe.lr, total_steps=total,
+                                                    pct_start=recipe.pct_start, final_div_factor=recipe.final_div)
+    # PyTorch's own averaging; use_buffers: BN's running statistics are averaged too, so they match the weights
+    averaged = AveragedModel(model, multi_avg_fn=get_ema_multi_avg_fn(recipe.ema), use_buffers=True) \
+        if recipe.ema else None
+    return model, optimizer, scheduler, averaged, generator
+
+
 def run(recipe, data, *, device, out=RUNS, folder="", name=None, batch_stats=False, progress=True, fresh=False,
-        log=tqdm.write, stop_after=None):
+        log=tqdm.write, stop_after=None, affine_ops=None):
     """Train one Net from scratch by `recipe` on data = (train, test) and evaluate after every epoch.
 
     SGD with Nesterov momentum and PyTorch's one-cycle schedule (stepped every batch): the learning
@@ -123,7 +158,9 @@ def run(recipe, data, *, device, out=RUNS, folder="", name=None, batch_stats=Fal
     fresh=True deletes them and starts over. batch_stats=True (BN only) also records
     test_loss_batch_stats and test_acc_batch_stats (see predict). log: prints one line (what the run did, each epoch).
     stop_after: stop after that epoch, as an interruption would (the checkpoint stays; no weights yet).
-    Returns (model, record).
+    affine_ops: how the augmentation's affine maps are computed (augment.AFFINE_OPS); by default augment.AFFINE, and a
+    resumed run keeps its checkpoint's ("mkl" where the checkpoint predates the record), so that it stays bit for bit
+    what an uninterrupted run would give. Returns (model, record).
     """
     name = name or recipe.name
     paths = run_paths(out, folder, name, recipe.seed)
@@ -145,27 +182,19 @@ def run(recipe, data, *, device, out=RUNS, folder="", name=None, batch_stats=Fal
             weights = paths["weights"]
             return (load_weights(weights, device)[0] if os.path.exists(weights) else None), record
 
-    torch.manual_seed(recipe.seed)  # initial weights and dropout masks
-    generator = torch.Generator().manual_seed(recipe.seed)  # batch order and rotation angles
-    model = Net(recipe.norm, groups=recipe.groups, dropout=recipe.dropout).to(device)
-    optimizer = torch.optim.SGD(model.parameters(), lr=recipe.lr, momentum=0.9, nesterov=True)
-    steps = math.ceil(len(train[1]) / recipe.batch_size)
+    model, optimizer, scheduler, averaged, generator = initial_state(recipe, len(train[1]), device)
     cycle = recipe.cycle_epochs or recipe.epochs
-    # A cycle shorter than the run gets one step more than it takes, so that its last step lands on the cycle's end
-    # (lr / 25 / final_div), the rate then held; OneCycleLR's own count would end one step past it.
-    total = cycle * steps + (cycle < recipe.epochs)
-    scheduler = torch.optim.lr_scheduler.OneCycleLR(optimizer, max_lr=recipe.lr, total_steps=total,
-                                                    pct_start=recipe.pct_start, final_div_factor=recipe.final_div)
-    # PyTorch's own averaging; use_buffers: BN's running statistics are averaged too, so they match the weights
-    averaged = AveragedModel(model, multi_avg_fn=get_ema_multi_avg_fn(recipe.ema), use_buffers=True) \
-        if recipe.ema else None
     evaluated = averaged.module if averaged is not None else model  # the model each epoch's evaluation reports
     record = {"name": name, "config": config, "history": []}
     if os.path.exists(paths["checkpoint"]):
         state = load_torch(paths["checkpoint"], device)
         clash = differences(state["config"], config, RECIPE_KEYS + ["threads", "device"])
+        started = state["config"].get("affine_ops", AFFINE_BEFORE_RECORD)
+        if affine_ops not in (None, started):
+            clash = "; ".join(filter(None, [clash, f"affine_ops {started!r} there, {affine_ops!r} now"]))
         if clash:
             raise settings_clash(paths["checkpoint"], clash, "resume it with those settings, or ")
+        affine_ops = started
         try:
             model.load_state_dict(state["model"])
             optimizer.load_state_dict(state["optimizer"])
@@ -180,7 +209,8 @@ def run(recipe, data, *, device, out=RUNS, folder="", name=None, batch_stats=Fal
                               f"{str(e).splitlines()[0][:200]}); {how_to_restore(paths['checkpoint'])}") from None
         done = len(record["history"])
         log(f"{name:<10} resuming after epoch {done} from {shown(paths['checkpoint'])}")
-        for key in ("hardware", "isa", "cpu"):
+        config.update(arithmetic(affine_ops, device))
+        for key in ("hardware", "isa", "cpu", "mkl"):
             if key not in state["config"] and config[key]:  # a checkpoint from before the key was recorded
                 config[key] = f"not recorded until epoch {done}, then {config[key]}"
                 continue
@@ -193,6 +223,7 @@ def run(recipe, data, *, device, out=RUNS, folder="", name=None, batch_stats=Fal
             elif before:
                 config[key] = before
     else:
+        config.update(arithmetic(affine_ops or AFFINE, device))
         log(f"{name:<10} training from scratch, writing {shown(paths['results'])}")
     write_json(paths["results"], record)
     for epoch in range(len(record["history"]) + 1, min(recipe.epochs, stop_after or recipe.epochs) + 1):
@@ -201,7 +232,8 @@ def run(recipe, data, *, device, out=RUNS, folder="", name=None, batch_stats=Fal
         train_loss, train_acc = train_epoch(model, train, optimizer, batch_size=recipe.batch_size,
                                             generator=generator, scheduler=scheduler if epoch <= cycle else None,
                                             l1=recipe.l1, progress=progress, precision=recipe.precision,
-                                            averaged=averaged, **recipe.augmentation)
+                                            averaged=averaged, affine_ops=config["affine_ops"],
+                                            **recipe.augmentation)
         test_loss, test_acc = evaluate(evaluated, test)
         seconds = time.perf_counter() - start
         entry = {"epoch": epoch, "train_loss": train_loss, "train_acc": train_acc, "test_loss": test_loss,

@@ -116,3 +116,75 @@ def test_batches_shuffle_reproducibly_cover_every_image_and_normalize():
     expected = (data[0].unsqueeze(1).double() / 255 - 0.1307) / 0.3081
     assert x.shape == (300, 1, 28, 28) and torch.equal(y, data[1])
     assert torch.allclose(x.double(), expected, atol=1e-5)
+
+
+def random_thetas(n, seed=0):
+    """n inverse affine maps [n, 2, 3] as the recipe draws them: rotations, zooms, shears and shifts."""
+    g = torch.Generator().manual_seed(seed)
+    u = lambda: torch.rand(n, generator=g) * 2 - 1
+    rad, zoom, tan = torch.deg2rad(u() * 7), 1 + u() * 0.1, torch.deg2rad(u() * 5).tan()
+    a, b, c, d = rad.cos(), -rad.sin(), rad.sin(), rad.cos()
+    a, b = a + tan * c, b + tan * d
+    a, b, c, d = a / zoom, b / zoom, c / zoom, d / zoom
+    return torch.stack([torch.stack([a, b, u() * 0.2], 1), torch.stack([c, d, u() * 0.2], 1)], 1)
+
+
+def float32_nearest(exact):
+    """An exact rational (fractions.Fraction) rounded to the nearest float32, ties to even: an independent reference
+    for the grid's rounding (Python's float() rounds to float64, so the float32 neighbours are compared exactly)."""
+    import fractions
+    import numpy as np
+    guess = np.float32(float(exact))
+    candidates = {guess, np.nextafter(guess, np.float32(np.inf)), np.nextafter(guess, np.float32(-np.inf))}
+    distance = lambda f: abs(fractions.Fraction(float(f)) - exact)
+    best = min(distance(f) for f in candidates)
+    tied = sorted((f for f in candidates if distance(f) == best), key=lambda f: int(np.array(f).view(np.int32)) & 1)
+    return float(tied[0])  # of two at the same distance, the one with an even last bit
+
+
+def test_the_aten_grid_rounds_each_product_and_sum_on_its_own():
+    # Against exact rational arithmetic rounded to float32 by float32_nearest: x * a, y * b, their sum, then + t.
+    from fractions import Fraction as Q
+    from augment import sampling_grid
+    theta = random_thetas(3)
+    out = sampling_grid(theta, (3, 1, 28, 28), "aten")
+    base = torch.nn.functional.affine_grid(torch.eye(2, 3)[None], [1, 1, 28, 28], align_corners=False)[0]  # exact
+    r = float32_nearest
+    for i, row, col in [(0, 0, 0), (1, 13, 20), (2, 27, 5), (0, 9, 27), (2, 14, 14)]:
+        x, y = Q(base[row, col, 0].item()), Q(base[row, col, 1].item())
+        for k in range(2):
+            a, b, t = (Q(v) for v in theta[i, k].tolist())
+            assert out[i, row, col, k].item() == r(Q(r(Q(r(x * a)) + Q(r(y * b)))) + t), (i, row, col, k)
+
+
+def test_both_ways_of_computing_the_affine_map_agree_to_rounding_and_others_are_refused():
+    from augment import sampling_grid
+    theta = random_thetas(8)
+    reference = torch.nn.functional.affine_grid(theta.double(), [8, 1, 28, 28], align_corners=False)
+    for ops in ("aten", "mkl"):
+        out = sampling_grid(theta, (8, 1, 28, 28), ops)
+        assert out.shape == (8, 28, 28, 2) and (out.double() - reference).abs().max() < 1e-6
+    images = black_border(to_unit(synthetic(6)[0]))
+    column = lambda i: torch.tensor([p[i] for p in AFFINE])
+    aten, mkl = (affine(images, column(0), column(1), column(2), column(3), ops=ops) for ops in ("aten", "mkl"))
+    assert (aten - mkl).abs().max() < 1e-5
+    with pytest.raises(ValueError, match="ops must be one of aten, mkl"):
+        affine(images, column(0), ops="fma")
+
+
+def test_under_mkls_compatible_branch_affine_grid_computes_the_aten_grid():
+    # MKL_CBWR=COMPATIBLE is the branch MKL runs on AMD CPUs: there F.affine_grid (MKL's batched matrix product) gives
+    # exactly the aten grid, which is why runs made on AMD before affine_ops was recorded re-run identically on any
+    # CPU with --rerun-mkl COMPATIBLE (tests/test_machine.py re-runs one).
+    import subprocess
+    import sys
+    from conftest import ROOT
+    code = ("import torch, sys; sys.path.insert(0, 'tests'); from test_augment import random_thetas; "
+            "from augment import sampling_grid; theta = random_thetas(256, seed=1); "
+            "mkl = torch.nn.functional.affine_grid(theta, [256, 1, 28, 28], align_corners=False); "
+            "print(torch.equal(mkl, sampling_grid(theta, (256, 1, 28, 28), 'aten')))")
+    import os
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT, timeout=120,
+                          env={**os.environ, "MKL_CBWR": "COMPATIBLE", "PYTHONPATH": ROOT})
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.strip() == "True"

@@ -61,31 +61,41 @@ def test_rerun_reads_the_instruction_set_of_files_from_before_it_was_recorded():
     assert train.recorded_isa({"hardware": "NVIDIA H200", "isa": None}) is None
 
 
-# The CPU vendor that made each file (docs/experiments.md, Reproduce: results/ on machine C, results/v2/ on B). Pinned to
-# AVX2, a run reproduces on CPUs of that vendor; on the other vendor's, epoch 1 has been measured to differ.
-MADE_ON = {os.path.join("results", "ln_seed0.json"): "GenuineIntel",
-           os.path.join("results", "v2", "ln_seed0.json"): "AuthenticAMD"}
+# Runs made before affine_ops was recorded computed their augmentation in Intel MKL (torch.tan, F.affine_grid), whose
+# results follow the code branch MKL runs: such a file re-runs identically where MKL runs the branch that made it.
+# results/ln_seed0.json was made on an Intel Xeon with AVX-512, where MKL runs AVX512_E1 (docs/experiments.md,
+# Reproduce, machine C), so it needs an Intel CPU on which MKL runs that branch; results/v2/ln_seed0.json on an AMD
+# EPYC, where MKL runs what its COMPATIBLE branch computes, which --rerun-mkl COMPATIBLE asks for on any CPU.
+NEEDS = {os.path.join("results", "ln_seed0.json"): "AVX512_E1"}
+
+
+def rerun(committed, tmp_path, *options):
+    """`python train.py --rerun COMMITTED --rerun-epochs 1` in a fresh process: its output, after checking that it
+    reports the first epoch identical."""
+    from conftest import DATA
+    done = subprocess.run([sys.executable, "train.py", "--rerun", committed, "--rerun-epochs", "1", "--out",
+                           str(tmp_path), "--data", DATA, "--no-progress", *options], capture_output=True, text=True,
+                          cwd=ROOT, timeout=900)
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert "identical: the first 1 of its" in done.stdout, done.stdout
+    return done.stdout
 
 
 @pytest.mark.mnist
-@pytest.mark.parametrize("committed,folder", [
-    (os.path.join("results", "ln_seed0.json"), "rerun"),
+@pytest.mark.parametrize("committed,options,folder", [
+    (os.path.join("results", "ln_seed0.json"), [], os.path.join("rerun", "mkl")),
     # The recipe before the schedule search, whose file records no schedule settings: read as FIRST_SCHEDULE's, which
     # now differ from the defaults (hence the folder), they still give its history.
-    (os.path.join("results", "v2", "ln_seed0.json"), os.path.join("rerun", "pct_start0.3_ema0")),
+    (os.path.join("results", "v2", "ln_seed0.json"), ["--rerun-mkl", "COMPATIBLE"],
+     os.path.join("rerun", "pct_start0.3_ema0_mklCOMPATIBLE")),
 ])
-def test_rerun_of_a_committed_run_reproduces_its_first_epoch_exactly(tmp_path, mnist, committed, folder):
-    if machine.cpu_vendor() != MADE_ON[committed]:
-        pytest.skip(f"{committed} was made on a {MADE_ON[committed]} CPU; this one is {machine.cpu_vendor()}")
+def test_rerun_of_a_committed_run_reproduces_its_first_epoch_exactly(tmp_path, mnist, committed, options, folder):
+    if not (machine.mkl_branch() or "").startswith(NEEDS.get(committed, "")):
+        pytest.skip(f"{committed} needs Intel MKL's {NEEDS[committed]} branch, which it does not run on this CPU "
+                    f"({machine.cpu_name()}: {machine.mkl_branch()})")
     # The proof that the committed numbers come from the committed code: epoch 1 of a full-data run, through the same
     # code path as `python train.py --rerun`, with the file's settings, thread count and instruction set.
-    import json
-    from conftest import DATA
-    done = subprocess.run([sys.executable, "train.py", "--rerun", committed, "--rerun-epochs", "1", "--out",
-                           str(tmp_path), "--data", DATA, "--no-progress"], capture_output=True, text=True, cwd=ROOT,
-                          timeout=900)
-    assert done.returncode == 0, done.stdout + done.stderr
-    assert "identical: the first 1 of its 20 epochs" in done.stdout
+    rerun(committed, tmp_path, *options)
     with open(os.path.join(ROOT, committed)) as f:
         old = json.load(f)
     with open(tmp_path / "results" / folder / "ln_seed0.json") as f:
@@ -94,6 +104,22 @@ def test_rerun_of_a_committed_run_reproduces_its_first_epoch_exactly(tmp_path, m
     assert {k: v for k, v in epoch.items() if k != "seconds"} == \
         {k: v for k, v in old["history"][0].items() if k != "seconds"}
     assert new["config"]["isa"] == "avx2" and new["config"]["threads"] == old["config"]["threads"] == 1
+    assert new["config"]["affine_ops"] == "mkl"
+
+
+@pytest.mark.mnist
+@pytest.mark.skipif(machine.why_not_pinnable() is not None, reason="this CPU cannot run AVX2 kernels")
+def test_runs_made_with_atens_own_operations_reproduce_on_any_cpu(tmp_path, mnist):
+    # The one-minute runs (python train.py --epochs 1 --limit 2000 --out .), made with the current arithmetic on the
+    # CPU the file names, with 2 threads: identical here, whatever this CPU's vendor.
+    for name in ("bn_l1", "ln", "gn"):
+        committed = os.path.join("results", "epochs1_limit2000", f"{name}_seed0.json")
+        with open(os.path.join(ROOT, committed)) as f:
+            config = json.load(f)["config"]
+        assert config["affine_ops"] == "aten" and config["threads"] == 2
+        out = rerun(committed, tmp_path / name)
+        assert "no operation of its steps depends on the CPU's vendor" in out or f"({machine.cpu_vendor()})" in \
+            config["cpu"]
 
 
 @pytest.mark.skipif("avx512f" in (machine.cpu_flags() or {"avx512f"}), reason="needs a CPU without AVX-512")
@@ -127,15 +153,26 @@ def test_malloc_setting_changes_no_number(tmp_path):
     assert machine.tune_malloc() == (sys.platform.startswith("linux") and platform.libc_ver()[0] == "glibc")
 
 
-def test_rerun_of_a_file_made_on_another_vendors_cpu_says_to_expect_other_digits(monkeypatch, capsys):
+def test_rerun_says_what_to_expect_on_a_cpu_other_than_the_one_that_made_the_file(monkeypatch, capsys):
     import argparse
     import train
     monkeypatch.setattr(machine, "pin_isa", lambda *a, **k: machine.AVX2)  # the pin itself is tested above
     config = {"device": "cpu", "hardware": "CPU AVX2", "isa": "avx2"}
-    args = argparse.Namespace(rerun="run.json", device=None)
-    train.pin_for_rerun(args, {"config": {**config, "cpu": "Some CPU (OtherVendor)"}})
-    assert "was made on Some CPU (OtherVendor)" in capsys.readouterr().out
-    train.pin_for_rerun(args, {"config": {**config, "cpu": machine.cpu_name()}})  # this CPU's own: no note
+    args = argparse.Namespace(rerun="run.json", device=None, rerun_mkl=None)
+    # A run made with ATen's own operations on another vendor's CPU reproduces here all the same.
+    train.pin_for_rerun(args, {"config": {**config, "affine_ops": "aten", "cpu": "Some CPU (OtherVendor)"}})
+    out = capsys.readouterr().out
+    assert "was made on Some CPU (OtherVendor)" in out and "no operation of its steps depends on the CPU's vendor" in out
+    train.pin_for_rerun(args, {"config": {**config, "affine_ops": "aten", "cpu": machine.cpu_name()}})  # this CPU's
     assert capsys.readouterr().out == ""
-    train.pin_for_rerun(args, {"config": config})  # a file from before the CPU was recorded: the docs say which
+    # A run from before affine_ops was recorded computed its augmentation in MKL: where it reproduces, and how.
+    train.pin_for_rerun(args, {"config": {**config, "cpu": "AMD EPYC (AuthenticAMD)"}})
+    out = capsys.readouterr().out
+    assert "computed its augmentation in Intel MKL" in out and "--rerun-mkl COMPATIBLE" in out
+    assert args.affine_ops == "mkl"
+    train.pin_for_rerun(args, {"config": config})  # one from before the CPU was recorded: the docs say which
     assert "does not record the CPU that made it" in capsys.readouterr().out
+    # --rerun-mkl is for those files only
+    args.rerun_mkl = "COMPATIBLE"
+    with pytest.raises(SystemExit, match="did not compute its augmentation with Intel MKL"):
+        train.pin_for_rerun(args, {"config": {**config, "affine_ops": "aten"}})
