@@ -200,39 +200,55 @@ def options_table(results, file="options.json"):
     return "\n".join(lines)
 
 
+def cpu_of(entry):
+    """The CPU a benchmark entry was measured on, from its device description ("cpu: NAME, 2 logical CPUs, ...")."""
+    return entry["device"].split(",")[0].removeprefix("cpu: ")
+
+
 def end_to_end_table(results):
     """results/end_to_end.json (benchmarks/end_to_end.py): each comparison's two settings in fresh processes."""
     e = _load(results, "end_to_end.json")
     if e is None:
         return "(no results/end_to_end.json yet: `python -m benchmarks.end_to_end`)"
-    lines = ["| what is timed (fresh processes, alternating) | A | A seconds | B | B seconds | A / B |",
-             "|---|---|---|---|---|---|"]
-    row = lambda what, a, sa, b, sb: lines.append(f"| {what} | {a} | {sa:.1f} | {b} | {sb:.1f} | **{sa / sb:.2f}** |")
+    lines = ["| what is timed (fresh processes, alternating) | CPU | A | A seconds | B | B seconds | A / B |",
+             "|---|---|---|---|---|---|---|"]
+    row = lambda what, a, sa, b, sb: lines.append(f"| {what} | {cpu_of(entry)} | {a} | {sa:.1f} | {b} | {sb:.1f} | "
+                                                  f"**{sa / sb:.2f}** |")
     if "malloc" in e:
-        m = e["malloc"]
+        m = entry = e["malloc"]
         for key in sorted(k for k in m if k.endswith("_threads")):
             row(f"a BN + L1 epoch on {m['settings']['limit']:,} images + test, {key.split('_')[0]} thread(s)",
                 "glibc default", m[key]["default_seconds"], "`machine.tune_malloc()`", m[key]["tuned_seconds"])
     if "pipeline" in e:
-        p = e["pipeline"]
+        p = entry = e["pipeline"]
         row(f"a BN + L1 epoch on 60,000 images + test, {p['settings']['threads']} threads",
             f"conventional (`DataLoader`, {p['specs']['conventional']['workers']} workers, PIL transforms, glibc "
             f"default)", p["conventional_seconds"], "ours (train.py's defaults)", p["ours_seconds"])
     if "precision" in e:
-        p = e["precision"]
+        p = entry = e["precision"]
         row(f"a BN + L1 epoch on {p['specs']['fp32']['limit'] or 60000:,} images + test, "
             f"{p['settings']['threads']} threads", "fp32", p["fp32_seconds"], "bf16 autocast", p["bf16_seconds"])
     for kind, p in sorted(end_to_end.isa_entries(e.get("isa")).items()):  # one row per kind of CPU measured
-        used = p["isa_in_use"]
+        used, entry = p["isa_in_use"], p
         row(f"a BN + L1 epoch on 60,000 images + test, {p['settings']['threads']} threads, on a CPU whose own is "
             f"{ISA_NAMES.get(kind, kind)}", f"the CPU's own (`--native-isa`: {used['native']})", p["native_seconds"],
             f"pinned to AVX2 (the default: {used['avx2']})", p["avx2_seconds"])
+    if "affine" in e:
+        p = entry = e["affine"]
+        row(f"a BN + L1 epoch on 60,000 images + test, {p['settings']['threads']} threads",
+            "the affine maps in MKL (`torch.tan`, `F.affine_grid`)", p["mkl_seconds"],
+            "in ATen's own operations (the default)", p["aten_seconds"])
+    if "cbwr" in e:
+        p = entry = e["cbwr"]
+        row(f"a BN + L1 epoch on 60,000 images + test, {p['settings']['threads']} threads, the affine maps in MKL",
+            f"MKL's own choice ({p['mkl_branch']['mkl']})", p["mkl_seconds"],
+            f"`MKL_CBWR=COMPATIBLE` ({p['mkl_branch']['mkl_compatible']})", p["mkl_compatible_seconds"])
     if "experiment" in e:
-        x = e["experiment"]
+        x = entry = e["experiment"]
         row(f"`{x['settings']['command']}`, whole process", "--jobs 1", x["jobs1_seconds"], "--jobs 2",
             x["jobs2_seconds"])
     if "before" in e:
-        x = e["before"]
+        x = entry = e["before"]
         row(f"`{x['settings']['command']}`, whole process, defaults", f"commit {x['before_commit']}",
             x["before_seconds"], "this code", x["after_seconds"])
     some = next((v for v in e.values() if isinstance(v, dict) and "device" in v), None)
@@ -241,7 +257,7 @@ def end_to_end_table(results):
     repeats = sorted({v["settings"]["repeats"] for v in e.values() if isinstance(v, dict) and "settings" in v})
     lines += ["", f"`results/end_to_end.json`: {'/'.join(map(str, repeats))} processes per setting, alternating which "
                   f"goes first; epoch times are medians with each process's first epoch left out, whole runs medians "
-                  f"of wall time. {some['device']}; PyTorch {some['versions']['torch']}."]
+                  f"of wall time; 2 logical CPUs; PyTorch {some['versions']['torch']}."]
     return "\n".join(lines)
 
 

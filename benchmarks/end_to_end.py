@@ -10,6 +10,10 @@ Comparisons (--compare, any of):
   precision   fp32 against bf16 autocast (our pipeline, as malloc)
   isa         the CPU's native instruction set against kernels pinned to AVX2 (machine.pin_isa, train.py's default);
               one epoch of BN + L1 on the 60,000 training images plus the evaluation, as pipeline
+  affine      the augmentation's affine maps computed in Intel MKL (torch.tan and F.affine_grid, as every run before
+              affine_ops was recorded) against ATen's own operations (augment.AFFINE, the default); as isa
+  cbwr        the affine maps in MKL, left to choose its code for this CPU, against MKL pinned to its COMPATIBLE
+              branch (MKL_CBWR=COMPATIBLE in the process's environment); as isa
   experiment  the whole `python train.py` (BN + L1, LN and GN) with --jobs 1 against --jobs 2; wall seconds of the
               process, for --experiment-epochs epochs
   before      the whole `python train.py` of another checkout (--before DIR, e.g. a `git worktree` of an older
@@ -33,12 +37,13 @@ import machine
 from benchmarks import pipeline
 from cli import ROOT
 from model import Net
+from augment import AFFINE
 from data import MEAN, STD, load_mnist, select
 from files import write_json
 from recipe import L1, Recipe
 from training import evaluate, train_epoch
 
-COMPARISONS = ("malloc", "pipeline", "precision", "isa", "experiment", "before")
+COMPARISONS = ("malloc", "pipeline", "precision", "isa", "affine", "cbwr", "experiment", "before")
 
 
 def epochs_in_this_process(spec, data_root):
@@ -60,7 +65,8 @@ def epochs_in_this_process(spec, data_root):
         for _ in range(spec["epochs"]):
             start = time.perf_counter()
             train_epoch(model, train, optimizer, batch_size=recipe.batch_size, generator=generator, l1=recipe.l1,
-                              progress=False, precision=recipe.precision, **recipe.augmentation)
+                        progress=False, precision=recipe.precision, affine_ops=spec.get("affine_ops", AFFINE),
+                        **recipe.augmentation)
             evaluate(model, test)
             seconds.append(time.perf_counter() - start)
         return seconds
@@ -89,7 +95,9 @@ def epochs_in_this_process(spec, data_root):
 def fresh_epochs(spec, args):
     """Epoch seconds of `spec` measured in a new Python process."""
     cmd = [sys.executable, "-m", "benchmarks.end_to_end", "--child", json.dumps(spec), "--data", args.data]
-    done = subprocess.run(cmd, capture_output=True, text=True, cwd=ROOT)
+    # MKL reads MKL_CBWR at its first call: the child's environment sets it before anything runs
+    env = {**os.environ, **({"MKL_CBWR": spec["mkl_cbwr"]} if spec.get("mkl_cbwr") else {})}
+    done = subprocess.run(cmd, capture_output=True, text=True, cwd=ROOT, env=env)
     if done.returncode != 0:
         raise RuntimeError(f"{' '.join(cmd)} failed:\n{done.stderr[-2000:]}")
     return json.loads(done.stdout.strip().splitlines()[-1])
@@ -100,6 +108,13 @@ def isa_of_a_fresh_process(pin):
     code = f"import machine; print(machine.pin_isa({pin}))"
     return subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT,
                           check=True).stdout.strip()
+
+
+def mkl_branch_of_a_fresh_process(cbwr):
+    """machine.mkl_branch() of a new process with MKL_CBWR=`cbwr` in its environment (None: unset)."""
+    env = {k: v for k, v in os.environ.items() if k != "MKL_CBWR"} | ({"MKL_CBWR": cbwr} if cbwr else {})
+    return subprocess.run([sys.executable, "-c", "import machine; print(machine.mkl_branch())"], capture_output=True,
+                          text=True, cwd=ROOT, check=True, env=env).stdout.strip()
 
 
 def isa_entries(isa):
@@ -194,12 +209,18 @@ def main(argv=None):
                 entry[f"{t}_threads"] = {"default_seconds": med["default"], "tuned_seconds": med["tuned"],
                                          "speedup": med["default"] / med["tuned"], "samples_epoch_seconds": runs}
             result["malloc"] = {**entry, "settings": {**settings, "limit": args.limit}, **env}
-        elif what in ("pipeline", "precision", "isa"):
+        elif what in ("pipeline", "precision", "isa", "affine", "cbwr"):
             if what == "pipeline":
                 specs = {"conventional": {**base, "pipeline": "conventional", "malloc": False, "limit": None},
                          "ours": {**base, "limit": None}}
             elif what == "isa":
                 specs = {"native": {**base, "isa": "native", "limit": None}, "avx2": {**base, "limit": None}}
+            elif what == "affine":
+                specs = {"mkl": {**base, "affine_ops": "mkl", "limit": None},
+                         "aten": {**base, "affine_ops": "aten", "limit": None}}
+            elif what == "cbwr":
+                mkl = {**base, "affine_ops": "mkl", "limit": None}
+                specs = {"mkl": mkl, "mkl_compatible": {**mkl, "mkl_cbwr": "COMPATIBLE"}}
             else:
                 specs = {"fp32": base, "bf16": {**base, "precision": "bf16"}}
             if args.quick:
@@ -215,6 +236,9 @@ def main(argv=None):
                 entry["isa_in_use"] = {n: isa_of_a_fresh_process(n == "avx2") for n in specs}
                 result[what] = {**isa_entries(result.get(what)), machine.parts(entry["isa_in_use"]["native"])[0]: entry}
             else:
+                if what == "cbwr":
+                    entry["mkl_branch"] = {n: mkl_branch_of_a_fresh_process(spec.get("mkl_cbwr"))
+                                           for n, spec in specs.items()}
                 result[what] = entry
         elif what == "before":
             with tempfile.TemporaryDirectory() as folder:
@@ -240,7 +264,8 @@ def main(argv=None):
                                         + (f" --limit {args.limit}" if args.quick else ""),
                              "repeats": args.repeats, "order": settings["order"], "statistic": "median wall time"}}
         write_json(args.out, result)
-    brief = lambda v: {k: brief(vv) if isinstance(vv, dict) and k != "isa_in_use" else vv for k, vv in v.items()
+    brief = lambda v: {k: brief(vv) if isinstance(vv, dict) and k not in ("isa_in_use", "mkl_branch") else vv
+                       for k, vv in v.items()
                        if "speedup" in k or k.endswith("seconds") or (isinstance(vv, dict) and "speedup" in vv)}
     print(json.dumps({k: brief(v) for k, v in result.items() if isinstance(v, dict)}, indent=1))
     print(f"wrote {os.path.relpath(args.out)}")

@@ -62,7 +62,8 @@ def test_options_benchmark_rejects_an_unknown_option(capsys):
 def fake_seconds(spec):
     """An epoch time that tells the settings apart: each slower setting adds its own amount."""
     return (1.0 + 1.0 * (spec["pipeline"] == "conventional") + 0.5 * (not spec["malloc"])
-            + 2.0 * (spec["precision"] == "bf16") + 0.25 * (spec["isa"] == "native"))
+            + 2.0 * (spec["precision"] == "bf16") + 0.25 * (spec["isa"] == "native")
+            + 0.125 * (spec.get("affine_ops") == "mkl") + 0.5 * (spec.get("mkl_cbwr") == "COMPATIBLE"))
 
 
 @pytest.mark.mnist  # main() loads the real MNIST once, as before the fresh processes
@@ -94,11 +95,16 @@ def test_end_to_end_compares_each_pair_alternating_and_keeps_the_other_compariso
     assert pipeline[:4] == ["conventional", "ours", "ours", "conventional"]
     # A second invocation for one comparison keeps the others; the isa entry of another kind of CPU is kept too.
     monkeypatch.setattr(end_to_end, "isa_of_a_fresh_process", lambda pin: "avx2")
-    end_to_end.main(["--repeats", "1", "--epochs", "2", "--compare", "precision", "isa", "--data", DATA,
-                     "--out", str(out)])
+    monkeypatch.setattr(end_to_end, "mkl_branch_of_a_fresh_process", lambda cbwr: f"{cbwr or 'AUTO'} (faked)")
+    end_to_end.main(["--repeats", "1", "--epochs", "2", "--compare", "precision", "isa", "affine", "cbwr", "--data",
+                     DATA, "--out", str(out)])
     result = json.load(open(out))
-    assert set(result) == {"malloc", "pipeline", "precision", "isa", "experiment"} and result["precision"]["speedup"] == 1 / 3
+    assert set(result) == {"malloc", "pipeline", "precision", "isa", "affine", "cbwr", "experiment"}
+    assert result["precision"]["speedup"] == 1 / 3
     assert set(result["isa"]) == {"x9", "avx2"} and result["isa"]["avx2"]["speedup"] == 1.25
+    assert result["affine"]["speedup"] == 1.125 and result["affine"]["specs"]["aten"]["affine_ops"] == "aten"
+    assert result["cbwr"]["speedup"] == 1.125 / 1.625
+    assert result["cbwr"]["mkl_branch"] == {"mkl": "AUTO (faked)", "mkl_compatible": "COMPATIBLE (faked)"}
 
 
 @pytest.mark.mnist
@@ -112,6 +118,10 @@ def test_end_to_end_measures_epochs_in_fresh_processes_and_times_the_train_py_co
                 "workers": 0, "isa": "avx2"}
         seconds = end_to_end.fresh_epochs(spec, args)
         assert len(seconds) == 2 and all(s > 0 for s in seconds), pipeline
+    # the affine maps in MKL, in its COMPATIBLE branch (set in the fresh process's environment)
+    mkl = {**spec, "pipeline": "ours", "affine_ops": "mkl", "mkl_cbwr": "COMPATIBLE"}
+    assert len(end_to_end.fresh_epochs(mkl, args)) == 2
+    assert end_to_end.mkl_branch_of_a_fresh_process("COMPATIBLE") in ("COMPATIBLE (MKL_CBWR)", "None")
     # The whole-experiment comparison times train.py's own command line: train.py must accept it as it is.
     ran = []
     monkeypatch.setattr(end_to_end.subprocess, "run", lambda cmd, **kw: ran.append(cmd))
