@@ -107,10 +107,11 @@ def trace_class():
     return Trace
 
 
-def fingerprint():
-    """{"cpu", "flags", "isa", "mkl", "torch", "threads", "runs": {label: {"ops": [[phase, op, where, hash]], "final":
-    hash of the weights and averaged weights after training}}}. Pins the instruction set first (call it before any
-    torch operation)."""
+def fingerprint(check_trace=True):
+    """{"cpu", "flags", "isa", "affine_ops", "mkl", "torch", "threads", "runs": {label: {"ops": [[phase, op, where,
+    hash]], "final": hash of the weights and averaged weights after training}}}. Pins the instruction set first (call
+    it before any torch operation). check_trace: also run the steps untraced, and raise if they end elsewhere (the
+    trace must not change what is computed)."""
     isa = machine.pin_isa()
     import torch
 
@@ -148,7 +149,7 @@ def fingerprint():
 
     runs = {}
     for recipe in experiment():
-        plain = final(steps(recipe))
+        plain = final(steps(recipe)) if check_trace else None
         trace = Trace({})
 
         def enter(module, inputs):  # hooks on every module: the trace names the innermost layer running
@@ -166,9 +167,9 @@ def fingerprint():
         finally:
             pre.remove()
             post.remove()
-        if final(models) != plain:  # recording must not change what is computed
+        if check_trace and final(models) != plain:  # recording must not change what is computed
             raise RuntimeError(f"{recipe.label}: the traced steps end with other weights than the same steps untraced")
-        runs[recipe.label] = {"ops": trace.ops, "final": plain}
+        runs[recipe.label] = {"ops": trace.ops, "final": final(models)}
     return {**cpu_description(), "isa": isa, **utils.arithmetic(AFFINE, device),
             "torch": str(torch.__version__), "threads": torch.get_num_threads(), "runs": runs}
 
@@ -196,6 +197,8 @@ def compare(mine, theirs):
                            f"result differs ({differing} differ in all); {here}; {there}")
         if len(ops) != len(run["ops"]):
             return 1, f"{label}: {len(ops)} operations here, {len(run['ops'])} in the fingerprint: the code changed"
+        if mine["runs"][label]["final"] != run["final"]:
+            return 1, f"{label}: every operation gives the fingerprint's result, but not the final weights; {here}"
         total += len(ops)
     return 0, (f"identical: all {total} operations of {', '.join(theirs['runs'])} give the results of the fingerprint "
                f"({theirs['cpu']}); {here}")
@@ -209,7 +212,7 @@ def main(argv=None):
     args = p.parse_args(argv)
     if not args.write and not os.path.isfile(args.file):
         p.error(f"argument --file: no such file: {args.file} (--write makes one)")
-    mine = fingerprint()
+    mine = fingerprint(check_trace=args.write)  # a written fingerprint's final weights are checked untraced
     if args.write:
         from files import atomic_write
         text = json.dumps({"made_with": "python fingerprint.py --write", **mine}, indent=1)
