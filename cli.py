@@ -66,6 +66,11 @@ def add_recipe_arguments(p, *, lr_help="peak learning rate of the one-cycle sche
     p.add_argument("--ema", type=number(float, "a decay in [0, 1)", 0, high=1), default=DEFAULT.ema,
                    help="per-step decay of the exponential moving average of the weights and BN's statistics that "
                         "is evaluated and saved; 0: none, the trained weights themselves")
+    p.add_argument("--ema-warmup", type=number(float, "a finite number >= 0", 0), default=DEFAULT.ema_warmup,
+                   help="warm the average up: its decay at the n-th update is min(EMA, (1 + n) / (EMA_WARMUP + n)); "
+                        "0: EMA from the first update")
+    p.add_argument("--clip", type=number(float, "a finite number >= 0", 0), default=DEFAULT.clip,
+                   help="clip the total norm of the gradient to CLIP before each step; 0: never")
     p.add_argument("--dropout", type=number(float, "a probability in [0, 1)", 0, high=1), default=DEFAULT.dropout,
                    help="dropout after every norm layer")
     p.add_argument("--groups", type=int, choices=VALID_GROUPS, default=DEFAULT.groups,
@@ -91,9 +96,9 @@ def variant(args, defaults, keys) -> str:
 
 
 def schedule(args):
-    """The Recipe's schedule and averaging settings from parsed arguments."""
+    """The Recipe's schedule, averaging and clipping settings from parsed arguments."""
     return {"pct_start": args.pct_start, "cycle_epochs": args.cycle_epochs, "final_div": args.final_div,
-            "ema": args.ema}
+            "ema": args.ema, "ema_warmup": args.ema_warmup, "clip": args.clip}
 
 
 def augmentation(args):

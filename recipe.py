@@ -27,6 +27,9 @@ class Recipe:
     final_div: float = 1e4    # the cycle ends at lr / 25 / final_div (OneCycleLR's final_div_factor)
     ema: float = 0.999        # per-step decay of an average of the weights and BN's statistics (0: none); if > 0 the
                               # averaged model is what is evaluated and saved (torch.optim.swa_utils.AveragedModel)
+    ema_warmup: float = 0.0   # warm the average up: its decay at the n-th update is min(ema, (1 + n) / (ema_warmup + n))
+                              # (TensorFlow's ExponentialMovingAverage with num_updates uses 10); 0: ema from the start
+    clip: float = 0.0         # clip the total norm of the gradient (of NLL + L1) to this before each step (0: never)
     # pct_start 0.15 and ema 0.999: the schedule search's choice on the validation split (tune.py, results/tune/schedule/)
     # Augmentation, drawn per image and per epoch: an affine map about the image's centre (see batches, affine).
     degrees: float = 7.0      # rotation uniform in ±degrees (counter-clockwise positive)
@@ -48,7 +51,7 @@ class Recipe:
         if self.limit is not None and (isinstance(self.limit, bool) or not isinstance(self.limit, int)
                                        or self.limit < 1):
             raise ValueError(f"limit must be None or an integer >= 1, got {self.limit!r}")
-        for name, positive in (("l1", False), ("lr", True), ("degrees", False)):
+        for name, positive in (("l1", False), ("lr", True), ("degrees", False), ("ema_warmup", False), ("clip", False)):
             value = getattr(self, name)
             if (isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value)
                     or value < 0 or (positive and value == 0)):
@@ -110,7 +113,8 @@ class Recipe:
 # results/batch_size/): one cycle over all epochs, peaking after 30% of it, and no average of the weights.
 FIRST_SCHEDULE = {"pct_start": 0.3, "cycle_epochs": None, "final_div": 1e4, "ema": 0.0}
 # What runs whose files do not record these settings trained with (the files predate the settings).
-UNRECORDED = {"degrees": 7.0, "translate": 0.0, "scale": 0.0, "shear": 0.0, **FIRST_SCHEDULE}
+UNRECORDED = {"degrees": 7.0, "translate": 0.0, "scale": 0.0, "shear": 0.0, **FIRST_SCHEDULE, "ema_warmup": 0.0,
+              "clip": 0.0}
 
 
 def experiment(norms=NORMS, seeds=(0,), *, l1=L1, groups=Recipe.groups, **settings):

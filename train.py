@@ -165,12 +165,15 @@ def rerun(args, saved, data):
     _, record = utils.run(recipe, data, device=args.device, out=args.out, folder=folder, name=saved["name"],
                           progress=not args.no_progress, fresh=args.fresh, stop_after=args.rerun_epochs,
                           affine_ops=args.affine_ops)
-    strip = lambda history: [{k: v for k, v in e.items() if k != "seconds"} for e in history]
+    # Every key the file records but seconds (a file from before a key was recorded, grad_norm_median for one, is
+    # compared on the keys it has)
+    keys = {k for e in saved["history"] for k in e} - {"seconds"}
+    strip = lambda history: [{k: v for k, v in e.items() if k in keys} for e in history]
     new, old = strip(record["history"]), strip(saved["history"][:args.rerun_epochs])
     same = next((i for i, (a, b) in enumerate(zip(new, old)) if a != b), None)
     if same is None and len(new) == len(old):
         which = f"the first {len(new)} of its {len(saved['history'])}" if args.rerun_epochs else f"all {len(new)}"
-        print(f"identical: {which} epochs of {shown(path)} equal {args.rerun} (every key but seconds)")
+        print(f"identical: {which} epochs of {shown(path)} equal {args.rerun} (every key it records but seconds)")
         return 0
     where = f"epoch {same + 1} differs: {new[same]} against {old[same]}" if same is not None else \
         f"{len(new)} epochs against {len(old)}"

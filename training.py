@@ -27,24 +27,29 @@ def autocast(precision, device):
     return torch.autocast(device.type, dtype=torch.bfloat16)
 
 
-def train_step(model, optimizer, x, y, *, l1=0.0, precision="fp32", scheduler=None):
-    """One step: forward (in `precision`), NLL + l1 * Σ|w|, backward, update, schedule. Returns (output, NLL)."""
+def train_step(model, optimizer, x, y, *, l1=0.0, precision="fp32", scheduler=None, clip=0.0):
+    """One step: forward (in `precision`), NLL + l1 * Σ|w|, backward, the gradient's total norm clipped to `clip`
+    (0: not clipped), update, schedule. Returns (output, NLL, the gradient's total norm before clipping)."""
     with autocast(precision, x.device):
         out = model(x)  # [B, 10] log-probabilities
     loss = F.nll_loss(out.float(), y)  # the loss in fp32 whatever the forward pass ran in
     objective = loss + l1 * l1_penalty(model) if l1 else loss
     optimizer.zero_grad(set_to_none=True)
     objective.backward()
+    grads = [p.grad for p in model.parameters() if p.grad is not None]
+    # Reading the norm changes no gradient; clipping scales every gradient by clip / norm where the norm is larger.
+    norm = torch.nn.utils.clip_grad_norm_(model.parameters(), clip) if clip else torch.nn.utils.get_total_norm(grads)
     optimizer.step()
     if scheduler is not None:
         scheduler.step()
-    return out, loss
+    return out, loss, norm
 
 
 def train_epoch(model, data, optimizer, *, batch_size, generator, scheduler=None, l1=0.0, degrees=7.0,
-                translate=0.0, scale=0.0, shear=0.0, progress=True, precision="fp32", averaged=None, affine_ops=AFFINE):
+                translate=0.0, scale=0.0, shear=0.0, progress=True, precision="fp32", averaged=None, affine_ops=AFFINE,
+                clip=0.0):
     """One epoch over data = (images, labels) on the model's device, augmented as batches() says. Returns
-    (loss, accuracy %).
+    (loss, accuracy %, the gradient's total norm at each step [steps], before clipping to `clip`).
 
     The loss minimized is NLL + l1 * Σ|w| (see l1_penalty); the loss returned is the mean NLL (of the model
     trained, not of `averaged`), so runs with and without L1 compare. `scheduler` steps after every batch, and
@@ -55,11 +60,13 @@ def train_epoch(model, data, optimizer, *, batch_size, generator, scheduler=None
     n = len(data[1])
     total_loss = torch.zeros((), device=data[1].device)
     correct = torch.zeros((), dtype=torch.long, device=data[1].device)
-    seen = 0
+    seen, norms = 0, []
     bar = tqdm(total=n, unit="img", leave=False, disable=not progress, mininterval=0.5)
     for step, (x, y) in enumerate(batches(data, batch_size, generator=generator, degrees=degrees,
                                      translate=translate, scale=scale, shear=shear, ops=affine_ops)):
-        out, loss = train_step(model, optimizer, x, y, l1=l1, precision=precision, scheduler=scheduler)
+        out, loss, norm = train_step(model, optimizer, x, y, l1=l1, precision=precision, scheduler=scheduler,
+                                     clip=clip)
+        norms.append(norm.detach())
         if averaged is not None:
             averaged.update_parameters(model)
         # Accumulate on the device; reading a value back only every 20 steps avoids GPU syncs.
@@ -70,7 +77,7 @@ def train_epoch(model, data, optimizer, *, batch_size, generator, scheduler=None
         if progress and step % 20 == 0:
             bar.set_postfix(loss=f"{total_loss.item() / seen:.4f}", acc=f"{100 * correct.item() / seen:.2f}%")
     bar.close()
-    return total_loss.item() / n, 100 * correct.item() / n
+    return total_loss.item() / n, 100 * correct.item() / n, torch.stack(norms)
 
 
 @torch.inference_mode()

@@ -48,9 +48,13 @@ def run_config(recipe, train, test, device):
                 f"{100 * recipe.pct_start:g}%, then cosine to {lr / 25 / recipe.final_div:.1e}; momentum 0.95 -> 0.85 -> 0.95")
     if cycle < recipe.epochs:
         schedule += f"; the cycle spans epochs 1-{cycle}, then lr and momentum stay at its end"
+    if recipe.clip:
+        schedule += f"; the gradient's total norm clipped to {recipe.clip:g} before each step"
     if recipe.ema:
+        warmup = f", warmed up: min({recipe.ema:g}, (1 + n) / ({recipe.ema_warmup:g} + n)) at update n" \
+            if recipe.ema_warmup else ""
         schedule += (f"; evaluated and saved: the exponential moving average of the weights and BN's statistics, "
-                     f"decay {recipe.ema:g} per step (AveragedModel)")
+                     f"decay {recipe.ema:g} per step{warmup} (AveragedModel)")
     return {**asdict(recipe), "train_images": len(train[1]),
             "eval_split": f"validation: the last {recipe.val} training images" if recipe.val else "test",
             "eval_images": len(test[1]), "params": params(recipe),
@@ -134,9 +138,30 @@ def initial_state(recipe, train_images, device):
     scheduler = torch.optim.lr_scheduler.OneCycleLR(optimizer, max_lr=recipe.lr, total_steps=total,
                                                     pct_start=recipe.pct_start, final_div_factor=recipe.final_div)
     # PyTorch's own averaging; use_buffers: BN's running statistics are averaged too, so they match the weights
-    averaged = AveragedModel(model, multi_avg_fn=get_ema_multi_avg_fn(recipe.ema), use_buffers=True) \
+    averaged = AveragedModel(model, multi_avg_fn=ema_update(recipe.ema, recipe.ema_warmup), use_buffers=True) \
         if recipe.ema else None
     return model, optimizer, scheduler, averaged, generator
+
+
+def ema_update(decay, warmup=0.0):
+    """AveragedModel's multi_avg_fn for an exponential moving average of `decay` per update; with warmup > 0 the decay
+    at the n-th update after the first (which copies the weights) is min(decay, (1 + n) / (warmup + n)), so the
+    average soon forgets the random initialization instead of keeping decay^n of it (0.999^938 = 39% after an epoch
+    of 938 steps). warmup 0 is PyTorch's get_ema_multi_avg_fn(decay), which the runs before the warm-up used."""
+    if not warmup:
+        return get_ema_multi_avg_fn(decay)
+
+    @torch.no_grad()
+    def update(averaged, current, n):
+        if not torch.is_floating_point(averaged[0]):  # integer buffers, BN's num_batches_tracked: a count, copied
+            torch._foreach_copy_(averaged, current)
+            return
+        # n: AveragedModel's count of updates so far, a tensor on the device, so the decay is computed there too
+        # (no wait for the device in every step)
+        d = torch.clamp((1 + n) / (warmup + n), max=decay).to(averaged[0].dtype)
+        torch._foreach_mul_(averaged, d)
+        torch._foreach_add_(averaged, torch._foreach_mul(current, 1 - d))
+    return update
 
 
 def run(recipe, data, *, device, out=RUNS, folder="", name=None, batch_stats=False, progress=True, fresh=False,
@@ -229,15 +254,17 @@ def run(recipe, data, *, device, out=RUNS, folder="", name=None, batch_stats=Fal
     for epoch in range(len(record["history"]) + 1, min(recipe.epochs, stop_after or recipe.epochs) + 1):
         start = time.perf_counter()
         lr_now = optimizer.param_groups[0]["lr"]
-        train_loss, train_acc = train_epoch(model, train, optimizer, batch_size=recipe.batch_size,
-                                            generator=generator, scheduler=scheduler if epoch <= cycle else None,
-                                            l1=recipe.l1, progress=progress, precision=recipe.precision,
-                                            averaged=averaged, affine_ops=config["affine_ops"],
-                                            **recipe.augmentation)
+        train_loss, train_acc, norms = train_epoch(
+            model, train, optimizer, batch_size=recipe.batch_size, generator=generator,
+            scheduler=scheduler if epoch <= cycle else None, l1=recipe.l1, progress=progress,
+            precision=recipe.precision, averaged=averaged, affine_ops=config["affine_ops"], clip=recipe.clip,
+            **recipe.augmentation)
         test_loss, test_acc = evaluate(evaluated, test)
         seconds = time.perf_counter() - start
         entry = {"epoch": epoch, "train_loss": train_loss, "train_acc": train_acc, "test_loss": test_loss,
-                 "test_acc": test_acc, "lr": lr_now, "seconds": seconds}
+                 "test_acc": test_acc, "lr": lr_now, "seconds": seconds,
+                 # the gradient's total norm over the epoch's steps, before any clipping: how close a run came to diverging
+                 "grad_norm_median": norms.median().item(), "grad_norm_max": norms.max().item()}
         if batch_stats:  # after the timing, so that seconds stays comparable between runs
             entry["test_loss_batch_stats"], entry["test_acc_batch_stats"] = \
                 evaluate(evaluated, test, recipe.batch_size, batch_stats=True)

@@ -23,6 +23,8 @@ from recipe import L1, Recipe, experiment, experiment_folder, settings_folder
     (dict(epochs=10, cycle_epochs=11), r"cycle_epochs must be None or an integer in \[1, epochs=10\], got 11"),
     (dict(final_div=0), "final_div must be a finite number > 0, got 0"),
     (dict(ema=1.0), r"ema must be a number in \[0, 1\), got 1.0"),
+    (dict(ema_warmup=-1.0), "ema_warmup must be a finite number >= 0, got -1.0"),
+    (dict(clip=float("inf")), "clip must be a finite number >= 0, got inf"),
 ])
 def test_bad_recipe_is_rejected_naming_what_is_accepted(settings, message):
     with pytest.raises(ValueError, match=message):
@@ -71,3 +73,10 @@ def test_each_set_of_settings_gets_a_folder_named_after_what_differs_from_the_de
     assert experiment(groups=5)[1].groups == Recipe.groups  # LN has no groups to set
     with pytest.raises(ValueError, match="different folders"):
         experiment_folder([Recipe(), Recipe(epochs=1)])
+
+
+def test_a_file_from_before_the_warm_up_and_the_clipping_reads_as_neither():
+    from dataclasses import asdict
+    config = {k: v for k, v in asdict(Recipe(ema_warmup=10.0, clip=1.0)).items() if k not in ("ema_warmup", "clip")}
+    recipe = Recipe.from_config(config)
+    assert (recipe.ema_warmup, recipe.clip) == (0.0, 0.0)

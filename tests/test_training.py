@@ -7,7 +7,7 @@ from torch import nn
 
 from conftest import synthetic
 from model import Net
-from training import evaluate, l1_penalty, train_epoch
+from training import evaluate, l1_penalty, train_epoch, train_step
 
 
 def test_l1_penalty_is_the_sum_of_absolute_conv_weights():
@@ -61,3 +61,30 @@ def test_bf16_training_runs_the_convolutions_in_bfloat16_and_keeps_fp32_weights(
               for _ in range(3)]
     assert seen[0] == torch.bfloat16 and all(p.dtype == torch.float32 for p in model.parameters())
     assert all(np.isfinite(losses)) and losses[-1] < losses[0]
+
+
+def test_each_step_records_the_gradients_norm_and_clipping_bounds_it():
+    # The returned norm is the total norm of the gradient of NLL + L1, before clipping; with clip, the gradient the
+    # optimizer sees has at most that norm, and without it the norm is only read.
+    def step(clip):
+        torch.manual_seed(0)
+        model = Net("LN")
+        opt = torch.optim.SGD(model.parameters(), lr=0.0)  # lr 0: the weights stay, the gradients are kept
+        x = torch.randn(16, 1, 28, 28)
+        y = torch.arange(16) % 10
+        _, _, norm = train_step(model, opt, x, y, l1=1e-3, clip=clip)
+        grads = torch.cat([p.grad.flatten() for p in model.parameters()])
+        return norm, grads
+    norm, grads = step(0.0)
+    assert torch.allclose(norm, grads.norm(), rtol=1e-5) and norm > 0.1
+    clipped_norm, clipped = step(0.1)
+    assert torch.equal(clipped_norm, norm)  # the norm before clipping
+    assert clipped.norm().item() == pytest.approx(0.1, rel=1e-4)
+    assert torch.allclose(clipped, grads * (0.1 / norm), rtol=1e-4, atol=1e-9)
+    # an epoch returns one norm per step
+    torch.manual_seed(0)
+    model = Net("BN")
+    opt = torch.optim.SGD(model.parameters(), lr=0.01)
+    *_, norms = train_epoch(model, synthetic(100), opt, batch_size=32, generator=torch.Generator().manual_seed(0),
+                            progress=False)
+    assert norms.shape == (4,) and (norms > 0).all()

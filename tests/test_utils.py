@@ -97,7 +97,9 @@ def test_json_and_weights_are_written_and_a_finished_run_is_not_retrained(tmp_pa
     saved = json.load(open(tmp_path / "results" / "bn_l1_seed0.json"))
     assert saved == json.loads(json.dumps(record))
     assert [r["epoch"] for r in saved["history"]] == [1, 2]
-    assert set(saved["history"][0]) == {"epoch", "train_loss", "train_acc", "test_loss", "test_acc", "lr", "seconds"}
+    assert set(saved["history"][0]) == {"epoch", "train_loss", "train_acc", "test_loss", "test_acc", "lr", "seconds",
+                                        "grad_norm_median", "grad_norm_max"}
+    assert 0 < saved["history"][0]["grad_norm_median"] <= saved["history"][0]["grad_norm_max"]
     config = saved["config"]
     assert Recipe.from_config(config) == SMALL
     assert config["threads"] == torch.get_num_threads() and config["train_images"] == 256 and config["params"] == 7750
@@ -237,3 +239,40 @@ def test_with_ema_the_average_is_what_is_evaluated_saved_and_resumed_bit_identic
     small_run(tmp_path / "cut", recipe, stop_after=1)
     _, resumed = small_run(tmp_path / "cut", recipe)
     assert without_time(resumed["history"]) == without_time(whole["history"])
+
+
+def test_the_warmed_up_average_follows_its_formula_and_without_warm_up_is_pytorchs_own():
+    # An independent reference, update by update: a_1 = w_1 (AveragedModel copies the first), then
+    # a_(n+1) = d_n a_n + (1 - d_n) w_(n+1) with d_n = min(decay, (1 + n) / (warmup + n)); BN's num_batches_tracked,
+    # an integer, is copied.
+    from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(torch.nn.Linear(3, 2), torch.nn.BatchNorm1d(2))
+    averaged = AveragedModel(model, multi_avg_fn=utils.ema_update(0.99, 10.0), use_buffers=True)
+    plain = AveragedModel(model, multi_avg_fn=get_ema_multi_avg_fn(0.99), use_buffers=True)
+    ours = AveragedModel(model, multi_avg_fn=utils.ema_update(0.99, 0.0), use_buffers=True)
+    expected = None
+    for n in range(30):
+        with torch.no_grad():
+            for p in model.parameters():
+                p.add_(torch.randn_like(p))
+        model(torch.randn(4, 3))  # a training-mode forward: BN's running statistics and its count move
+        weights = {k: v.clone().double() for k, v in model.state_dict().items()}
+        for a in (averaged, plain, ours):
+            a.update_parameters(model)
+        if expected is None:
+            expected = weights
+        else:
+            d = min(0.99, (1 + n) / (10.0 + n))
+            expected = {k: d * expected[k] + (1 - d) * weights[k] for k in weights}
+    state = averaged.module.state_dict()
+    for k, v in expected.items():
+        if k == "1.num_batches_tracked":
+            assert state[k].item() == 30
+        else:
+            assert torch.allclose(state[k].double(), v, rtol=1e-5, atol=1e-6), k
+    # After 30 updates the warmed-up average has forgotten the first weights far more than decay^29 would
+    assert (state["0.weight"] - model.state_dict()["0.weight"]).abs().max() < \
+        (plain.module.state_dict()["0.weight"] - model.state_dict()["0.weight"]).abs().max()
+    # warmup 0: PyTorch's get_ema_multi_avg_fn itself, so the runs before the warm-up re-run as they were made
+    assert all(torch.equal(a, b) for a, b in zip(plain.module.state_dict().values(), ours.module.state_dict().values()))
