@@ -113,12 +113,12 @@ def load_weights(path, device="cpu"):
     return model.eval(), config
 
 
-def is_finished(path):
-    """Whether a results file exists and holds every epoch its config plans."""
+def is_finished(path, stop_after=None):
+    """Whether a results file exists and holds every epoch its config plans (or `stop_after` epochs, if fewer)."""
     if not os.path.exists(path):
         return False
     record = read_record(path)
-    return len(record["history"]) >= record["config"]["epochs"]
+    return len(record["history"]) >= min(record["config"]["epochs"], stop_after or record["config"]["epochs"])
 
 
 def load_records(folder):

@@ -33,6 +33,9 @@ any of its runs was trained, rewards both the final accuracy and a run that gets
 
 It chose peak15_ema, which is Recipe's defaults now (the runs in results/).
 
+The stress test (--search stress) counts how often LN diverges in the first epochs, at today's peak and at a higher
+one, without and with the gradient's norm clipped; its rule is with its constants below (STRESS_SEEDS ...).
+
 Runs resume like train.py's (run the same command again); results go to OUT/results/tune/ (--out: by default
 runs/; the committed search is `--out .`), and each invocation that trains logs its wall time to tune.json there.
 """
@@ -227,6 +230,97 @@ def run_search(data, *, device, out, jobs, fresh=False, progress=True, **overrid
     return load_records(folder)
 
 
+# The stress test (--search stress): how often LN diverges as the learning rate rises to its peak, and whether
+# clipping the gradient's norm stops it. Its rule, fixed and committed before any of its runs was trained:
+#
+# 1. LN (one of its ten seeds of the recipe diverged: 98.93% test accuracy after epoch 2, 15.73% after epoch 3),
+#    seeds 0 to 19, on the first 50,000 training images, scored on the last 10,000. Each run trains the first
+#    STRESS_EPOCHS epochs of the 20-epoch schedule (the rise to the peak, which ends in epoch 3, and the epochs after
+#    it) and stops there. The average is warmed up (ema_warmup STRESS_WARMUP), so that the evaluated weights follow
+#    the trained ones from epoch 1; everything else is Recipe's defaults.
+# 2. A run diverges if its validation accuracy falls by DIVERGED points or more from one epoch to the next.
+# 3. Stage 1: at today's peak and at STRESS_PEAKS[1], without clipping, every seed.
+# 4. The clip is set from stage 1 alone: CLIP_FACTOR times the median, over the stage-1 runs at today's peak that did
+#    not diverge, of each run's median gradient norm over epochs 2 to STRESS_EPOCHS (grad_norm_median), rounded to
+#    two significant figures: steps with a gradient well above a healthy run's typical one are scaled down to it.
+# 5. Stage 2: both peaks with that clip, every seed.
+# 6. The clip stops divergence if, at the higher peak, fewer runs diverge with it than without, and at today's peak
+#    none does with it. The counts are reported whatever they are.
+STRESS_SEEDS = tuple(range(20))
+STRESS_EPOCHS = 6
+STRESS_PEAKS = (Recipe.lr, 0.3)
+STRESS_WARMUP = 10.0
+DIVERGED = 10.0   # points of validation accuracy lost in one epoch
+CLIP_FACTOR = 2.0
+STRESS_FOLDER = os.path.join(FOLDER, "stress")
+
+
+def stress_name(peak, clip):
+    """ "ln_lr0.3_clip0": the name of a stress arm's runs (their files add _seed<S>)."""
+    return f"ln_lr{peak:g}_clip{clip:g}"
+
+
+def diverged(history):
+    """Whether a run's validation accuracy fell by DIVERGED points or more from one epoch to the next."""
+    return any(a["test_acc"] - b["test_acc"] >= DIVERGED for a, b in zip(history, history[1:]))
+
+
+def stress_clip(records):
+    """The clip that rule 4 sets from stage 1's records ({name: [record]}), or None while stage 1 is unfinished."""
+    runs = records.get(stress_name(STRESS_PEAKS[0], 0), [])
+    done = {r["config"]["seed"]: r["history"] for r in runs if len(r["history"]) >= STRESS_EPOCHS}
+    stage1 = [records.get(stress_name(peak, 0), []) for peak in STRESS_PEAKS]
+    if len(done) < len(STRESS_SEEDS) or any(
+            sum(len(r["history"]) >= STRESS_EPOCHS for r in recs) < len(STRESS_SEEDS) for recs in stage1):
+        return None
+    typical = [np.median([e["grad_norm_median"] for e in h[1:STRESS_EPOCHS]]) for h in done.values()
+               if not diverged(h[:STRESS_EPOCHS])]
+    return float(f"{CLIP_FACTOR * np.median(typical):.2g}")
+
+
+def stress_table(records):
+    """{arm name: {"peak", "clip", "runs", "diverged": [seeds], "grad_norm_max": largest over the runs}}."""
+    table = {}
+    for name, recs in sorted(records.items()):
+        recs = [r for r in recs if len(r["history"]) >= STRESS_EPOCHS]
+        if not recs:
+            continue
+        config = recs[0]["config"]
+        table[name] = {"peak": config["lr"], "clip": config["clip"], "runs": len(recs),
+                       "diverged": [r["config"]["seed"] for r in recs if diverged(r["history"][:STRESS_EPOCHS])],
+                       "grad_norm_max": max(e.get("grad_norm_max", float("nan")) for r in recs for e in r["history"])}
+    return table
+
+
+def format_stress_table(table):
+    lines = [f"{'arm':<22} {'peak':>5} {'clip':>5} {'runs':>5} {'diverged':>9}  seeds that diverged"]
+    for name, t in table.items():
+        lines.append(f"{name:<22} {t['peak']:>5g} {t['clip']:>5g} {t['runs']:>5} {len(t['diverged']):>9}  "
+                     f"{', '.join(map(str, t['diverged'])) or '-'}")
+    return "\n".join(lines)
+
+
+def run_stress(data, *, device, out, jobs, fresh=False, progress=True, **overrides):
+    """Train what the stress test's rule needs next: stage 1, then (once it is complete) stage 2; returns the records
+    under OUT/results/tune/stress/. Runs stop after STRESS_EPOCHS epochs and resume like any other."""
+    folder = os.path.join(out, "results", STRESS_FOLDER)
+    for stage in (1, 2):
+        clip = 0.0
+        if stage == 2:
+            clip = stress_clip(load_records(folder) if os.path.isdir(folder) else {})
+            if clip is None:
+                print("stress test: stage 2 waits for every run of stage 1")
+                break
+        print(f"stress test, stage {stage}: LN, seeds {STRESS_SEEDS[0]}-{STRESS_SEEDS[-1]}, peaks "
+              f"{', '.join(f'{p:g}' for p in STRESS_PEAKS)}, clip {clip:g}, the first {STRESS_EPOCHS} epochs")
+        runs = [Recipe("LN", seed=seed, lr=peak, clip=clip, **{"ema_warmup": STRESS_WARMUP, "val": VAL, **overrides})
+                for seed in STRESS_SEEDS for peak in STRESS_PEAKS]  # seed by seed: a partial stage is paired
+        utils.run_experiments(runs, data, device=device, out=out, folder=STRESS_FOLDER, jobs=jobs,
+                              names=[stress_name(r.lr, r.clip) for r in runs], progress=progress, fresh=fresh,
+                              log="tune.json", stop_after=STRESS_EPOCHS)
+    return load_records(folder)
+
+
 def format_table(table):
     lines = [f"{'setting':<28} {'seed 0':>7} {'seed 1':>7} {'score':>7} {'settles':>7} {'s/epoch':>8}"]
     for sid, t in sorted(table.items(), key=lambda kv: -kv[1]["score"]):
@@ -238,9 +332,10 @@ def format_table(table):
 
 def parse_args(argv=None):
     p = cli.parser(__doc__)
-    p.add_argument("--search", choices=("schedule", "augmentation"), default="schedule",
-                   help="which search: the learning-rate schedule and weight averaging, or the (decided) augmentation, "
-                        "dropout and batch size")
+    p.add_argument("--search", choices=("schedule", "augmentation", "stress"), default="schedule",
+                   help="which search: the (decided) learning-rate schedule and weight averaging, the (decided) "
+                        "augmentation, dropout and batch size, or the stress test of LN's divergence with and without "
+                        "clipping the gradient")
     cli.add_run_arguments(p, jobs_default=min(2, os.cpu_count() or 1),
                           jobs_help="runs trained at once, in that many processes with one CPU thread each", figures=False)
     p.add_argument("--epochs", type=cli.positive_int, default=Recipe.epochs,
@@ -262,13 +357,19 @@ def main(argv=None):
     print(utils.LOG_HEADER)
     try:
         data = load_mnist(args.data)
-        search = run_schedule_search if args.search == "schedule" else run_search
+        search = {"schedule": run_schedule_search, "augmentation": run_search, "stress": run_stress}[args.search]
         records = search(data, device=args.device, out=args.out, jobs=args.jobs, fresh=args.fresh,
                          progress=not args.no_progress, epochs=args.epochs, limit=args.limit)
     except utils.USER_ERRORS as e:
         sys.exit(f"tune.py: error: {e}")
     except KeyboardInterrupt:
         sys.exit(f"\nstopped: every finished epoch is kept; resume with: python {' '.join(sys.argv)}")
+    if args.search == "stress":
+        print()
+        print(format_stress_table(stress_table(records)))
+        clip = stress_clip(records)
+        print(f"\nthe clip of stage 2: {clip:g}" if clip is not None else "\nstage 1 is not complete yet")
+        return 0
     table = scores(records, SCHEDULES if args.search == "schedule" else None)
     print()
     print(format_table(table))

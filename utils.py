@@ -206,6 +206,11 @@ def run(recipe, data, *, device, out=RUNS, folder="", name=None, batch_stats=Fal
             log(f"{name:<10} finished, loaded from {shown(paths['results'])}")
             weights = paths["weights"]
             return (load_weights(weights, device)[0] if os.path.exists(weights) else None), record
+        if stop_after and len(record["history"]) >= stop_after and not os.path.exists(paths["checkpoint"]):
+            # stopped there (tune.py's stress test), and its checkpoint is not here (a fresh clone): what it holds is
+            # all that was asked for, so it is loaded rather than trained again
+            log(f"{name:<10} stopped after epoch {len(record['history'])}, loaded from {shown(paths['results'])}")
+            return None, record
 
     model, optimizer, scheduler, averaged, generator = initial_state(recipe, len(train[1]), device)
     cycle = recipe.cycle_epochs or recipe.epochs
@@ -305,7 +310,7 @@ def _worker_run(recipe, data, device, kw, lines):
 
 
 def run_experiments(recipes, data, *, device, out=RUNS, folder=None, jobs=1, names=None, batch_stats=False,
-                    progress=True, fresh=False, log="invocations.json"):
+                    progress=True, fresh=False, log="invocations.json", stop_after=None):
     """run() every recipe (finished runs are loaded, unfinished ones resume), in this process or, with
     jobs > 1, in that many worker processes (one CPU thread each on a CPU; on a GPU, runs always go one after
     another in this process). names: the runs' names if not their recipes'; folder: under OUT/results/ etc.,
@@ -313,6 +318,7 @@ def run_experiments(recipes, data, *, device, out=RUNS, folder=None, jobs=1, nam
     A user's error in a worker (settings, files) is raised here as itself, without the worker's traceback.
 
     An invocation that trains anything appends its wall time, jobs and device to OUT/results/FOLDER/`log`.
+    stop_after: every run stops after that epoch (see run), and counts as done once it has it.
 
     Returns (records, models): {name: [record per seed]} in recipe order and {name: the first seed's model}
     (left out where a finished run's weights were not kept).
@@ -327,9 +333,10 @@ def run_experiments(recipes, data, *, device, out=RUNS, folder=None, jobs=1, nam
     names = names or [r.name for r in recipes]
     if len(set(zip(names, (r.seed for r in recipes)))) < len(recipes):
         raise ValueError("two runs share a name and seed, so they would write the same files")
-    kws = [dict(out=out, folder=folder, name=n, batch_stats=batch_stats and r.norm == "BN", fresh=fresh)
-           for r, n in zip(recipes, names)]
-    todo = sum(fresh or not is_finished(run_paths(out, folder, n, r.seed)["results"]) for r, n in zip(recipes, names))
+    kws = [dict(out=out, folder=folder, name=n, batch_stats=batch_stats and r.norm == "BN", fresh=fresh,
+                stop_after=stop_after) for r, n in zip(recipes, names)]
+    todo = sum(fresh or not is_finished(run_paths(out, folder, n, r.seed)["results"], stop_after)
+               for r, n in zip(recipes, names))
     start = time.perf_counter()
     if jobs == 1 or len(recipes) == 1:
         # Move the data to the device once for all runs; run()'s own move is then a no-op. Workers get the

@@ -164,3 +164,55 @@ def test_a_tiny_schedule_search_reads_today_from_the_augmentation_search_and_tra
     assert os.path.exists(tmp_path / "results" / "tune" / f"ln_{tune.INCUMBENT}_seed0.json")  # today's, where it was
     assert os.path.exists(tmp_path / "results" / "tune" / "schedule" / "ln_cycle2_seed0.json")
     assert all(r["config"]["ema"] == 0.9 for r in records["gn_ema"])
+
+
+def stress_record(peak, clip, seed, accs, norms):
+    return {"config": {"seed": seed, "lr": peak, "clip": clip, "epochs": 20},
+            "history": [{"test_acc": a, "grad_norm_median": g, "grad_norm_max": 2 * g} for a, g in zip(accs, norms)]}
+
+
+def test_a_run_diverges_when_its_accuracy_falls_by_ten_points_in_one_epoch():
+    h = lambda *accs: [{"test_acc": a} for a in accs]
+    assert tune.diverged(h(98.9, 98.95, 88.9)) and tune.diverged(h(98.0, 88.0, 97.0))
+    assert not tune.diverged(h(10.0, 50.0, 97.0, 98.0)) and not tune.diverged(h(98.0, 88.01))
+
+
+def test_the_stress_tests_clip_is_twice_the_typical_norm_of_the_healthy_runs_at_todays_peak():
+    low, high = tune.STRESS_PEAKS
+    records = {tune.stress_name(high, 0): [stress_record(high, 0, s, [97.0] * 6, [9.0] * 6)
+                                            for s in tune.STRESS_SEEDS]}
+    healthy = [stress_record(low, 0, s, [97.0, 98.0, 98.5, 98.6, 98.7, 98.8], [50.0] + [1.0 + 0.01 * s] * 5)
+               for s in tune.STRESS_SEEDS[:-1]]
+    sick = stress_record(low, 0, tune.STRESS_SEEDS[-1], [97.0, 98.0, 20.0, 50.0, 80.0, 90.0], [100.0] * 6)
+    records[tune.stress_name(low, 0)] = healthy[:-1]
+    assert tune.stress_clip(records) is None  # stage 1 is not complete
+    records[tune.stress_name(low, 0)] = healthy + [sick]
+    # epochs 2 to 6 of the 19 healthy runs: medians 1.00 to 1.18, whose median is 1.09; times 2, two figures: 2.2
+    # (epoch 1's 50 and the diverged run's 100 are left out)
+    assert tune.stress_clip(records) == 2.2
+    table = tune.stress_table(records)
+    assert table[tune.stress_name(low, 0)]["diverged"] == [tune.STRESS_SEEDS[-1]]
+    assert table[tune.stress_name(high, 0)]["diverged"] == []
+
+
+def test_a_tiny_stress_test_runs_stage_1_then_stage_2_with_the_clip_it_set(tmp_path, monkeypatch):
+    monkeypatch.setattr(tune, "STRESS_SEEDS", (0, 1))
+    monkeypatch.setattr(tune, "STRESS_EPOCHS", 2)
+    data = (synthetic(160), synthetic(16, seed=1))
+    records = tune.run_stress(data, device=torch.device("cpu"), out=str(tmp_path), jobs=1, progress=False, epochs=3,
+                              val=32)
+    clip = tune.stress_clip(records)
+    assert clip is not None and clip > 0
+    arms = {tune.stress_name(p, c) for p in tune.STRESS_PEAKS for c in (0, clip)}
+    assert set(records) == arms
+    for name, recs in records.items():  # every run stopped after STRESS_EPOCHS of its 3 epochs, warmed-up average
+        assert [r["config"]["seed"] for r in recs] == [0, 1]
+        assert all(len(r["history"]) == 2 and r["config"]["ema_warmup"] == tune.STRESS_WARMUP and
+                   r["config"]["norm"] == "LN" for r in recs), name
+    assert {r["config"]["clip"] for r in records[tune.stress_name(tune.STRESS_PEAKS[1], clip)]} == {clip}
+    # A clone holds the results but not the checkpoints (git ignores them): the runs are loaded, not trained again
+    import shutil
+    shutil.rmtree(tmp_path / "checkpoints")
+    again = tune.run_stress(data, device=torch.device("cpu"), out=str(tmp_path), jobs=1, progress=False, epochs=3,
+                            val=32)
+    assert again == records
