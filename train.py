@@ -91,8 +91,8 @@ def recorded_isa(config):
 
 
 def pin_for_rerun(args, saved):
-    """Before anything runs: the device, instruction set and affine ops (args.affine_ops) the rerun of `saved` needs, or an error
-    (exit 1) that says why this machine cannot reproduce it, before any training."""
+    """Before anything runs: the device, instruction set and affine ops (args.affine_ops) the rerun of `saved` needs,
+    or an error (exit 1) that says why this machine cannot reproduce it, before any training."""
     config, path = saved["config"], args.rerun
     args.affine_ops = config.get("affine_ops", AFFINE_BEFORE_RECORD)
     if args.rerun_mkl:
