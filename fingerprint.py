@@ -4,8 +4,8 @@ what the machine that made the committed runs computed, bit for bit.
 
 Each model trains STEPS steps of its recipe (augmentation, forward, loss with L1, backward, optimizer step, schedule,
 weight-average update) on seeded synthetic images, then evaluates its averaged weights on EVAL_IMAGES images in one
-batch, through the same functions as train.py (utils.initial_state, training.train_epoch, training.evaluate), pinned to AVX2
-with one thread as the committed runs. Every ATen operation that PyTorch dispatches, forward and backward, is hashed
+batch, through the same functions as train.py (utils.initial_state, training.train_epoch, training.evaluate),
+pinned to AVX2, with one thread as the committed runs. Every ATen operation that PyTorch dispatches, forward and backward, is hashed
 as it returns (a TorchDispatchMode), with where it was called from (the layer, the function, or the backward node).
 
     python fingerprint.py            compare this machine with results/fingerprint.json: exit 0 if identical, 1 if an
