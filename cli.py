@@ -71,6 +71,11 @@ def add_recipe_arguments(p, *, lr_help="peak learning rate of the one-cycle sche
                         "0: EMA from the first update")
     p.add_argument("--clip", type=number(float, "a finite number >= 0", 0), default=DEFAULT.clip,
                    help="clip the total norm of the gradient to CLIP before each step; 0: never")
+    p.add_argument("--label-smoothing", type=number(float, "a fraction in [0, 1)", 0, high=1),
+                   default=DEFAULT.label_smoothing,
+                   help="train on cross-entropy against labels smoothed by this (torch's label_smoothing); 0: the NLL")
+    p.add_argument("--weight-decay", type=number(float, "a finite number >= 0", 0), default=DEFAULT.weight_decay,
+                   help="SGD's weight decay on every parameter")
     p.add_argument("--dropout", type=number(float, "a probability in [0, 1)", 0, high=1), default=DEFAULT.dropout,
                    help="dropout after every norm layer")
     p.add_argument("--groups", type=int, choices=VALID_GROUPS, default=DEFAULT.groups,
@@ -96,9 +101,11 @@ def variant(args, defaults, keys) -> str:
 
 
 def schedule(args):
-    """The Recipe's schedule, averaging and clipping settings from parsed arguments."""
+    """The Recipe's optimization settings from parsed arguments: the schedule, the average, the clip, the loss's
+    smoothing and the weight decay."""
     return {"pct_start": args.pct_start, "cycle_epochs": args.cycle_epochs, "final_div": args.final_div,
-            "ema": args.ema, "ema_warmup": args.ema_warmup, "clip": args.clip}
+            "ema": args.ema, "ema_warmup": args.ema_warmup, "clip": args.clip,
+            "label_smoothing": args.label_smoothing, "weight_decay": args.weight_decay}
 
 
 def augmentation(args):

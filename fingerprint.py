@@ -137,8 +137,7 @@ def fingerprint(check_trace=True):
             trace.names.update({m: f"layer {n}" for n, m in model.named_modules() if n})
             trace.names.update({m: f"evaluated layer {n}" for n, m in evaluated.named_modules() if n})
         train_epoch(model, train, optimizer, batch_size=recipe.batch_size, generator=generator, scheduler=scheduler,
-                    l1=recipe.l1, progress=False, precision=recipe.precision, averaged=averaged, affine_ops=AFFINE,
-                    **recipe.augmentation)
+                    progress=False, averaged=averaged, affine_ops=AFFINE, **recipe.step, **recipe.augmentation)
         if trace is not None:
             trace.phase = "evaluation"
         evaluate(evaluated, test)

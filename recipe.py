@@ -29,7 +29,9 @@ class Recipe:
                               # averaged model is what is evaluated and saved (torch.optim.swa_utils.AveragedModel)
     ema_warmup: float = 0.0   # warm the average up: its decay at the n-th update is min(ema, (1 + n) / (ema_warmup + n))
                               # (TensorFlow's ExponentialMovingAverage with num_updates uses 10); 0: ema from the start
-    clip: float = 0.0         # clip the total norm of the gradient (of NLL + L1) to this before each step (0: never)
+    clip: float = 0.0         # clip the total norm of the gradient (of the loss + L1) to this before each step (0: never)
+    label_smoothing: float = 0.0  # the loss is cross-entropy against (1 - this) on the label and the rest spread evenly
+    weight_decay: float = 0.0     # SGD's weight decay (L2), on every parameter
     # pct_start 0.15 and ema 0.999: the schedule search's choice on the validation split (tune.py, results/tune/schedule/)
     # Augmentation, drawn per image and per epoch: an affine map about the image's centre (see batches, affine).
     degrees: float = 7.0      # rotation uniform in ±degrees (counter-clockwise positive)
@@ -51,7 +53,8 @@ class Recipe:
         if self.limit is not None and (isinstance(self.limit, bool) or not isinstance(self.limit, int)
                                        or self.limit < 1):
             raise ValueError(f"limit must be None or an integer >= 1, got {self.limit!r}")
-        for name, positive in (("l1", False), ("lr", True), ("degrees", False), ("ema_warmup", False), ("clip", False)):
+        for name, positive in (("l1", False), ("lr", True), ("degrees", False), ("ema_warmup", False), ("clip", False),
+                               ("weight_decay", False)):
             value = getattr(self, name)
             if (isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value)
                     or value < 0 or (positive and value == 0)):
@@ -66,7 +69,7 @@ class Recipe:
         if isinstance(self.final_div, bool) or not isinstance(self.final_div, (int, float)) or \
                 not math.isfinite(self.final_div) or self.final_div <= 0:
             raise ValueError(f"final_div must be a finite number > 0, got {self.final_div!r}")
-        for name, high in (("translate", 1), ("scale", 1), ("shear", 90), ("ema", 1)):
+        for name, high in (("translate", 1), ("scale", 1), ("shear", 90), ("ema", 1), ("label_smoothing", 1)):
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 <= value < high:
                 raise ValueError(f"{name} must be a number in [0, {high}), got {value!r}")
@@ -86,6 +89,12 @@ class Recipe:
     def augmentation(self) -> dict:
         """The keyword arguments of batches() and train_epoch() that augment the training images."""
         return {"degrees": self.degrees, "translate": self.translate, "scale": self.scale, "shear": self.shear}
+
+    @property
+    def step(self) -> dict:
+        """The keyword arguments of train_epoch() and train_step() that shape a training step: its loss, the
+        forward pass's precision and the clip."""
+        return {"l1": self.l1, "label_smoothing": self.label_smoothing, "clip": self.clip, "precision": self.precision}
 
     @property
     def label(self) -> str:
@@ -112,9 +121,11 @@ class Recipe:
 # The learning-rate schedule of every run before the schedule search (results/v2/, results/v1/, results/tune/,
 # results/batch_size/): one cycle over all epochs, peaking after 30% of it, and no average of the weights.
 FIRST_SCHEDULE = {"pct_start": 0.3, "cycle_epochs": None, "final_div": 1e4, "ema": 0.0}
+# The settings that the recipe search (tune.py --search recipe) added, as every run before it had them: no warm-up of
+# the average, no clip, the NLL itself, no weight decay.
+BEFORE_GUARD = {"ema_warmup": 0.0, "clip": 0.0, "label_smoothing": 0.0, "weight_decay": 0.0}
 # What runs whose files do not record these settings trained with (the files predate the settings).
-UNRECORDED = {"degrees": 7.0, "translate": 0.0, "scale": 0.0, "shear": 0.0, **FIRST_SCHEDULE, "ema_warmup": 0.0,
-              "clip": 0.0}
+UNRECORDED = {"degrees": 7.0, "translate": 0.0, "scale": 0.0, "shear": 0.0, **FIRST_SCHEDULE, **BEFORE_GUARD}
 
 
 def experiment(norms=NORMS, seeds=(0,), *, l1=L1, groups=Recipe.groups, **settings):

@@ -163,8 +163,9 @@ def main(argv=None):
     args = parse_args(argv)
     # Settings other than the study's own go to a folder of their own under --out (cli.variant)
     variant = cli.variant(args, parse_args([]), ("epochs", "lr", "pct_start", "cycle_epochs", "final_div", "ema",
-                                                  "dropout", "groups", "degrees", "translate", "scale", "shear",
-                                                  "precision", "limit", "l1"))
+                                                  "ema_warmup", "clip", "label_smoothing", "weight_decay", "dropout",
+                                                  "groups", "degrees", "translate", "scale", "shear", "precision",
+                                                  "limit", "l1"))
     args.out = os.path.join(args.out, variant)
     machine.tune_malloc()
     machine.pin_isa(not args.native_isa, onednn=args.precision == "fp32")  # before torch's first operation; bf16 keeps oneDNN's own

@@ -27,13 +27,17 @@ def autocast(precision, device):
     return torch.autocast(device.type, dtype=torch.bfloat16)
 
 
-def train_step(model, optimizer, x, y, *, l1=0.0, precision="fp32", scheduler=None, clip=0.0):
-    """One step: forward (in `precision`), NLL + l1 * Σ|w|, backward, the gradient's total norm clipped to `clip`
-    (0: not clipped), update, schedule. Returns (output, NLL, the gradient's total norm before clipping)."""
+def train_step(model, optimizer, x, y, *, l1=0.0, precision="fp32", scheduler=None, clip=0.0, label_smoothing=0.0):
+    """One step: forward (in `precision`), the loss + l1 * Σ|w|, backward, the gradient's total norm clipped to `clip`
+    (0: not clipped), update, schedule. The loss is the NLL, or with label_smoothing > 0 the cross-entropy against
+    labels smoothed by it. Returns (output, NLL, the gradient's total norm before clipping)."""
     with autocast(precision, x.device):
         out = model(x)  # [B, 10] log-probabilities
     loss = F.nll_loss(out.float(), y)  # the loss in fp32 whatever the forward pass ran in
-    objective = loss + l1 * l1_penalty(model) if l1 else loss
+    if label_smoothing:  # cross_entropy's log_softmax leaves log-probabilities as they are (their logsumexp is 0)
+        smoothed = F.cross_entropy(out.float(), y, label_smoothing=label_smoothing)
+    objective = smoothed if label_smoothing else loss
+    objective = objective + l1 * l1_penalty(model) if l1 else objective
     optimizer.zero_grad(set_to_none=True)
     objective.backward()
     grads = [p.grad for p in model.parameters() if p.grad is not None]
@@ -47,12 +51,13 @@ def train_step(model, optimizer, x, y, *, l1=0.0, precision="fp32", scheduler=No
 
 def train_epoch(model, data, optimizer, *, batch_size, generator, scheduler=None, l1=0.0, degrees=7.0,
                 translate=0.0, scale=0.0, shear=0.0, progress=True, precision="fp32", averaged=None, affine_ops=AFFINE,
-                clip=0.0):
+                clip=0.0, label_smoothing=0.0):
     """One epoch over data = (images, labels) on the model's device, augmented as batches() says. Returns
     (loss, accuracy %, the gradient's total norm at each step [steps], before clipping to `clip`).
 
-    The loss minimized is NLL + l1 * Σ|w| (see l1_penalty); the loss returned is the mean NLL (of the model
-    trained, not of `averaged`), so runs with and without L1 compare. `scheduler` steps after every batch, and
+    The loss minimized is NLL (or with label_smoothing, cross-entropy against smoothed labels) + l1 * Σ|w| (see
+    l1_penalty); the loss returned is the mean NLL (of the model trained, not of `averaged`), so runs with and
+    without L1 or smoothing compare. `scheduler` steps after every batch, and
     `averaged` (a torch.optim.swa_utils.AveragedModel of `model`) takes in the weights after every step.
     affine_ops: how the augmentation's affine maps are computed (augment.AFFINE_OPS).
     """
@@ -65,7 +70,7 @@ def train_epoch(model, data, optimizer, *, batch_size, generator, scheduler=None
     for step, (x, y) in enumerate(batches(data, batch_size, generator=generator, degrees=degrees,
                                      translate=translate, scale=scale, shear=shear, ops=affine_ops)):
         out, loss, norm = train_step(model, optimizer, x, y, l1=l1, precision=precision, scheduler=scheduler,
-                                     clip=clip)
+                                     clip=clip, label_smoothing=label_smoothing)
         norms.append(norm.detach())
         if averaged is not None:
             averaged.update_parameters(model)

@@ -50,7 +50,7 @@ import machine
 import stats
 import utils
 from data import load_mnist
-from recipe import FIRST_SCHEDULE, Recipe, experiment
+from recipe import BEFORE_GUARD, FIRST_SCHEDULE, Recipe, experiment
 from records import load_records
 
 # Each augmentation names all four of its settings, so that a setting means the same whatever Recipe's defaults.
@@ -99,7 +99,7 @@ def recipes(setting, seed, **overrides):
     """BN + L1, LN and GN for one setting and seed, on the validation split (overrides: for tests)."""
     aug = AUGMENTATIONS[setting["augmentation"]]
     return experiment(seeds=(seed,), dropout=setting["dropout"], batch_size=setting["batch_size"],
-                      **{"val": VAL, **aug, **FIRST_SCHEDULE, **overrides})
+                      **{"val": VAL, **aug, **FIRST_SCHEDULE, **BEFORE_GUARD, **overrides})
 
 
 def run_names(recipes_, setting):
@@ -204,7 +204,7 @@ def run_schedule_search(data, *, device, out, jobs, fresh=False, progress=True, 
         for folder, suffix, sids in ((FOLDER, INCUMBENT, [s for s in todo if s == "today"]),
                                      (SCHEDULE_FOLDER, None, [s for s in todo if s != "today"])):
             runs = [r for sid in sids
-                    for r in experiment(seeds=(seed,), **{"val": VAL, **SCHEDULES[sid], **overrides})]
+                    for r in experiment(seeds=(seed,), **{"val": VAL, **SCHEDULES[sid], **BEFORE_GUARD, **overrides})]
             names = [f"{r.name}_{suffix or sid}" for sid in sids for r in experiment(seeds=(seed,))]
             if runs:
                 utils.run_experiments(runs, data, device=device, out=out, folder=folder, jobs=jobs, names=names,
@@ -313,12 +313,124 @@ def run_stress(data, *, device, out, jobs, fresh=False, progress=True, **overrid
                 break
         print(f"stress test, stage {stage}: LN, seeds {STRESS_SEEDS[0]}-{STRESS_SEEDS[-1]}, peaks "
               f"{', '.join(f'{p:g}' for p in STRESS_PEAKS)}, clip {clip:g}, the first {STRESS_EPOCHS} epochs")
-        runs = [Recipe("LN", seed=seed, lr=peak, clip=clip, **{"ema_warmup": STRESS_WARMUP, "val": VAL, **overrides})
+        runs = [Recipe("LN", seed=seed, lr=peak, **{**BEFORE_GUARD, "clip": clip, "ema_warmup": STRESS_WARMUP, "val": VAL,
+                                                    **overrides})
                 for seed in STRESS_SEEDS for peak in STRESS_PEAKS]  # seed by seed: a partial stage is paired
         utils.run_experiments(runs, data, device=device, out=out, folder=STRESS_FOLDER, jobs=jobs,
                               names=[stress_name(r.lr, r.clip) for r in runs], progress=progress, fresh=fresh,
                               log="tune.json", stop_after=STRESS_EPOCHS)
     return load_records(folder)
+
+
+# The recipe search (--search recipe): the stress test's clip and the warmed-up average together, against the warm-up
+# alone and against two more changes to the loss, chosen on the validation split. Its rule, fixed and committed before
+# any of its runs was trained:
+#
+# 1. Every candidate is Recipe's defaults of the schedule search's choice (peak15_ema) with the average warmed up
+#    (ema_warmup STRESS_WARMUP: it changes only the evaluated average in the first epochs, not the training, so it is
+#    in every candidate rather than searched) and the changes in CANDIDATES: "warmup" nothing more; "guard" the
+#    stress test's clip (rule 4 of the stress test, set from its stage 1); "guard_ls" the clip and label smoothing
+#    LABEL_SMOOTHING; "guard_wd" the clip and weight decay WEIGHT_DECAY. Every field is spelt out, so that a candidate
+#    means the same whatever Recipe's defaults.
+# 2. Seed 0 of BN + L1, LN and GN for every candidate, 20 epochs, on the first 50,000 training images, scored on the
+#    last 10,000. A candidate's score is its mean final validation accuracy over the three norms and its seeds.
+# 3. A candidate is out if any of its runs diverges (validation accuracy falls by DIVERGED points or more from one
+#    epoch to the next).
+# 4. Every candidate still in whose seed-0 score is within CLOSE points of the best seed-0 score trains seed 1 too.
+# 5. Among those, the candidates still in whose two-seed score is within TIE points of the best are tied on accuracy;
+#    of them the rule prefers the one that settles earliest (settle_epoch, mean over its runs); candidates within
+#    SETTLE_TIE epochs of the earliest are tied again, and that tie goes by PREFERENCE: "guard" first if, in the stress
+#    test at today's peak, fewer runs diverged with the clip than without it, else "warmup" first; then the others in
+#    CANDIDATES' order (fewer changes first).
+# 6. Recipe's defaults become the choice, and the ten paired seeds are trained with it.
+LABEL_SMOOTHING = 0.1
+WEIGHT_DECAY = 5e-4  # the usual SGD weight decay of CIFAR-10 CNN recipes
+CANDIDATES = ("warmup", "guard", "guard_ls", "guard_wd")
+RECIPE_FOLDER = os.path.join(FOLDER, "recipe")
+
+
+def candidate(cid, clip):
+    """The Recipe fields of one candidate of the recipe search, every field the search varies spelt out."""
+    settings = {**FIRST_SCHEDULE, **SCHEDULES["peak15_ema"], **BEFORE_GUARD, "ema_warmup": STRESS_WARMUP}
+    return {**settings, **{"warmup": {}, "guard": {"clip": clip}, "guard_ls": {"clip": clip, "label_smoothing": LABEL_SMOOTHING},
+                           "guard_wd": {"clip": clip, "weight_decay": WEIGHT_DECAY}}[cid]}
+
+
+def stress_records(results):
+    """The stress test's records under a results/ folder ({} if there are none)."""
+    path = os.path.join(results, STRESS_FOLDER)
+    return load_records(path) if os.path.isdir(path) else {}
+
+
+def preference(stress):
+    """The recipe rule's order for its last tie (rule 5), from the stress test's records; None until its stage 2 at
+    today's peak is complete."""
+    table, clip = stress_table(stress), stress_clip(stress)
+    if clip is None or table.get(stress_name(STRESS_PEAKS[0], clip), {}).get("runs", 0) < len(STRESS_SEEDS):
+        return None
+    guard_first = len(table[stress_name(STRESS_PEAKS[0], clip)]["diverged"]) < \
+        len(table[stress_name(STRESS_PEAKS[0], 0)]["diverged"])
+    first = ["guard", "warmup"] if guard_first else ["warmup", "guard"]
+    return first + [c for c in CANDIDATES if c not in first]
+
+
+def recipe_table(records):
+    """scores() of the recipe search's candidates, each with "diverged": its runs' names that diverged."""
+    table = scores(records, {cid: cid for cid in CANDIDATES})
+    for cid, t in table.items():
+        names = [f"{recipe.name}_{cid}" for recipe in experiment()]
+        t["diverged"] = [f"{name}_seed{r['config']['seed']}" for name in names for r in records.get(name, [])
+                         if diverged(r["history"])]
+    return table
+
+
+def recipe_choose(table, order):
+    """(chosen candidate, the ones tied on accuracy, the ones tied on settling too) by the recipe rule, with `order`
+    its preference (preference()); None while runs it needs are missing."""
+    if len(table) < len(CANDIDATES) or order is None:
+        return None
+    alive = {cid: t for cid, t in table.items() if not t["diverged"]}
+    if not alive:
+        return None
+    best0 = max(t["seeds"][0] for t in alive.values())
+    finalists = [cid for cid, t in alive.items() if t["seeds"][0] >= best0 - CLOSE - 1e-9]
+    if any(1 not in table[cid]["seeds"] for cid in finalists):
+        return None
+    alive = [cid for cid in finalists if not table[cid]["diverged"]]  # seed 1 may have diverged
+    best = max(table[cid]["score"] for cid in alive)
+    tied = [cid for cid in alive if table[cid]["score"] >= best - TIE - 1e-9]
+    earliest = min(table[cid]["settle"] for cid in tied)
+    settled = [cid for cid in tied if table[cid]["settle"] <= earliest + SETTLE_TIE + 1e-9]
+    return min(settled, key=order.index), tied, settled
+
+
+def run_recipe_search(data, *, device, out, jobs, fresh=False, progress=True, **overrides):
+    """Train what the recipe rule needs next, until it can choose; returns the records under
+    OUT/results/tune/recipe/. Needs the stress test's stage 1 (its clip)."""
+    results = os.path.join(out, "results")
+    clip = stress_clip(stress_records(results))
+    if clip is None:
+        raise ValueError("the recipe search needs the stress test's clip: run python tune.py --search stress first "
+                         f"(its stage 1 is not complete under {os.path.join(results, STRESS_FOLDER)})")
+    folder = os.path.join(results, RECIPE_FOLDER)
+    for stage, seed in ((1, 0), (2, 1)):
+        records = load_records(folder) if os.path.isdir(folder) else {}
+        if stage == 1:
+            todo = list(CANDIDATES)
+        else:
+            table = recipe_table(records)
+            alive = {cid: t for cid, t in table.items() if not t["diverged"]}
+            best0 = max((t["seeds"][0] for t in alive.values()), default=None)
+            todo = [cid for cid, t in alive.items() if best0 is not None and t["seeds"][0] >= best0 - CLOSE - 1e-9] \
+                if len(table) == len(CANDIDATES) else []
+        print(f"recipe search, stage {stage}: seed {seed} of {len(todo)} candidate{'s' if len(todo) != 1 else ''}"
+              f" (clip {clip:g})")
+        runs = [r for cid in todo for r in experiment(seeds=(seed,), **{"val": VAL, **candidate(cid, clip), **overrides})]
+        names = [f"{r.name}_{cid}" for cid in todo for r in experiment(seeds=(seed,))]
+        if runs:
+            utils.run_experiments(runs, data, device=device, out=out, folder=RECIPE_FOLDER, jobs=jobs, names=names,
+                                  progress=progress, fresh=fresh, log="tune.json")
+    return load_records(folder) if os.path.isdir(folder) else {}
 
 
 def format_table(table):
@@ -332,10 +444,11 @@ def format_table(table):
 
 def parse_args(argv=None):
     p = cli.parser(__doc__)
-    p.add_argument("--search", choices=("schedule", "augmentation", "stress"), default="schedule",
-                   help="which search: the (decided) learning-rate schedule and weight averaging, the (decided) "
-                        "augmentation, dropout and batch size, or the stress test of LN's divergence with and without "
-                        "clipping the gradient")
+    p.add_argument("--search", choices=("recipe", "stress", "schedule", "augmentation"), default="recipe",
+                   help="which search: the recipe (the warmed-up average, the clip against divergence, label smoothing, "
+                        "weight decay), the stress test of LN's divergence with and without clipping the gradient, "
+                        "the (decided) learning-rate schedule and weight averaging, or the (decided) augmentation, "
+                        "dropout and batch size")
     cli.add_run_arguments(p, jobs_default=min(2, os.cpu_count() or 1),
                           jobs_help="runs trained at once, in that many processes with one CPU thread each", figures=False)
     p.add_argument("--epochs", type=cli.positive_int, default=Recipe.epochs,
@@ -357,7 +470,8 @@ def main(argv=None):
     print(utils.LOG_HEADER)
     try:
         data = load_mnist(args.data)
-        search = {"schedule": run_schedule_search, "augmentation": run_search, "stress": run_stress}[args.search]
+        search = {"recipe": run_recipe_search, "stress": run_stress, "schedule": run_schedule_search,
+                  "augmentation": run_search}[args.search]
         records = search(data, device=args.device, out=args.out, jobs=args.jobs, fresh=args.fresh,
                          progress=not args.no_progress, epochs=args.epochs, limit=args.limit)
     except utils.USER_ERRORS as e:
@@ -369,6 +483,16 @@ def main(argv=None):
         print(format_stress_table(stress_table(records)))
         clip = stress_clip(records)
         print(f"\nthe clip of stage 2: {clip:g}" if clip is not None else "\nstage 1 is not complete yet")
+        return 0
+    if args.search == "recipe":
+        table = recipe_table(records)
+        print()
+        print(format_table(table))
+        print("diverged: " + ("; ".join(f"{cid}: {', '.join(t['diverged'])}" for cid, t in table.items() if t["diverged"])
+                              or "none"))
+        chosen = recipe_choose(table, preference(stress_records(os.path.join(args.out, "results"))))
+        print(f"\nchosen: {chosen[0]} (tied on accuracy: {', '.join(chosen[1])}; on settling too: "
+              f"{', '.join(chosen[2])})" if chosen else "\nnot yet decided")
         return 0
     table = scores(records, SCHEDULES if args.search == "schedule" else None)
     print()

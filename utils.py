@@ -58,7 +58,8 @@ def run_config(recipe, train, test, device):
     return {**asdict(recipe), "train_images": len(train[1]),
             "eval_split": f"validation: the last {recipe.val} training images" if recipe.val else "test",
             "eval_images": len(test[1]), "params": params(recipe),
-            "optimizer": "SGD(nesterov=True), momentum set by the schedule",
+            "optimizer": "SGD(nesterov=True), momentum set by the schedule" + (
+                f", weight decay {recipe.weight_decay:g}" if recipe.weight_decay else ""),
             "schedule": schedule,
             "augmentation": describe_augmentation(recipe),
             "torch": str(torch.__version__), "device": str(device), "hardware": machine.hardware(device),
@@ -129,7 +130,8 @@ def initial_state(recipe, train_images, device):
     torch.manual_seed(recipe.seed)  # initial weights and dropout masks
     generator = torch.Generator().manual_seed(recipe.seed)  # batch order and rotation angles
     model = Net(recipe.norm, groups=recipe.groups, dropout=recipe.dropout).to(device)
-    optimizer = torch.optim.SGD(model.parameters(), lr=recipe.lr, momentum=0.9, nesterov=True)
+    optimizer = torch.optim.SGD(model.parameters(), lr=recipe.lr, momentum=0.9, nesterov=True,
+                                weight_decay=recipe.weight_decay)
     steps = math.ceil(train_images / recipe.batch_size)
     cycle = recipe.cycle_epochs or recipe.epochs
     # A cycle shorter than the run gets one step more than it takes, so that its last step lands on the cycle's end
@@ -261,9 +263,8 @@ def run(recipe, data, *, device, out=RUNS, folder="", name=None, batch_stats=Fal
         lr_now = optimizer.param_groups[0]["lr"]
         train_loss, train_acc, norms = train_epoch(
             model, train, optimizer, batch_size=recipe.batch_size, generator=generator,
-            scheduler=scheduler if epoch <= cycle else None, l1=recipe.l1, progress=progress,
-            precision=recipe.precision, averaged=averaged, affine_ops=config["affine_ops"], clip=recipe.clip,
-            **recipe.augmentation)
+            scheduler=scheduler if epoch <= cycle else None, progress=progress, averaged=averaged,
+            affine_ops=config["affine_ops"], **recipe.step, **recipe.augmentation)
         test_loss, test_acc = evaluate(evaluated, test)
         seconds = time.perf_counter() - start
         entry = {"epoch": epoch, "train_loss": train_loss, "train_acc": train_acc, "test_loss": test_loss,

@@ -25,6 +25,8 @@ from recipe import L1, Recipe, experiment, experiment_folder, settings_folder
     (dict(ema=1.0), r"ema must be a number in \[0, 1\), got 1.0"),
     (dict(ema_warmup=-1.0), "ema_warmup must be a finite number >= 0, got -1.0"),
     (dict(clip=float("inf")), "clip must be a finite number >= 0, got inf"),
+    (dict(label_smoothing=1.0), r"label_smoothing must be a number in \[0, 1\), got 1.0"),
+    (dict(weight_decay=-1e-4), "weight_decay must be a finite number >= 0, got -0.0001"),
 ])
 def test_bad_recipe_is_rejected_naming_what_is_accepted(settings, message):
     with pytest.raises(ValueError, match=message):
@@ -77,6 +79,8 @@ def test_each_set_of_settings_gets_a_folder_named_after_what_differs_from_the_de
 
 def test_a_file_from_before_the_warm_up_and_the_clipping_reads_as_neither():
     from dataclasses import asdict
-    config = {k: v for k, v in asdict(Recipe(ema_warmup=10.0, clip=1.0)).items() if k not in ("ema_warmup", "clip")}
+    newer = ("ema_warmup", "clip", "label_smoothing", "weight_decay")
+    config = {k: v for k, v in asdict(Recipe(ema_warmup=10.0, clip=1.0, label_smoothing=0.1, weight_decay=1e-4)).items()
+              if k not in newer}
     recipe = Recipe.from_config(config)
-    assert (recipe.ema_warmup, recipe.clip) == (0.0, 0.0)
+    assert [getattr(recipe, k) for k in newer] == [0.0] * 4

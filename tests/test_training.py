@@ -88,3 +88,30 @@ def test_each_step_records_the_gradients_norm_and_clipping_bounds_it():
     *_, norms = train_epoch(model, synthetic(100), opt, batch_size=32, generator=torch.Generator().manual_seed(0),
                             progress=False)
     assert norms.shape == (4,) and (norms > 0).all()
+
+
+def test_label_smoothing_trains_on_the_smoothed_cross_entropy_and_reports_the_nll():
+    # By hand: with log-probabilities p over K classes and smoothing e, the loss is
+    # -(1 - e) * p[label] - (e / K) * sum_k p[k]; its gradient must be what the step applied (lr 1, plain SGD).
+    def step(smoothing):
+        torch.manual_seed(0)
+        model = Net("GN")
+        opt = torch.optim.SGD(model.parameters(), lr=0.0)
+        x, y = torch.randn(16, 1, 28, 28), torch.arange(16) % 10
+        out, loss, _ = train_step(model, opt, x, y, label_smoothing=smoothing)
+        return model, x, y, out, loss
+    model, x, y, out, loss = step(0.2)
+    assert loss.item() == pytest.approx(-out.gather(1, y[:, None]).mean().item(), rel=1e-6)  # the NLL, as before
+    grads = [p.grad.clone() for p in model.parameters()]
+    model.zero_grad()
+    logp = model(x)
+    by_hand = (-(1 - 0.2) * logp.gather(1, y[:, None]).squeeze(1) - 0.2 / 10 * logp.sum(1)).mean()
+    by_hand.backward()
+    for g, p in zip(grads, model.parameters()):
+        assert torch.allclose(g, p.grad, rtol=1e-4, atol=1e-7)
+    # 0: the NLL's gradient, bit for bit the step of runs from before the setting
+    model0, x, y, *_ = step(0.0)
+    model0_grads = [p.grad.clone() for p in model0.parameters()]
+    model0.zero_grad()
+    torch.nn.functional.nll_loss(model0(x), y).backward()
+    assert all(torch.equal(g, p.grad) for g, p in zip(model0_grads, model0.parameters()))

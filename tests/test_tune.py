@@ -216,3 +216,87 @@ def test_a_tiny_stress_test_runs_stage_1_then_stage_2_with_the_clip_it_set(tmp_p
     again = tune.run_stress(data, device=torch.device("cpu"), out=str(tmp_path), jobs=1, progress=False, epochs=3,
                             val=32)
     assert again == records
+
+
+def recipe_fake(finals, settles, sick=()):
+    """Records of the recipe search: {cid: {seed: final}}, each run at 98% until its settle epoch, then at its final;
+    the runs named in `sick` ("ln_guard_ls_seed0") fall to 10% at epoch 4 and climb back."""
+    records = {}
+    for cid, seeds in finals.items():
+        for seed, acc in seeds.items():
+            for norm in ("bn_l1", "ln", "gn"):
+                history = [{"test_acc": 98.0 if e < settles[cid] else acc, "seconds": 1.0} for e in range(1, 21)]
+                if f"{norm}_{cid}_seed{seed}" in sick:
+                    history[3]["test_acc"] = 10.0
+                records.setdefault(f"{norm}_{cid}", []).append({"config": {"seed": seed, "epochs": 20},
+                                                                "history": history})
+    return records
+
+
+def test_the_recipe_rule_drops_diverging_candidates_then_ties_go_by_settling_and_the_stress_tests_preference():
+    order_guard, order_warmup = ["guard", "warmup", "guard_ls", "guard_wd"], ["warmup", "guard", "guard_ls", "guard_wd"]
+    finals = {"warmup": {0: 99.40}, "guard": {0: 99.42}, "guard_ls": {0: 99.55}, "guard_wd": {0: 99.20}}
+    settles = {"warmup": 10, "guard": 10, "guard_ls": 10, "guard_wd": 10}
+    # guard_ls, the best, diverged once: it is out, and the close ones are measured against the best still in (99.42)
+    table = tune.recipe_table(recipe_fake(finals, settles, sick={"ln_guard_ls_seed0"}))
+    assert table["guard_ls"]["diverged"] == ["ln_guard_ls_seed0"] and table["guard"]["diverged"] == []
+    assert tune.recipe_choose(table, order_guard) is None  # seeds 1 of warmup and guard are missing
+    finals.update(warmup={0: 99.40, 1: 99.40}, guard={0: 99.42, 1: 99.40})
+    table = tune.recipe_table(recipe_fake(finals, settles, sick={"ln_guard_ls_seed0"}))
+    assert tune.recipe_choose(table, None) is None  # the stress test's stage 2 is not complete
+    chosen, tied, settled = tune.recipe_choose(table, order_guard)
+    assert (chosen, sorted(tied), sorted(settled)) == ("guard", ["guard", "warmup"], ["guard", "warmup"])
+    assert tune.recipe_choose(table, order_warmup)[0] == "warmup"
+    # Settling more than an epoch earlier wins the accuracy tie whatever the preference
+    settles.update(warmup=8)
+    assert tune.recipe_choose(tune.recipe_table(recipe_fake(finals, settles, sick={"ln_guard_ls_seed0"})),
+                              order_guard)[0] == "warmup"
+    # Without the divergence guard_ls is best by more than TIE and wins once it has both seeds
+    finals.update(guard_ls={0: 99.55, 1: 99.55})
+    assert tune.recipe_choose(tune.recipe_table(recipe_fake(finals, settles)), order_guard)[:2] == ("guard_ls", ["guard_ls"])
+
+
+def test_the_stress_tests_stage_2_sets_the_recipe_rules_preference():
+    low, high = tune.STRESS_PEAKS
+    runs = lambda peak, clip, bad: [stress_record(peak, clip, s, [90.0] * 3 + ([10.0] if s in bad else [95.0]) + [96.0] * 2,
+                                                  [1.0] * 6) for s in tune.STRESS_SEEDS]
+    records = {tune.stress_name(low, 0): runs(low, 0, {3}), tune.stress_name(high, 0): runs(high, 0, set())}
+    clip = tune.stress_clip(records)
+    assert clip == 2.0 and tune.preference(records) is None  # stage 2 not run
+    records[tune.stress_name(low, clip)] = runs(low, clip, set())
+    assert tune.preference(records) == ["guard", "warmup", "guard_ls", "guard_wd"]
+    records[tune.stress_name(low, clip)] = runs(low, clip, {5})  # as many diverged with the clip as without
+    assert tune.preference(records) == ["warmup", "guard", "guard_ls", "guard_wd"]
+
+
+def test_every_recipe_candidate_spells_out_what_it_changes_and_is_a_valid_recipe():
+    from dataclasses import replace
+    for cid in tune.CANDIDATES:
+        fields = tune.candidate(cid, 0.9)
+        assert {"ema_warmup", "clip", "label_smoothing", "weight_decay", "pct_start", "ema"} <= set(fields)
+        bn, ln, gn = experiment(val=tune.VAL, **fields)
+        assert (bn.l1, ln.l1, gn.l1, bn.epochs, bn.ema_warmup) == (L1, 0, 0, 20, tune.STRESS_WARMUP)
+    assert tune.candidate("warmup", 0.9)["clip"] == 0 and tune.candidate("guard", 0.9)["clip"] == 0.9
+    assert tune.candidate("guard_ls", 0.9)["label_smoothing"] == tune.LABEL_SMOOTHING
+    assert tune.candidate("guard_wd", 0.9)["weight_decay"] == tune.WEIGHT_DECAY
+    assert replace(Recipe(), **{k: v for k, v in tune.candidate("warmup", 0).items() if k != "ema_warmup"}) == \
+        replace(Recipe(), ema_warmup=0.0, clip=0.0, label_smoothing=0.0, weight_decay=0.0)
+
+
+def test_a_tiny_recipe_search_needs_the_stress_tests_clip_then_trains_its_candidates(tmp_path, monkeypatch):
+    data = (synthetic(96), synthetic(16, seed=1))
+    kw = dict(device=torch.device("cpu"), out=str(tmp_path), jobs=1, progress=False, epochs=2, val=32)
+    with pytest.raises(ValueError, match="needs the stress test's clip: run python tune.py --search stress first"):
+        tune.run_recipe_search(data, **kw)
+    monkeypatch.setattr(tune, "STRESS_SEEDS", (0,))
+    monkeypatch.setattr(tune, "STRESS_EPOCHS", 2)
+    monkeypatch.setattr(tune, "CANDIDATES", ("warmup", "guard_ls"))
+    stress = tune.run_stress(data, **kw)
+    clip = tune.stress_clip(stress)
+    records = tune.run_recipe_search(data, **kw)
+    assert sorted(records) == ["bn_l1_guard_ls", "bn_l1_warmup", "gn_guard_ls", "gn_warmup", "ln_guard_ls", "ln_warmup"]
+    assert all(r["config"]["clip"] == clip and r["config"]["label_smoothing"] == tune.LABEL_SMOOTHING
+               for r in records["ln_guard_ls"])
+    assert all(r["config"]["clip"] == 0 and r["config"]["ema_warmup"] == tune.STRESS_WARMUP for r in records["gn_warmup"])
+    table = tune.recipe_table(records)
+    assert sorted(table) == ["guard_ls", "warmup"]

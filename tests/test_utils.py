@@ -276,3 +276,20 @@ def test_the_warmed_up_average_follows_its_formula_and_without_warm_up_is_pytorc
         (plain.module.state_dict()["0.weight"] - model.state_dict()["0.weight"]).abs().max()
     # warmup 0: PyTorch's get_ema_multi_avg_fn itself, so the runs before the warm-up re-run as they were made
     assert all(torch.equal(a, b) for a, b in zip(plain.module.state_dict().values(), ours.module.state_dict().values()))
+
+
+def test_weight_decay_reaches_sgd_and_shrinks_every_parameter_by_lr_times_it():
+    # With zero gradient (lr > 0, loss ignored) SGD's weight decay alone moves a parameter: p -= lr * wd * p, then
+    # Nesterov momentum adds momentum * that. One step from initial_state's optimizer, checked against the formula.
+    recipe = Recipe("LN", weight_decay=1e-3)
+    model, optimizer, *_ = utils.initial_state(recipe, 640, torch.device("cpu"))
+    assert all(g["weight_decay"] == 1e-3 for g in optimizer.param_groups)
+    before = [p.detach().clone() for p in model.parameters()]
+    for p in model.parameters():
+        p.grad = torch.zeros_like(p)
+    optimizer.step()
+    g = optimizer.param_groups[0]
+    for b, p in zip(before, model.parameters()):
+        d = 1e-3 * b  # the decayed gradient; the first step's momentum buffer is d, Nesterov's step d + momentum * d
+        assert torch.allclose(p, b - g["lr"] * (d + g["momentum"] * d), rtol=1e-6, atol=1e-9)
+    assert utils.initial_state(Recipe("LN"), 640, torch.device("cpu"))[1].param_groups[0]["weight_decay"] == 0
