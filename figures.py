@@ -227,3 +227,27 @@ def save_figure(fig, path, dpi=120):
     os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
     fig.savefig(path, dpi=dpi)
     return path
+
+
+def plot_shift(rows, examples, *, title="Test accuracy (%) on corrupted test images, mean over seeds"):
+    """A heatmap of accuracy per model (rows: {label: {set name: accuracy}}) and test set (columns, in the order of
+    `examples`), under a row of one test image as each set shows it (examples: {set name: uint8 [28, 28]})."""
+    names = list(examples)
+    fig = Figure(figsize=(0.42 * len(names) + 2.2, 1.2 + 0.42 * len(rows)), layout="constrained")
+    grid = fig.add_gridspec(2, len(names), height_ratios=[1, 0.42 * len(rows)])
+    for i, name in enumerate(names):
+        ax = fig.add_subplot(grid[0, i])
+        ax.imshow(examples[name].numpy(), cmap="gray_r", vmin=0, vmax=255)
+        ax.set_xticks([])
+        ax.set_yticks([])
+    ax = fig.add_subplot(grid[1, :])
+    values = np.array([[row.get(name, np.nan) for name in names] for row in rows.values()])
+    ax.imshow(values, cmap="RdYlGn", vmin=0, vmax=100, aspect="auto")
+    for (r, c), v in np.ndenumerate(values):
+        if v == v:
+            ax.text(c, r, f"{v:.0f}" if v < 99.5 else f"{v:.1f}", ha="center", va="center", fontsize=6.5,
+                    color="black" if 25 < v < 90 else "white")
+    ax.set_xticks(range(len(names)), names, rotation=90, fontsize=8)
+    ax.set_yticks(range(len(rows)), list(rows), fontsize=9)
+    fig.suptitle(title, fontsize=11)
+    return fig

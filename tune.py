@@ -36,6 +36,9 @@ It chose peak15_ema, which is Recipe's defaults now (the runs in results/).
 The stress test (--search stress) counts how often LN diverges in the first epochs, at today's peak and at a higher
 one, without and with the gradient's norm clipped; its rule is with its constants below (STRESS_SEEDS ...).
 
+The guard search (--search guard, the default) compares the warmed-up average alone, with the stress test's clip, and
+with the clip and label smoothing or weight decay; its rule is with CANDIDATES below.
+
 Runs resume like train.py's (run the same command again); results go to OUT/results/tune/ (--out: by default
 runs/; the committed search is `--out .`), and each invocation that trains logs its wall time to tune.json there.
 """
@@ -322,7 +325,7 @@ def run_stress(data, *, device, out, jobs, fresh=False, progress=True, **overrid
     return load_records(folder)
 
 
-# The recipe search (--search recipe): the stress test's clip and the warmed-up average together, against the warm-up
+# The guard search (--search guard): the stress test's clip and the warmed-up average together, against the warm-up
 # alone and against two more changes to the loss, chosen on the validation split. Its rule, fixed and committed before
 # any of its runs was trained:
 #
@@ -346,11 +349,11 @@ def run_stress(data, *, device, out, jobs, fresh=False, progress=True, **overrid
 LABEL_SMOOTHING = 0.1
 WEIGHT_DECAY = 5e-4  # the usual SGD weight decay of CIFAR-10 CNN recipes
 CANDIDATES = ("warmup", "guard", "guard_ls", "guard_wd")
-RECIPE_FOLDER = os.path.join(FOLDER, "recipe")
+GUARD_FOLDER = os.path.join(FOLDER, "guard")
 
 
 def candidate(cid, clip):
-    """The Recipe fields of one candidate of the recipe search, every field the search varies spelt out."""
+    """The Recipe fields of one candidate of the guard search, every field the search varies spelt out."""
     settings = {**FIRST_SCHEDULE, **SCHEDULES["peak15_ema"], **BEFORE_GUARD, "ema_warmup": STRESS_WARMUP}
     return {**settings, **{"warmup": {}, "guard": {"clip": clip}, "guard_ls": {"clip": clip, "label_smoothing": LABEL_SMOOTHING},
                            "guard_wd": {"clip": clip, "weight_decay": WEIGHT_DECAY}}[cid]}
@@ -363,7 +366,7 @@ def stress_records(results):
 
 
 def preference(stress):
-    """The recipe rule's order for its last tie (rule 5), from the stress test's records; None until its stage 2 at
+    """The guard rule's order for its last tie (rule 5), from the stress test's records; None until its stage 2 at
     today's peak is complete."""
     table, clip = stress_table(stress), stress_clip(stress)
     if clip is None or table.get(stress_name(STRESS_PEAKS[0], clip), {}).get("runs", 0) < len(STRESS_SEEDS):
@@ -374,8 +377,8 @@ def preference(stress):
     return first + [c for c in CANDIDATES if c not in first]
 
 
-def recipe_table(records):
-    """scores() of the recipe search's candidates, each with "diverged": its runs' names that diverged."""
+def guard_table(records):
+    """scores() of the guard search's candidates, each with "diverged": its runs' names that diverged."""
     table = scores(records, {cid: cid for cid in CANDIDATES})
     for cid, t in table.items():
         names = [f"{recipe.name}_{cid}" for recipe in experiment()]
@@ -384,8 +387,8 @@ def recipe_table(records):
     return table
 
 
-def recipe_choose(table, order):
-    """(chosen candidate, the ones tied on accuracy, the ones tied on settling too) by the recipe rule, with `order`
+def guard_choose(table, order):
+    """(chosen candidate, the ones tied on accuracy, the ones tied on settling too) by the guard rule, with `order`
     its preference (preference()); None while runs it needs are missing."""
     if len(table) < len(CANDIDATES) or order is None:
         return None
@@ -404,31 +407,31 @@ def recipe_choose(table, order):
     return min(settled, key=order.index), tied, settled
 
 
-def run_recipe_search(data, *, device, out, jobs, fresh=False, progress=True, **overrides):
-    """Train what the recipe rule needs next, until it can choose; returns the records under
-    OUT/results/tune/recipe/. Needs the stress test's stage 1 (its clip)."""
+def run_guard_search(data, *, device, out, jobs, fresh=False, progress=True, **overrides):
+    """Train what the guard rule needs next, until it can choose; returns the records under
+    OUT/results/tune/guard/. Needs the stress test's stage 1 (its clip)."""
     results = os.path.join(out, "results")
     clip = stress_clip(stress_records(results))
     if clip is None:
-        raise ValueError("the recipe search needs the stress test's clip: run python tune.py --search stress first "
+        raise ValueError("the guard search needs the stress test's clip: run python tune.py --search stress first "
                          f"(its stage 1 is not complete under {os.path.join(results, STRESS_FOLDER)})")
-    folder = os.path.join(results, RECIPE_FOLDER)
+    folder = os.path.join(results, GUARD_FOLDER)
     for stage, seed in ((1, 0), (2, 1)):
         records = load_records(folder) if os.path.isdir(folder) else {}
         if stage == 1:
             todo = list(CANDIDATES)
         else:
-            table = recipe_table(records)
+            table = guard_table(records)
             alive = {cid: t for cid, t in table.items() if not t["diverged"]}
             best0 = max((t["seeds"][0] for t in alive.values()), default=None)
             todo = [cid for cid, t in alive.items() if best0 is not None and t["seeds"][0] >= best0 - CLOSE - 1e-9] \
                 if len(table) == len(CANDIDATES) else []
-        print(f"recipe search, stage {stage}: seed {seed} of {len(todo)} candidate{'s' if len(todo) != 1 else ''}"
+        print(f"guard search, stage {stage}: seed {seed} of {len(todo)} candidate{'s' if len(todo) != 1 else ''}"
               f" (clip {clip:g})")
         runs = [r for cid in todo for r in experiment(seeds=(seed,), **{"val": VAL, **candidate(cid, clip), **overrides})]
         names = [f"{r.name}_{cid}" for cid in todo for r in experiment(seeds=(seed,))]
         if runs:
-            utils.run_experiments(runs, data, device=device, out=out, folder=RECIPE_FOLDER, jobs=jobs, names=names,
+            utils.run_experiments(runs, data, device=device, out=out, folder=GUARD_FOLDER, jobs=jobs, names=names,
                                   progress=progress, fresh=fresh, log="tune.json")
     return load_records(folder) if os.path.isdir(folder) else {}
 
@@ -444,8 +447,8 @@ def format_table(table):
 
 def parse_args(argv=None):
     p = cli.parser(__doc__)
-    p.add_argument("--search", choices=("recipe", "stress", "schedule", "augmentation"), default="recipe",
-                   help="which search: the recipe (the warmed-up average, the clip against divergence, label smoothing, "
+    p.add_argument("--search", choices=("guard", "stress", "schedule", "augmentation"), default="guard",
+                   help="which search: the guard search (the warmed-up average, the clip against divergence, label smoothing, "
                         "weight decay), the stress test of LN's divergence with and without clipping the gradient, "
                         "the (decided) learning-rate schedule and weight averaging, or the (decided) augmentation, "
                         "dropout and batch size")
@@ -470,7 +473,7 @@ def main(argv=None):
     print(utils.LOG_HEADER)
     try:
         data = load_mnist(args.data)
-        search = {"recipe": run_recipe_search, "stress": run_stress, "schedule": run_schedule_search,
+        search = {"guard": run_guard_search, "stress": run_stress, "schedule": run_schedule_search,
                   "augmentation": run_search}[args.search]
         records = search(data, device=args.device, out=args.out, jobs=args.jobs, fresh=args.fresh,
                          progress=not args.no_progress, epochs=args.epochs, limit=args.limit)
@@ -484,13 +487,13 @@ def main(argv=None):
         clip = stress_clip(records)
         print(f"\nthe clip of stage 2: {clip:g}" if clip is not None else "\nstage 1 is not complete yet")
         return 0
-    if args.search == "recipe":
-        table = recipe_table(records)
+    if args.search == "guard":
+        table = guard_table(records)
         print()
         print(format_table(table))
         print("diverged: " + ("; ".join(f"{cid}: {', '.join(t['diverged'])}" for cid, t in table.items() if t["diverged"])
                               or "none"))
-        chosen = recipe_choose(table, preference(stress_records(os.path.join(args.out, "results"))))
+        chosen = guard_choose(table, preference(stress_records(os.path.join(args.out, "results"))))
         print(f"\nchosen: {chosen[0]} (tied on accuracy: {', '.join(chosen[1])}; on settling too: "
               f"{', '.join(chosen[2])})" if chosen else "\nnot yet decided")
         return 0

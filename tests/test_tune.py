@@ -218,8 +218,8 @@ def test_a_tiny_stress_test_runs_stage_1_then_stage_2_with_the_clip_it_set(tmp_p
     assert again == records
 
 
-def recipe_fake(finals, settles, sick=()):
-    """Records of the recipe search: {cid: {seed: final}}, each run at 98% until its settle epoch, then at its final;
+def guard_fake(finals, settles, sick=()):
+    """Records of the guard search: {cid: {seed: final}}, each run at 98% until its settle epoch, then at its final;
     the runs named in `sick` ("ln_guard_ls_seed0") fall to 10% at epoch 4 and climb back."""
     records = {}
     for cid, seeds in finals.items():
@@ -233,30 +233,30 @@ def recipe_fake(finals, settles, sick=()):
     return records
 
 
-def test_the_recipe_rule_drops_diverging_candidates_then_ties_go_by_settling_and_the_stress_tests_preference():
+def test_the_guard_rule_drops_diverging_candidates_then_ties_go_by_settling_and_the_stress_tests_preference():
     order_guard, order_warmup = ["guard", "warmup", "guard_ls", "guard_wd"], ["warmup", "guard", "guard_ls", "guard_wd"]
     finals = {"warmup": {0: 99.40}, "guard": {0: 99.42}, "guard_ls": {0: 99.55}, "guard_wd": {0: 99.20}}
     settles = {"warmup": 10, "guard": 10, "guard_ls": 10, "guard_wd": 10}
     # guard_ls, the best, diverged once: it is out, and the close ones are measured against the best still in (99.42)
-    table = tune.recipe_table(recipe_fake(finals, settles, sick={"ln_guard_ls_seed0"}))
+    table = tune.guard_table(guard_fake(finals, settles, sick={"ln_guard_ls_seed0"}))
     assert table["guard_ls"]["diverged"] == ["ln_guard_ls_seed0"] and table["guard"]["diverged"] == []
-    assert tune.recipe_choose(table, order_guard) is None  # seeds 1 of warmup and guard are missing
+    assert tune.guard_choose(table, order_guard) is None  # seeds 1 of warmup and guard are missing
     finals.update(warmup={0: 99.40, 1: 99.40}, guard={0: 99.42, 1: 99.40})
-    table = tune.recipe_table(recipe_fake(finals, settles, sick={"ln_guard_ls_seed0"}))
-    assert tune.recipe_choose(table, None) is None  # the stress test's stage 2 is not complete
-    chosen, tied, settled = tune.recipe_choose(table, order_guard)
+    table = tune.guard_table(guard_fake(finals, settles, sick={"ln_guard_ls_seed0"}))
+    assert tune.guard_choose(table, None) is None  # the stress test's stage 2 is not complete
+    chosen, tied, settled = tune.guard_choose(table, order_guard)
     assert (chosen, sorted(tied), sorted(settled)) == ("guard", ["guard", "warmup"], ["guard", "warmup"])
-    assert tune.recipe_choose(table, order_warmup)[0] == "warmup"
+    assert tune.guard_choose(table, order_warmup)[0] == "warmup"
     # Settling more than an epoch earlier wins the accuracy tie whatever the preference
     settles.update(warmup=8)
-    assert tune.recipe_choose(tune.recipe_table(recipe_fake(finals, settles, sick={"ln_guard_ls_seed0"})),
+    assert tune.guard_choose(tune.guard_table(guard_fake(finals, settles, sick={"ln_guard_ls_seed0"})),
                               order_guard)[0] == "warmup"
     # Without the divergence guard_ls is best by more than TIE and wins once it has both seeds
     finals.update(guard_ls={0: 99.55, 1: 99.55})
-    assert tune.recipe_choose(tune.recipe_table(recipe_fake(finals, settles)), order_guard)[:2] == ("guard_ls", ["guard_ls"])
+    assert tune.guard_choose(tune.guard_table(guard_fake(finals, settles)), order_guard)[:2] == ("guard_ls", ["guard_ls"])
 
 
-def test_the_stress_tests_stage_2_sets_the_recipe_rules_preference():
+def test_the_stress_tests_stage_2_sets_the_guard_rules_preference():
     low, high = tune.STRESS_PEAKS
     runs = lambda peak, clip, bad: [stress_record(peak, clip, s, [90.0] * 3 + ([10.0] if s in bad else [95.0]) + [96.0] * 2,
                                                   [1.0] * 6) for s in tune.STRESS_SEEDS]
@@ -269,7 +269,7 @@ def test_the_stress_tests_stage_2_sets_the_recipe_rules_preference():
     assert tune.preference(records) == ["warmup", "guard", "guard_ls", "guard_wd"]
 
 
-def test_every_recipe_candidate_spells_out_what_it_changes_and_is_a_valid_recipe():
+def test_every_guard_candidate_spells_out_what_it_changes_and_is_a_valid_recipe():
     from dataclasses import replace
     for cid in tune.CANDIDATES:
         fields = tune.candidate(cid, 0.9)
@@ -283,20 +283,20 @@ def test_every_recipe_candidate_spells_out_what_it_changes_and_is_a_valid_recipe
         replace(Recipe(), ema_warmup=0.0, clip=0.0, label_smoothing=0.0, weight_decay=0.0)
 
 
-def test_a_tiny_recipe_search_needs_the_stress_tests_clip_then_trains_its_candidates(tmp_path, monkeypatch):
+def test_a_tiny_guard_search_needs_the_stress_tests_clip_then_trains_its_candidates(tmp_path, monkeypatch):
     data = (synthetic(96), synthetic(16, seed=1))
     kw = dict(device=torch.device("cpu"), out=str(tmp_path), jobs=1, progress=False, epochs=2, val=32)
     with pytest.raises(ValueError, match="needs the stress test's clip: run python tune.py --search stress first"):
-        tune.run_recipe_search(data, **kw)
+        tune.run_guard_search(data, **kw)
     monkeypatch.setattr(tune, "STRESS_SEEDS", (0,))
     monkeypatch.setattr(tune, "STRESS_EPOCHS", 2)
     monkeypatch.setattr(tune, "CANDIDATES", ("warmup", "guard_ls"))
     stress = tune.run_stress(data, **kw)
     clip = tune.stress_clip(stress)
-    records = tune.run_recipe_search(data, **kw)
+    records = tune.run_guard_search(data, **kw)
     assert sorted(records) == ["bn_l1_guard_ls", "bn_l1_warmup", "gn_guard_ls", "gn_warmup", "ln_guard_ls", "ln_warmup"]
     assert all(r["config"]["clip"] == clip and r["config"]["label_smoothing"] == tune.LABEL_SMOOTHING
                for r in records["ln_guard_ls"])
     assert all(r["config"]["clip"] == 0 and r["config"]["ema_warmup"] == tune.STRESS_WARMUP for r in records["gn_warmup"])
-    table = tune.recipe_table(records)
+    table = tune.guard_table(records)
     assert sorted(table) == ["guard_ls", "warmup"]

@@ -1,0 +1,209 @@
+"""How BN, LN and GN hold up on corrupted test images: every seed's trained weights on every corrupted test set.
+
+    python shift.py --out .    # the committed weights -> results/shift/ and static/shift.png
+
+The corrupted sets are the 10,000 test images corrupted as MNIST-C does (corruptions.py), at three severities,
+from one seed. Each model is evaluated in eval mode, as every epoch of its training was; BN models also with
+each test batch's own statistics instead of the running averages (training.predict(batch_stats=True)), at the
+recipe's batch size and at a larger one, since prediction-time BN is known to recover part of the accuracy lost
+under corruption (Schneider et al. 2020; Nado et al. 2020). One JSON per model under results/shift/, written after
+every corrupted set, so that an interrupted study resumes; a file whose weights have changed is computed again.
+Inference only: a few minutes per model on a CPU.
+"""
+import argparse
+import hashlib
+import os
+import sys
+
+import numpy as np
+from tqdm.auto import tqdm
+
+import corruptions
+import machine
+import utils
+from cli import device as parse_device
+from data import load_mnist
+from files import write_json
+from recipe import Recipe
+from records import load_weights, read_json, read_record
+from training import evaluate
+
+FOLDER = "shift"
+MODELS = ("bn_l1", "bn", "ln", "gn", "gn_g5")  # the recipe's runs a study evaluates (GN with 10 groups never learns)
+CLEAN = "clean"
+BATCHES = (Recipe.batch_size, 1000)  # batch sizes of BN's evaluation with the test batch's own statistics
+EVAL = "eval"  # every model's evaluation: BN with its running averages
+
+
+def modes(name):
+    """The evaluations of a model: eval, and for BN also "batch64" and "batch1000" (the batch's own statistics)."""
+    return [EVAL] + ([f"batch{b}" for b in BATCHES] if name.startswith("bn") else [])
+
+
+def set_names():
+    """clean, then every corrupted set (corruptions.sets())."""
+    return [CLEAN] + [corruptions.set_name(c, level) for c, level in corruptions.sets()]
+
+
+def sha256_file(path):
+    with open(path, "rb") as f:
+        return hashlib.sha256(f.read()).hexdigest()
+
+
+def weights_files(out):
+    """{(name, seed): path} of the recipe's weights under OUT/weights/ (the folder of Recipe's defaults)."""
+    folder = os.path.join(out, "weights")
+    found = {}
+    for file in sorted(os.listdir(folder)) if os.path.isdir(folder) else []:
+        stem, ext = os.path.splitext(file)
+        name, _, seed = stem.rpartition("_seed")
+        if ext == ".pt" and name in MODELS and seed.isdigit():
+            found[(name, int(seed))] = os.path.join(folder, file)
+    return dict(sorted(found.items(), key=lambda kv: (MODELS.index(kv[0][0]), kv[0][1])))
+
+
+def evaluate_mode(model, data, mode):
+    """(mean NLL, accuracy %) of the model on data in `mode` (modes())."""
+    if mode == EVAL:
+        return evaluate(model, data)  # as in training: running averages, 2,000 images at a time
+    return evaluate(model, data, int(mode.removeprefix("batch")), batch_stats=True)
+
+
+def study(data, *, out, device, seed=0, progress=True, log=print):
+    """Evaluate every weights file of the recipe under OUT/weights/ on the clean and every corrupted test set; writes
+    OUT/results/shift/<name>_seed<S>.json and returns {(name, seed): record}."""
+    files = weights_files(out)
+    if not files:
+        raise ValueError(f"no weights of the recipe's runs under {os.path.join(out, 'weights')} "
+                         f"(expected files such as ln_seed0.pt, which train.py writes)")
+    _, test = data
+    records, models = {}, {}
+    for (name, s), path in files.items():
+        target = os.path.join(out, "results", FOLDER, f"{name}_seed{s}.json")
+        digest = sha256_file(path)
+        record = read_json(target, "shift results") if os.path.exists(target) else None
+        if record is not None and (record["sha256"] != digest or record["corruption_seed"] != seed):
+            log(f"{os.path.relpath(target)}: made from other weights or another corruption seed; computed again")
+            record = None
+        if record is None:
+            run = os.path.join(out, "results", f"{name}_seed{s}.json")
+            recorded = read_record(run)["history"][-1]["test_acc"] if os.path.exists(run) else None
+            record = {"name": name, "seed": s, "weights": os.path.relpath(path, out), "sha256": digest,
+                      "corruption_seed": seed, "recorded_test_acc": recorded, "sets": {}}
+        records[(name, s)] = (target, record)
+        models[(name, s)] = load_weights(path, device)[0]
+    for set_name in tqdm(set_names(), disable=not progress, desc="corrupted sets"):
+        todo = [key for key, (_, record) in records.items()
+                if any(mode not in record["sets"].get(set_name, {}) for mode in modes(key[0]))]
+        if not todo:
+            continue
+        images, labels = test
+        if set_name != CLEAN:
+            corruption, level = next((c, lv) for c, lv in corruptions.sets() if corruptions.set_name(c, lv) == set_name)
+            images = corruptions.corrupt(images, corruption, level, seed=seed)
+        for key in todo:
+            target, record = records[key]
+            entry = record["sets"].setdefault(set_name, {})
+            for mode in modes(key[0]):
+                if mode not in entry:
+                    loss, acc = evaluate_mode(models[key], (images, labels), mode)
+                    entry[mode] = {"test_loss": loss, "test_acc": acc}
+            write_json(target, record)
+        log(f"{set_name}: " + ", ".join(f"{n}_seed{s} {records[(n, s)][1]['sets'][set_name][EVAL]['test_acc']:.2f}"
+                                        for n, s in todo))
+    return {key: record for key, (_, record) in records.items()}
+
+
+def load(results):
+    """{(name, seed): record} of the study's files under a results/ folder."""
+    folder = os.path.join(results, FOLDER)
+    out = {}
+    for file in sorted(os.listdir(folder)) if os.path.isdir(folder) else []:
+        if file.endswith(".json"):
+            record = read_json(os.path.join(folder, file), "shift results")
+            out[(record["name"], record["seed"])] = record
+    return out
+
+
+def accuracies(records, name, mode, set_name):
+    """{seed: test accuracy %} of one model and mode on one set, over the seeds that have it."""
+    return {s: r["sets"][set_name][mode]["test_acc"] for (n, s), r in records.items()
+            if n == name and mode in r["sets"].get(set_name, {})}
+
+
+def mean_over_corruptions(records, name, mode):
+    """{seed: mean accuracy over every corrupted set} for the seeds that have all of them."""
+    corrupted = set_names()[1:]
+    return {s: float(np.mean([r["sets"][c][mode]["test_acc"] for c in corrupted])) for (n, s), r in records.items()
+            if n == name and all(mode in r["sets"].get(c, {}) for c in corrupted)}
+
+
+# The comparisons the study reports, each A minus B paired by seed: (name A, mode A), (name B, mode B).
+PAIRS = [(("ln", EVAL), ("bn_l1", EVAL)), (("gn", EVAL), ("bn_l1", EVAL)), (("gn", EVAL), ("ln", EVAL)),
+         (("bn_l1", f"batch{BATCHES[0]}"), ("bn_l1", EVAL)), (("bn_l1", f"batch{BATCHES[1]}"), ("bn_l1", EVAL))]
+
+
+ROWS = [("bn_l1", EVAL), ("bn_l1", f"batch{BATCHES[0]}"), ("bn_l1", f"batch{BATCHES[1]}"), ("ln", EVAL), ("gn", EVAL)]
+
+
+def row_label(name, mode):
+    """ "BN + L1", "BN + L1, batch statistics (64)"."""
+    label = {"bn_l1": "BN + L1", "bn": "BN", "ln": "LN", "gn": "GN", "gn_g5": "GN (5 groups)"}[name]
+    return label if mode == EVAL else f"{label}, batch statistics ({mode.removeprefix('batch')})"
+
+
+def figure_data(records, test_images, seed=0, example=0):
+    """(rows, examples) for figures.plot_shift: the mean accuracy over seeds of each of ROWS on each set, and test
+    image `example` as each set shows it (the whole set is corrupted again: a corruption's draws depend on how many
+    images it corrupts)."""
+    rows = {}
+    for name, mode in ROWS:
+        means = {s: float(np.mean(list(accs.values()))) for s in set_names()
+                 if (accs := accuracies(records, name, mode, s))}
+        if means:
+            rows[row_label(name, mode)] = means
+    examples = {CLEAN: test_images[example].cpu()}
+    for corruption, level in corruptions.sets():
+        images = corruptions.corrupt(test_images, corruption, level, seed=seed)
+        examples[corruptions.set_name(corruption, level)] = images[example].cpu()
+    return rows, examples
+
+
+def parse_args(argv=None):
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter,
+                                allow_abbrev=False)
+    p.add_argument("--out", default=utils.RUNS,
+                   help="where weights/ are read and results/shift/ and static/ written (default: %(default)s; "
+                        "--out . is the repository's committed weights and results)")
+    p.add_argument("--data", default="data", help="dataset root (default: %(default)s)")
+    p.add_argument("--seed", type=int, default=0, help="the seed of the corruptions' random draws (default: 0)")
+    p.add_argument("--device", type=parse_device, default="auto",
+                   help="cpu, cuda[:N], mps, or auto: cuda, then mps, then cpu (default: auto)")
+    p.add_argument("--no-figures", action="store_true", help="write results/shift/ only, leaving static/ as it is")
+    p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    return p.parse_args(argv)
+
+
+def main(argv=None):
+    args = parse_args(argv)
+    machine.pin_isa(True)  # before torch's first operation: the same kernels as training, on any x86-64 CPU
+    try:
+        data = load_mnist(args.data)
+        records = study(data, out=args.out, device=args.device, seed=args.seed, progress=not args.no_progress)
+    except utils.USER_ERRORS as e:
+        sys.exit(f"shift.py: error: {e}")
+    mismatch = [f"{n}_seed{s}: {r['sets'][CLEAN][EVAL]['test_acc']} against {r['recorded_test_acc']}"
+                for (n, s), r in records.items()
+                if r["recorded_test_acc"] is not None and r["sets"][CLEAN][EVAL]["test_acc"] != r["recorded_test_acc"]]
+    if mismatch:
+        print("the clean test set does not give the accuracy the runs recorded: " + "; ".join(mismatch))
+    if not args.no_figures:
+        from figures import plot_shift, save_figure
+        path = save_figure(plot_shift(*figure_data(records, data[1][0], seed=args.seed)),
+                           os.path.join(args.out, "static", "shift.png"))
+        print(f"wrote {os.path.relpath(path)}")
+    return 1 if mismatch else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
