@@ -5,12 +5,15 @@ MNIST-C cannot be downloaded here, so its corruptions are made again from its de
 severity levels, of which SEVERITIES are used. Each function takes float images [N, 1, 28, 28] in [0, 1], a level
 (1 to 5) and a torch.Generator for whatever it draws, and returns images of the same shape in [0, 1]; corrupt()
 turns uint8 test images into uint8 corrupted ones, as MNIST-C stores them. torchvision's functions are used where
-they compute the corruption (contrast, invert, Gaussian noise and blur, JPEG); the rest is written here, each with
+they compute the corruption (contrast, invert, Gaussian noise and blur), Pillow for JPEG as in MNIST-C; the rest is written here, each with
 a comment saying why. How these differ from the published MNIST-C is in CORRUPTIONS and in docs/experiments.md.
 """
+import io
 import math
 import zlib
 
+import numpy as np
+import PIL.Image
 import torch
 from torchvision.transforms.v2 import functional as TF
 
@@ -60,7 +63,7 @@ def gaussian_noise(x, level, generator):
     """x + N(0, c^2), clipped: torchvision's gaussian_noise, which draws from torch's global generator, so it runs on
     a fork of that generator seeded from `generator` (the caller's global random state is left as it was)."""
     with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(int(torch.randint(0, 2**62, (), generator=generator)))
+        torch.manual_seed(int(torch.randint(0, 2**31, (), generator=generator)))
         return TF.gaussian_noise(x, sigma=level_of((0.08, 0.12, 0.18, 0.26, 0.38), level), clip=True)
 
 
@@ -89,9 +92,15 @@ def gaussian_blur(x, level, generator):
 
 
 def jpeg(x, level, generator):
-    """torchvision's JPEG encoding and decoding at MNIST-C's quality (its jpeg_compression)."""
+    """Saved as JPEG at MNIST-C's quality and read back, with Pillow as MNIST-C does (its jpeg_compression); torchvision's
+    JPEG functions are deprecated since torchvision 0.29. One image at a time: Pillow takes one."""
     quality = level_of((25, 18, 15, 10, 7), level)
-    return TF.jpeg(to_uint8(x), quality).float() / 255
+    out = []
+    for image in to_uint8(x)[:, 0].numpy():
+        buffer = io.BytesIO()
+        PIL.Image.fromarray(image).save(buffer, format="JPEG", quality=quality)
+        out.append(torch.from_numpy(np.array(PIL.Image.open(buffer))))
+    return torch.stack(out)[:, None].float() / 255
 
 
 # Geometry: MNIST-C's maps about the image's centre, bilinear, 0 outside the frame. augment.affine computes them
@@ -172,6 +181,7 @@ def corrupt(images, corruption, level=None, seed=0):
         raise ValueError(f"{corruption} takes " + ("no severity level" if levels is None else
                                                    f"a severity level 1 to 5 (this study uses {levels})")
                          + f", got {level!r}")
-    generator = torch.Generator().manual_seed(seed * 2**32 + zlib.crc32(corruption.encode()))
+    # torch's CPU generator keeps 32 bits of its seed: both go into one 32-bit number
+    generator = torch.Generator().manual_seed(zlib.crc32(f"{corruption} {seed}".encode()))
     x = images.cpu()[:, None].float() / 255  # [N, 1, 28, 28]
     return to_uint8(function(x, level, generator))[:, 0].to(images.device)

@@ -39,10 +39,17 @@ def paired(records_a, records_b, key="test_acc", level=LEVEL):
     weights, batches, augmentation and dropout masks with the other (tests/test_training.py), so the difference
     of a pair cancels what the seed does to both."""
     a, b = finished(records_a), finished(records_b)
+    if not set(a) & set(b):
+        raise ValueError("the two runs have no finished seed in common")
+    return paired_values({s: final(r, key) for s, r in a.items()}, {s: final(r, key) for s, r in b.items()}, level)
+
+
+def paired_values(a, b, level=LEVEL):
+    """A minus B over the seeds both have, from {seed: value} each: as paired(), or None without a common seed."""
     seeds = sorted(set(a) & set(b))
     if not seeds:
-        raise ValueError("the two runs have no finished seed in common")
-    diffs = [final(a[s], key) - final(b[s], key) for s in seeds]
+        return None
+    diffs = [a[s] - b[s] for s in seeds]
     mean, half = mean_ci(diffs, level)
     return {"seeds": seeds, "differences": diffs, "mean": mean, "half": half, "low": mean - half,
             "high": mean + half, "nonzero": bool(half == half and (mean - half > 0 or mean + half < 0))}

@@ -78,10 +78,14 @@ def test_noise_is_what_its_definition_draws():
     grey = torch.full((2000, 28, 28), 128, dtype=torch.uint8)
     diff = corrupt(grey, "gaussian_noise", 3).float() / 255 - 128 / 255
     assert diff.std().item() == pytest.approx(0.18, rel=0.02) and abs(diff.mean().item()) < 0.002
-    # Shot: Poisson(c x) / c; its mean is x and its variance x / c.
+    # Shot: min(Poisson(c x) / c, 1), each value rounded to a grey level: its mean and variance from Poisson's pmf
+    from scipy.stats import poisson
     shot = corrupt(grey, "shot_noise", 3).float() / 255
-    x = 128 / 255
-    assert shot.mean().item() == pytest.approx(x, rel=0.01) and shot.var().item() == pytest.approx(x / 12, rel=0.03)
+    k = torch.arange(0, 60, dtype=torch.float64)
+    p = torch.from_numpy(poisson.pmf(k.numpy(), 12 * 128 / 255))
+    v = torch.round(torch.clamp(k / 12, max=1) * 255) / 255
+    mean, var = (p * v).sum().item(), (p * v ** 2).sum().item() - (p * v).sum().item() ** 2
+    assert shot.mean().item() == pytest.approx(mean, rel=0.003) and shot.var().item() == pytest.approx(var, rel=0.01)
     # Impulse: a share c of the pixels set to 0 or 255, half each.
     hit = corrupt(grey, "impulse_noise", 5)
     assert ((hit == 0) | (hit == 255)).float().mean().item() == pytest.approx(0.27, rel=0.02)
@@ -89,10 +93,18 @@ def test_noise_is_what_its_definition_draws():
     assert torch.equal(hit[hit != 0][hit[hit != 0] != 255], grey[(hit != 0) & (hit != 255)])
 
 
-def test_blur_and_jpeg_are_torchvisions():
+def test_blur_is_torchvisions_and_jpeg_is_pillows_at_mnist_cs_quality():
+    import io
+    import numpy as np
+    from PIL import Image
     blurred = corrupt(IMAGES, "gaussian_blur", 1)
     assert torch.equal(blurred, by_hand(TF.gaussian_blur(UNIT, kernel_size=[9, 9], sigma=[1.0, 1.0])))
-    assert torch.equal(corrupt(IMAGES, "jpeg", 3), TF.jpeg(IMAGES[:, None], 15)[:, 0])
+    got = corrupt(IMAGES, "jpeg", 3)
+    for image, out in zip(IMAGES, got):
+        buffer = io.BytesIO()
+        Image.fromarray(image.numpy()).save(buffer, format="JPEG", quality=15)
+        assert torch.equal(out, torch.from_numpy(np.array(Image.open(buffer))))
+    assert not torch.equal(got, IMAGES)
 
 
 def test_the_same_seed_gives_the_same_images_and_another_seed_other_ones():

@@ -84,3 +84,12 @@ def test_steady_from_is_the_first_epoch_after_which_every_epoch_is_at_the_target
         h = history(rng.choice([99.3, 99.4, 99.5], size=rng.integers(1, 8)).tolist())
         from_each = [k for k in range(1, len(h) + 1) if all(e["test_acc"] >= 99.4 for e in h[k - 1:])]
         assert stats.steady_from(h) == (from_each[0] if from_each else None)
+
+
+def test_paired_values_pairs_by_seed_over_the_common_seeds():
+    # differences 1, 1, 3 (seed 3 has no partner): mean 5/3, sd sqrt(4/3), t(0.975, 2 df) = 4.302653
+    d = stats.paired_values({0: 1.0, 1: 2.0, 2: 4.0, 3: 9.0}, {0: 0.0, 1: 1.0, 2: 1.0})
+    assert d["seeds"] == [0, 1, 2] and d["differences"] == [1.0, 1.0, 3.0]
+    assert d["mean"] == pytest.approx(5 / 3) and d["half"] == pytest.approx(4.302653 * (4 / 3) ** 0.5 / 3 ** 0.5, rel=1e-6)
+    assert d["nonzero"] is False  # 5/3 - 2.87 < 0
+    assert stats.paired_values({0: 1.0}, {1: 1.0}) is None

@@ -1,0 +1,79 @@
+"""shift.py: every weights file on every corrupted set, resumable; the clean set gives each run's recorded accuracy."""
+import json
+import os
+import shutil
+
+import pytest
+import torch
+
+import shift
+import utils
+from conftest import ROOT, synthetic
+from recipe import Recipe
+from records import load_weights
+
+
+def tiny_weights(tmp_path):
+    """Train BN + L1 and LN on synthetic data for one epoch into tmp_path (results/ and weights/, as train.py does)."""
+    data = (synthetic(128), synthetic(48, seed=1))
+    for recipe in (Recipe("BN", l1=1e-5, epochs=1), Recipe("LN", epochs=1)):
+        utils.run(recipe, data, device=torch.device("cpu"), out=str(tmp_path), progress=False, log=lambda *a: None)
+    return data
+
+
+def test_a_tiny_study_writes_every_set_and_mode_and_resumes_without_computing_again(tmp_path, monkeypatch):
+    data = tiny_weights(tmp_path)
+    records = shift.study(data, out=str(tmp_path), device=torch.device("cpu"), progress=False, log=lambda *a: None)
+    assert sorted(records) == [("bn_l1", 0), ("ln", 0)]
+    bn, ln = records[("bn_l1", 0)], records[("ln", 0)]
+    assert list(bn["sets"]) == shift.set_names() and len(shift.set_names()) == 36
+    assert all(set(modes) == {"eval", "batch64", "batch1000"} for modes in bn["sets"].values())
+    assert all(set(modes) == {"eval"} for modes in ln["sets"].values())
+    # The clean set through the study's path gives the accuracy the run recorded, bit for bit
+    for key, record in records.items():
+        assert record["sets"]["clean"]["eval"]["test_acc"] == record["recorded_test_acc"]
+    on_disk = json.loads((tmp_path / "results" / "shift" / "ln_seed0.json").read_text())
+    assert on_disk == ln
+    # Resumed: nothing is computed again; a set that is missing is
+    calls = []
+    monkeypatch.setattr(shift, "evaluate_mode", lambda *a: calls.append(a) or (0.0, 0.0))
+    shift.study(data, out=str(tmp_path), device=torch.device("cpu"), progress=False, log=lambda *a: None)
+    assert calls == []
+    del on_disk["sets"]["rotate_3"]
+    (tmp_path / "results" / "shift" / "ln_seed0.json").write_text(json.dumps(on_disk))
+    shift.study(data, out=str(tmp_path), device=torch.device("cpu"), progress=False, log=lambda *a: None)
+    assert len(calls) == 1
+    # Other weights (a run trained again): the file is computed again from scratch
+    calls.clear()
+    bn_weights = tmp_path / "weights" / "bn_l1_seed0.pt"
+    saved = torch.load(bn_weights, weights_only=True)
+    saved["state_dict"]["conv0.0.weight"] = saved["state_dict"]["conv0.0.weight"] * 1.01
+    torch.save(saved, bn_weights)
+    messages = []
+    shift.study(data, out=str(tmp_path), device=torch.device("cpu"), progress=False, log=messages.append)
+    assert len(calls) == 36 * 3 and "made from other weights" in messages[0]
+
+
+def test_bn_with_batch_statistics_differs_from_eval_mode_and_leaves_the_model_alone(tmp_path):
+    data = tiny_weights(tmp_path)
+    model = load_weights(str(tmp_path / "weights" / "bn_l1_seed0.pt"))[0]
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    eval_loss, _ = shift.evaluate_mode(model, data[1], "eval")
+    batch_loss, _ = shift.evaluate_mode(model, data[1], "batch64")
+    assert eval_loss != batch_loss
+    assert all(torch.equal(v, model.state_dict()[k]) for k, v in before.items())
+
+
+def test_no_weights_is_a_clear_error(tmp_path):
+    with pytest.raises(ValueError, match="no weights of the recipe's runs under .*weights"):
+        shift.study((synthetic(8), synthetic(8)), out=str(tmp_path), device=torch.device("cpu"), progress=False)
+
+
+@pytest.mark.mnist
+def test_the_committed_weights_give_their_recorded_test_accuracy_on_the_clean_set(mnist):
+    # The published seed-0 weights through the study's evaluation path, on the real test set
+    for name in ("bn_l1", "ln", "gn"):
+        model = load_weights(os.path.join(ROOT, "weights", f"{name}_seed0.pt"))[0]
+        with open(os.path.join(ROOT, "results", f"{name}_seed0.json")) as f:
+            recorded = json.load(f)["history"][-1]["test_acc"]
+        assert shift.evaluate_mode(model, mnist[1], "eval")[1] == recorded, name
