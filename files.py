@@ -1,4 +1,5 @@
 """Files written whole or not at all: a reader (or an interrupted run) never sees half of one."""
+import hashlib
 import io
 import json
 import os
@@ -31,3 +32,9 @@ def save_torch(path, obj):
     buffer = io.BytesIO()
     torch.save(obj, buffer)
     atomic_write(path, buffer.getvalue())
+
+
+def sha256_file(path) -> str:
+    """The SHA-256 of a file's bytes, in hex."""
+    with open(path, "rb") as f:
+        return hashlib.sha256(f.read()).hexdigest()

@@ -6,6 +6,7 @@ import os
 import numpy as np
 import torch
 
+from files import sha256_file
 from model import Net
 from recipe import label
 
@@ -103,9 +104,13 @@ def run_paths(out, folder, name, seed):
             "checkpoint": os.path.join(out, "checkpoints", folder, f"{stem}.pt")}
 
 
-def load_weights(path, device="cpu"):
+def load_weights(path, device="cpu", sha256=None):
     """(model in eval mode, saved config) from a weights file a run wrote. Loaded with weights_only=True:
-    a weights file is data (tensors, numbers and strings), never code."""
+    a weights file is data (tensors, numbers and strings), never code. sha256: the file's SHA-256 as its run recorded
+    it (weights_sha256 in its results file); a file that differs is refused."""
+    if sha256 is not None and (digest := sha256_file(path)) != sha256:
+        raise RecordError(f"{shown(path)}: its SHA-256 {digest[:12]}... is not the {sha256[:12]}... its run recorded, "
+                          f"so it is not the file that run wrote; {how_to_restore(path)}")
     saved = load_torch(path, device, "weights file")
     config = saved["config"]
     model = Net(config["norm"], groups=config["groups"], dropout=config["dropout"]).to(device)

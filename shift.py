@@ -11,7 +11,6 @@ every corrupted set, so that an interrupted study resumes; a file whose weights 
 Inference only: a few minutes per model on a CPU.
 """
 import argparse
-import hashlib
 import os
 import sys
 
@@ -24,7 +23,7 @@ import stats
 import utils
 from cli import device as parse_device
 from data import load_mnist
-from files import write_json
+from files import sha256_file, write_json
 from recipe import Recipe
 from records import load_weights, read_json, read_record
 from training import evaluate
@@ -47,11 +46,6 @@ def modes(name):
 def set_names():
     """clean, then every corrupted set (corruptions.sets())."""
     return [CLEAN] + [corruptions.set_name(c, level) for c, level in corruptions.sets()]
-
-
-def sha256_file(path):
-    with open(path, "rb") as f:
-        return hashlib.sha256(f.read()).hexdigest()
 
 
 def weights_files(out):
@@ -89,13 +83,15 @@ def study(data, *, out, device, seed=0, progress=True, log=print):
         if record is not None and (record["sha256"] != digest or record["corruption_seed"] != seed):
             log(f"{os.path.relpath(target)}: made from other weights or another corruption seed; computed again")
             record = None
+        run = os.path.join(out, "results", f"{name}_seed{s}.json")
+        run_record = read_record(run) if os.path.exists(run) else {}
         if record is None:
-            run = os.path.join(out, "results", f"{name}_seed{s}.json")
-            recorded = read_record(run)["history"][-1]["test_acc"] if os.path.exists(run) else None
+            recorded = run_record["history"][-1]["test_acc"] if run_record else None
             record = {"name": name, "seed": s, "weights": os.path.relpath(path, out), "sha256": digest,
                       "corruption_seed": seed, "recorded_test_acc": recorded, "sets": {}}
         records[(name, s)] = (target, record)
-        models[(name, s)] = load_weights(path, device)[0]
+        # the SHA-256 the run recorded for its weights (runs from before it was recorded: unchecked)
+        models[(name, s)] = load_weights(path, device, sha256=run_record.get("weights_sha256"))[0]
     for set_name in tqdm(set_names(), disable=not progress, desc="corrupted sets"):
         todo = [key for key, (_, record) in records.items()
                 if any(mode not in record["sets"].get(set_name, {}) for mode in modes(key[0]))]

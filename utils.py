@@ -16,7 +16,7 @@ from tqdm.auto import tqdm
 import machine
 from augment import AFFINE, AFFINE_BEFORE_RECORD, AFFINE_OPS
 from data import DataError, select
-from files import save_torch, write_json
+from files import save_torch, sha256_file, write_json
 from model import Net
 from recipe import Recipe, experiment_folder
 from records import (RecordError, how_to_restore, is_finished, load_torch, load_weights, read_json, read_record,
@@ -287,6 +287,9 @@ def run(recipe, data, *, device, out=RUNS, folder="", name=None, batch_stats=Fal
     if len(record["history"]) < recipe.epochs:  # stopped early (stop_after): resumable, as after an interruption
         return evaluated.eval(), record
     save_torch(paths["weights"], {"config": config, "state_dict": evaluated.state_dict()})
+    # The results file pins its weights: a study that loads them checks this (records.load_weights)
+    record["weights_sha256"] = sha256_file(paths["weights"])
+    write_json(paths["results"], record)
     os.remove(paths["checkpoint"])
     return evaluated.eval(), record
 

@@ -49,6 +49,10 @@ def test_a_tiny_study_writes_every_set_and_mode_and_resumes_without_computing_ag
     saved = torch.load(bn_weights, weights_only=True)
     saved["state_dict"]["conv0.0.weight"] = saved["state_dict"]["conv0.0.weight"] * 1.01
     torch.save(saved, bn_weights)
+    run = json.loads((tmp_path / "results" / "bn_l1_seed0.json").read_text())
+    import hashlib
+    run["weights_sha256"] = hashlib.sha256(bn_weights.read_bytes()).hexdigest()  # as a run trained again records
+    (tmp_path / "results" / "bn_l1_seed0.json").write_text(json.dumps(run))
     messages = []
     shift.study(data, out=str(tmp_path), device=torch.device("cpu"), progress=False, log=messages.append)
     assert len(calls) == 36 * 3 and "made from other weights" in messages[0]
@@ -77,3 +81,17 @@ def test_the_committed_weights_give_their_recorded_test_accuracy_on_the_clean_se
         with open(os.path.join(ROOT, "results", f"{name}_seed0.json")) as f:
             recorded = json.load(f)["history"][-1]["test_acc"]
         assert shift.evaluate_mode(model, mnist[1], "eval")[1] == recorded, name
+
+
+def test_weights_that_are_not_what_their_run_recorded_are_refused(tmp_path):
+    data = tiny_weights(tmp_path)
+    with open(tmp_path / "results" / "ln_seed0.json") as f:
+        record = json.load(f)
+    import hashlib
+    assert record["weights_sha256"] == hashlib.sha256((tmp_path / "weights" / "ln_seed0.pt").read_bytes()).hexdigest()
+    saved = torch.load(tmp_path / "weights" / "ln_seed0.pt", weights_only=True)
+    saved["state_dict"]["conv0.0.weight"] += 1
+    torch.save(saved, tmp_path / "weights" / "ln_seed0.pt")
+    from records import RecordError
+    with pytest.raises(RecordError, match=r"ln_seed0.pt: its SHA-256 .* is not the .* its run recorded"):
+        shift.study(data, out=str(tmp_path), device=torch.device("cpu"), progress=False, log=lambda *a: None)
