@@ -3,9 +3,11 @@ import argparse
 import json
 import os
 import re
+import statistics
 import sys
 
 import normalizations
+import shift
 import stats
 import study
 import tune
@@ -523,6 +525,31 @@ def schedule_search_table(results):
     return "\n".join(lines)
 
 
+def stress_table(results):
+    """The stress test (tune.py --search stress): each arm's runs, the runs that diverged, validation accuracy after
+    epochs 1 and 6 and the largest gradient norm; the clip its rule set, once stage 1 is complete."""
+    records = tune.stress_records(results)
+    if not records:
+        return "(no stress runs yet: `python tune.py --search stress --out .`)"
+    table, clip = tune.stress_table(records), tune.stress_clip(records)
+    lines = [f"| peak lr | clip | runs (of {len(tune.STRESS_SEEDS)}) | diverged | val acc % after epoch 1 "
+             f"| after epoch {tune.STRESS_EPOCHS} | median gradient norm, epochs 2-{tune.STRESS_EPOCHS} (median "
+             "over runs) | largest gradient norm |", "|---|---|---|---|---|---|---|---|"]
+    for name, t in sorted(table.items(), key=lambda kv: (kv[1]["clip"], kv[1]["peak"])):
+        runs = [r for r in records[name] if len(r["history"]) >= tune.STRESS_EPOCHS]
+        at = lambda epoch: interval([r["history"][epoch - 1]["test_acc"] for r in runs])
+        typical = statistics.median(statistics.median(e["grad_norm_median"] for e in r["history"][1:tune.STRESS_EPOCHS])
+                                    for r in runs)
+        seeds = ", ".join(f"seed {s}" for s in t["diverged"])
+        lines.append(f"| {t['peak']:g} | {t['clip']:g} | {t['runs']} | {len(t['diverged'])}"
+                     f"{f' ({seeds})' if seeds else ''} | {at(1)} | {at(tune.STRESS_EPOCHS)} "
+                     f"| {typical:.2f} | {t['grad_norm_max']:.1f} |")
+    lines += ["", "Validation accuracy: the last 10,000 training images, mean ± the 95% interval over the runs. "
+                  + (f"The clip set by rule 4 from stage 1: {clip:g}." if clip is not None else
+                     "Stage 1 is not complete: the clip is not set yet.")]
+    return "\n".join(lines)
+
+
 NORM_NAMES = [r.name for r in experiment()]  # bn_l1, ln, gn: the runs of each setting of a search
 
 
@@ -574,7 +601,8 @@ TABLES = {"headline": headline_table, "seeds": seeds_table, "steady": steady_tab
           "v2-findings": lambda results: findings_table(os.path.join(results, V2)),
           "batch-size": batch_size_table, "benchmark": benchmark_table, "options": options_table,
           "end-to-end": end_to_end_table, "speed": speed_table, "worked-example": worked_example,
-          "worked-example-short": worked_example_short}
+          "worked-example-short": worked_example_short,
+          "stress": stress_table, "shift-sets": shift.accuracy_table, "shift-differences": shift.differences_table}
 FILES = [os.path.join(HERE, f) for f in ("README.md", "docs/experiments.md", "docs/performance.md")]
 
 
