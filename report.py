@@ -550,6 +550,35 @@ def stress_table(results):
     return "\n".join(lines)
 
 
+def guard_search_table(results):
+    """The guard search (tune.py --search guard): every candidate's validation score, settle epoch and divergences, and
+    the choice by its rule, or what the rule still needs."""
+    folder = os.path.join(results, tune.GUARD_FOLDER)
+    records = load_records(folder) if os.path.isdir(folder) else {}
+    table = tune.guard_table(records)
+    if not table:
+        return "(no finished runs yet: `python tune.py --search guard --out .`)"
+    order = tune.preference(tune.stress_records(results))
+    chosen = tune.guard_choose(table, order)
+    lines = ["| candidate | BN + L1 / LN / GN val acc %, seed 0 | seed 1 | score (mean) | settles at epoch (mean) "
+             "| diverged | chosen |", "|---|---|---|---|---|---|---|"]
+    for cid, t in sorted(table.items(), key=lambda kv: -kv[1]["score"]):
+        per = lambda seed: " / ".join(f"{r['history'][-1]['test_acc']:.2f}" for name in NORM_NAMES
+                                      for r in records.get(f"{name}_{cid}", []) if r["config"]["seed"] == seed)
+        mark = "**chosen**" if chosen and cid == chosen[0] else ("tied" if chosen and cid in chosen[2] else "")
+        lines.append(f"| {cid} | {per(0)} | {per(1) if 1 in t['seeds'] else ''} | {t['score']:.3f} | {t['settle']:.1f} "
+                     f"| {', '.join(t['diverged']) or 'none'} | {mark} |")
+    if chosen:
+        status = f"Chosen by the rule: `{chosen[0]}`"
+    else:
+        status = (f"Not decided yet: seed 0 has finished for {len(table)} of the {len(tune.CANDIDATES)} candidates, "
+                  "then seed 1 of the close ones, and the stress test's stage 2 sets the last tie's order "
+                  "(`python tune.py --search guard --out .` resumes)")
+    lines += ["", f"Validation accuracy: the last {tune.VAL:,} training images, after epoch 20, training on the other "
+                  f"50,000. Score: the mean over the three norms (and seeds). {status}."]
+    return "\n".join(lines)
+
+
 NORM_NAMES = [r.name for r in experiment()]  # bn_l1, ln, gn: the runs of each setting of a search
 
 
@@ -602,7 +631,7 @@ TABLES = {"headline": headline_table, "seeds": seeds_table, "steady": steady_tab
           "batch-size": batch_size_table, "benchmark": benchmark_table, "options": options_table,
           "end-to-end": end_to_end_table, "speed": speed_table, "worked-example": worked_example,
           "worked-example-short": worked_example_short,
-          "stress": stress_table, "shift-sets": shift.accuracy_table, "shift-differences": shift.differences_table}
+          "stress": stress_table, "guard-search": guard_search_table, "shift-sets": shift.accuracy_table, "shift-differences": shift.differences_table}
 FILES = [os.path.join(HERE, f) for f in ("README.md", "docs/experiments.md", "docs/performance.md")]
 
 

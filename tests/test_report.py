@@ -309,3 +309,40 @@ def test_schedule_search_table_reads_today_from_the_augmentation_search_and_says
     assert lines[2] == "| cycle14_ema | 99.50 / 99.50 / 99.50 |  | 99.500 | 1.0 |  |  |"
     assert lines[3] == "| today | 99.40 / 99.40 / 99.40 | 99.40 / 99.40 / 99.40 | 99.400 | 2.0 |  |  |"
     assert "seed 0 has finished for 2 of the 8 settings" in lines[-1]
+
+
+def test_guard_search_table_waits_for_the_stress_tests_stage_2_then_names_the_choice(tmp_path):
+    import tune
+    results = tmp_path / "results"
+
+    def run(folder, name, norm, accs, seed=0, extra=None):
+        os.makedirs(folder, exist_ok=True)
+        record = {"name": name, "config": {"norm": norm, "l1": 1e-5 if name.startswith("bn_l1") else 0.0, "seed": seed,
+                                           "epochs": len(accs), "params": 7750, **(extra or {})},
+                  "history": [{"epoch": i + 1, "test_acc": a, "seconds": 1.0, "grad_norm_median": 1.0,
+                               "grad_norm_max": 2.0} for i, a in enumerate(accs)]}
+        with open(os.path.join(folder, f"{name}_seed{seed}.json"), "w") as f:
+            json.dump(record, f)
+    finals = {"warmup": 99.40, "guard": 99.42, "guard_ls": 99.20, "guard_wd": 99.10}
+    for cid, acc in finals.items():
+        for name, norm in (("bn_l1", "BN"), ("ln", "LN"), ("gn", "GN")):
+            for seed in ((0, 1) if cid in ("warmup", "guard") else (0,)):
+                run(results / "tune" / "guard", f"{name}_{cid}", norm, [98.0, acc, acc], seed)
+    text = report.guard_search_table(str(results))
+    assert "| guard | 99.42 / 99.42 / 99.42 | 99.42 / 99.42 / 99.42 | 99.420 | 2.0 | none |  |" in text
+    assert "Not decided yet" in text  # the stress test's stage 2 is missing
+    low, high = tune.STRESS_PEAKS
+    for peak in (low, high):
+        for seed in tune.STRESS_SEEDS:
+            accs = [90.0, 95.0, 5.0, 95.0, 96.0, 97.0] if (peak, seed) == (low, 3) else [90.0 + e for e in range(6)]
+            run(results / "tune" / "stress", tune.stress_name(peak, 0), "LN", accs, seed, {"lr": peak, "clip": 0})
+    clip = tune.stress_clip(tune.stress_records(str(results)))
+    for peak in (low, high):
+        for seed in tune.STRESS_SEEDS:
+            run(results / "tune" / "stress", tune.stress_name(peak, clip), "LN", [90.0 + e for e in range(6)], seed,
+                {"lr": peak, "clip": clip})
+    text = report.guard_search_table(str(results))
+    # tied on accuracy and settling; with fewer divergences under the clip, the tie goes to guard
+    assert "Chosen by the rule: `guard`" in text and "| warmup |" in text and "| tied |" in text
+    stress = report.stress_table(str(results))
+    assert f"| {low:g} | 0 | 20 | 1 (seed 3) |" in stress and f"The clip set by rule 4 from stage 1: {clip:g}." in stress
