@@ -1,6 +1,8 @@
 """How BN, LN and GN hold up on corrupted test images: every seed's trained weights on every corrupted test set.
 
-    python shift.py --out .    # the committed weights -> results/shift/ and static/shift.png
+    python shift.py --out .        # the committed weights -> results/shift/ and static/shift.png (the committed study)
+    python shift.py --runs .       # the committed weights -> runs/results/shift/ and runs/static/shift.png
+    python shift.py                # the weights you trained into runs/ -> runs/results/shift/, runs/static/
 
 The corrupted sets are the 10,000 test images corrupted as MNIST-C does (corruptions.py), at three severities,
 from one seed. Each model is evaluated in eval mode, as every epoch of its training was; BN models also with
@@ -67,13 +69,14 @@ def evaluate_mode(model, data, mode):
     return evaluate(model, data, int(mode.removeprefix("batch")), batch_stats=True)
 
 
-def study(data, *, out, device, seed=0, progress=True, log=print):
-    """Evaluate every weights file of the recipe under OUT/weights/ on the clean and every corrupted test set; writes
-    OUT/results/shift/<name>_seed<S>.json and returns {(name, seed): record}."""
-    files = weights_files(out)
+def study(data, *, out, device, runs=None, seed=0, progress=True, log=print):
+    """Evaluate every weights file of the recipe under RUNS/weights/ (RUNS: by default OUT) on the clean and every
+    corrupted test set; writes OUT/results/shift/<name>_seed<S>.json and returns {(name, seed): record}."""
+    runs = out if runs is None else runs
+    files = weights_files(runs)
     if not files:
-        raise ValueError(f"no weights of the recipe's runs under {os.path.join(out, 'weights')} "
-                         f"(expected files such as ln_seed0.pt, which train.py writes)")
+        raise ValueError(f"no weights of the recipe's runs under {os.path.join(runs, 'weights')} (files such as "
+                         f"ln_seed0.pt, which train.py writes there); the committed ones: --runs .")
     _, test = data
     records, models = {}, {}
     for (name, s), path in files.items():
@@ -83,11 +86,11 @@ def study(data, *, out, device, seed=0, progress=True, log=print):
         if record is not None and (record["sha256"] != digest or record["corruption_seed"] != seed):
             log(f"{os.path.relpath(target)}: made from other weights or another corruption seed; computed again")
             record = None
-        run = os.path.join(out, "results", f"{name}_seed{s}.json")
+        run = os.path.join(runs, "results", f"{name}_seed{s}.json")
         run_record = read_record(run) if os.path.exists(run) else {}
         if record is None:
             recorded = run_record["history"][-1]["test_acc"] if run_record else None
-            record = {"name": name, "seed": s, "weights": os.path.relpath(path, out), "sha256": digest,
+            record = {"name": name, "seed": s, "weights": os.path.relpath(path, runs), "sha256": digest,
                       "corruption_seed": seed, "recorded_test_acc": recorded, "sets": {}}
         records[(name, s)] = (target, record)
         # the SHA-256 the run recorded for its weights (runs from before it was recorded: unchecked)
@@ -245,8 +248,11 @@ def parse_args(argv=None):
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter,
                                 allow_abbrev=False)
     p.add_argument("--out", default=utils.RUNS,
-                   help="where weights/ are read and results/shift/ and static/ written (default: %(default)s; "
-                        "--out . is the repository's committed weights and results)")
+                   help="where results/shift/ and static/shift.png are written (default: %(default)s, a folder of your "
+                        "own that git ignores; --out . is the repository's committed study, written only when asked)")
+    p.add_argument("--runs", default=None,
+                   help="where the runs' weights/ and results/ are read (default: --out; --runs . is the committed "
+                        "weights)")
     p.add_argument("--data", default="data", help="dataset root (default: %(default)s)")
     p.add_argument("--seed", type=int, default=0, help="the seed of the corruptions' random draws (default: 0)")
     p.add_argument("--device", type=parse_device, default="auto",
@@ -261,7 +267,8 @@ def main(argv=None):
     machine.pin_isa(True)  # before torch's first operation: the same kernels as training, on any x86-64 CPU
     try:
         data = load_mnist(args.data)
-        records = study(data, out=args.out, device=args.device, seed=args.seed, progress=not args.no_progress)
+        records = study(data, out=args.out, runs=args.runs, device=args.device, seed=args.seed,
+                        progress=not args.no_progress)
     except utils.USER_ERRORS as e:
         sys.exit(f"shift.py: error: {e}")
     mismatch = [f"{n}_seed{s}: {r['sets'][CLEAN][EVAL]['test_acc']} against {r['recorded_test_acc']}"

@@ -68,9 +68,14 @@ def test_bn_with_batch_statistics_differs_from_eval_mode_and_leaves_the_model_al
     assert all(torch.equal(v, model.state_dict()[k]) for k, v in before.items())
 
 
-def test_no_weights_is_a_clear_error(tmp_path):
-    with pytest.raises(ValueError, match="no weights of the recipe's runs under .*weights"):
+def test_no_weights_is_a_clear_error_and_weights_are_read_from_runs_into_out(tmp_path):
+    with pytest.raises(ValueError, match=r"no weights of the recipe's runs under .*weights .*the committed ones: --runs \."):
         shift.study((synthetic(8), synthetic(8)), out=str(tmp_path), device=torch.device("cpu"), progress=False)
+    data = tiny_weights(tmp_path / "trained")
+    shift.study(data, out=str(tmp_path / "mine"), runs=str(tmp_path / "trained"), device=torch.device("cpu"),
+                progress=False, log=lambda *a: None)
+    assert sorted(os.listdir(tmp_path / "mine" / "results" / "shift")) == ["bn_l1_seed0.json", "ln_seed0.json"]
+    assert not os.path.exists(tmp_path / "trained" / "results" / "shift")
 
 
 @pytest.mark.mnist
