@@ -547,6 +547,15 @@ def stress_table(results):
     lines += ["", "Validation accuracy: the last 10,000 training images, mean ± the 95% interval over the runs. "
                   + (f"The clip set by rule 4 from stage 1: {clip:g}." if clip is not None else
                      "Stage 1 is not complete: the clip is not set yet.")]
+    low, high = tune.STRESS_PEAKS
+    arms = [table.get(tune.stress_name(peak, c)) for peak in (low, high) for c in (0, clip if clip is not None else -1)]
+    if all(a is not None and a["runs"] == len(tune.STRESS_SEEDS) for a in arms):
+        (low0, low_clip, high0, high_clip) = (len(a["diverged"]) for a in arms)
+        stops = high_clip < high0 and low_clip == 0
+        lines += ["", f"Rule 6: at {high:g}, {high_clip} of the runs diverged with the clip and {high0} without; at "
+                      f"{low:g}, {low_clip} with it and {low0} without. By the rule, the clip "
+                      + ("stops divergence." if stops else "is not shown to stop divergence"
+                         + (f" (no run diverged at {high:g} without it)." if high0 == 0 else "."))]
     return "\n".join(lines)
 
 

@@ -346,3 +346,6 @@ def test_guard_search_table_waits_for_the_stress_tests_stage_2_then_names_the_ch
     assert "Chosen by the rule: `guard`" in text and "| warmup |" in text and "| tied |" in text
     stress = report.stress_table(str(results))
     assert f"| {low:g} | 0 | 20 | 1 (seed 3) |" in stress and f"The clip set by rule 4 from stage 1: {clip:g}." in stress
+    assert (f"Rule 6: at {high:g}, 0 of the runs diverged with the clip and 0 without; at {low:g}, 0 with it and 1 "
+            f"without. By the rule, the clip is not shown to stop divergence (no run diverged at {high:g} without it).") \
+        in stress
