@@ -38,9 +38,11 @@ def device(text):
 
 
 class HelpFormatter(argparse.ArgumentDefaultsHelpFormatter, argparse.RawDescriptionHelpFormatter):
-    """Shows "(default: ...)" except where the default is None: those helps say it in words."""
+    """Shows "(default: ...)" except where the default is None or the help says it in words already."""
     def _get_help_string(self, action):
-        return action.help if action.default is None else super()._get_help_string(action)
+        if action.default is None or "(default:" in (action.help or ""):
+            return action.help
+        return super()._get_help_string(action)
 
 
 def parser(description):
