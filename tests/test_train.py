@@ -152,3 +152,14 @@ def test_settings_that_no_recipe_accepts_are_an_error_before_any_data_is_loaded(
     assert done.returncode == 1 and "Traceback" not in done.stderr
     assert "cycle_epochs must be None or an integer in [1, epochs=20], got 30" in done.stderr
     assert not (tmp_path / "no-data").exists()
+
+
+@pytest.mark.parametrize("command", ["train", "tune", "study", "shift"])
+def test_help_gives_each_option_one_default(command, capsys):
+    import importlib
+    import re
+    with pytest.raises(SystemExit):
+        importlib.import_module(command).parse_args(["--help"])
+    text = " ".join(capsys.readouterr().out.split())
+    options = re.split(r" (?=--[a-z])", text)
+    assert all(option.count("(default:") <= 1 for option in options), [o for o in options if o.count("(default:") > 1]
