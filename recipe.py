@@ -121,7 +121,7 @@ class Recipe:
 # The learning-rate schedule of every run before the schedule search (results/v2/, results/v1/, results/tune/,
 # results/batch_size/): one cycle over all epochs, peaking after 30% of it, and no average of the weights.
 FIRST_SCHEDULE = {"pct_start": 0.3, "cycle_epochs": None, "final_div": 1e4, "ema": 0.0}
-# The settings that the recipe search (tune.py --search recipe) added, as every run before it had them: no warm-up of
+# The settings that the guard search (tune.py --search guard) added, as every run before it had them: no warm-up of
 # the average, no clip, the NLL itself, no weight decay.
 BEFORE_GUARD = {"ema_warmup": 0.0, "clip": 0.0, "label_smoothing": 0.0, "weight_decay": 0.0}
 # What runs whose files do not record these settings trained with (the files predate the settings).

@@ -580,13 +580,11 @@ def guard_search_table(results):
     if chosen:
         status = f"Chosen by the rule: `{chosen[0]}`"
     else:
-        alive = {cid: t for cid, t in table.items() if not t["diverged"]}
-        if len(table) < len(tune.CANDIDATES) or not alive:
+        close = tune.guard_finalists(table)
+        if not close:
             status = (f"Not decided yet: seed 0 has finished for {len(table)} of the {len(tune.CANDIDATES)} "
                       "candidates, then seed 1 of the close ones")
         else:
-            best = max(t["seeds"][0] for t in alive.values())
-            close = [cid for cid, t in alive.items() if t["seeds"][0] >= best - tune.CLOSE - 1e-9]
             status = (f"Not decided yet: seed 1 of the candidates within {tune.CLOSE:.2f} points of the best seed-0 "
                       f"score ({', '.join(close)}) has finished for "
                       f"{sum(1 in table[c]['seeds'] for c in close)} of them")

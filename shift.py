@@ -143,10 +143,7 @@ def paired(records, a, b, sets):
     """A minus B, paired by seed, of the mean accuracy over `sets` (set names), over the seeds both have: as
     stats.paired's dict ("seeds", "differences", "mean", "half", "low", "high", "nonzero"), or None without a common
     seed. a, b: (name, mode)."""
-    def means(name, mode):
-        return {s: float(np.mean([r["sets"][c][mode]["test_acc"] for c in sets])) for (n, s), r in records.items()
-                if n == name and all(mode in r["sets"].get(c, {}) for c in sets)}
-    return stats.paired_values(means(*a), means(*b))
+    return stats.paired_values(group_means(records, *a, sets), group_means(records, *b, sets))
 
 
 def groups():

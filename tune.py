@@ -387,17 +387,21 @@ def guard_table(records):
     return table
 
 
+def guard_finalists(table):
+    """The candidates the guard rule gives seed 1 (rules 3 and 4): those without a diverged run whose seed-0 score is
+    within CLOSE of the best such one; None until every candidate has its seed 0."""
+    if len(table) < len(CANDIDATES):
+        return None
+    alive = {cid: t for cid, t in table.items() if not t["diverged"]}
+    best0 = max((t["seeds"][0] for t in alive.values()), default=None)
+    return [cid for cid, t in alive.items() if t["seeds"][0] >= best0 - CLOSE - 1e-9]
+
+
 def guard_choose(table, order):
     """(chosen candidate, the ones tied on accuracy, the ones tied on settling too) by the guard rule, with `order`
     its preference (preference()); None while runs it needs are missing."""
-    if len(table) < len(CANDIDATES) or order is None:
-        return None
-    alive = {cid: t for cid, t in table.items() if not t["diverged"]}
-    if not alive:
-        return None
-    best0 = max(t["seeds"][0] for t in alive.values())
-    finalists = [cid for cid, t in alive.items() if t["seeds"][0] >= best0 - CLOSE - 1e-9]
-    if any(1 not in table[cid]["seeds"] for cid in finalists):
+    finalists = guard_finalists(table)
+    if not finalists or order is None or any(1 not in table[cid]["seeds"] for cid in finalists):
         return None
     alive = [cid for cid in finalists if not table[cid]["diverged"]]  # seed 1 may have diverged
     best = max(table[cid]["score"] for cid in alive)
@@ -421,11 +425,7 @@ def run_guard_search(data, *, device, out, jobs, fresh=False, progress=True, **o
         if stage == 1:
             todo = list(CANDIDATES)
         else:
-            table = guard_table(records)
-            alive = {cid: t for cid, t in table.items() if not t["diverged"]}
-            best0 = max((t["seeds"][0] for t in alive.values()), default=None)
-            todo = [cid for cid, t in alive.items() if best0 is not None and t["seeds"][0] >= best0 - CLOSE - 1e-9] \
-                if len(table) == len(CANDIDATES) else []
+            todo = guard_finalists(guard_table(records)) or []
         print(f"guard search, stage {stage}: seed {seed} of {len(todo)} candidate{'s' if len(todo) != 1 else ''}"
               f" (clip {clip:g})")
         runs = [r for cid in todo for r in experiment(seeds=(seed,), **{"val": VAL, **candidate(cid, clip), **overrides})]
