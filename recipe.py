@@ -27,12 +27,14 @@ class Recipe:
     final_div: float = 1e4    # the cycle ends at lr / 25 / final_div (OneCycleLR's final_div_factor)
     ema: float = 0.999        # per-step decay of an average of the weights and BN's statistics (0: none); if > 0 the
                               # averaged model is what is evaluated and saved (torch.optim.swa_utils.AveragedModel)
-    ema_warmup: float = 0.0   # warm the average up: its decay at the n-th update is min(ema, (1 + n) / (ema_warmup + n))
+    ema_warmup: float = 10.0  # warm the average up: its decay at the n-th update is min(ema, (1 + n) / (ema_warmup + n))
                               # (TensorFlow's ExponentialMovingAverage with num_updates uses 10); 0: ema from the start
     clip: float = 0.0         # clip the total norm of the gradient (of the loss + L1) to this before each step (0: never)
     label_smoothing: float = 0.0  # the loss is cross-entropy against (1 - this) on the label and the rest spread evenly
     weight_decay: float = 0.0     # SGD's weight decay (L2), on every parameter
     # pct_start 0.15 and ema 0.999: the schedule search's choice on the validation split (tune.py, results/tune/schedule/)
+    # ema_warmup 10: the guard search's choice on the validation split (tune.py --search guard,
+    # results/tune/guard/)
     # Augmentation, drawn per image and per epoch: an affine map about the image's centre (see batches, affine).
     degrees: float = 7.0      # rotation uniform in ±degrees (counter-clockwise positive)
     translate: float = 0.1    # shift uniform in ±translate of the width (x) and of the height (y)

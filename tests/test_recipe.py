@@ -51,8 +51,10 @@ def test_recipe_names_and_labels_come_from_its_settings():
            "eval_split": "validation: the last 10000 training images", "torch": "x"}
     # ... and with the augmentation (rotation only, ±7 degrees) and schedule such runs had, whatever the defaults are.
     assert Recipe.from_config(old) == Recipe("GN", lr=0.2, val=10000, degrees=7.0, translate=0.0, scale=0.0,
-                                             shear=0.0, pct_start=0.3, cycle_epochs=None, final_div=1e4, ema=0.0)
+                                             shear=0.0, pct_start=0.3, cycle_epochs=None, final_div=1e4, ema=0.0,
+                                             ema_warmup=0.0, clip=0.0, label_smoothing=0.0, weight_decay=0.0)
     assert (Recipe().pct_start, Recipe().ema) == (0.15, 0.999)  # the schedule search's choice
+    assert (Recipe().ema_warmup, Recipe().clip) == (10.0, 0.0)  # the guard search's
     assert Recipe.from_config({**old, "train_images": 512}).limit == 512
 
 
@@ -65,6 +67,8 @@ def test_each_set_of_settings_gets_a_folder_named_after_what_differs_from_the_de
     assert folder("--precision", "bf16", "--lr", "0.05") == {"lr0.05_bf16"}
     # The schedule before the schedule search chose today's (the runs of results/v2/), from the command line.
     assert folder("--pct-start", "0.3", "--ema", "0") == {"pct_start0.3_ema0"}
+    # The recipe before the guard search chose today's (the runs of results/v3/).
+    assert folder("--ema-warmup", "0") == {"ema_warmup0"}
     assert folder("--cycle-epochs", "12", "--final-div", "40") == {"cycle_epochs12_final_div40"}
     assert settings_folder(Recipe(cycle_epochs=None)) == "" and \
         settings_folder(Recipe(limit=5, val=10)) == "val10_limit5"

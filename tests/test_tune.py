@@ -6,7 +6,7 @@ import torch
 
 import tune
 from conftest import synthetic
-from recipe import L1, Recipe, experiment
+from recipe import BEFORE_GUARD, L1, Recipe, experiment
 from records import load_records
 
 
@@ -279,8 +279,8 @@ def test_every_guard_candidate_spells_out_what_it_changes_and_is_a_valid_recipe(
     assert tune.candidate("warmup", 0.9)["clip"] == 0 and tune.candidate("guard", 0.9)["clip"] == 0.9
     assert tune.candidate("guard_ls", 0.9)["label_smoothing"] == tune.LABEL_SMOOTHING
     assert tune.candidate("guard_wd", 0.9)["weight_decay"] == tune.WEIGHT_DECAY
-    assert replace(Recipe(), **{k: v for k, v in tune.candidate("warmup", 0).items() if k != "ema_warmup"}) == \
-        replace(Recipe(), ema_warmup=0.0, clip=0.0, label_smoothing=0.0, weight_decay=0.0)
+    # warmup less its warm-up is the recipe the search started from: the schedule search's choice, BEFORE_GUARD
+    assert replace(Recipe(), **{**tune.candidate("warmup", 0), "ema_warmup": 0.0}) == replace(Recipe(), **BEFORE_GUARD)
 
 
 def test_a_tiny_guard_search_needs_the_stress_tests_clip_then_trains_its_candidates(tmp_path, monkeypatch):
@@ -300,3 +300,15 @@ def test_a_tiny_guard_search_needs_the_stress_tests_clip_then_trains_its_candida
     assert all(r["config"]["clip"] == 0 and r["config"]["ema_warmup"] == tune.STRESS_WARMUP for r in records["gn_warmup"])
     table = tune.guard_table(records)
     assert sorted(table) == ["guard_ls", "warmup"]
+
+
+def test_the_recipe_defaults_are_the_guard_searchs_choice():
+    # Recipe's defaults are the candidate the guard rule chose from the committed results/tune/guard/ runs, with the
+    # committed stress test's clip and preference: the schedule, the average and its warm-up, the clip and the loss.
+    results = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "results")
+    stress = tune.stress_records(results)
+    choice = tune.guard_choose(tune.guard_table(load_records(os.path.join(results, tune.GUARD_FOLDER))),
+                               tune.preference(stress))
+    assert choice is not None, "the committed guard search has not decided yet"
+    chosen = tune.candidate(choice[0], tune.stress_clip(stress))
+    assert {k: getattr(Recipe(), k) for k in chosen} == chosen
