@@ -11,9 +11,9 @@ dependencies = ["torch"]
 HERE = os.path.dirname(os.path.abspath(__file__))
 # The weights of the runs the README reports (seed 0 of each model), written by train.py, and their SHA-256.
 PRETRAINED = {
-    "BN": ("weights/bn_l1_seed0.pt", "3d30afbd18f66c59685ba07af59a1e5189603685c894c5cfbdee683406ceb6c5"),
-    "LN": ("weights/ln_seed0.pt", "b378115e3398968b34b817e69ba96cadf020370e604a31bb9a5ccf1568dce403"),
-    "GN": ("weights/gn_seed0.pt", "7ad75877ae798bcb4b5c40f6d5182d65360f3149e09fd285c1de8a42520bf192"),
+    "BN": ("weights/bn_l1_seed0.pt", "3e1ee6fed409a2fa82e8a2fd85fba012130ddfb95152ca7ee18b4b5ed7653c12"),
+    "LN": ("weights/ln_seed0.pt", "1c2658bfa2ef1822d9f65a1ecc1bafb1a1b710436081a26f726a9ac379810556"),
+    "GN": ("weights/gn_seed0.pt", "edba5d09ca4702a014752726bb8a8da159777d252a6f93559aca598af5e9c501"),
 }
 
 

@@ -58,6 +58,24 @@ def test_a_weights_file_that_does_not_match_its_hash_is_refused_naming_it(monkey
         hubconf.net("GN", pretrained=True)
 
 
+def test_every_finished_run_of_todays_recipe_keeps_its_weights_and_they_are_the_ones_it_recorded():
+    # Every run in results/ (top level) keeps its weights in weights/ under its name, and its results file pins their
+    # SHA-256 (weights_sha256, which records.load_weights checks); hubconf pins the three it publishes to the same.
+    from files import sha256_file
+    names = sorted(f[:-5] for f in os.listdir(os.path.join(ROOT, "results"))
+                   if f.endswith(".json") and "_seed" in f)
+    assert names
+    for name in names:
+        with open(os.path.join(ROOT, "results", name + ".json")) as f:
+            record = json.load(f)
+        if len(record["history"]) < record["config"]["epochs"]:
+            continue  # still training: no weights yet
+        assert sha256_file(os.path.join(ROOT, "weights", name + ".pt")) == record["weights_sha256"], name
+    for norm, (path, digest) in hubconf.PRETRAINED.items():
+        with open(os.path.join(ROOT, "results", os.path.basename(path)[:-3] + ".json")) as f:
+            assert json.load(f)["weights_sha256"] == digest, norm
+
+
 @pytest.mark.mnist
 @pytest.mark.parametrize("norm", ["BN", "LN", "GN"])
 def test_committed_weights_classify_exactly_the_committed_number_of_test_images(norm, mnist):
