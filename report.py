@@ -18,10 +18,12 @@ from recipe import Recipe, experiment, label, run_order
 from records import load_records, summarize
 
 HERE = os.path.dirname(os.path.abspath(__file__))
-STEADY_FROM = (12, 15)  # epochs: from which on a seed at >= stats.TARGET in every epoch is counted (steady_table)
+STEADY_FROM = (10, 12, 15)  # epochs: from which on a seed at >= stats.TARGET in every epoch is counted (steady_table)
+SHADED_FROM = 12  # seed_curves.png shades the epochs from this one on: "steady in the last epochs"
 ISA_NAMES = {"avx2": "AVX2", "avx512": "AVX-512"}  # ATen's capability names, as the docs write them
 V1 = "v1"  # results/v1/: the runs of the first recipe (rotation only, dropout 0.05, batch 128), kept apart
 V2 = "v2"  # results/v2/: the runs of the second recipe (before the schedule search: peak after 30%, no average)
+V3 = "v3"  # results/v3/: the runs of the third recipe (before the guard search: the average not warmed up, no clip)
 
 
 def ordered(records):
@@ -263,6 +265,20 @@ def end_to_end_table(results):
     return "\n".join(lines)
 
 
+def one_minute_table(results, folder="epochs1_limit2000"):
+    """The README's one-minute run (python train.py --epochs 1 --limit 2000), from results/<folder>/: each model's
+    test accuracy and loss after its one epoch on 2,000 images."""
+    records = load_records(os.path.join(results, folder)) if os.path.isdir(os.path.join(results, folder)) else {}
+    if not records:
+        return f"(no results/{folder}/ yet: `python train.py --epochs 1 --limit 2000 --out . --no-figures`)"
+    lines = ["| model | test accuracy % after 1 epoch on 2,000 images | test loss |", "|---|---|---|"]
+    for name in ordered(records):
+        for r in records[name]:
+            e = r["history"][-1]
+            lines.append(f"| {label(r)} | {e['test_acc']:.2f} | {e['test_loss']:.4f} |")
+    return "\n".join(lines)
+
+
 def speed_table(results, target=99.4):
     """From the runs in results/: when BN + L1 first reaches `target` % test accuracy, and how long
     each experiment (BN + L1, LN and GN, seed 0, in one precision) took."""
@@ -350,9 +366,9 @@ def steady_table(results):
 
 def seed_curves_figure(results):
     """static/seed_curves.png: every finished seed's test accuracy per epoch for the three main runs, with the
-    99.4% line and the epochs from STEADY_FROM[0] shaded; None if none has finished."""
+    99.4% line and the epochs from SHADED_FROM shaded; None if none has finished."""
     records = load_records(results)
-    start = STEADY_FROM[0]
+    start = SHADED_FROM
     panels = {}
     for recipe in experiment():
         done = stats.finished(records.get(recipe.name, []))
@@ -361,6 +377,22 @@ def seed_curves_figure(results):
                      f"in every epoch from {start} on")
             panels[title] = {seed: r["history"] for seed, r in done.items()}
     return plot_seed_curves(panels, stats.TARGET, from_epoch=start) if panels else None
+
+
+def start_table(results):
+    """Every fp32 run with its finished seeds: the evaluated model's test accuracy after epochs 1 and 2 (lowest to
+    highest over the seeds), and the seeds whose test accuracy collapsed in some epoch (stats.collapses)."""
+    records = load_records(results)
+    lines = ["| run | seeds | test acc % after epoch 1, lowest to highest | after epoch 2 | seeds that diverged |",
+             "|---|---|---|---|---|"]
+    for name, done in fp32_runs(records):
+        def spread(epoch):
+            accs = [r["history"][epoch - 1]["test_acc"] for r in done.values()]
+            return f"{min(accs):.2f} to {max(accs):.2f}" if len(accs) > 1 else f"{accs[0]:.2f}"
+        diverged = [str(s) for s, r in done.items() if stats.collapses(r["history"])]
+        lines.append(f"| {label(records[name][0])} | {', '.join(map(str, done))} | {spread(1)} | {spread(2)} "
+                     f"| {', '.join(diverged) if diverged else 'none'} |")
+    return "\n".join(lines)
 
 
 def seeds_table(results):
@@ -636,7 +668,7 @@ def worked_example_short(results):
     return "```text\n" + normalizations.worked_example(brief=True) + "\n```"
 
 
-TABLES = {"headline": headline_table, "seeds": seeds_table, "steady": steady_table, "findings": findings_table,
+TABLES = {"headline": headline_table, "start": start_table, "seeds": seeds_table, "steady": steady_table, "findings": findings_table,
           "search": search_table, "schedule-search": schedule_search_table, "tuning": tuning_table, "results": results_table,
           "v1-results": lambda results: results_table(os.path.join(results, V1)),
           "v1-seeds": lambda results: seeds_table(os.path.join(results, V1)),
@@ -645,8 +677,13 @@ TABLES = {"headline": headline_table, "seeds": seeds_table, "steady": steady_tab
           "v2-seeds": lambda results: seeds_table(os.path.join(results, V2)),
           "v2-steady": lambda results: steady_table(os.path.join(results, V2)),
           "v2-findings": lambda results: findings_table(os.path.join(results, V2)),
+          "v3-results": lambda results: results_table(os.path.join(results, V3)),
+          "v3-seeds": lambda results: seeds_table(os.path.join(results, V3)),
+          "v3-steady": lambda results: steady_table(os.path.join(results, V3)),
+          "v3-start": lambda results: start_table(os.path.join(results, V3)),
+          "v3-findings": lambda results: findings_table(os.path.join(results, V3)),
           "batch-size": batch_size_table, "benchmark": benchmark_table, "options": options_table,
-          "end-to-end": end_to_end_table, "speed": speed_table, "worked-example": worked_example,
+          "end-to-end": end_to_end_table, "one-minute": one_minute_table, "speed": speed_table, "worked-example": worked_example,
           "worked-example-short": worked_example_short,
           "stress": stress_table, "guard-search": guard_search_table, "shift-sets": shift.accuracy_table, "shift-differences": shift.differences_table}
 FILES = [os.path.join(HERE, f) for f in ("README.md", "docs/experiments.md", "docs/performance.md")]

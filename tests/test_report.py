@@ -232,14 +232,16 @@ def test_performance_tables_come_from_the_benchmark_files_and_the_runs(tmp_path)
 def test_no_table_mixes_recipes():
     # The tables and figures read every run of a folder together: those runs may differ only in what the experiment
     # compares (norm, groups, L1, seed, precision); the recipe (data, training, augmentation) is one. results/ (top
-    # level) holds today's recipe, Recipe's defaults; results/v2/ the recipe before the schedule search (its defaults
-    # with the first schedule) and results/v1/ the first recipe's runs, each kept apart.
+    # level) holds today's recipe, Recipe's defaults; results/v3/ the recipe before the guard search (its defaults
+    # before it), results/v2/ the one before the schedule search (and the first schedule) and results/v1/ the first
+    # recipe's runs, each kept apart.
     from dataclasses import asdict
-    from recipe import FIRST_SCHEDULE
+    from recipe import BEFORE_GUARD, FIRST_SCHEDULE
 
     compared = {"norm", "groups", "l1", "seed", "precision"}
     rest = lambda recipe: {k: v for k, v in asdict(recipe).items() if k not in compared}
-    for folder, expected in (("results", rest(Recipe())), (os.path.join("results", "v2"), rest(Recipe(**FIRST_SCHEDULE))),
+    for folder, expected in (("results", rest(Recipe())), (os.path.join("results", "v3"), rest(Recipe(**BEFORE_GUARD))),
+                             (os.path.join("results", "v2"), rest(Recipe(**FIRST_SCHEDULE, **BEFORE_GUARD))),
                              (os.path.join("results", "v1"), None)):
         recipes = {(name, r["config"]["seed"]): rest(Recipe.from_config(r["config"]))
                    for name, recs in load_records(os.path.join(ROOT, folder)).items() for r in recs}
