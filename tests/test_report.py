@@ -51,7 +51,7 @@ def test_findings_give_paired_intervals_seeds_and_time_to_accuracy(tmp_path):
     # BN + L1 - LN, BN + L1 - GN and GN - LN (which is also 1 group against 2): three distinct intervals
     assert "- **3 intervals at once.** " in text
     # BN + L1: 99.6 ± t(0.975, 2) * 0.1 / sqrt(3) = 0.248; seed 0 reaches 99.4% at epoch 2, the others at 3
-    assert "| BN + L1 | 99.60 ± 0.25 | 3 | 2.7 | 3 of 3 | 3 of 3 | 7,750 |" in text
+    assert "| BN + L1 | 99.60 ± 0.25 | 3 | 2.7 | 3 of 3 | 3 of 3 | 3 of 3 | 7,750 |" in text
     assert "| GN (5 groups) | 0 | 99.30 | 99.30 | 2 | 2.0 |" in text
     assert (tmp_path / "static" / "seeds.png").stat().st_size > 10_000
 
@@ -67,14 +67,26 @@ def test_steady_table_and_curves_count_the_seeds_that_stay_at_the_target(tmp_pat
     readme.write_text("".join(f"<!-- {b}:start -->\n<!-- {b}:end -->\n" for b in ("headline", "steady")))
     assert report.main(["--files", str(readme), "--results", str(results)]) == 0
     text = readme.read_text()
-    assert "| BN + L1 | 0, 1, 2 | 12, 15, - | 1 of 3 | 2 of 3 |" in text
-    assert "| LN | 0 | 12 | 1 of 1 | 1 of 1 |" in text
+    # counted from epochs 10, 12 and 15 on
+    assert "| BN + L1 | 0, 1, 2 | 12, 15, - | 0 of 3 | 1 of 3 | 2 of 3 |" in text
+    assert "| LN | 0 | 12 | 0 of 1 | 1 of 1 | 1 of 1 |" in text
     # 99.5, 99.5, 99.39: mean 99.463, t(0.975, 2) * 0.0635 / sqrt(3) = 0.158; every seed first reaches it at 12
-    assert "| BN + L1 | 99.46 ± 0.16 | 3 | 12.0 | 1 of 3 | 2 of 3 | 7,750 |" in text
+    assert "| BN + L1 | 99.46 ± 0.16 | 3 | 12.0 | 0 of 3 | 1 of 3 | 2 of 3 | 7,750 |" in text
     fig = report.seed_curves_figure(str(results))
     assert [len(ax.lines) for ax in fig.axes] == [3 + 1, 1 + 1]  # a line per seed, and the 99.4% line
     assert fig.axes[0].get_title() == "BN + L1: 1 of 3 seeds at ≥ 99.4%\nin every epoch from 12 on"
     assert (tmp_path / "static" / "seed_curves.png").stat().st_size > 10_000
+
+
+def test_start_table_gives_the_first_two_epochs_range_and_the_seeds_that_diverged(tmp_path):
+    results = tmp_path / "results"
+    write_run(results, "gn", [98.5, 99.1, 99.3], seed=0)
+    write_run(results, "gn", [98.7, 99.2, 89.2], seed=1)  # fell by 10.0 points in epoch 3: diverged
+    write_run(results, "gn", [98.6, 99.0], seed=2, epochs=3)  # unfinished: left out
+    write_run(results, "ln", [97.0, 98.0, 99.0], seed=0)
+    text = report.start_table(str(results))
+    assert "| GN | 0, 1 | 98.50 to 98.70 | 99.10 to 99.20 | 1 |" in text
+    assert "| LN | 0 | 97.00 | 98.00 | none |" in text
 
 
 def test_tuning_table_is_rendered_between_markers_and_staleness_is_detected(tmp_path, capsys):
