@@ -136,7 +136,8 @@ def accuracies(records, name, mode, set_name):
 
 # The comparisons the study reports, each A minus B paired by seed: (name A, mode A), (name B, mode B).
 PAIRS = [(("ln", EVAL), ("bn_l1", EVAL)), (("gn", EVAL), ("bn_l1", EVAL)), (("gn", EVAL), ("ln", EVAL)),
-         (("bn_l1", f"batch{BATCHES[0]}"), ("bn_l1", EVAL)), (("bn_l1", f"batch{BATCHES[1]}"), ("bn_l1", EVAL))]
+         (("bn_l1", f"batch{BATCHES[0]}"), ("bn_l1", EVAL)), (("bn_l1", f"batch{BATCHES[1]}"), ("bn_l1", EVAL)),
+         (("bn_l1", f"batch{BATCHES[1]}"), ("bn_l1", f"batch{BATCHES[0]}"))]
 
 
 def paired(records, a, b, sets):
@@ -210,7 +211,7 @@ def differences_table(results):
         for set_name in set_names()[1:]:
             d = paired(records, a, b, [set_name])
             if d is not None and d["nonzero"]:
-                apart.append(f"{set_name} ({d['mean']:+.1f})")
+                apart.append(f"{set_name} ({d['mean']:+.{1 if abs(d['mean']) >= 1 else 2}f})")  # no "+0.0"
         lines.append(f"| {row_label(*a)} - {row_label(*b)} | " + " | ".join(cells) + f" | {', '.join(apart) or 'none'} |")
     return "\n".join(lines)
 

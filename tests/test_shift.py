@@ -100,3 +100,41 @@ def test_weights_that_are_not_what_their_run_recorded_are_refused(tmp_path):
     from records import RecordError
     with pytest.raises(RecordError, match=r"ln_seed0.pt: its SHA-256 .* is not the .* its run recorded"):
         shift.study(data, out=str(tmp_path), device=torch.device("cpu"), progress=False, log=lambda *a: None)
+
+
+def test_the_tables_are_the_seeds_means_and_paired_intervals_computed_independently(tmp_path):
+    # Made-up study files: two seeds of BN + L1 (eval and batch statistics) and LN, every set
+    rng = torch.Generator().manual_seed(0)
+    folder = tmp_path / "shift"
+    folder.mkdir()
+    acc = {}
+    for name in ("bn_l1", "ln"):
+        for seed in (0, 1, 2):
+            sets = {}
+            for set_name in shift.set_names():
+                sets[set_name] = {m: {"test_loss": 0.1, "test_acc": round(float(torch.rand(1, generator=rng)) * 100, 2)}
+                                  for m in shift.modes(name)}
+            acc[(name, seed)] = sets
+            (folder / f"{name}_seed{seed}.json").write_text(json.dumps(
+                {"name": name, "seed": seed, "corruption_seed": 0, "sets": sets}))
+    table = shift.accuracy_table(str(tmp_path)).splitlines()
+    assert table[0] == "| test set | BN + L1 | BN + L1, batch statistics (64) | BN + L1, batch statistics (1000) | LN |"
+    # rotate_3, LN: the mean over the three seeds with its Student-t half-width, from scipy directly
+    import numpy as np
+    from scipy import stats as st
+    values = [acc[("ln", s)]["rotate_3"]["eval"]["test_acc"] for s in (0, 1, 2)]
+    half = st.t.ppf(0.975, 2) * np.std(values, ddof=1) / np.sqrt(3)
+    row = next(line for line in table if line.startswith("| rotate_3 |"))
+    assert row.split(" | ")[-1] == f"{np.mean(values):.2f} ± {half:.2f} |"
+    # The geometry group's mean for LN: each seed's mean over the group's sets, then over seeds
+    geometry = [s for s in shift.set_names() if s.split("_")[0] in ("rotate", "shear", "scale", "translate")]
+    per_seed = [np.mean([acc[("ln", s)][g]["eval"]["test_acc"] for g in geometry]) for s in (0, 1, 2)]
+    row = next(line for line in table if line.startswith("| **mean: geometry** |"))
+    assert row.split(" | ")[-1].startswith(f"{np.mean(per_seed):.2f} ± ")
+    # LN minus BN + L1 over all corrupted sets, paired by seed: scipy's paired t interval
+    corrupted = shift.set_names()[1:]
+    diffs = [np.mean([acc[("ln", s)][c]["eval"]["test_acc"] for c in corrupted])
+             - np.mean([acc[("bn_l1", s)][c]["eval"]["test_acc"] for c in corrupted]) for s in (0, 1, 2)]
+    low, high = st.t.interval(0.95, 2, loc=np.mean(diffs), scale=st.sem(diffs))
+    row = next(line for line in shift.differences_table(str(tmp_path)).splitlines() if line.startswith("| LN - BN + L1 |"))
+    assert f"{np.mean(diffs):+.2f} [{low:+.2f}, {high:+.2f}]" in row.split(" | ")[6]
