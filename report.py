@@ -685,7 +685,8 @@ TABLES = {"headline": headline_table, "start": start_table, "seeds": seeds_table
           "batch-size": batch_size_table, "benchmark": benchmark_table, "options": options_table,
           "end-to-end": end_to_end_table, "one-minute": one_minute_table, "speed": speed_table, "worked-example": worked_example,
           "worked-example-short": worked_example_short,
-          "stress": stress_table, "guard-search": guard_search_table, "shift-sets": shift.accuracy_table, "shift-differences": shift.differences_table}
+          "stress": stress_table, "guard-search": guard_search_table, "shift-sets": shift.accuracy_table, "shift-differences": shift.differences_table,
+          "shift-summary": lambda results: shift.accuracy_table(results, sets=[shift.CLEAN])}
 FILES = [os.path.join(HERE, f) for f in ("README.md", "docs/experiments.md", "docs/performance.md")]
 
 
