@@ -104,16 +104,14 @@ def test_committed_notebook_shows_the_training_of_the_committed_seed_0_runs():
     nb = nbformat.read(NOTEBOOK, as_version=4)
     images, text = shown(nb)
     assert images == 5 and text.count("training from scratch") == 3 and "finished, loaded" not in text
+    table = text[text.index("final test acc"):]
     for name in ("bn_l1", "ln", "gn"):
         with open(os.path.join(ROOT, "results", f"{name}_seed0.json")) as f:
             history = json.load(f)["history"]
+        assert f"{history[-1]['test_acc']:.2f}" in table, name
         logged = [fields for fields in map(str.split, text.splitlines())
                   if fields[:1] == [name] and len(fields) > 1 and fields[1].isdigit()]
         assert [int(fields[1]) for fields in logged] == list(range(1, 21)), name
         for fields, e in zip(logged, history):
             assert fields[2:6] == [f"{e['train_loss']:.4f}", f"{e['train_acc']:.2f}", f"{e['test_loss']:.4f}",
                                    f"{e['test_acc']:.2f}"], (name, fields)
-    table = text[text.index("final test acc"):]
-    for name in ("bn_l1", "ln", "gn"):
-        with open(os.path.join(ROOT, "results", f"{name}_seed0.json")) as f:
-            assert f"{json.load(f)['history'][-1]['test_acc']:.2f}" in table

@@ -103,7 +103,7 @@ def test_weights_that_are_not_what_their_run_recorded_are_refused(tmp_path):
 
 
 def test_the_tables_are_the_seeds_means_and_paired_intervals_computed_independently(tmp_path):
-    # Made-up study files: two seeds of BN + L1 (eval and batch statistics) and LN, every set
+    # Made-up study files: three seeds of BN + L1 (eval and batch statistics) and LN, every set
     rng = torch.Generator().manual_seed(0)
     folder = tmp_path / "shift"
     folder.mkdir()
