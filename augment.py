@@ -1,29 +1,35 @@
-"""On-device augmentation and batches: each training image moved by its own random affine map, a whole batch at a time."""
+"""The network's input: pixels to its scale, and on-device batches in which each training image is moved by its own
+random affine map, a whole batch at a time."""
 import torch
 import torch.nn.functional as F
 
-from data import standardize, to_unit
+MEAN, STD = 0.1307, 0.3081  # MNIST training-set pixel mean and std, after scaling to [0, 1]
 
-# How the affine map's numbers are computed; each gives other last digits.
-AFFINE_OPS = {
-    # ATen's own kernels only: the shear's tangent as sin / cos, and the sampling grid elementwise, (x * a + y * b) + t,
-    # each operation rounded on its own. They run under the instruction-set pin with the rest of a step
-    # (machine.pin_isa), so a run reproduces on any x86-64 CPU with AVX2 and FMA, whatever its vendor.
-    "aten": "ATen's own kernels: the shear's tangent as sin / cos, the sampling grid as (x * a + y * b) + t",
-    # torch.tan and F.affine_grid, as every run before this was recorded: on a CPU both are Intel MKL's (its vector
-    # math, and a batched matrix product), whose code MKL picks by the CPU's vendor and instruction set unless
-    # MKL_CBWR fixes it. On AMD CPUs MKL computes what it computes on Intel ones under MKL_CBWR=COMPATIBLE.
-    "mkl": "torch.tan and F.affine_grid, on a CPU Intel MKL's, whose code follows the CPU's vendor and MKL_CBWR",
-}
-AFFINE = "aten"  # new runs: no arithmetic in a step that depends on the CPU's vendor (docs/performance.md)
-AFFINE_BEFORE_RECORD = "mkl"  # what a run whose config records no affine_ops computed with
+
+def to_unit(images: torch.Tensor) -> torch.Tensor:
+    """uint8 [B, 28, 28] -> float [B, 1, 28, 28] in [0, 1]."""
+    return images.unsqueeze(1).float() / 255
+
+
+def standardize(x: torch.Tensor) -> torch.Tensor:
+    """[0, 1] pixels -> zero mean, unit variance over MNIST's training set (input scaling, not a norm layer)."""
+    return (x - MEAN) / STD
+
+
+def to_input(images: torch.Tensor) -> torch.Tensor:
+    """uint8 images [B, 28, 28] -> the network's input [B, 1, 28, 28], standardized."""
+    return standardize(to_unit(images))
 
 
 def affine(images: torch.Tensor, degrees: torch.Tensor, translate: torch.Tensor | None = None,
-           scale: torch.Tensor | None = None, shear: torch.Tensor | None = None, *, ops: str = AFFINE) -> torch.Tensor:
+           scale: torch.Tensor | None = None, shear: torch.Tensor | None = None) -> torch.Tensor:
     """Move each image of [B, C, H, W] by its own affine map about its centre, bilinear, 0 outside the frame,
-    for the whole batch at once (a sampling grid, then grid_sample); `ops`: how its numbers are computed
-    (AFFINE_OPS).
+    for the whole batch at once (a sampling grid, then grid_sample).
+
+    Every number is computed by ATen's own kernels (the shear's tangent as sin / cos, the sampling grid elementwise),
+    which run under the instruction-set pin with the rest of a step (machine.pin_isa): torch.tan and F.affine_grid
+    would call Intel MKL on a CPU, whose code and last digits follow the CPU's vendor, so a run would not reproduce
+    across Intel and AMD (docs/performance.md).
 
     degrees [B]: rotation, counter-clockwise; translate [B, 2]: shift (x right, y down) in pixels, after the
     rest; scale [B]: zoom factor; shear [B]: shear along x, in degrees. Leaving one out leaves it out. For one
@@ -32,8 +38,6 @@ def affine(images: torch.Tensor, degrees: torch.Tensor, translate: torch.Tensor 
     is torchvision's rotate(img, degrees, bilinear): exactly so with fill=None, and with fill=0 on
     black-bordered images such as MNIST's.
     """
-    if ops not in AFFINE_OPS:
-        raise ValueError(f"ops must be one of {', '.join(AFFINE_OPS)}, got {ops!r}")
     _, _, h, w = images.shape
     rad = torch.deg2rad(degrees.to(images.dtype))
     cos, sin = rad.cos(), rad.sin()
@@ -43,8 +47,7 @@ def affine(images: torch.Tensor, degrees: torch.Tensor, translate: torch.Tensor 
     a, b, c, d = cos, -sin, sin, cos
     if shear is not None:  # Shear^-1 = [[1, tan], [0, 1]] applied after R^-1
         shear = torch.deg2rad(shear.to(images.dtype))
-        # torch.tan runs in MKL's vector math on a CPU, whose results follow the CPU's vendor; sin and cos are ATen's
-        tan = shear.tan() if ops == "mkl" else shear.sin() / shear.cos()
+        tan = shear.sin() / shear.cos()  # torch.tan is MKL's vector math on a CPU; sin and cos are ATen's
         a, b = a + tan * c, b + tan * d
     if scale is not None:
         s = scale.to(images.dtype)
@@ -58,17 +61,14 @@ def affine(images: torch.Tensor, degrees: torch.Tensor, translate: torch.Tensor 
         tx = -(a * t[:, 0] * (2 / w) + b * t[:, 1] * (2 / h))
         ty = -(c * t[:, 0] * (2 / w) + d * t[:, 1] * (2 / h))
     theta = torch.stack([torch.stack([a, b, tx], 1), torch.stack([c, d, ty], 1)], 1)  # [B, 2, 3]
-    return F.grid_sample(images, sampling_grid(theta, images.shape, ops), mode="bilinear", padding_mode="zeros",
+    return F.grid_sample(images, sampling_grid(theta, images.shape), mode="bilinear", padding_mode="zeros",
                          align_corners=False)
 
 
-def sampling_grid(theta: torch.Tensor, shape, ops: str = AFFINE) -> torch.Tensor:
-    """F.affine_grid(theta, shape, align_corners=False): for each output pixel (x, y) of each image, the input point
-    it samples, a x + b y + t for each of its two rows (a, b, t) of theta [B, 2, 3], in [-1, 1] coordinates; computed
-    by F.affine_grid itself (ops "mkl": a batched matrix product, in MKL on a CPU) or elementwise ("aten"), which on a
-    CPU gives exactly what MKL gives on AMD CPUs. Returns [B, H, W, 2]."""
-    if ops == "mkl":
-        return F.affine_grid(theta, list(shape), align_corners=False)
+def sampling_grid(theta: torch.Tensor, shape) -> torch.Tensor:
+    """F.affine_grid(theta, shape, align_corners=False), computed elementwise (affine_grid's batched matrix product is
+    MKL's on a CPU): for each output pixel (x, y) of each image, the input point it samples, a x + b y + t for each of
+    its two rows (a, b, t) of theta [B, 2, 3], in [-1, 1] coordinates. Returns [B, H, W, 2]."""
     h, w = shape[-2:]
     # The pixel centres in [-1, 1], as affine_grid builds them (ATen's linspace_from_neg_one, align_corners=False).
     x = (torch.linspace(-1, 1, w, dtype=theta.dtype, device=theta.device) * (w - 1) / w).view(1, 1, 1, w)
@@ -77,15 +77,14 @@ def sampling_grid(theta: torch.Tensor, shape, ops: str = AFFINE) -> torch.Tensor
     return ((a * x + b * y) + t).permute(0, 2, 3, 1)  # [B, 2, H, W] -> [B, H, W, 2]: (x, y) last, as grid_sample wants
 
 
-def batches(data, batch_size, *, generator=None, degrees=0.0, translate=0.0, scale=0.0, shear=0.0, ops=AFFINE):
+def batches(data, batch_size, *, generator=None, degrees=0.0, translate=0.0, scale=0.0, shear=0.0):
     """Yield (x [B, 1, 28, 28] standardized, y [B]) from (uint8 images [N, 28, 28], labels [N]) on the device.
 
     With a generator: shuffled, and each image moved by its own random affine map (see affine): a
     rotation uniform in ±degrees, a shift uniform in ±translate of the width and of the height, a zoom
     uniform in [1 - scale, 1 + scale] and a shear along x uniform in ±shear degrees; a setting of 0 draws
     nothing. The order and parameters of a whole epoch are drawn at once on the CPU (so a seed gives the
-    same epoch on every device), in that order, and moved in one copy; the rest happens on the device. ops: how the
-    affine map's numbers are computed (AFFINE_OPS).
+    same epoch on every device), in that order, and moved in one copy; the rest happens on the device.
     """
     images, labels = data
     n = len(labels)
@@ -109,5 +108,5 @@ def batches(data, batch_size, *, generator=None, degrees=0.0, translate=0.0, sca
         idx = slice(start, start + batch_size) if order is None else order[start:start + batch_size]
         x = to_unit(images[idx])  # [B, 1, 28, 28]
         if params:  # fill 0 is black: transform before standardizing
-            x = affine(x, **{k: v[start:start + batch_size] for k, v in params.items()}, ops=ops)
+            x = affine(x, **{k: v[start:start + batch_size] for k, v in params.items()})
         yield standardize(x), labels[idx]

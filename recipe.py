@@ -1,82 +1,99 @@
-"""The settings of a run, each with its default in one place (Recipe), and the experiment's runs built from them."""
+"""Every setting of a run, each with its default, range and help in one place (Recipe); the experiment's runs."""
 import math
-from dataclasses import dataclass, fields
+from dataclasses import dataclass, field, fields
 
-import torch
-
-from data import MNIST_SHA256
-from model import NORMS, Net
+from model import NORMS, VALID_GROUPS
 
 PRECISIONS = ("fp32", "bf16")
 L1 = 1e-5  # the L1 weight of the experiment's BN run (LN and GN train without L1)
 
 
+def setting(default, help, kind=float, *, low=None, high=None, low_open=False, choices=None, optional=False):
+    """A Recipe field: its default, what it accepts (a `kind` in [low, high) or (low, high) with low_open, or one of
+    `choices`; None too if `optional`) and its help. The checks and the command line (cli.py) are built from these."""
+    return field(default=default, metadata=dict(help=help, kind=kind, low=low, high=high, low_open=low_open,
+                                                choices=choices, optional=optional))
+
+
+def accepted(f) -> str:
+    """What field `f` accepts, in words: "a number in [0, 1)", "an integer >= 1", "one of BN, LN, GN"."""
+    m = f.metadata
+    if m["choices"]:
+        return "one of " + ", ".join(map(str, m["choices"]))
+    what = "an integer" if m["kind"] is int else "a number"
+    if m["low"] is not None and m["high"] is not None:
+        what += f" in {'(' if m['low_open'] else '['}{m['low']:g}, {m['high']:g})"
+    elif m["low"] is not None:
+        what += f" {'>' if m['low_open'] else '>='} {m['low']:g}"
+    return what
+
+
+def check(f, value):
+    """`value` if field `f` accepts it, else ValueError saying what it accepts."""
+    m = f.metadata
+    if value is None and m["optional"]:
+        return value
+    ok = not isinstance(value, bool) and isinstance(value, (int, float) if m["kind"] is float else m["kind"])
+    if ok and m["choices"]:
+        ok = value in m["choices"]
+    elif ok:
+        above = m["low"] is None or value > m["low"] or (value == m["low"] and not m["low_open"])
+        ok = math.isfinite(value) and above and (m["high"] is None or value < m["high"])
+    if not ok:
+        raise ValueError(f"{f.name} must be {accepted(f)}{' or None' if m['optional'] else ''}, got {value!r}")
+    return value
+
+
 @dataclass(frozen=True)
 class Recipe:
     """Every setting of one run, with its default. A run's JSON config is this plus its data and environment."""
-    norm: str = "BN"          # BN, LN or GN (any case; stored in upper case)
-    groups: int = 2           # groups in every GroupNorm layer (GN only): 1, 2, 5 or 10
-    l1: float = 0.0           # weight of the L1 penalty on the convolution weights
-    dropout: float = 0.0      # after every norm layer (0: none; the recipe search chose none, results/tune/)
-    epochs: int = 20
-    seed: int = 0             # initial weights, dropout masks, batch order and augmentation
-    batch_size: int = 64
-    lr: float = 0.1           # peak learning rate of the one-cycle schedule
-    pct_start: float = 0.15   # the share of the cycle's steps over which the learning rate rises to its peak
-    cycle_epochs: int | None = None  # the one-cycle schedule spans the first cycle_epochs (None: all), then holds its end
-    final_div: float = 1e4    # the cycle ends at lr / 25 / final_div (OneCycleLR's final_div_factor)
-    ema: float = 0.999        # per-step decay of an average of the weights and BN's statistics (0: none); if > 0 the
-                              # averaged model is what is evaluated and saved (torch.optim.swa_utils.AveragedModel)
-    ema_warmup: float = 10.0  # warm the average up: its decay at the n-th update is min(ema, (1 + n) / (ema_warmup + n))
-                              # (TensorFlow's ExponentialMovingAverage with num_updates uses 10); 0: ema from the start
-    clip: float = 0.0         # clip the total norm of the gradient (of the loss + L1) to this before each step (0: never)
-    label_smoothing: float = 0.0  # the loss is cross-entropy against (1 - this) on the label and the rest spread evenly
-    weight_decay: float = 0.0     # SGD's weight decay (L2), on every parameter
-    # pct_start 0.15 and ema 0.999: the schedule search's choice on the validation split (tune.py, results/tune/schedule/)
-    # ema_warmup 10: the guard search's choice on the validation split (tune.py --search guard,
-    # results/tune/guard/)
-    # Augmentation, drawn per image and per epoch: an affine map about the image's centre (see batches, affine).
-    degrees: float = 7.0      # rotation uniform in ±degrees (counter-clockwise positive)
-    translate: float = 0.1    # shift uniform in ±translate of the width (x) and of the height (y)
-    scale: float = 0.1        # zoom by a factor uniform in [1 - scale, 1 + scale]
-    shear: float = 5.0        # shear along x by an angle uniform in ±shear degrees
-    precision: str = "fp32"   # the training forward pass: fp32, or bf16 (bfloat16 autocast)
-    val: int = 0              # if > 0: hold out the last `val` training images and evaluate on them, not the test set
-    limit: int | None = None  # train on only the first `limit` training images
+    norm: str = setting("BN", "the norm layers: BN, LN or GN (any case; stored in upper case)", str, choices=NORMS)
+    groups: int = setting(2, "groups in every GroupNorm layer (GN only)", int, choices=VALID_GROUPS)
+    l1: float = setting(0.0, "weight of the L1 penalty on the convolution weights", low=0)
+    dropout: float = setting(0.0, "dropout after every norm layer (the recipe search chose none, results/tune/)",
+                             low=0, high=1)
+    epochs: int = setting(20, "epochs per run", int, low=1)
+    seed: int = setting(0, "initial weights, dropout masks, batch order and augmentation", int, low=0)
+    batch_size: int = setting(64, "training batch size", int, low=1)
+    lr: float = setting(0.1, "peak learning rate of the one-cycle schedule", low=0, low_open=True)
+    # pct_start 0.15 and ema 0.999: the schedule search's choice on the validation split (studies/recipe_search.py)
+    pct_start: float = setting(0.15, "the share of the cycle's steps over which the learning rate rises to its peak",
+                               low=0, high=1, low_open=True)
+    cycle_epochs: int | None = setting(None, "the one-cycle schedule spans the first N epochs, then holds its end "
+                                       "(None: all epochs)", int, low=1, optional=True)
+    final_div: float = setting(1e4, "the cycle ends at lr / 25 / final_div (OneCycleLR's final_div_factor)", low=0,
+                               low_open=True)
+    ema: float = setting(0.999, "per-step decay of an average of the weights and BN's statistics that is evaluated and "
+                         "saved (torch.optim.swa_utils.AveragedModel); 0: none, the trained weights", low=0, high=1)
+    # ema_warmup 10: the guard search's choice on the validation split (studies/search.py --search guard)
+    ema_warmup: float = setting(10.0, "warm the average up: its decay at update n is min(ema, (1 + n) / (ema_warmup "
+                                "+ n)), as TensorFlow's ExponentialMovingAverage with num_updates; 0: ema from the "
+                                "first update", low=0)
+    clip: float = setting(0.0, "clip the total norm of the gradient (of the loss + L1) to this before each step; "
+                          "0: never", low=0)
+    label_smoothing: float = setting(0.0, "train on cross-entropy against labels smoothed by this; 0: the NLL",
+                                     low=0, high=1)
+    weight_decay: float = setting(0.0, "SGD's weight decay (L2), on every parameter", low=0)
+    # Augmentation, drawn per image and per epoch: an affine map about the image's centre (augment.batches).
+    degrees: float = setting(7.0, "augmentation: rotation uniform in ±degrees (counter-clockwise positive)", low=0)
+    translate: float = setting(0.1, "augmentation: shift uniform in ±translate of the width (x) and of the height (y)",
+                               low=0, high=1)
+    scale: float = setting(0.1, "augmentation: zoom by a factor uniform in [1 - scale, 1 + scale]", low=0, high=1)
+    shear: float = setting(5.0, "augmentation: shear along x by an angle uniform in ±shear degrees", low=0, high=90)
+    precision: str = setting("fp32", "the training forward pass: fp32, or bf16 (bfloat16 autocast)", str,
+                             choices=PRECISIONS)
+    val: int = setting(0, "hold out the last N training images and evaluate on them, not the test set (0: the test "
+                       "set)", int, low=0)
+    limit: int | None = setting(None, "train on only the first N training images (None: all)", int, low=1,
+                                optional=True)
 
     def __post_init__(self):
-        with torch.device("meta"):  # Net's own checks name what is accepted; no memory, no random numbers drawn
-            Net(self.norm, groups=self.groups, dropout=self.dropout)
-        object.__setattr__(self, "norm", self.norm.upper())
-        for name, low in (("epochs", 1), ("seed", 0), ("batch_size", 1), ("val", 0)):
-            value = getattr(self, name)
-            if isinstance(value, bool) or not isinstance(value, int) or value < low:
-                raise ValueError(f"{name} must be an integer >= {low}, got {value!r}")
-        if self.limit is not None and (isinstance(self.limit, bool) or not isinstance(self.limit, int)
-                                       or self.limit < 1):
-            raise ValueError(f"limit must be None or an integer >= 1, got {self.limit!r}")
-        for name, positive in (("l1", False), ("lr", True), ("degrees", False), ("ema_warmup", False), ("clip", False),
-                               ("weight_decay", False)):
-            value = getattr(self, name)
-            if (isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value)
-                    or value < 0 or (positive and value == 0)):
-                raise ValueError(f"{name} must be a finite number {'>' if positive else '>='} 0, got {value!r}")
-        if self.cycle_epochs is not None and (isinstance(self.cycle_epochs, bool) or not isinstance(self.cycle_epochs, int)
-                                              or not 1 <= self.cycle_epochs <= self.epochs):
-            raise ValueError(f"cycle_epochs must be None or an integer in [1, epochs={self.epochs}], got "
-                             f"{self.cycle_epochs!r}")
-        if isinstance(self.pct_start, bool) or not isinstance(self.pct_start, (int, float)) or \
-                not 0 < self.pct_start < 1:
-            raise ValueError(f"pct_start must be a number in (0, 1), got {self.pct_start!r}")
-        if isinstance(self.final_div, bool) or not isinstance(self.final_div, (int, float)) or \
-                not math.isfinite(self.final_div) or self.final_div <= 0:
-            raise ValueError(f"final_div must be a finite number > 0, got {self.final_div!r}")
-        for name, high in (("translate", 1), ("scale", 1), ("shear", 90), ("ema", 1), ("label_smoothing", 1)):
-            value = getattr(self, name)
-            if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 <= value < high:
-                raise ValueError(f"{name} must be a number in [0, {high}), got {value!r}")
-        if self.precision not in PRECISIONS:
-            raise ValueError(f"precision must be one of {PRECISIONS}, got {self.precision!r}")
+        if isinstance(self.norm, str):
+            object.__setattr__(self, "norm", self.norm.upper())
+        for f in fields(self):
+            check(f, getattr(self, f.name))
+        if self.cycle_epochs is not None and self.cycle_epochs > self.epochs:
+            raise ValueError(f"cycle_epochs must be None or at most epochs={self.epochs}, got {self.cycle_epochs!r}")
 
     @property
     def name(self) -> str:
@@ -89,14 +106,8 @@ class Recipe:
 
     @property
     def augmentation(self) -> dict:
-        """The keyword arguments of batches() and train_epoch() that augment the training images."""
+        """The keyword arguments of augment.batches() that augment the training images."""
         return {"degrees": self.degrees, "translate": self.translate, "scale": self.scale, "shear": self.shear}
-
-    @property
-    def step(self) -> dict:
-        """The keyword arguments of train_epoch() and train_step() that shape a training step: its loss, the
-        forward pass's precision and the clip."""
-        return {"l1": self.l1, "label_smoothing": self.label_smoothing, "clip": self.clip, "precision": self.precision}
 
     @property
     def label(self) -> str:
@@ -108,33 +119,17 @@ class Recipe:
 
     @classmethod
     def from_config(cls, config):
-        """The recipe of a run's JSON config. A setting that an older file does not record is what such runs
-        used: UNRECORDED's value, else the default; the split, which such files give as image counts."""
+        """The recipe of a run's JSON config (a setting it does not record is the default: the record of the recipe
+        searches' runs predates some settings, which docs/experiments.md names)."""
         known = {f.name for f in fields(cls)}
-        settings = {**UNRECORDED, **{k: v for k, v in config.items() if k in known}}
-        if "val" not in config and config.get("eval_split", "test") != "test":
-            settings["val"] = config["eval_images"]
-        if "limit" not in config and "train_images" in config:
-            full = MNIST_SHA256["train"][0] - settings.get("val", 0)
-            settings["limit"] = config["train_images"] if config["train_images"] < full else None
-        return cls(**settings)
-
-
-# The learning-rate schedule of every run before the schedule search (results/v2/, results/v1/, results/tune/,
-# results/batch_size/): one cycle over all epochs, peaking after 30% of it, and no average of the weights.
-FIRST_SCHEDULE = {"pct_start": 0.3, "cycle_epochs": None, "final_div": 1e4, "ema": 0.0}
-# The settings that the guard search (tune.py --search guard) added, as every run before it had them: no warm-up of
-# the average, no clip, the NLL itself, no weight decay.
-BEFORE_GUARD = {"ema_warmup": 0.0, "clip": 0.0, "label_smoothing": 0.0, "weight_decay": 0.0}
-# What runs whose files do not record these settings trained with (the files predate the settings).
-UNRECORDED = {"degrees": 7.0, "translate": 0.0, "scale": 0.0, "shear": 0.0, **FIRST_SCHEDULE, **BEFORE_GUARD}
+        return cls(**{k: v for k, v in config.items() if k in known})
 
 
 def experiment(norms=NORMS, seeds=(0,), *, l1=L1, groups=Recipe.groups, **settings):
     """The experiment's recipes, by norm then seed: L1 on the BN run only, `groups` on the GN run only (BN and LN
     have no groups); `settings` (Recipe fields) for all."""
-    return [Recipe(norm, l1=l1 if norm.upper() == "BN" else 0.0, groups=groups if norm.upper() == "GN" else Recipe.groups,
-                   seed=seed, **settings)
+    return [Recipe(norm, l1=l1 if norm.upper() == "BN" else 0.0,
+                   groups=groups if norm.upper() == "GN" else Recipe.groups, seed=seed, **settings)
             for norm in norms for seed in seeds]
 
 
@@ -154,7 +149,8 @@ def settings_folder(recipe) -> str:
     for f in fields(Recipe):
         value = getattr(recipe, f.name)
         if f.name not in NAMED and value != getattr(default, f.name):
-            parts.append(value if isinstance(value, str) else f"{f.name}{'all' if value is None else format(value, 'g')}")
+            shown = value if isinstance(value, str) else "all" if value is None else format(value, "g")
+            parts.append(shown if isinstance(value, str) else f"{f.name}{shown}")
     return "_".join(parts)
 
 

@@ -10,6 +10,9 @@ from files import sha256_file
 from model import Net
 from recipe import label
 
+ROOT = os.path.dirname(os.path.abspath(__file__))  # the repository: its results/, weights/ and static/ are committed
+RUNS = os.path.join(ROOT, "runs")  # where runs are trained by default: a folder of the user's, ignored by git
+
 
 class SettingsClash(ValueError):
     """A run's files on disk were written with other settings than the run asked for now."""
@@ -74,7 +77,8 @@ def read_record(path, own=None):
     missing = [k for k, kind in (("name", str), ("config", dict), ("history", list))
                if not isinstance(record, dict) or not isinstance(record.get(k), kind)]
     if missing:
-        raise RecordError(f"{shown(path)} is not a results file: a run's JSON has \"name\", \"config\" and \"history\", "
+        raise RecordError(f"{shown(path)} is not a results file: a run's JSON has \"name\", \"config\" and "
+                          f"\"history\", "
                           f"and this one lacks {', '.join(repr(k) for k in missing)} or has another type there; "
                           f"{how_to_restore(path, own)}")
     bad = [i + 1 for i, e in enumerate(record["history"]) if not isinstance(e, dict) or "test_acc" not in e]
@@ -91,7 +95,8 @@ def load_torch(path, device="cpu", what="checkpoint"):
         return torch.load(path, map_location=device, weights_only=True)
     except Exception as e:  # truncated, not a torch file, or not data only: all mean the file is unusable
         # (torch's own message suggests weights_only=False, which would run code from the file: not repeated here)
-        raise RecordError(f"{shown(path)} cannot be read as a {what} ({type(e).__name__}: it is truncated, or not a file "
+        raise RecordError(f"{shown(path)} cannot be read as a {what} ({type(e).__name__}: it is truncated, or not a "
+                          f"file "
                           f"that a run wrote); {how_to_restore(path)}") from None
 
 
@@ -162,6 +167,19 @@ def summarize(records):
             row[f"{key}_mean"], row[f"{key}_std"] = float(np.mean(values)), float(np.std(values))
         rows.append(row)
     return rows
+
+
+def format_histories(records):
+    """Each run's epochs together, run by run (runs trained side by side interleave their log lines): its label and
+    seed, then a line per epoch."""
+    lines = []
+    for recs in records.values():
+        for r in recs:
+            lines.append(f"{label(r)}, seed {r['config']['seed']}:")
+            lines.append(f"  {'epoch':>5} {'train loss':>10} {'train acc %':>11} {'test loss':>9} {'test acc %':>10}")
+            lines += [f"  {e['epoch']:>5} {e['train_loss']:>10.4f} {e['train_acc']:>11.2f} {e['test_loss']:>9.4f} "
+                      f"{e['test_acc']:>10.2f}" for e in r["history"]]
+    return "\n".join(lines)
 
 
 def format_summary(records):

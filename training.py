@@ -6,9 +6,7 @@ import torch
 import torch.nn.functional as F
 from tqdm.auto import tqdm
 
-from augment import AFFINE, batches
-from data import standardize, to_unit
-from recipe import PRECISIONS
+from augment import batches, to_input
 
 
 def l1_penalty(model) -> torch.Tensor:
@@ -18,48 +16,46 @@ def l1_penalty(model) -> torch.Tensor:
 
 
 def autocast(precision, device):
-    """The context the forward pass runs in: nothing for fp32; for bf16, autocast to bfloat16
+    """The context the forward pass runs in: nothing for fp32; for bf16 (Recipe.precision), autocast to bfloat16
     (convolutions in bfloat16; weights, gradients, the optimizer and the norms' statistics stay fp32)."""
-    if precision not in PRECISIONS:
-        raise ValueError(f"precision must be one of {PRECISIONS}, got {precision!r}")
     if precision == "fp32":
         return contextlib.nullcontext()
     return torch.autocast(device.type, dtype=torch.bfloat16)
 
 
-def train_step(model, optimizer, x, y, *, l1=0.0, precision="fp32", scheduler=None, clip=0.0, label_smoothing=0.0):
-    """One step: forward (in `precision`), the loss + l1 * Σ|w|, backward, the gradient's total norm clipped to `clip`
-    (0: not clipped), update, schedule. The loss is the NLL, or with label_smoothing > 0 the cross-entropy against
-    labels smoothed by it. Returns (output, NLL, the gradient's total norm before clipping)."""
-    with autocast(precision, x.device):
+def train_step(model, optimizer, x, y, recipe, scheduler=None):
+    """One step of `recipe` (a recipe.Recipe): forward (in recipe.precision), the loss + l1 * Σ|w|, backward, the
+    gradient's total norm clipped to recipe.clip (0: not clipped), update, schedule. The loss is the NLL, or with
+    label_smoothing > 0 the cross-entropy against labels smoothed by it. Returns (output [B, 10], NLL, the gradient's
+    total norm before clipping)."""
+    with autocast(recipe.precision, x.device):
         out = model(x)  # [B, 10] log-probabilities
     loss = F.nll_loss(out.float(), y)  # the loss in fp32 whatever the forward pass ran in
-    if label_smoothing:  # cross_entropy's log_softmax leaves log-probabilities as they are (their logsumexp is 0)
-        smoothed = F.cross_entropy(out.float(), y, label_smoothing=label_smoothing)
-    objective = smoothed if label_smoothing else loss
-    objective = objective + l1 * l1_penalty(model) if l1 else objective
+    objective = loss
+    if recipe.label_smoothing:  # cross_entropy's log_softmax leaves log-probabilities as they are (logsumexp 0)
+        objective = F.cross_entropy(out.float(), y, label_smoothing=recipe.label_smoothing)
+    if recipe.l1:
+        objective = objective + recipe.l1 * l1_penalty(model)
     optimizer.zero_grad(set_to_none=True)
     objective.backward()
     grads = [p.grad for p in model.parameters() if p.grad is not None]
     # Reading the norm changes no gradient; clipping scales every gradient by clip / norm where the norm is larger.
-    norm = torch.nn.utils.clip_grad_norm_(model.parameters(), clip) if clip else torch.nn.utils.get_total_norm(grads)
+    norm = torch.nn.utils.clip_grad_norm_(model.parameters(), recipe.clip) if recipe.clip else \
+        torch.nn.utils.get_total_norm(grads)
     optimizer.step()
     if scheduler is not None:
         scheduler.step()
     return out, loss, norm
 
 
-def train_epoch(model, data, optimizer, *, batch_size, generator, scheduler=None, l1=0.0, degrees=7.0,
-                translate=0.0, scale=0.0, shear=0.0, progress=True, precision="fp32", averaged=None, affine_ops=AFFINE,
-                clip=0.0, label_smoothing=0.0):
-    """One epoch over data = (images, labels) on the model's device, augmented as batches() says. Returns
-    (loss, accuracy %, the gradient's total norm at each step [steps], before clipping to `clip`).
+def train_epoch(model, data, optimizer, recipe, *, generator, scheduler=None, averaged=None, progress=True):
+    """One epoch of `recipe` over data = (images, labels) on the model's device, in batches of recipe.batch_size
+    augmented as recipe says (augment.batches, drawn from `generator`). Returns (loss, accuracy %, the gradient's
+    total norm at each step [steps], before clipping).
 
-    The loss minimized is NLL (or with label_smoothing, cross-entropy against smoothed labels) + l1 * Σ|w| (see
-    l1_penalty); the loss returned is the mean NLL (of the model trained, not of `averaged`), so runs with and
-    without L1 or smoothing compare. `scheduler` steps after every batch, and
-    `averaged` (a torch.optim.swa_utils.AveragedModel of `model`) takes in the weights after every step.
-    affine_ops: how the augmentation's affine maps are computed (augment.AFFINE_OPS).
+    The loss returned is the mean NLL (of the model trained, not of `averaged`), so runs with and without L1 or
+    smoothing compare. `scheduler` steps after every batch, and `averaged` (a torch.optim.swa_utils.AveragedModel of
+    `model`) takes in the weights after every step.
     """
     model.train()
     n = len(data[1])
@@ -67,10 +63,8 @@ def train_epoch(model, data, optimizer, *, batch_size, generator, scheduler=None
     correct = torch.zeros((), dtype=torch.long, device=data[1].device)
     seen, norms = 0, []
     bar = tqdm(total=n, unit="img", leave=False, disable=not progress, mininterval=0.5)
-    for step, (x, y) in enumerate(batches(data, batch_size, generator=generator, degrees=degrees,
-                                     translate=translate, scale=scale, shear=shear, ops=affine_ops)):
-        out, loss, norm = train_step(model, optimizer, x, y, l1=l1, precision=precision, scheduler=scheduler,
-                                     clip=clip, label_smoothing=label_smoothing)
+    for step, (x, y) in enumerate(batches(data, recipe.batch_size, generator=generator, **recipe.augmentation)):
+        out, loss, norm = train_step(model, optimizer, x, y, recipe, scheduler)
         norms.append(norm.detach())
         if averaged is not None:
             averaged.update_parameters(model)
@@ -100,7 +94,7 @@ def predict(model, images, batch_size=2000, *, batch_stats=False) -> torch.Tenso
                 m.train()
     device = next(model.parameters()).device
     chunks = (images[i:i + batch_size].to(device) for i in range(0, len(images), batch_size))
-    return torch.cat([model(standardize(to_unit(chunk))) for chunk in chunks])
+    return torch.cat([model(to_input(chunk)) for chunk in chunks])
 
 
 def evaluate(model, data, batch_size=2000, *, batch_stats=False):

@@ -1,6 +1,6 @@
-"""Resumable runs: train a recipe with a checkpoint after every epoch, many at once in worker processes, or load finished
-ones. What the notebook calls; the parts it uses live in recipe.py, data.py, augment.py, training.py, records.py,
-machine.py and figures.py."""
+"""Resumable runs: train a recipe with a checkpoint after every epoch, many at once in worker processes, or load
+finished ones. What the notebook and train.py call: a Recipe -> utils.run -> training.train_epoch -> augment.batches
+-> model.Net."""
 import math
 import multiprocessing
 import os
@@ -14,18 +14,25 @@ from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
 from tqdm.auto import tqdm
 
 import machine
-from augment import AFFINE, AFFINE_BEFORE_RECORD, AFFINE_OPS
 from data import DataError, select
 from files import save_torch, sha256_file, write_json
 from model import Net
 from recipe import Recipe, experiment_folder
-from records import (RecordError, how_to_restore, is_finished, load_torch, load_weights, read_json, read_record,
-                     run_paths, settings_clash, shown)
+from records import (
+    ROOT,
+    RUNS,
+    RecordError,
+    how_to_restore,
+    is_finished,
+    load_torch,
+    load_weights,
+    read_json,
+    read_record,
+    run_paths,
+    settings_clash,
+    shown,
+)
 from training import evaluate, train_epoch
-
-REPOSITORY = os.path.dirname(os.path.abspath(__file__))  # its results/, weights/ and static/ hold the committed runs
-RUNS = os.path.join(REPOSITORY, "runs")  # where runs are trained by default: a folder of the user's, ignored by git
-
 
 LOG_HEADER = (f"{'run':<10} {'epoch':>5} {'train_loss':>10} {'train_acc':>9} {'test_loss':>9} {'test_acc':>8} "
               f"{'lr':>8} {'sec':>6}")
@@ -45,7 +52,8 @@ def run_config(recipe, train, test, device):
     """A run's JSON config: the recipe, its data, a description of the optimizer and the environment."""
     lr, cycle = recipe.lr, recipe.cycle_epochs or recipe.epochs
     schedule = (f"OneCycleLR(max_lr={lr}, stepped per batch): lr {lr / 25:g} -> {lr:g} over the first "
-                f"{100 * recipe.pct_start:g}%, then cosine to {lr / 25 / recipe.final_div:.1e}; momentum 0.95 -> 0.85 -> 0.95")
+                f"{100 * recipe.pct_start:g}%, then cosine to {lr / 25 / recipe.final_div:.1e}; "
+                "momentum 0.95 -> 0.85 -> 0.95")
     if cycle < recipe.epochs:
         schedule += f"; the cycle spans epochs 1-{cycle}, then lr and momentum stay at its end"
     if recipe.clip:
@@ -69,18 +77,6 @@ def run_config(recipe, train, test, device):
             # the CPU's model and vendor: even pinned to AVX2, runs have been measured to differ across vendors
             "cpu": machine.cpu_name() if device.type == "cpu" else None,
             "threads": torch.get_num_threads()}
-
-
-def arithmetic(affine_ops, device):
-    """What a run's numbers depend on besides its recipe, instruction set and CPU, for its config: how the
-    augmentation's affine maps are computed (augment.AFFINE_OPS) and, on a CPU, whether Intel MKL, whose code follows
-    the CPU's vendor, computes in a step, and in which of its branches."""
-    if affine_ops not in AFFINE_OPS:
-        raise ValueError(f"affine_ops must be one of {', '.join(AFFINE_OPS)}, got {affine_ops!r}")
-    mkl = None
-    if device.type == "cpu":
-        mkl = machine.mkl_branch() if affine_ops == "mkl" else "no result of a step depends on it"
-    return {"affine_ops": affine_ops, "mkl": mkl}
 
 
 def describe_augmentation(recipe):
@@ -167,7 +163,7 @@ def ema_update(decay, warmup=0.0):
 
 
 def run(recipe, data, *, device, out=RUNS, folder="", name=None, batch_stats=False, progress=True, fresh=False,
-        log=tqdm.write, stop_after=None, affine_ops=None):
+        log=tqdm.write, stop_after=None, threads=1):
     """Train one Net from scratch by `recipe` on data = (train, test) and evaluate after every epoch.
 
     SGD with Nesterov momentum and PyTorch's one-cycle schedule (stepped every batch): the learning
@@ -181,14 +177,28 @@ def run(recipe, data, *, device, out=RUNS, folder="", name=None, batch_stats=Fal
 
     Resumes: a run whose JSON holds every epoch is finished and only loaded (its model is None if its
     weights file is missing: runs from before weights were kept); an unfinished run continues from its
-    checkpoint, and on a CPU with the same thread count ends bit-identical to an uninterrupted run. Files written with other settings raise SettingsClash;
+    checkpoint, and on a CPU with the same thread count ends bit-identical to an uninterrupted run. Files written with
+    other settings raise SettingsClash;
     fresh=True deletes them and starts over. batch_stats=True (BN only) also records
     test_loss_batch_stats and test_acc_batch_stats (see predict). log: prints one line (what the run did, each epoch).
     stop_after: stop after that epoch, as an interruption would (the checkpoint stays; no weights yet).
-    affine_ops: how the augmentation's affine maps are computed (augment.AFFINE_OPS); by default augment.AFFINE, and a
-    resumed run keeps its checkpoint's ("mkl" where the checkpoint predates the record), so that it stays bit for bit
-    what an uninterrupted run would give. Returns (model, record).
+    threads: on a CPU, the run computes with this many threads (restored afterwards). A run's last digits depend on
+    its thread count, so every run has one by default, however many run at once: the committed runs did.
+    Returns (model, record).
     """
+    if device.type != "cpu":
+        return _run(recipe, data, device=device, out=out, folder=folder, name=name, batch_stats=batch_stats,
+                    progress=progress, fresh=fresh, log=log, stop_after=stop_after)
+    before = torch.get_num_threads()
+    torch.set_num_threads(threads)
+    try:
+        return _run(recipe, data, device=device, out=out, folder=folder, name=name, batch_stats=batch_stats,
+                    progress=progress, fresh=fresh, log=log, stop_after=stop_after)
+    finally:
+        torch.set_num_threads(before)
+
+
+def _run(recipe, data, *, device, out, folder, name, batch_stats, progress, fresh, log, stop_after):
     name = name or recipe.name
     paths = run_paths(out, folder, name, recipe.seed)
     train, test = (tuple(t.to(device) for t in pair) for pair in select(data, recipe))
@@ -221,12 +231,8 @@ def run(recipe, data, *, device, out=RUNS, folder="", name=None, batch_stats=Fal
     if os.path.exists(paths["checkpoint"]):
         state = load_torch(paths["checkpoint"], device)
         clash = differences(state["config"], config, RECIPE_KEYS + ["threads", "device"])
-        started = state["config"].get("affine_ops", AFFINE_BEFORE_RECORD)
-        if affine_ops not in (None, started):
-            clash = "; ".join(filter(None, [clash, f"affine_ops {started!r} there, {affine_ops!r} now"]))
         if clash:
             raise settings_clash(paths["checkpoint"], clash, "resume it with those settings, or ")
-        affine_ops = started
         try:
             model.load_state_dict(state["model"])
             optimizer.load_state_dict(state["optimizer"])
@@ -241,35 +247,34 @@ def run(recipe, data, *, device, out=RUNS, folder="", name=None, batch_stats=Fal
                               f"{str(e).splitlines()[0][:200]}); {how_to_restore(paths['checkpoint'])}") from None
         done = len(record["history"])
         log(f"{name:<10} resuming after epoch {done} from {shown(paths['checkpoint'])}")
-        config.update(arithmetic(affine_ops, device))
-        for key in ("hardware", "isa", "cpu", "mkl"):
+        for key in ("hardware", "isa", "cpu"):
             if key not in state["config"] and config[key]:  # a checkpoint from before the key was recorded
                 config[key] = f"not recorded until epoch {done}, then {config[key]}"
                 continue
             before = state["config"].get(key)
             if before and before != config[key] and not before.endswith(f"then {config[key]}"):
                 # Another kind of processor (or instruction set) picks other kernels, so the rest of the run's numbers
-                # differ in the last digits from what the first would have given: the record says which epochs ran where.
+                # differ in the last digits from what the first would have given: the record says which epochs ran
+                # where.
                 log(f"{name:<10} note: epochs 1-{done} ran on {before}, the rest runs on {config[key]}")
                 config[key] = f"{before} until epoch {done}, then {config[key]}"
             elif before:
                 config[key] = before
     else:
-        config.update(arithmetic(affine_ops or AFFINE, device))
         log(f"{name:<10} training from scratch, writing {shown(paths['results'])}")
     write_json(paths["results"], record)
     for epoch in range(len(record["history"]) + 1, min(recipe.epochs, stop_after or recipe.epochs) + 1):
         start = time.perf_counter()
         lr_now = optimizer.param_groups[0]["lr"]
-        train_loss, train_acc, norms = train_epoch(
-            model, train, optimizer, batch_size=recipe.batch_size, generator=generator,
-            scheduler=scheduler if epoch <= cycle else None, progress=progress, averaged=averaged,
-            affine_ops=config["affine_ops"], **recipe.step, **recipe.augmentation)
+        train_loss, train_acc, norms = train_epoch(model, train, optimizer, recipe, generator=generator,
+                                                   scheduler=scheduler if epoch <= cycle else None,
+                                                   averaged=averaged, progress=progress)
         test_loss, test_acc = evaluate(evaluated, test)
         seconds = time.perf_counter() - start
         entry = {"epoch": epoch, "train_loss": train_loss, "train_acc": train_acc, "test_loss": test_loss,
                  "test_acc": test_acc, "lr": lr_now, "seconds": seconds,
-                 # the gradient's total norm over the epoch's steps, before any clipping: how close a run came to diverging
+                 # the gradient's total norm over the epoch's steps, before any clipping: how close a run came to
+                 # diverging
                  "grad_norm_median": norms.median().item(), "grad_norm_max": norms.max().item()}
         if batch_stats:  # after the timing, so that seconds stays comparable between runs
             entry["test_loss_batch_stats"], entry["test_acc_batch_stats"] = \
@@ -316,8 +321,9 @@ def _worker_run(recipe, data, device, kw, lines):
 def run_experiments(recipes, data, *, device, out=RUNS, folder=None, jobs=1, names=None, batch_stats=False,
                     progress=True, fresh=False, log="invocations.json", stop_after=None):
     """run() every recipe (finished runs are loaded, unfinished ones resume), in this process or, with
-    jobs > 1, in that many worker processes (one CPU thread each on a CPU; on a GPU, runs always go one after
-    another in this process). names: the runs' names if not their recipes'; folder: under OUT/results/ etc.,
+    jobs > 1, in that many worker processes (on a GPU, runs always go one after another in this process). On a CPU
+    every run computes with one thread either way, so its numbers do not depend on `jobs`. names: the runs' names if
+    not their recipes'; folder: under OUT/results/ etc.,
     by default the recipes' settings folder (experiment_folder); batch_stats: for the BN runs (see run).
     A user's error in a worker (settings, files) is raised here as itself, without the worker's traceback.
 
@@ -372,8 +378,7 @@ def run_experiments(recipes, data, *, device, out=RUNS, folder=None, jobs=1, nam
             except USER_ERRORS as e:
                 # A user's error (settings, a file): its message alone, without the worker's traceback that
                 # multiprocessing chains to it (a bug's error keeps it).
-                e.__cause__, e.__suppress_context__ = None, True
-                raise e.with_traceback(None)
+                raise e.with_traceback(None) from None
             pool.close()
         except BaseException:  # Ctrl-C or an error: stop the other runs now; their finished epochs are kept
             pool.terminate()
@@ -389,8 +394,8 @@ def run_experiments(recipes, data, *, device, out=RUNS, folder=None, jobs=1, nam
             invocations = read_json(log_path, "log of invocations")
         invocations["invocations"].append({
             "runs_planned": len(recipes), "runs_trained": todo, "runs": sorted(set(names)), "jobs": jobs,
-            "device": str(device), "cpus": os.cpu_count(), "threads": 1 if jobs > 1 and device.type == "cpu" else
-            torch.get_num_threads(), "wall_seconds": time.perf_counter() - start})
+            "device": str(device), "cpus": os.cpu_count(), "threads": 1 if device.type == "cpu" else None,
+            "wall_seconds": time.perf_counter() - start})
         write_json(log_path, invocations)
     records, models = {}, {}
     for recipe, record in zip(recipes, done):
@@ -404,7 +409,7 @@ def run_experiments(recipes, data, *, device, out=RUNS, folder=None, jobs=1, nam
     return records, models
 
 
-def load_experiment(recipes, out=REPOSITORY):
+def load_experiment(recipes, out=ROOT):
     """(records, models) as run_experiments returns them, read from finished runs under `out` (by default the
     repository's committed runs) in the recipes' settings folder, without training: for showing them in seconds."""
     records, models = {}, {}
@@ -412,7 +417,7 @@ def load_experiment(recipes, out=REPOSITORY):
     for recipe in recipes:
         paths = run_paths(out, folder, recipe.name, recipe.seed)
         if not os.path.exists(paths["results"]):
-            committed = "" if os.path.abspath(out) != REPOSITORY else (
+            committed = "" if os.path.abspath(out) != ROOT else (
                 " (the committed runs are seeds 0 to 9 of the default settings: show those, or train these)")
             raise FileNotFoundError(f"{paths['results']} does not exist{committed}")
         record = read_record(paths["results"])

@@ -10,10 +10,6 @@ Comparisons (--compare, any of):
   precision   fp32 against bf16 autocast (our pipeline, as malloc)
   isa         the CPU's native instruction set against kernels pinned to AVX2 (machine.pin_isa, train.py's default);
               one epoch of BN + L1 on the 60,000 training images plus the evaluation, as pipeline
-  affine      the augmentation's affine maps computed in Intel MKL (torch.tan and F.affine_grid, as every run before
-              affine_ops was recorded) against ATen's own operations (augment.AFFINE, the default); as isa
-  cbwr        the affine maps in MKL, left to choose its code for this CPU, against MKL pinned to its COMPATIBLE
-              branch (MKL_CBWR=COMPATIBLE in the process's environment); as isa
   experiment  the whole `python train.py` (BN + L1, LN and GN) with --jobs 1 against --jobs 2; wall seconds of the
               process, for --experiment-epochs epochs
   before      the whole `python train.py` of another checkout (--before DIR, e.g. a `git worktree` of an older
@@ -34,16 +30,18 @@ import time
 import torch
 
 import machine
+from augment import MEAN, STD
 from benchmarks import pipeline
-from cli import ROOT
-from model import Net
-from augment import AFFINE
-from data import MEAN, STD, load_mnist, select
+from data import load_mnist, select
 from files import write_json
+from model import Net
 from recipe import L1, Recipe
+from records import ROOT
+from studies.tables import load_json
 from training import evaluate, train_epoch
 
-COMPARISONS = ("malloc", "pipeline", "precision", "isa", "affine", "cbwr", "experiment", "before")
+ISA_NAMES = {"avx2": "AVX2", "avx512": "AVX-512"}  # ATen's capability names, as the docs write them
+COMPARISONS = ("malloc", "pipeline", "precision", "isa", "experiment", "before")
 
 
 def epochs_in_this_process(spec, data_root):
@@ -64,9 +62,7 @@ def epochs_in_this_process(spec, data_root):
         generator = torch.Generator().manual_seed(0)
         for _ in range(spec["epochs"]):
             start = time.perf_counter()
-            train_epoch(model, train, optimizer, batch_size=recipe.batch_size, generator=generator, l1=recipe.l1,
-                        progress=False, precision=recipe.precision, affine_ops=spec.get("affine_ops", AFFINE),
-                        **recipe.augmentation)
+            train_epoch(model, train, optimizer, recipe, generator=generator, progress=False)
             evaluate(model, test)
             seconds.append(time.perf_counter() - start)
         return seconds
@@ -96,7 +92,7 @@ def fresh_epochs(spec, args):
     """Epoch seconds of `spec` measured in a new Python process."""
     cmd = [sys.executable, "-m", "benchmarks.end_to_end", "--child", json.dumps(spec), "--data", args.data]
     # MKL reads MKL_CBWR at its first call: the child's environment sets it before anything runs
-    env = {**os.environ, **({"MKL_CBWR": spec["mkl_cbwr"]} if spec.get("mkl_cbwr") else {})}
+    env = dict(os.environ)
     done = subprocess.run(cmd, capture_output=True, text=True, cwd=ROOT, env=env)
     if done.returncode != 0:
         raise RuntimeError(f"{' '.join(cmd)} failed:\n{done.stderr[-2000:]}")
@@ -108,13 +104,6 @@ def isa_of_a_fresh_process(pin):
     code = f"import machine; print(machine.pin_isa({pin}))"
     return subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT,
                           check=True).stdout.strip()
-
-
-def mkl_branch_of_a_fresh_process(cbwr):
-    """machine.mkl_branch() of a new process with MKL_CBWR=`cbwr` in its environment (None: unset)."""
-    env = {k: v for k, v in os.environ.items() if k != "MKL_CBWR"} | ({"MKL_CBWR": cbwr} if cbwr else {})
-    return subprocess.run([sys.executable, "-c", "import machine; print(machine.mkl_branch())"], capture_output=True,
-                          text=True, cwd=ROOT, check=True, env=env).stdout.strip()
 
 
 def isa_entries(isa):
@@ -182,6 +171,57 @@ def parse_args(argv=None):
     return args
 
 
+def cpu_of(entry):
+    """The CPU a benchmark entry was measured on, from its device description ("cpu: NAME, 2 logical CPUs, ...")."""
+    return entry["device"].split(",")[0].removeprefix("cpu: ")
+
+
+def end_to_end_table(results):
+    """results/end_to_end.json (benchmarks/end_to_end.py): each comparison's two settings in fresh processes."""
+    e = load_json(results, "end_to_end.json")
+    if e is None:
+        return "(no results/end_to_end.json yet: `python -m benchmarks.end_to_end`)"
+    lines = ["| what is timed (fresh processes, alternating) | CPU | A | A seconds | B | B seconds | A / B |",
+             "|---|---|---|---|---|---|---|"]
+    row = lambda what, a, sa, b, sb: lines.append(f"| {what} | {cpu_of(entry)} | {a} | {sa:.1f} | {b} | {sb:.1f} | "
+                                                  f"**{sa / sb:.2f}** |")
+    if "malloc" in e:
+        m = entry = e["malloc"]
+        for key in sorted(k for k in m if k.endswith("_threads")):
+            row(f"a BN + L1 epoch on {m['settings']['limit']:,} images + test, {key.split('_')[0]} thread(s)",
+                "glibc default", m[key]["default_seconds"], "`machine.tune_malloc()`", m[key]["tuned_seconds"])
+    if "pipeline" in e:
+        p = entry = e["pipeline"]
+        row(f"a BN + L1 epoch on 60,000 images + test, {p['settings']['threads']} threads",
+            f"conventional (`DataLoader`, {p['specs']['conventional']['workers']} workers, PIL transforms, glibc "
+            f"default)", p["conventional_seconds"], "ours (train.py's defaults)", p["ours_seconds"])
+    if "precision" in e:
+        p = entry = e["precision"]
+        row(f"a BN + L1 epoch on {p['specs']['fp32']['limit'] or 60000:,} images + test, "
+            f"{p['settings']['threads']} threads", "fp32", p["fp32_seconds"], "bf16 autocast", p["bf16_seconds"])
+    for kind, p in sorted(isa_entries(e.get("isa")).items()):  # one row per kind of CPU measured
+        used, entry = p["isa_in_use"], p
+        row(f"a BN + L1 epoch on 60,000 images + test, {p['settings']['threads']} threads, on a CPU whose own is "
+            f"{ISA_NAMES.get(kind, kind)}", f"the CPU's own (`--native-isa`: {used['native']})", p["native_seconds"],
+            f"pinned to AVX2 (the default: {used['avx2']})", p["avx2_seconds"])
+    if "experiment" in e:
+        x = entry = e["experiment"]
+        row(f"`{x['settings']['command']}`, whole process", "--jobs 1 (at the time: one process, all threads)",
+            x["jobs1_seconds"], "--jobs 2 (two processes, one thread each)", x["jobs2_seconds"])
+    if "before" in e:
+        x = entry = e["before"]
+        row(f"`{x['settings']['command']}`, whole process, defaults", f"commit {x['before_commit']}",
+            x["before_seconds"], "this code", x["after_seconds"])
+    some = next((v for v in e.values() if isinstance(v, dict) and "device" in v), None)
+    if some is None:
+        return "(no comparison in results/end_to_end.json yet: `python -m benchmarks.end_to_end`)"
+    repeats = sorted({v["settings"]["repeats"] for v in e.values() if isinstance(v, dict) and "settings" in v})
+    lines += ["", f"`results/end_to_end.json`: {'/'.join(map(str, repeats))} processes per setting, alternating which "
+                  f"goes first; epoch times are medians with each process's first epoch left out, whole runs medians "
+                  f"of wall time; 2 logical CPUs; PyTorch {some['versions']['torch']}."]
+    return "\n".join(lines)
+
+
 def main(argv=None):
     args = parse_args(argv)
     if args.child:
@@ -209,18 +249,12 @@ def main(argv=None):
                 entry[f"{t}_threads"] = {"default_seconds": med["default"], "tuned_seconds": med["tuned"],
                                          "speedup": med["default"] / med["tuned"], "samples_epoch_seconds": runs}
             result["malloc"] = {**entry, "settings": {**settings, "limit": args.limit}, **env}
-        elif what in ("pipeline", "precision", "isa", "affine", "cbwr"):
+        elif what in ("pipeline", "precision", "isa"):
             if what == "pipeline":
                 specs = {"conventional": {**base, "pipeline": "conventional", "malloc": False, "limit": None},
                          "ours": {**base, "limit": None}}
             elif what == "isa":
                 specs = {"native": {**base, "isa": "native", "limit": None}, "avx2": {**base, "limit": None}}
-            elif what == "affine":
-                specs = {"mkl": {**base, "affine_ops": "mkl", "limit": None},
-                         "aten": {**base, "affine_ops": "aten", "limit": None}}
-            elif what == "cbwr":
-                mkl = {**base, "affine_ops": "mkl", "limit": None}
-                specs = {"mkl": mkl, "mkl_compatible": {**mkl, "mkl_cbwr": "COMPATIBLE"}}
             else:
                 specs = {"fp32": base, "bf16": {**base, "precision": "bf16"}}
             if args.quick:
@@ -236,9 +270,6 @@ def main(argv=None):
                 entry["isa_in_use"] = {n: isa_of_a_fresh_process(n == "avx2") for n in specs}
                 result[what] = {**isa_entries(result.get(what)), machine.parts(entry["isa_in_use"]["native"])[0]: entry}
             else:
-                if what == "cbwr":
-                    entry["mkl_branch"] = {n: mkl_branch_of_a_fresh_process(spec.get("mkl_cbwr"))
-                                           for n, spec in specs.items()}
                 result[what] = entry
         elif what == "before":
             with tempfile.TemporaryDirectory() as folder:
@@ -264,7 +295,7 @@ def main(argv=None):
                                         + (f" --limit {args.limit}" if args.quick else ""),
                              "repeats": args.repeats, "order": settings["order"], "statistic": "median wall time"}}
         write_json(args.out, result)
-    brief = lambda v: {k: brief(vv) if isinstance(vv, dict) and k not in ("isa_in_use", "mkl_branch") else vv
+    brief = lambda v: {k: brief(vv) if isinstance(vv, dict) and k != "isa_in_use" else vv
                        for k, vv in v.items()
                        if "speedup" in k or k.endswith("seconds") or (isinstance(vv, dict) and "speedup" in vv)}
     print(json.dumps({k: brief(v) for k, v in result.items() if isinstance(v, dict)}, indent=1))

@@ -16,10 +16,11 @@ import torch
 
 import cli
 import machine
+from augment import batches, to_input
 from benchmarks import pipeline
-from augment import batches
-from data import load_mnist, standardize, to_unit
+from data import load_mnist
 from files import write_json
+from studies.tables import load_json
 from training import evaluate
 
 
@@ -90,13 +91,39 @@ def eval_img_s(model, test, batch_size, no_grad):
         model.eval()
         with torch.no_grad():
             images, labels = test
-            logp = torch.cat([model(standardize(to_unit(images[i:i + batch_size])))
+            logp = torch.cat([model(to_input(images[i:i + batch_size]))
                               for i in range(0, len(images), batch_size)])
             (logp.argmax(1) == labels).sum().item()
     else:
         evaluate(model, test, batch_size)
     pipeline.sync(device)
     return len(test[1]) / (time.perf_counter() - start)
+
+
+def options_table(results, file="options.json"):
+    """results/<file> (benchmarks/options.py): every option against the baseline (the default settings
+    unless --baseline said otherwise)."""
+    o = load_json(results, file)
+    if o is None:
+        return f"(no results/{file} yet: `python -m benchmarks.options`)"
+    baseline = o["settings"]["baseline"]
+    lines = ["| option | images/s | baseline's images/s | ratio (median) | one 20-epoch run, estimated | end to end |",
+             "|---|---|---|---|---|---|"]
+    for group, what in (("train", "training"), ("eval", "evaluation")):
+        for name, v in o[group].items():
+            if "error" in v:
+                lines.append(f"| {what}: {name} | failed: {v['error'][:120]} | | | | |")
+                continue
+            extra = f" (+{v['one_off_seconds']:.0f} s compiling)" if v.get("one_off_seconds", 0) >= 1 else ""
+            lines.append(f"| {what}: {name} | {v['img_s']:,.0f} | {v['baseline_img_s']:,.0f} | {v['ratio']:.2f} "
+                         f"| {v['run_seconds'] / 60:.1f} min{extra} | {v['end_to_end_speedup']:.2f} |")
+    st = o["settings"]
+    lines += ["", f"Training options are compared with: {baseline}; evaluation options with the default evaluation "
+                  f"(batch 2000, inference_mode). One 20-epoch run with the baseline estimated at "
+                  f"{o['baseline_run_seconds'] / 60:.1f} min. {st['repeats']} alternating repeats of "
+                  f"{st['training_images_per_measurement']:,} training images (evaluation: the 10,000 test images); "
+                  f"median of the per-repeat ratios. {o['device']}; PyTorch {o['versions']['torch']}."]
+    return "\n".join(lines)
 
 
 def main(argv=None):
@@ -186,14 +213,15 @@ def main(argv=None):
             one_off = max(0.0, v["first_steps_seconds"] - 3 * TRAIN_OPTIONS[name][0] / v["img_s"])
             run = 20 * (60000 / (base_train * v["ratio"]) + 10000 / base_eval) + one_off
             v["run_seconds"], v["end_to_end_speedup"], v["one_off_seconds"] = run, base_run / run, one_off
-        for name, v in results["eval"].items():
+        for v in results["eval"].values():
             run = 20 * (60000 / base_train + 10000 / (base_eval * v["ratio"]))
             v["run_seconds"], v["end_to_end_speedup"] = run, base_run / run
         print(f"\none 20-epoch run, estimated: {args.baseline} {base_run / 60:.1f} min")
         for group in ("train", "eval"):
             for name, v in results[group].items():
                 if "run_seconds" in v:
-                    print(f"  {name:<42} {v['run_seconds'] / 60:>5.1f} min  (x{v['end_to_end_speedup']:.2f} end to end)")
+                    print(f"  {name:<42} {v['run_seconds'] / 60:>5.1f} min  "
+                          f"(x{v['end_to_end_speedup']:.2f} end to end)")
     write_json(out, results)
     print(f"wrote {os.path.relpath(out)}")
     return results

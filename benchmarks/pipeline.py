@@ -6,7 +6,8 @@
 3. ceiling: the same training step on one fixed batch already on the device (no data work at all).
 All three train the same model (BN + L1, the experiment's BN run) with the same optimizer, in the same
 precision (--precision, fp32 by default as in train.py), for the same number of steps. Each is
-measured --repeats times, in alternating order, and the median is reported. Run from the repository root as `python -m benchmarks.pipeline`. Writes
+measured --repeats times, in alternating order, and the median is reported. Run from the repository root as
+`python -m benchmarks.pipeline`. Writes
 results/benchmark.json (benchmark_bf16.json with --precision bf16;
 --quick: results/benchmark_quick.json, a smoke test, not a measurement).
 """
@@ -24,13 +25,14 @@ from torchvision import datasets, transforms
 
 import cli
 import machine
-from cli import ROOT
-from model import Net
-from augment import batches
-from data import MEAN, STD, load_mnist
-from files import write_json
-from recipe import L1, PRECISIONS
 import training
+from augment import MEAN, STD, batches
+from data import load_mnist
+from files import write_json
+from model import Net
+from recipe import L1, PRECISIONS, Recipe
+from records import ROOT
+from studies.tables import load_json
 from training import train_epoch
 
 
@@ -49,9 +51,12 @@ def fresh_model(device, seed=0):
     return model, torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.9, nesterov=True)
 
 
+STEP_RECIPES = {precision: Recipe("BN", l1=L1, precision=precision) for precision in PRECISIONS}
+
+
 def train_step(model, optimizer, x, y, precision):
     """train_step of the BN + L1 run."""
-    training.train_step(model, optimizer, x, y, l1=L1, precision=precision)
+    training.train_step(model, optimizer, x, y, STEP_RECIPES[precision])
 
 
 def conventional_loader(root, batch_size, num_workers, device, seed=0):
@@ -92,8 +97,9 @@ def time_ours(data, steps, batch_size, device, precision, seed=0):
     subset = (data[0][:n], data[1][:n])
     sync(device)
     start = time.perf_counter()
-    train_epoch(model, subset, optimizer, batch_size=batch_size, generator=torch.Generator().manual_seed(seed),
-                      l1=L1, progress=False, precision=precision)
+    # rotation only, as the conventional pipeline's RandomRotation
+    recipe = Recipe("BN", l1=L1, precision=precision, batch_size=batch_size, translate=0.0, scale=0.0, shear=0.0)
+    train_epoch(model, subset, optimizer, recipe, generator=torch.Generator().manual_seed(seed), progress=False)
     sync(device)
     return n / (time.perf_counter() - start)
 
@@ -169,8 +175,10 @@ def parse_args(argv=None):
                                 allow_abbrev=False)
     p.add_argument("--quick", action="store_true",
                    help="a few steps and repeats, workers 0 and 1 only: checks that it runs (for the tests)")
-    p.add_argument("--steps", type=int, default=None, help="training steps per measurement (default 200; 3 with --quick)")
-    p.add_argument("--repeats", type=int, default=None, help="measurements of each pipeline (default 5; 2 with --quick)")
+    p.add_argument("--steps", type=int, default=None,
+                   help="training steps per measurement (default 200; 3 with --quick)")
+    p.add_argument("--repeats", type=int, default=None,
+                   help="measurements of each pipeline (default 5; 2 with --quick)")
     p.add_argument("--workers", type=int, nargs="+", default=None, metavar="N",
                    help="num_workers values tried for the DataLoader (default: 0, 1, 2, 4, 8 up to the CPU count)")
     p.add_argument("--batch-size", type=int, default=128, help="images per training step (default 128)")
@@ -196,6 +204,38 @@ def parse_args(argv=None):
         f"benchmark_{args.precision}"
     args.out = args.out or os.path.join(ROOT, "results", f"{name}.json")
     return args
+
+
+def benchmark_table(results):
+    """results/benchmark*.json (benchmarks/pipeline.py): the three pipelines side by side, per precision."""
+    files = [f for f in ("benchmark.json", "benchmark_bf16.json")
+             if load_json(results, f) is not None]
+    if not files:
+        return "(no results/benchmark.json yet: `python -m benchmarks.pipeline`)"
+    lines = ["| training step | pipeline | images/s (median) | min | max | relative to ours |",
+             "|---|---|---|---|---|---|"]
+    notes = []
+    for file in files:
+        b = load_json(results, file)
+        st = b["settings"]
+        precision = st.get("precision", "fp32")
+        for name, what in (("conventional", f"conventional: `DataLoader`, num_workers={st['num_workers']}"),
+                           ("ours", "ours: on-device batches"), ("ceiling", "ceiling: one fixed batch, no data work")):
+            samples = b["samples_img_s"][name]
+            lines.append(f"| {precision} | {what} | {b[f'{name}_img_s']:,.0f} | {min(samples):,.0f} "
+                         f"| {max(samples):,.0f} | {b[f'{name}_img_s'] / b['ours_img_s']:.2f} |")
+        workers = ", ".join(f"{w}: {v:,.0f}" for w, v in st["num_workers_img_s"].items())
+        v = b["versions"]
+        notes.append(f"- `results/{file}` ({precision}): **speedup** (ours / conventional) **{b['speedup']:.2f}**, "
+                     f"**efficiency** (ours / ceiling) **{b['efficiency']:.2f}**. {st['repeats']} repeats of "
+                     f"{st['steps_per_measurement']} steps of batch {st['batch_size']}, alternating order, median; "
+                     f"DataLoader images/s by num_workers (the fastest is used): {workers}. {b['device']}; "
+                     f"Python {v['python']}, PyTorch {v['torch']}, torchvision {v['torchvision']}."
+                     + (f" The step needs {b['flops_per_image'] / 1e6:.2f} MFLOP per image (forward and backward, "
+                        f"`torch.utils.flop_counter`), so ours computes {b['ours_flop_s'] / 1e9:.1f} GFLOP/s: "
+                        f"{100 * b['fraction_of_matmul_peak']:.0f}% of the {b['matmul_flop_s'] / 1e9:.0f} GFLOP/s of "
+                        f"a 2048 x 2048 fp32 matrix product on the same threads." if "flops_per_image" in b else ""))
+    return "\n".join(lines + [""] + notes)
 
 
 def main(argv=None):
@@ -252,7 +292,8 @@ def main(argv=None):
         print(f"{name:<14} {median[name]:>15,.0f} {min(samples[name]):>9,.0f} {max(samples[name]):>9,.0f}")
     print(f"\nspeedup (ours / conventional) {result['speedup']:.2f}; efficiency (ours / ceiling) "
           f"{result['efficiency']:.2f}; DataLoader num_workers={workers}; {precision}; {result['device']}")
-    print(f"training step: {flops / 1e6:.2f} MFLOP per image, so ours runs at {result['ours_flop_s'] / 1e9:.1f} GFLOP/s, "
+    print(f"training step: {flops / 1e6:.2f} MFLOP per image, so ours runs at {result['ours_flop_s'] / 1e9:.1f} "
+          f"GFLOP/s, "
           f"{100 * result['fraction_of_matmul_peak']:.0f}% of a large matrix product's {peak / 1e9:.1f} GFLOP/s")
     print(f"wrote {os.path.relpath(args.out)}")
     return result

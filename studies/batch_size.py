@@ -1,10 +1,16 @@
-"""The batch-size study: BN, LN and GN trained with 2 to 256 images per batch (results/batch_size/, its figure and table).
+"""The batch-size study: BN, LN and GN trained with 2 to 256 images per batch (results/batch_size/, its figure and
+table).
 
-Every norm at every batch size for every seed, with the peak learning rate scaled linearly with the
-batch (Goyal et al. 2017, as Wu & He do): LR at batch 128. BN runs also record the test set evaluated
-with batch statistics. Runs resume like train.py's; results go to OUT/results/batch_size/ (--out: by default
-runs/; the committed study is `--out .`), and each invocation that trains logs its wall time to study.json there.
+Every norm at every batch size for every seed, today's recipe (Recipe's defaults, no L1) for EPOCHS epochs, with the
+peak learning rate scaled linearly with the batch (Goyal et al. 2017, as Wu & He do): the recipe's LR at the recipe's
+batch (0.1 at 64). BN runs also record the test set evaluated with batch statistics.
+
+    python -m studies.batch_size --out .    # the committed study: results/batch_size/, static/batch_size_study.png
+
+Runs resume like train.py's (run the same command again); results go to OUT/results/batch_size/ (--out: by default
+runs/), and each invocation that trains logs its wall time to study.json there.
 """
+import json
 import os
 import sys
 
@@ -17,15 +23,16 @@ import machine
 import utils
 from data import load_mnist
 from figures import save_figure
-from recipe import UNRECORDED, Recipe, run_order
+from recipe import Recipe, run_order
 from records import is_finished, load_records, summarize
+from studies.tables import mean_std
 
 BATCH_SIZES = (2, 4, 8, 16, 32, 64, 128, 256)
-EPOCHS, SEEDS = 2, (0, 1)  # the study's own defaults: short runs, two seeds
-BASE_BATCH = 128           # the batch at which the peak learning rate is --lr (the study's anchor, not the recipe's batch)
-# The study's committed runs (results/batch_size/) used the first recipe's dropout, augmentation (rotation only) and
-# schedule (UNRECORDED), so these stay its defaults: `python study.py` then resumes them rather than clashing with them.
-SETTINGS = dict(dropout=0.05, **UNRECORDED)
+# The study's own defaults: short runs (an epoch at batch 2 is 30,000 steps, about 6x the time of one at 64), three
+# seeds; everything else is today's recipe.
+EPOCHS, SEEDS = 2, (0, 1, 2)
+BASE_BATCH = Recipe.batch_size  # the batch at which the peak learning rate is --lr: the recipe's own
+SETTINGS = {}
 FOLDER = "batch_size"
 
 
@@ -104,7 +111,7 @@ def plot(records):
         err = [np.array(v) for _, v in points]
         mean = np.array([e.mean() for e in err])
         base = label.split(",")[0]
-        other = sizes.index(128) if 128 in sizes[1:] else len(sizes) - 1  # the experiment's batch, if studied
+        other = sizes.index(BASE_BATCH) if BASE_BATCH in sizes[1:] else len(sizes) - 1  # the recipe's batch, if studied
         ends = f"{mean[0]:.2f}% at batch {sizes[0]}, {mean[other]:.2f}% at {sizes[other]}"
         (line,) = ax.plot(sizes, mean, marker="o", markersize=4, linestyle="--" if "," in label else "-",
                           color=colours.get(base), label=f"{label}: {ends}")
@@ -122,9 +129,9 @@ def plot(records):
     all_sizes = sorted({r["batch_size"] for r in rows})
     ax.set_xticks(all_sizes, [str(b) for b in all_sizes])
     ax.set_xlim(all_sizes[0] / 1.6, all_sizes[-1] * 1.25)
-    base_lr = {round(r["lr"] * 128 / r["batch_size"], 12) for r in rows if r["lr"] is not None}
-    ax.set_xlabel("images per batch" + (f" (peak learning rate {base_lr.pop():g} x batch / 128)" if len(base_lr) == 1
-                                        else ""))
+    base_lr = {round(r["lr"] * BASE_BATCH / r["batch_size"], 12) for r in rows if r["lr"] is not None}
+    rule = f" (peak learning rate {base_lr.pop():g} x batch / {BASE_BATCH})" if len(base_lr) == 1 else ""
+    ax.set_xlabel("images per batch" + rule)
     ax.set_ylabel("final test error (%, log scale)")
     epochs = sorted({r["epochs"] for r in rows})
     seeds = sorted({len(r["seeds"]) for r in rows})
@@ -135,47 +142,91 @@ def plot(records):
     return fig
 
 
+def batch_size_table(results):
+    """The batch-size study in results/batch_size/: final test accuracy per norm and batch size, and
+    its wall time from study.json."""
+    folder = os.path.join(results, FOLDER)
+    records = load_records(folder) if os.path.isdir(folder) else {}
+    rows = summary(records)
+    if not rows:
+        return "(no runs in results/batch_size/ yet: `python -m studies.batch_size --out .`)"
+    norms = list(dict.fromkeys(r["norm"] for r in rows))
+    labels = {r["norm"]: r["norm_label"] for r in rows}
+    cell = {(r["norm"], r["batch_size"]): r for r in rows}
+    columns = []  # (heading, norm, key)
+    for norm in norms:
+        label = labels[norm]
+        columns.append((f"{label} final test acc %" + (" (running averages)" if norm.startswith("bn") else ""),
+                        norm, "final"))
+        if any("batch_stats_mean" in r for r in rows if r["norm"] == norm):
+            columns.append((f"{label} with batch statistics", norm, "batch_stats"))
+    sizes = sorted({r["batch_size"] for r in rows})
+    lines = ["| batch | peak lr | " + " | ".join(c[0] for c in columns) + " |", "|" + "---|" * (len(columns) + 2)]
+    for b in sizes:
+        lr = next(r["lr"] for r in rows if r["batch_size"] == b)
+        cells = [mean_std(cell[n, b], key) if (n, b) in cell and f"{key}_mean" in cell[n, b] else ""
+                 for _, n, key in columns]
+        lines.append(f"| {b} | {lr:g} | " + " | ".join(cells) + " |")
+    ends = [sizes[0]] + ([BASE_BATCH] if BASE_BATCH in sizes[1:] else sizes[-1:] if len(sizes) > 1 else [])
+    train = "; ".join(f"{labels[n]} " + " / ".join(f"{cell[n, b]['train_mean']:.2f}" if (n, b) in cell else "-"
+                                                          for b in ends) for n in norms)
+    lines += ["", f"Final training accuracy % at batch {' / '.join(map(str, ends))} (measured during training, "
+                  f"so with batch statistics for BN and augmented images): {train}."]
+    seeds = sorted({s for r in rows for s in r["seeds"]})
+    epochs = sorted({r["epochs"] for r in rows})
+    unfinished = sum(len(r["unfinished"]) for r in rows)
+    train_images = sorted({rec["config"]["train_images"] for recs in records.values() for rec in recs})
+    lines += ["", f"Mean ± std over seeds {', '.join(map(str, seeds))}; {'/'.join(map(str, epochs))} epoch(s) on "
+                  f"{'/'.join(f'{n:,}' for n in train_images)} training images per run; "
+                  f"{sum(len(r['seeds']) for r in rows)} runs"
+                  + (f", {unfinished} of them unfinished" if unfinished else "") + "."]
+    log_path = os.path.join(folder, "study.json")
+    if os.path.exists(log_path):
+        with open(log_path) as f:
+            log = json.load(f)["invocations"]
+        trained = sum(i["runs_trained"] for i in log)
+        how = "; ".join(sorted({f"{i['jobs']} parallel job{'s' if i['jobs'] > 1 else ''} on {i['cpus']} CPUs, "
+                                f"device {i['device']}" for i in log}))
+        lines[-1] += (f" Wall time: {sum(i['wall_seconds'] for i in log) / 60:.1f} minutes for the {trained} runs "
+                      f"trained, in {len(log)} invocation{'s' if len(log) > 1 else ''} ({how}).")
+    return "\n".join(lines)
+
+
 def parse_args(argv=None):
     p = cli.parser(__doc__)
-    cli.add_recipe_arguments(p, lr_help=f"peak learning rate at batch {BASE_BATCH} (in proportion to the batch size "
-                                         f"at the others)")
+    cli.add_recipe_arguments(p, helps={"lr": f"peak learning rate at batch {BASE_BATCH} (in proportion to the batch "
+                                             f"size at the others)",
+                                       "l1": "L1 weight added to the BN runs' loss (the study compares the norms "
+                                             "alone)"},
+                             defaults={"epochs": EPOCHS, **SETTINGS},
+                             names=[n for n in cli.FIELDS if n not in ("norm", "seed", "batch_size", "val")])
     p.add_argument("--batch-sizes", nargs="+", type=cli.number(int, "an integer >= 2", 2), default=list(BATCH_SIZES),
                    metavar="B", help="the batch sizes")
-    p.add_argument("--l1", type=cli.number(float, "a finite number >= 0", 0), default=0.0,
-                   help="L1 weight added to the BN runs' loss (the study compares the norms alone)")
-    cli.add_run_arguments(p, jobs_default=None, jobs_help="runs trained at once, in that many processes with one CPU "
-                          "thread each (default: 2 on a CPU with 2 or more cores, else 1)")
-    p.set_defaults(epochs=EPOCHS, seeds=list(SEEDS), **SETTINGS)
-    args = p.parse_args(argv)
-    # Many runs: single-thread processes side by side use a CPU's cores better than one process's threads.
-    args.jobs = args.jobs or (min(2, os.cpu_count() or 1) if args.device.type == "cpu" else 1)
-    return args
+    cli.add_run_arguments(p)
+    p.set_defaults(seeds=list(SEEDS))
+    return cli.finish_run_arguments(p.parse_args(argv))
 
 
 def recipes_of(args):
     """The study's recipes that the parsed command line asks for."""
-    return plan(args.norms, args.batch_sizes, args.seeds, l1=args.l1, epochs=args.epochs, lr=args.lr,
-                **cli.schedule(args), dropout=args.dropout, groups=args.groups, **cli.augmentation(args),
-                precision=args.precision, limit=args.limit)
+    return plan(args.norms, args.batch_sizes, args.seeds, **cli.recipe_settings(args))
 
 
 def main(argv=None):
     args = parse_args(argv)
     # Settings other than the study's own go to a folder of their own under --out (cli.variant)
-    variant = cli.variant(args, parse_args([]), ("epochs", "lr", "pct_start", "cycle_epochs", "final_div", "ema",
-                                                  "ema_warmup", "clip", "label_smoothing", "weight_decay", "dropout",
-                                                  "groups", "degrees", "translate", "scale", "shear", "precision",
-                                                  "limit", "l1"))
+    variant = cli.variant(args, parse_args([]), list(cli.recipe_settings(args)))
     args.out = os.path.join(args.out, variant)
     machine.tune_malloc()
-    machine.pin_isa(not args.native_isa, onednn=args.precision == "fp32")  # before torch's first operation; bf16 keeps oneDNN's own
+    # before torch's first operation; bf16 keeps oneDNN's own
+    machine.pin_isa(not args.native_isa, onednn=args.precision == "fp32")
     try:
         data = load_mnist(args.data)
         recipes = recipes_of(args)
         records = run_study(recipes, data, device=args.device, out=args.out, jobs=args.jobs, fresh=args.fresh,
                             progress=not args.no_progress)
     except utils.USER_ERRORS as e:
-        sys.exit(f"study.py: error: {e}")
+        sys.exit(f"studies.batch_size: error: {e}")
     except KeyboardInterrupt:
         sys.exit(f"\nstopped: every finished epoch is kept; resume with: python {' '.join(sys.argv)}")
     print()

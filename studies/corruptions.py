@@ -5,8 +5,9 @@ MNIST-C cannot be downloaded here, so its corruptions are made again from its de
 severity levels, of which SEVERITIES are used. Each function takes float images [N, 1, 28, 28] in [0, 1], a level
 (1 to 5) and a torch.Generator for whatever it draws, and returns images of the same shape in [0, 1]; corrupt()
 turns uint8 test images into uint8 corrupted ones, as MNIST-C stores them. torchvision's functions are used where
-they compute the corruption (contrast, invert, Gaussian noise and blur), Pillow for JPEG as in MNIST-C; the rest is written here, each with
-a comment saying why. How these differ from the published MNIST-C is in CORRUPTIONS and in docs/experiments.md.
+they compute the corruption (contrast, invert, Gaussian noise and blur), Pillow for JPEG as in MNIST-C; the rest is
+written here, each with a comment saying why. How these differ from the published MNIST-C is in CORRUPTIONS and in
+docs/experiments.md.
 """
 import io
 import math
@@ -92,8 +93,8 @@ def gaussian_blur(x, level, generator):
 
 
 def jpeg(x, level, generator):
-    """Saved as JPEG at MNIST-C's quality and read back, with Pillow as MNIST-C does (its jpeg_compression); torchvision's
-    JPEG functions are deprecated since torchvision 0.29. One image at a time: Pillow takes one."""
+    """Saved as JPEG at MNIST-C's quality and read back, with Pillow as MNIST-C does (its jpeg_compression);
+    torchvision's JPEG functions are deprecated since torchvision 0.29. One image at a time: Pillow takes one."""
     quality = level_of((25, 18, 15, 10, 7), level)
     out = []
     for image in to_uint8(x)[:, 0].numpy():

@@ -7,6 +7,7 @@ import torch
 from matplotlib.figure import Figure
 
 from model import make_norm
+from records import ROOT
 
 EPS = 1e-5  # what PyTorch's BatchNorm2d and GroupNorm add to the variance
 
@@ -102,7 +103,7 @@ def bn_evaluation(x, momentum=0.1):
             "it normalizes with running averages",
             f"  running mean = 0.9 * 0 + 0.1 * batch mean            {fmt(running_mean)}",
             f"  running variance = 0.9 * 1 + 0.1 * unbiased variance {fmt(running_var)}",
-            f"  the same x in eval mode, image 0: " + " ".join(fmt(y[0, j]) for j in range(x.shape[1])),
+            "  the same x in eval mode, image 0: " + " ".join(fmt(y[0, j]) for j in range(x.shape[1])),
             f"  largest difference from torch's layer and its running buffers: {diff:.1e}"]
 
 
@@ -141,8 +142,8 @@ def figure(groups=2, shape=(6, 6, 4)):
 
 def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.ArgumentDefaultsHelpFormatter)
-    p.add_argument("--figure", default=os.path.join(os.path.dirname(os.path.abspath(__file__)), "static",
-                                                    "normalizations.png"), help="where the cube figure is written")
+    p.add_argument("--figure", default=os.path.join(ROOT, "static", "normalizations.png"),
+                   help="where the cube figure is written")
     args = p.parse_args(argv)
     print(worked_example())
     os.makedirs(os.path.dirname(args.figure), exist_ok=True)

@@ -1,8 +1,8 @@
 """How BN, LN and GN hold up on corrupted test images: every seed's trained weights on every corrupted test set.
 
-    python shift.py --out .        # the committed weights -> results/shift/ and static/shift.png (the committed study)
-    python shift.py --runs .       # the committed weights -> runs/results/shift/ and runs/static/shift.png
-    python shift.py                # the weights you trained into runs/ -> runs/results/shift/, runs/static/
+    python -m studies.shift --out .    # the committed weights -> results/shift/, static/shift.png (the committed study)
+    python -m studies.shift --runs .   # the committed weights -> runs/results/shift/ and runs/static/shift.png
+    python -m studies.shift            # the weights you trained into runs/ -> runs/results/shift/, runs/static/
 
 The corrupted sets are the 10,000 test images corrupted as MNIST-C does (corruptions.py), at three severities,
 from one seed. Each model is evaluated in eval mode, as every epoch of its training was; BN models also with
@@ -17,17 +17,17 @@ import os
 import sys
 
 import numpy as np
+from matplotlib.figure import Figure
 from tqdm.auto import tqdm
 
-import corruptions
 import machine
-import stats
 import utils
 from cli import device as parse_device
 from data import load_mnist
 from files import sha256_file, write_json
 from recipe import Recipe
 from records import load_weights, read_json, read_record
+from studies import corruptions, stats
 from training import evaluate
 
 FOLDER = "shift"
@@ -168,7 +168,7 @@ def accuracy_table(results, sets=None):
     records = load(results)
     rows = [(n, m) for n, m in ROWS if any(k[0] == n for k in records)]
     if not rows:
-        return "(no results/shift/ yet: `python shift.py --out .`)"
+        return "(no results/shift/ yet: `python -m studies.shift --out .`)"
     seeds = sorted({s for (n, s) in records})
     lines = ["| test set | " + " | ".join(row_label(n, m) for n, m in rows) + " |", "|---" * (len(rows) + 1) + "|"]
     for set_name in sets or set_names():
@@ -195,7 +195,7 @@ def differences_table(results):
     clean set, with its 95% interval; and the corrupted sets on which the interval excludes 0."""
     records = load(results)
     if not records:
-        return "(no results/shift/ yet: `python shift.py --out .`)"
+        return "(no results/shift/ yet: `python -m studies.shift --out .`)"
     named = groups()
     lines = ["| A minus B (points) | clean | " + " | ".join(named) + " | sets where A - B excludes 0 |",
              "|---" * (len(named) + 3) + "|"]
@@ -212,7 +212,8 @@ def differences_table(results):
             d = paired(records, a, b, [set_name])
             if d is not None and d["nonzero"]:
                 apart.append(f"{set_name} ({d['mean']:+.{1 if abs(d['mean']) >= 1 else 2}f})")  # no "+0.0"
-        lines.append(f"| {row_label(*a)} - {row_label(*b)} | " + " | ".join(cells) + f" | {', '.join(apart) or 'none'} |")
+        lines.append(f"| {row_label(*a)} - {row_label(*b)} | " + " | ".join(cells)
+                     + f" | {', '.join(apart) or 'none'} |")
     return "\n".join(lines)
 
 
@@ -242,6 +243,30 @@ def figure_data(records, test_images, seed=0, example=0):
     return rows, examples
 
 
+def plot_shift(rows, examples, *, title="Test accuracy (%) on corrupted test images, mean over seeds"):
+    """A heatmap of accuracy per model (rows: {label: {set name: accuracy}}) and test set (columns, in the order of
+    `examples`), under a row of one test image as each set shows it (examples: {set name: uint8 [28, 28]})."""
+    names = list(examples)
+    fig = Figure(figsize=(0.42 * len(names) + 2.2, 1.2 + 0.42 * len(rows)), layout="constrained")
+    grid = fig.add_gridspec(2, len(names), height_ratios=[1, 0.42 * len(rows)])
+    for i, name in enumerate(names):
+        ax = fig.add_subplot(grid[0, i])
+        ax.imshow(examples[name].numpy(), cmap="gray_r", vmin=0, vmax=255)
+        ax.set_xticks([])
+        ax.set_yticks([])
+    ax = fig.add_subplot(grid[1, :])
+    values = np.array([[row.get(name, np.nan) for name in names] for row in rows.values()])
+    ax.imshow(values, cmap="RdYlGn", vmin=0, vmax=100, aspect="auto")
+    for (r, c), v in np.ndenumerate(values):
+        if v == v:
+            ax.text(c, r, f"{v:.0f}" if v < 99.5 else f"{v:.1f}", ha="center", va="center", fontsize=6.5,
+                    color="black" if 25 < v < 90 else "white")
+    ax.set_xticks(range(len(names)), names, rotation=90, fontsize=8)
+    ax.set_yticks(range(len(rows)), list(rows), fontsize=9)
+    fig.suptitle(title, fontsize=11)
+    return fig
+
+
 def parse_args(argv=None):
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter,
                                 allow_abbrev=False)
@@ -268,14 +293,14 @@ def main(argv=None):
         records = study(data, out=args.out, runs=args.runs, device=args.device, seed=args.seed,
                         progress=not args.no_progress)
     except utils.USER_ERRORS as e:
-        sys.exit(f"shift.py: error: {e}")
+        sys.exit(f"studies.shift: error: {e}")
     mismatch = [f"{n}_seed{s}: {r['sets'][CLEAN][EVAL]['test_acc']} against {r['recorded_test_acc']}"
                 for (n, s), r in records.items()
                 if r["recorded_test_acc"] is not None and r["sets"][CLEAN][EVAL]["test_acc"] != r["recorded_test_acc"]]
     if mismatch:
         print("the clean test set does not give the accuracy the runs recorded: " + "; ".join(mismatch))
     if not args.no_figures:
-        from figures import plot_shift, save_figure
+        from figures import save_figure
         path = save_figure(plot_shift(*figure_data(records, data[1][0], seed=args.seed)),
                            os.path.join(args.out, "static", "shift.png"))
         print(f"wrote {os.path.relpath(path)}")

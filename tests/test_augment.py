@@ -5,9 +5,8 @@ import torch
 import torchvision.transforms.functional as TF
 from torchvision.transforms import InterpolationMode
 
+from augment import affine, batches, standardize, to_unit
 from conftest import synthetic
-from augment import affine, batches
-from data import standardize, to_unit
 
 
 def black_border(images, width=2):
@@ -133,6 +132,7 @@ def float32_nearest(exact):
     """An exact rational (fractions.Fraction) rounded to the nearest float32, ties to even: an independent reference
     for the grid's rounding (Python's float() rounds to float64, so the float32 neighbours are compared exactly)."""
     import fractions
+
     import numpy as np
     guess = np.float32(float(exact))
     candidates = {guess, np.nextafter(guess, np.float32(np.inf)), np.nextafter(guess, np.float32(-np.inf))}
@@ -145,9 +145,10 @@ def float32_nearest(exact):
 def test_the_aten_grid_rounds_each_product_and_sum_on_its_own():
     # Against exact rational arithmetic rounded to float32 by float32_nearest: x * a, y * b, their sum, then + t.
     from fractions import Fraction as Q
+
     from augment import sampling_grid
     theta = random_thetas(3)
-    out = sampling_grid(theta, (3, 1, 28, 28), "aten")
+    out = sampling_grid(theta, (3, 1, 28, 28))
     base = torch.nn.functional.affine_grid(torch.eye(2, 3)[None], [1, 1, 28, 28], align_corners=False)[0]  # exact
     r = float32_nearest
     for i, row, col in [(0, 0, 0), (1, 13, 20), (2, 27, 5), (0, 9, 27), (2, 14, 14)]:
@@ -157,34 +158,9 @@ def test_the_aten_grid_rounds_each_product_and_sum_on_its_own():
             assert out[i, row, col, k].item() == r(Q(r(Q(r(x * a)) + Q(r(y * b)))) + t), (i, row, col, k)
 
 
-def test_both_ways_of_computing_the_affine_map_agree_to_rounding_and_others_are_refused():
+def test_the_grid_agrees_with_affine_grid_to_rounding():
     from augment import sampling_grid
     theta = random_thetas(8)
     reference = torch.nn.functional.affine_grid(theta.double(), [8, 1, 28, 28], align_corners=False)
-    for ops in ("aten", "mkl"):
-        out = sampling_grid(theta, (8, 1, 28, 28), ops)
-        assert out.shape == (8, 28, 28, 2) and (out.double() - reference).abs().max() < 1e-6
-    images = black_border(to_unit(synthetic(6)[0]))
-    column = lambda i: torch.tensor([p[i] for p in AFFINE])
-    aten, mkl = (affine(images, column(0), column(1), column(2), column(3), ops=ops) for ops in ("aten", "mkl"))
-    assert (aten - mkl).abs().max() < 1e-5
-    with pytest.raises(ValueError, match="ops must be one of aten, mkl"):
-        affine(images, column(0), ops="fma")
-
-
-def test_under_mkls_compatible_branch_affine_grid_computes_the_aten_grid():
-    # MKL_CBWR=COMPATIBLE is the branch MKL runs on AMD CPUs: there F.affine_grid (MKL's batched matrix product) gives
-    # exactly the aten grid, which is why runs made on AMD before affine_ops was recorded re-run identically on any
-    # CPU with --rerun-mkl COMPATIBLE (tests/test_machine.py re-runs one).
-    import subprocess
-    import sys
-    from conftest import ROOT
-    code = ("import torch, sys; sys.path.insert(0, 'tests'); from test_augment import random_thetas; "
-            "from augment import sampling_grid; theta = random_thetas(256, seed=1); "
-            "mkl = torch.nn.functional.affine_grid(theta, [256, 1, 28, 28], align_corners=False); "
-            "print(torch.equal(mkl, sampling_grid(theta, (256, 1, 28, 28), 'aten')))")
-    import os
-    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT, timeout=120,
-                          env={**os.environ, "MKL_CBWR": "COMPATIBLE", "PYTHONPATH": ROOT})
-    assert done.returncode == 0, done.stderr
-    assert done.stdout.strip() == "True"
+    out = sampling_grid(theta, (8, 1, 28, 28))
+    assert out.shape == (8, 28, 28, 2) and (out.double() - reference).abs().max() < 1e-6

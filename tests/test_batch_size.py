@@ -4,33 +4,34 @@ import json
 import os
 import subprocess
 import sys
+from dataclasses import replace
 
 import pytest
 import torch
 import torch.nn.functional as F
 
-import study
 import utils
+from augment import standardize, to_unit
 from conftest import ROOT, synthetic
-from model import Net
-from data import standardize, to_unit
 from files import write_json
+from model import Net
 from recipe import Recipe
 from records import SettingsClash, load_records
+from studies import batch_size as study
 from training import evaluate, train_epoch
 
 
-def test_learning_rate_scales_linearly_from_batch_128():
-    assert study.scaled_lr(128) == 0.1
-    assert study.scaled_lr(2) == pytest.approx(0.1 / 64)
-    assert study.scaled_lr(256) == pytest.approx(0.2)
-    assert study.scaled_lr(32, lr=0.05) == pytest.approx(0.0125)
+def test_learning_rate_scales_linearly_from_the_recipes_batch():
+    assert study.scaled_lr(64) == Recipe.lr == 0.1
+    assert study.scaled_lr(2) == pytest.approx(0.1 / 32)
+    assert study.scaled_lr(256) == pytest.approx(0.4)
+    assert study.scaled_lr(32, lr=0.05) == pytest.approx(0.025)
 
 
 def test_plan_runs_smallest_batches_first_and_rejects_bad_sizes():
     plan = study.plan(["BN", "GN"], [64, 2], [0, 1], epochs=2)
     assert len(plan) == 8 and [r.batch_size for r in plan] == [2, 2, 2, 2, 64, 64, 64, 64]
-    assert plan[0].lr == pytest.approx(0.1 / 64) and plan[0].l1 == 0 and plan[0].epochs == 2
+    assert plan[0].lr == pytest.approx(0.1 / 32) and plan[0].l1 == 0 and plan[0].epochs == 2
     assert study.run_name(plan[0]) == "bn_bs2"
     with pytest.raises(ValueError, match=r"batch sizes must be integers >= 2, got \[1\]"):
         study.plan(["BN"], [1, 2], [0])
@@ -45,7 +46,8 @@ def trained_bn(seed=0):
     images, labels = synthetic(256)
     opt = torch.optim.SGD(model.parameters(), lr=0.05, momentum=0.9)
     g = torch.Generator().manual_seed(seed)
-    train_epoch(model, (images, labels), opt, batch_size=32, generator=g, progress=False)
+    train_epoch(model, (images, labels), opt, Recipe(batch_size=32, translate=0.0, scale=0.0, shear=0.0), generator=g,
+                progress=False)
     return model
 
 
@@ -92,7 +94,7 @@ def test_toy_study_writes_every_run_and_resumes_where_it_stopped(tmp_path):
         record = json.load(open(folder / f"{name}_seed0.json"))
         assert record == json.loads(json.dumps(records[name][0]))
         bs = record["config"]["batch_size"]
-        assert record["config"]["lr"] == pytest.approx(0.1 * bs / 128) and len(record["history"]) == 1
+        assert record["config"]["lr"] == pytest.approx(0.1 * bs / 64) and len(record["history"]) == 1
         has_stats = "test_acc_batch_stats" in record["history"][0]
         assert has_stats == name.startswith("bn"), name
     log = json.load(open(folder / "study.json"))["invocations"]
@@ -125,7 +127,7 @@ def test_toy_study_writes_every_run_and_resumes_where_it_stopped(tmp_path):
     assert ax.get_xscale() == "log" and ax.get_yscale() == "log"
     labels = [t.get_text() for t in ax.get_legend().get_texts()]
     assert len(labels) == 4 and labels[1].startswith("BN, evaluated with batch statistics")
-    assert "at batch 4" in labels[0] and "peak learning rate 0.1 x batch / 128" in ax.get_xlabel()
+    assert "at batch 4" in labels[0] and "peak learning rate 0.1 x batch / 64" in ax.get_xlabel()
 
 
 @pytest.mark.parametrize("args,message", [
@@ -141,20 +143,23 @@ def test_cli_rejects_bad_values(args, message, capsys):
 
 def test_cli_study_defaults():
     args = study.parse_args([])
-    assert args.batch_sizes == [2, 4, 8, 16, 32, 64, 128, 256] and args.epochs == 2 and args.seeds == [0, 1]
+    assert args.batch_sizes == [2, 4, 8, 16, 32, 64, 128, 256] and args.epochs == 2 and args.seeds == [0, 1, 2]
     assert args.l1 == 0.0 and args.norms == ["BN", "LN", "GN"] and args.precision == "fp32"
-    # The committed study's dropout and augmentation (the first recipe's), whatever Recipe's defaults are.
-    assert {k: getattr(args, k) for k in study.SETTINGS} == study.SETTINGS
+    # Today's recipe: every other setting is Recipe's default, and the batch-64 runs are its own peak learning rate.
+    recipes = study.recipes_of(args)
+    assert all(replace(r, batch_size=64, lr=Recipe.lr, epochs=Recipe.epochs, norm="BN", seed=0) == Recipe()
+               for r in recipes)
+    assert {r.lr for r in recipes if r.batch_size == 64} == {Recipe.lr}
 
 
 @pytest.mark.mnist
 def test_cli_study_at_toy_size_in_two_processes(tmp_path, mnist):
     from conftest import DATA
     # One batch size (test_toy_study covers several), in two processes
-    cmd = [sys.executable, os.path.join(ROOT, "study.py"), "--batch-sizes", "8",
+    cmd = [sys.executable, "-m", "studies.batch_size", "--batch-sizes", "8",
            "--epochs", "1", "--seeds", "0", "--limit", "512", "--jobs", "2", "--data", DATA, "--out", str(tmp_path),
            "--device", "cpu", "--no-progress"]
-    done = subprocess.run(cmd, capture_output=True, text=True, timeout=600)
+    done = subprocess.run(cmd, capture_output=True, text=True, timeout=600, cwd=ROOT)
     assert done.returncode == 0, done.stderr
     # Fewer epochs and images than the study's own: a folder of their own under --out
     folder = tmp_path / "epochs1_limit512" / "results" / "batch_size"
@@ -166,17 +171,20 @@ def test_cli_study_at_toy_size_in_two_processes(tmp_path, mnist):
     assert os.path.getsize(tmp_path / "epochs1_limit512" / "static" / "batch_size_study.png") > 5000
     assert "BN, batch 8" in done.stdout and "with batch stats" in done.stdout
     # Run again: everything is there already.
-    done = subprocess.run(cmd, capture_output=True, text=True, timeout=600)
+    done = subprocess.run(cmd, capture_output=True, text=True, timeout=600, cwd=ROOT)
     assert done.returncode == 0 and "3 already finished" in done.stdout and "0 to train" in done.stdout
 
 
-def test_committed_study_is_finished_under_the_current_code():
-    # The committed files read back as finished runs of what `python study.py` asks for: it trains nothing.
+def test_every_committed_study_run_is_a_run_of_the_current_command():
+    # Each committed file reads back as one of the runs `python -m studies.batch_size` plans, with today's recipe and
+    # arithmetic: the command resumes or loads it rather than clashing with it.
     folder = os.path.join(ROOT, "results", "batch_size")
     records = load_records(folder)
-    recipes = study.recipes_of(study.parse_args([]))
-    assert len(recipes) == 3 * len(study.BATCH_SIZES) * len(study.SEEDS)
-    for recipe in recipes:
-        (record,) = [r for r in records[study.run_name(recipe)] if r["config"]["seed"] == recipe.seed]
-        assert Recipe.from_config(record["config"]) == recipe
-        assert len(record["history"]) == recipe.epochs
+    planned = {(study.run_name(r), r.seed): r for r in study.recipes_of(study.parse_args([]))}
+    assert len(planned) == 3 * len(study.BATCH_SIZES) * len(study.SEEDS) == 72
+    files = [r for recs in records.values() for r in recs]
+    assert files
+    for record in files:
+        recipe = planned[(record["name"], record["config"]["seed"])]
+        assert Recipe.from_config(record["config"]) == recipe and record["config"]["isa"] == "avx2"
+        assert record["config"]["threads"] == 1

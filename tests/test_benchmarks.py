@@ -9,7 +9,6 @@ import torch
 
 from conftest import ROOT
 
-
 KEYS = {"conventional_img_s", "ours_img_s", "ceiling_img_s", "speedup", "efficiency", "device", "versions", "settings"}
 
 
@@ -62,8 +61,7 @@ def test_options_benchmark_rejects_an_unknown_option(capsys):
 def fake_seconds(spec):
     """An epoch time that tells the settings apart: each slower setting adds its own amount."""
     return (1.0 + 1.0 * (spec["pipeline"] == "conventional") + 0.5 * (not spec["malloc"])
-            + 2.0 * (spec["precision"] == "bf16") + 0.25 * (spec["isa"] == "native")
-            + 0.125 * (spec.get("affine_ops") == "mkl") + 0.5 * (spec.get("mkl_cbwr") == "COMPATIBLE"))
+            + 2.0 * (spec["precision"] == "bf16") + 0.25 * (spec["isa"] == "native"))
 
 
 @pytest.mark.mnist  # main() loads the real MNIST once, as before the fresh processes
@@ -78,7 +76,8 @@ def test_end_to_end_compares_each_pair_alternating_and_keeps_the_other_compariso
         return [100.0] + [fake_seconds(spec)] * (args.epochs - 1)  # a slow first epoch: the warm-up, left out
     monkeypatch.setattr(end_to_end, "fresh_epochs", fresh_epochs)
     monkeypatch.setattr(end_to_end, "fresh_experiment", lambda jobs, args, folder, checkout=None: 30.0 / jobs)
-    monkeypatch.setattr(end_to_end, "isa_of_a_fresh_process", lambda pin: "avx2" if pin else "native: ATen x9, oneDNN y")
+    monkeypatch.setattr(end_to_end, "isa_of_a_fresh_process",
+                        lambda pin: "avx2" if pin else "native: ATen x9, oneDNN y")
     monkeypatch.setattr(torch, "get_num_threads", lambda: 2)
     out = tmp_path / "end_to_end.json"
     end_to_end.main(["--repeats", "2", "--compare", "malloc", "pipeline", "isa", "experiment", "--data", DATA,
@@ -95,33 +94,25 @@ def test_end_to_end_compares_each_pair_alternating_and_keeps_the_other_compariso
     assert pipeline[:4] == ["conventional", "ours", "ours", "conventional"]
     # A second invocation for one comparison keeps the others; the isa entry of another kind of CPU is kept too.
     monkeypatch.setattr(end_to_end, "isa_of_a_fresh_process", lambda pin: "avx2")
-    monkeypatch.setattr(end_to_end, "mkl_branch_of_a_fresh_process", lambda cbwr: f"{cbwr or 'AUTO'} (faked)")
-    end_to_end.main(["--repeats", "1", "--epochs", "2", "--compare", "precision", "isa", "affine", "cbwr", "--data",
-                     DATA, "--out", str(out)])
+    end_to_end.main(["--repeats", "1", "--epochs", "2", "--compare", "precision", "isa", "--data", DATA,
+                     "--out", str(out)])
     result = json.load(open(out))
-    assert set(result) == {"malloc", "pipeline", "precision", "isa", "affine", "cbwr", "experiment"}
+    assert set(result) == {"malloc", "pipeline", "precision", "isa", "experiment"}
     assert result["precision"]["speedup"] == 1 / 3
     assert set(result["isa"]) == {"x9", "avx2"} and result["isa"]["avx2"]["speedup"] == 1.25
-    assert result["affine"]["speedup"] == 1.125 and result["affine"]["specs"]["aten"]["affine_ops"] == "aten"
-    assert result["cbwr"]["speedup"] == 1.125 / 1.625
-    assert result["cbwr"]["mkl_branch"] == {"mkl": "AUTO (faked)", "mkl_compatible": "COMPATIBLE (faked)"}
 
 
 @pytest.mark.mnist
 def test_end_to_end_measures_epochs_in_fresh_processes_and_times_the_train_py_command(tmp_path, monkeypatch, mnist):
+    import train
     from benchmarks import end_to_end
     from conftest import DATA
-    import train
     args = end_to_end.parse_args(["--quick", "--data", DATA])
     for pipeline in ("ours", "conventional"):  # one real process each: 2 epochs on 512 images
         spec = {"pipeline": pipeline, "malloc": True, "threads": 1, "precision": "fp32", "epochs": 2, "limit": 512,
                 "workers": 0, "isa": "avx2"}
         seconds = end_to_end.fresh_epochs(spec, args)
         assert len(seconds) == 2 and all(s > 0 for s in seconds), pipeline
-    # the affine maps in MKL, in its COMPATIBLE branch (set in the fresh process's environment)
-    mkl = {**spec, "pipeline": "ours", "affine_ops": "mkl", "mkl_cbwr": "COMPATIBLE"}
-    assert len(end_to_end.fresh_epochs(mkl, args)) == 2
-    assert end_to_end.mkl_branch_of_a_fresh_process("COMPATIBLE") in ("COMPATIBLE (MKL_CBWR)", "None")
     # The whole-experiment comparison times train.py's own command line: train.py must accept it as it is.
     ran = []
     monkeypatch.setattr(end_to_end.subprocess, "run", lambda cmd, **kw: ran.append(cmd))
@@ -134,7 +125,8 @@ def test_end_to_end_measures_epochs_in_fresh_processes_and_times_the_train_py_co
 
 def test_the_isa_comparison_keeps_one_entry_per_kind_of_cpu_and_reads_the_older_single_entry():
     from benchmarks.end_to_end import isa_entries
-    old = {"native_seconds": 44.8, "avx2_seconds": 45.2, "speedup": 0.99, "isa_in_use": {"native": "avx2", "avx2": "avx2"}}
+    old = {"native_seconds": 44.8, "avx2_seconds": 45.2, "speedup": 0.99,
+           "isa_in_use": {"native": "avx2", "avx2": "avx2"}}
     assert isa_entries(old) == {"avx2": old}  # written before the entries were kept by kind
     wide = {**old, "isa_in_use": {"native": "native: ATen avx512, oneDNN brgconv:avx512_core", "avx2": "avx2"}}
     assert isa_entries({"avx2": old, "avx512": wide}) == {"avx2": old, "avx512": wide}

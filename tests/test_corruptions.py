@@ -5,9 +5,9 @@ import pytest
 import torch
 from torchvision.transforms.v2 import functional as TF
 
-import corruptions
 from conftest import synthetic
-from corruptions import corrupt
+from studies import corruptions
+from studies.corruptions import corrupt
 
 IMAGES = synthetic(32)[0]  # uint8 [32, 28, 28]: a bright square on noise
 UNIT = IMAGES[:, None].float() / 255
@@ -36,7 +36,8 @@ def test_contrast_scales_each_image_about_its_own_mean():
 def test_inverse_and_stripe_invert_the_whole_image_and_its_outer_quarters():
     assert torch.equal(corrupt(IMAGES, "inverse"), 255 - IMAGES)
     striped = corrupt(IMAGES, "stripe")
-    assert torch.equal(striped[..., :7], 255 - IMAGES[..., :7]) and torch.equal(striped[..., 21:], 255 - IMAGES[..., 21:])
+    assert torch.equal(striped[..., :7], 255 - IMAGES[..., :7])
+    assert torch.equal(striped[..., 21:], 255 - IMAGES[..., 21:])
     assert torch.equal(striped[..., 7:21], IMAGES[..., 7:21])
 
 
@@ -95,6 +96,7 @@ def test_noise_is_what_its_definition_draws():
 
 def test_blur_is_torchvisions_and_jpeg_is_pillows_at_mnist_cs_quality():
     import io
+
     import numpy as np
     from PIL import Image
     blurred = corrupt(IMAGES, "gaussian_blur", 1)
@@ -129,7 +131,8 @@ def test_every_set_keeps_shape_and_type_and_bad_names_or_levels_are_refused():
     assert len(corruptions.sets()) == 11 * 3 + 2
     with pytest.raises(ValueError, match="corruption must be one of brightness, contrast"):
         corrupt(IMAGES, "fog", 1)
-    with pytest.raises(ValueError, match=r"rotate takes a severity level 1 to 5 \(this study uses \(1, 3, 5\)\), got None"):
+    with pytest.raises(ValueError,
+                       match=r"rotate takes a severity level 1 to 5 \(this study uses \(1, 3, 5\)\), got None"):
         corrupt(IMAGES, "rotate")
     with pytest.raises(ValueError, match="inverse takes no severity level, got 2"):
         corrupt(IMAGES, "inverse", 2)

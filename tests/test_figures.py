@@ -4,9 +4,10 @@ import pytest
 import torch
 from torch import nn
 
+from augment import MEAN, STD
 from conftest import synthetic
-from data import MEAN, STD
-from figures import Mistake, misclassified, plot_curves, plot_misclassified, plot_seeds, save_figure
+from figures import Mistake, misclassified, plot_curves, plot_misclassified, save_figure
+from studies.experiment import plot_seeds
 
 
 class TableModel(nn.Module):

@@ -52,87 +52,68 @@ def test_isa_strings_split_into_aten_and_onednn():
         machine.parts("AVX-512")
 
 
-def test_rerun_reads_the_instruction_set_of_files_from_before_it_was_recorded():
-    import train
-    assert train.recorded_isa({"hardware": "CPU AVX2"}) == "avx2"
-    assert train.recorded_isa({"hardware": "CPU AVX512"}) == "native: ATen avx512"
-    assert train.recorded_isa({"hardware": "CPU AVX2", "isa": "native: ATen avx2, oneDNN x"}) == \
-        "native: ATen avx2, oneDNN x"
-    assert train.recorded_isa({"hardware": "NVIDIA H200", "isa": None}) is None
-
-
-# Runs made before affine_ops was recorded computed their augmentation in Intel MKL (torch.tan, F.affine_grid), whose
-# results follow the code branch MKL runs: such a file re-runs identically where MKL runs the branch that made it.
-# results/v3/ln_seed0.json was made on an Intel Xeon with AVX-512, where MKL runs AVX512_E1 (docs/experiments.md,
-# Reproduce, machine C), so it needs an Intel CPU on which MKL runs that branch; results/v2/ln_seed0.json on an AMD
-# EPYC, where MKL runs what its COMPATIBLE branch computes, which --rerun-mkl COMPATIBLE asks for on any CPU.
-# results/ln_seed0.json (today's recipe) computed its augmentation with ATen's own operations: it needs no branch.
-NEEDS = {os.path.join("results", "v3", "ln_seed0.json"): "AVX512_E1"}
-
-
 def rerun(committed, tmp_path, *options):
-    """`python train.py --rerun COMMITTED --rerun-epochs 1` in a fresh process: its output, after checking that it
-    reports the first epoch identical."""
+    """`python -m tools.rerun COMMITTED --epochs 1` in a fresh process: its output, after checking that it reports the
+    first epoch identical."""
     from conftest import DATA
-    done = subprocess.run([sys.executable, "train.py", "--rerun", committed, "--rerun-epochs", "1", "--out",
-                           str(tmp_path), "--data", DATA, "--no-progress", *options], capture_output=True, text=True,
-                          cwd=ROOT, timeout=900)
+    done = subprocess.run([sys.executable, "-m", "tools.rerun", committed, "--epochs", "1", "--out", str(tmp_path),
+                           "--data", DATA, "--no-progress", *options], capture_output=True, text=True, cwd=ROOT,
+                          timeout=900)
     assert done.returncode == 0, done.stdout + done.stderr
     assert "identical: the first 1 of its" in done.stdout, done.stdout
     return done.stdout
 
 
 @pytest.mark.mnist
-@pytest.mark.parametrize("committed,options,folder", [
-    (os.path.join("results", "ln_seed0.json"), [], "rerun"),
-    # The recipe before the guard search: its settings differ from today's defaults in ema_warmup (hence the folder).
-    (os.path.join("results", "v3", "ln_seed0.json"), [], os.path.join("rerun", "ema_warmup0_mkl")),
-    # The recipe before the schedule search, whose file records no schedule settings: read as FIRST_SCHEDULE's, which
-    # now differ from the defaults (hence the folder), they still give its history.
-    (os.path.join("results", "v2", "ln_seed0.json"), ["--rerun-mkl", "COMPATIBLE"],
-     os.path.join("rerun", "pct_start0.3_ema0_ema_warmup0_mklCOMPATIBLE")),
-])
-def test_rerun_of_a_committed_run_reproduces_its_first_epoch_exactly(tmp_path, mnist, committed, options, folder):
-    if not (machine.mkl_branch() or "").startswith(NEEDS.get(committed, "")):
-        pytest.skip(f"{committed} needs Intel MKL's {NEEDS[committed]} branch, which it does not run on this CPU "
-                    f"({machine.cpu_name()}: {machine.mkl_branch()})")
+def test_rerun_of_a_committed_run_reproduces_its_first_epoch_exactly(tmp_path, mnist):
     # The proof that the committed numbers come from the committed code: epoch 1 of a full-data run, through the same
-    # code path as `python train.py --rerun`, with the file's settings, thread count and instruction set.
-    rerun(committed, tmp_path, *options)
+    # code path as train.py, with the file's settings, thread count and instruction set.
+    committed = os.path.join("results", "ln_seed0.json")
+    rerun(committed, tmp_path)
     with open(os.path.join(ROOT, committed)) as f:
         old = json.load(f)
-    with open(tmp_path / "results" / folder / "ln_seed0.json") as f:
+    with open(tmp_path / "results" / "rerun" / "ln_seed0.json") as f:
         new = json.load(f)
     (epoch,) = new["history"]
     assert {k: epoch[k] for k in old["history"][0] if k != "seconds"} == \
         {k: v for k, v in old["history"][0].items() if k != "seconds"}
     assert new["config"]["isa"] == "avx2" and new["config"]["threads"] == old["config"]["threads"] == 1
-    assert new["config"]["affine_ops"] == old["config"].get("affine_ops", "mkl")
 
 
 @pytest.mark.mnist
 @pytest.mark.skipif(machine.why_not_pinnable() is not None, reason="this CPU cannot run AVX2 kernels")
-def test_runs_made_with_atens_own_operations_reproduce_on_any_cpu(tmp_path, mnist):
-    # LN's one-minute run (python train.py --epochs 1 --limit 2000 --out .), made with the current arithmetic on the
-    # CPU the file names, with 2 threads: identical here, whatever this CPU's vendor (the fingerprint checks all three
-    # models op by op).
+def test_runs_reproduce_on_any_cpu(tmp_path, mnist):
+    # LN's one-minute run (python train.py --epochs 1 --limit 2000 --out .), made on the CPU the file names: identical
+    # here, whatever this CPU's vendor (the fingerprint checks all three models op by op).
     committed = os.path.join("results", "epochs1_limit2000", "ln_seed0.json")
     with open(os.path.join(ROOT, committed)) as f:
         config = json.load(f)["config"]
-    assert config["affine_ops"] == "aten" and config["threads"] == 2
+    assert config["threads"] == 1
     out = rerun(committed, tmp_path)
-    assert "no operation of its steps depends on the CPU's vendor" in out or f"({machine.cpu_vendor()})" in config["cpu"]
+    assert ("no operation of its steps depends on the CPU's vendor" in out
+            or f"({machine.cpu_vendor()})" in config["cpu"])
+
+
+def test_rerun_refuses_a_file_made_before_todays_arithmetic_and_names_where_to_go(tmp_path):
+    saved = json.load(open(os.path.join(ROOT, "results", "tune", "ln_affine_dropout0_bs64_seed0.json")))
+    done = subprocess.run([sys.executable, "-m", "tools.rerun", os.path.join("results", "tune",
+                           "ln_affine_dropout0_bs64_seed0.json"), "--out", str(tmp_path), "--data",
+                           str(tmp_path / "no-data")], capture_output=True, text=True, cwd=ROOT, timeout=120)
+    assert "cpu" not in saved["config"]
+    assert done.returncode == 1 and "Traceback" not in done.stderr
+    assert "made before today's arithmetic" in done.stderr and "names the commit" in done.stderr
+    assert not (tmp_path / "no-data").exists()
 
 
 @pytest.mark.skipif("avx512f" in (machine.cpu_flags() or {"avx512f"}), reason="needs a CPU without AVX-512")
 def test_rerun_of_a_run_made_with_an_instruction_set_this_cpu_lacks_says_so_before_training(tmp_path):
     import json
     import os
-    saved = json.load(open(os.path.join(ROOT, "results", "v2", "ln_seed0.json")))
+    saved = json.load(open(os.path.join(ROOT, "results", "ln_seed0.json")))
     saved["config"].update(hardware="CPU AVX512", isa="native: ATen avx512, oneDNN brgconv:avx512_core")
     path = tmp_path / "avx512_run.json"
     path.write_text(json.dumps(saved))
-    done = subprocess.run([sys.executable, "train.py", "--rerun", str(path), "--out", str(tmp_path), "--data",
+    done = subprocess.run([sys.executable, "-m", "tools.rerun", str(path), "--out", str(tmp_path), "--data",
                            str(tmp_path / "no-data")], capture_output=True, text=True, cwd=ROOT, timeout=120)
     assert done.returncode == 1 and "Traceback" not in done.stderr
     assert "was trained with native: ATen avx512" in done.stderr and "cannot be reproduced bit for bit" in done.stderr
@@ -156,25 +137,13 @@ def test_malloc_setting_changes_no_number(tmp_path):
 
 
 def test_rerun_says_what_to_expect_on_a_cpu_other_than_the_one_that_made_the_file(monkeypatch, capsys):
-    import argparse
-    import train
+    from tools import rerun
     monkeypatch.setattr(machine, "pin_isa", lambda *a, **k: machine.AVX2)  # the pin itself is tested above
     config = {"device": "cpu", "hardware": "CPU AVX2", "isa": "avx2"}
-    args = argparse.Namespace(rerun="run.json", device=None, rerun_mkl=None)
-    # A run made with ATen's own operations on another vendor's CPU reproduces here all the same.
-    train.pin_for_rerun(args, {"config": {**config, "affine_ops": "aten", "cpu": "Some CPU (OtherVendor)"}})
+    # A run made on another vendor's CPU reproduces here all the same: no operation of a step follows the vendor.
+    assert rerun.pin_for({**config, "cpu": "Some CPU (OtherVendor)"}, "run.json").type == "cpu"
     out = capsys.readouterr().out
-    assert "was made on Some CPU (OtherVendor)" in out and "no operation of its steps depends on the CPU's vendor" in out
-    train.pin_for_rerun(args, {"config": {**config, "affine_ops": "aten", "cpu": machine.cpu_name()}})  # this CPU's
+    assert "was made on Some CPU (OtherVendor)" in out
+    assert "no operation of its steps depends on the CPU's vendor" in out
+    rerun.pin_for({**config, "cpu": machine.cpu_name()}, "run.json")  # this CPU's
     assert capsys.readouterr().out == ""
-    # A run from before affine_ops was recorded computed its augmentation in MKL: where it reproduces, and how.
-    train.pin_for_rerun(args, {"config": {**config, "cpu": "AMD EPYC (AuthenticAMD)"}})
-    out = capsys.readouterr().out
-    assert "computed its augmentation in Intel MKL" in out and "--rerun-mkl COMPATIBLE" in out
-    assert args.affine_ops == "mkl"
-    train.pin_for_rerun(args, {"config": config})  # one from before the CPU was recorded: the docs say which
-    assert "does not record the CPU that made it" in capsys.readouterr().out
-    # --rerun-mkl is for those files only
-    args.rerun_mkl = "COMPATIBLE"
-    with pytest.raises(SystemExit, match="did not compute its augmentation with Intel MKL"):
-        train.pin_for_rerun(args, {"config": {**config, "affine_ops": "aten"}})

@@ -3,7 +3,7 @@ import numpy as np
 import pytest
 import torch
 
-import normalizations as norms
+from studies import normalizations as norms
 
 
 @pytest.mark.parametrize("method,groups", [("BN", 2), ("LN", 2), ("GN", 2), ("GN", 4)])

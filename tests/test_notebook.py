@@ -34,7 +34,8 @@ def execute(parameters, cwd, setup=""):
     nb.cells.insert(index + 1, nbformat.v4.new_code_cell(parameters))
     if setup:
         nb.cells.insert(0, nbformat.v4.new_code_cell(setup))
-    nbclient.NotebookClient(nb, timeout=600, kernel_name="python3", resources={"metadata": {"path": str(cwd)}}).execute()
+    nbclient.NotebookClient(nb, timeout=600, kernel_name="python3",
+                            resources={"metadata": {"path": str(cwd)}}).execute()
     return nb
 
 

@@ -6,7 +6,8 @@ from records import format_summary, summarize
 
 
 def test_summary_table_reports_mean_and_spread():
-    rec = lambda acc, seed: {"config": {"norm": "GN", "groups": 5, "params": 7750, "seed": seed, "epochs": 2}, "history": [
+    config = {"norm": "GN", "groups": 5, "params": 7750, "epochs": 2}
+    rec = lambda acc, seed: {"config": {**config, "seed": seed}, "history": [
         {"test_acc": acc - 1, "train_acc": 98.0, "test_loss": 0.05, "seconds": 30},
         {"test_acc": acc, "train_acc": 99.0, "test_loss": 0.02, "seconds": 30}]}
     (row,) = summarize({"gn_g5": [rec(99.0, 0), rec(99.4, 1)]})

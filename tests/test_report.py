@@ -1,17 +1,21 @@
-"""report.py: the README's tables are generated from results/, and a stale README is caught."""
+"""tools/report.py and the studies' tables: the README's tables are generated from results/, and a stale README is
+caught."""
 import json
 import os
 
 import pytest
 
-import report
+from benchmarks import end_to_end, pipeline
+from benchmarks import options as options_benchmark
 from conftest import ROOT
 from recipe import Recipe
 from records import load_records
+from studies import batch_size, experiment, recipe_search, search
+from tools import report
 
 
 def test_readme_and_docs_tables_match_results():
-    assert report.main(["--check"]) == 0, "run `python report.py` after changing results/"
+    assert report.main(["--check"]) == 0, "run `python -m tools.report` after changing results/"
 
 
 def write_run(folder, name, accs, epochs=None, seed=0):
@@ -37,10 +41,11 @@ def test_findings_give_paired_intervals_seeds_and_time_to_accuracy(tmp_path):
     assert report.main(["--files", str(readme), "--results", str(results)]) == 0
     text = readme.read_text()
     # Differences of exactly 0.1 on every seed: no spread, an interval of zero width that excludes 0.
-    assert "| norm | BN + L1 | LN | 0-2 | +0.100 | [+0.100, +0.100] | **yes: BN + L1 higher** |" in text
+    assert ("| norm | BN + L1 | LN | 0-2 | +0.100 | [+0.100, +0.100] | yes, BN + L1 higher (weak evidence if the "
+            "interval only just excludes 0) |") in text
     # -0.1, +0.2, +0.2: mean +0.1, t(0.975, 2) * std / sqrt(3) = 0.430
     assert "| norm | BN + L1 | GN | 0-2 | +0.100 | [-0.330, +0.530] | no: the interval includes 0 |" in text
-    assert "| groups | GN, 1 group (= LN) | GN, 2 groups | 0-2 |" in text
+    assert "GN, 1 group (= LN)" not in text  # GN against LN is stated once, as a norm
     assert "| groups | GN, 5 groups | GN, 2 groups | 0 | -0.300 | (one seed) | cannot say: one seed |" in text
     assert "10 groups" not in text
     # ... and in words, one line per verdict
@@ -48,10 +53,10 @@ def test_findings_give_paired_intervals_seeds_and_time_to_accuracy(tmp_path):
             "(interval 0.10 to 0.10, 3 seeds).") in text
     assert "- **Not measured to differ** " in text and "BN + L1 against GN (-0.33 to +0.53 points, 3 seeds)" in text
     assert "- **One seed, no interval:** GN, 5 groups against GN, 2 groups." in text
-    # BN + L1 - LN, BN + L1 - GN and GN - LN (which is also 1 group against 2): three distinct intervals
+    # BN + L1 - LN, BN + L1 - GN and GN - LN: three intervals
     assert "- **3 intervals at once.** " in text
     # BN + L1: 99.6 ± t(0.975, 2) * 0.1 / sqrt(3) = 0.248; seed 0 reaches 99.4% at epoch 2, the others at 3
-    assert "| BN + L1 | 99.60 ± 0.25 | 3 | 2.7 | 3 of 3 | 3 of 3 | 3 of 3 | 7,750 |" in text
+    assert "| BN + L1 | 99.60 ± 0.25 | 3 | 2.7 | 3 of 3 | 7,750 |" in text
     assert "| GN (5 groups) | 0 | 99.30 | 99.30 | 2 | 2.0 |" in text
     assert (tmp_path / "static" / "seeds.png").stat().st_size > 10_000
 
@@ -71,8 +76,8 @@ def test_steady_table_and_curves_count_the_seeds_that_stay_at_the_target(tmp_pat
     assert "| BN + L1 | 0, 1, 2 | 12, 15, - | 0 of 3 | 1 of 3 | 2 of 3 |" in text
     assert "| LN | 0 | 12 | 0 of 1 | 1 of 1 | 1 of 1 |" in text
     # 99.5, 99.5, 99.39: mean 99.463, t(0.975, 2) * 0.0635 / sqrt(3) = 0.158; every seed first reaches it at 12
-    assert "| BN + L1 | 99.46 ± 0.16 | 3 | 12.0 | 0 of 3 | 1 of 3 | 2 of 3 | 7,750 |" in text
-    fig = report.seed_curves_figure(str(results))
+    assert "| BN + L1 | 99.46 ± 0.16 | 3 | 12.0 | 1 of 3 | 7,750 |" in text  # the headline counts from epoch 12
+    fig = experiment.seed_curves_figure(str(results))
     assert [len(ax.lines) for ax in fig.axes] == [3 + 1, 1 + 1]  # a line per seed, and the 99.4% line
     assert fig.axes[0].get_title() == "BN + L1: 1 of 3 seeds at ≥ 99.4%\nin every epoch from 12 on"
     assert (tmp_path / "static" / "seed_curves.png").stat().st_size > 10_000
@@ -84,19 +89,18 @@ def test_start_table_gives_the_first_two_epochs_range_and_the_seeds_that_diverge
     write_run(results, "gn", [98.7, 99.2, 89.2], seed=1)  # fell by 10.0 points in epoch 3: diverged
     write_run(results, "gn", [98.6, 99.0], seed=2, epochs=3)  # unfinished: left out
     write_run(results, "ln", [97.0, 98.0, 99.0], seed=0)
-    text = report.start_table(str(results))
+    text = experiment.start_table(str(results))
     assert "| GN | 0, 1 | 98.50 to 98.70 | 99.10 to 99.20 | 1 |" in text
     assert "| LN | 0 | 97.00 | 98.00 | none |" in text
+    assert "| LN |" not in experiment.start_table(str(results), names=["gn"])
 
 
-def test_tuning_table_is_rendered_between_markers_and_staleness_is_detected(tmp_path, capsys):
+def test_tables_are_rendered_between_markers_and_staleness_is_detected(tmp_path, capsys):
     results = tmp_path / "results"
-    write_run(results / "v1" / "val" / "lr0.1_bs128", "gn", [98.0, 99.25])
-    write_run(results / "v1" / "val" / "lr0.1_bs128", "bn_l1", [98.5, 99.40, 99.35])
-    write_run(results / "v1" / "val" / "lr0.2_bs128", "gn", [98.1, 99.1], epochs=20)
+    write_run(results, "gn", [98.0, 99.25])
+    write_run(results, "bn_l1", [98.5, 99.40])
     readme = tmp_path / "README.md"
-    readme.write_text("intro\n<!-- tuning:start -->\nold\n<!-- tuning:end -->\nafter\n"
-                      "<!-- results:start -->\n<!-- results:end -->\n"
+    readme.write_text("intro\n<!-- headline:start -->\nold\n<!-- headline:end -->\nafter\n"
                       "<!-- worked-example:start -->\n"
                       "<!-- worked-example:end -->\n")
     docs = tmp_path / "perf.md"
@@ -105,16 +109,15 @@ def test_tuning_table_is_rendered_between_markers_and_staleness_is_detected(tmp_
     assert report.main(args + ["--check"]) == 1
     assert report.main(args) == 0
     text = readme.read_text()
-    assert "| setting (`results/v1/val/...`) |" in text
-    assert "| `lr0.1_bs128` | 99.35 (99.40) | 99.25 (99.25) | 99.30 |" in text  # BN + L1 before GN
-    assert "| `lr0.2_bs128` |  | 99.10 (99.10) (2 of 20 epochs) |  |" in text
+    assert "| BN + L1 | 99.40 | 1 | 2.0 | 1 of 1 | 7,750 |" in text
+    assert "| GN | 99.25 | 1 | never | 0 of 1 | 7,750 |" in text
     assert text.startswith("intro\n") and "\nafter\n" in text and "old" not in text
-    assert "| run | seeds | final test acc %" in text and "BN: statistics per channel" in text
+    assert "BN: statistics per channel" in text
     assert "| run | seed | first epoch at" in docs.read_text()
     assert report.main(args + ["--check"]) == 0
-    write_run(results / "v1" / "val" / "lr0.1_bs128", "gn", [98.0, 99.30])
+    write_run(results, "gn", [98.0, 99.30])
     assert report.main(args + ["--check"]) == 1
-    assert "python report.py" in capsys.readouterr().err
+    assert "python -m tools.report" in capsys.readouterr().err
 
 
 def test_unknown_or_unclosed_markers_are_an_error(tmp_path):
@@ -122,8 +125,8 @@ def test_unknown_or_unclosed_markers_are_an_error(tmp_path):
     readme.write_text("<!-- tables:start -->\n<!-- tables:end -->\n")
     with pytest.raises(ValueError, match="unknown block <!-- tables:start -->"):
         report.main(["--files", str(readme), "--results", str(tmp_path)])
-    readme.write_text("<!-- tuning:start -->\n")
-    with pytest.raises(ValueError, match="has no <!-- tuning:end -->"):
+    readme.write_text("<!-- results:start -->\n")
+    with pytest.raises(ValueError, match="has no <!-- results:end -->"):
         report.main(["--files", str(readme), "--results", str(tmp_path)])
 
 
@@ -137,7 +140,7 @@ def test_results_table_averages_finished_runs_and_names_the_unfinished(tmp_path)
     (tmp_path / "ln_seed2.json").write_text(json.dumps(record))
     started = {"name": "gn", "config": {"norm": "GN", "seed": 0, "epochs": 20, "params": 7750}, "history": []}
     (tmp_path / "gn_seed0.json").write_text(json.dumps(started))  # no epoch finished yet: no row
-    lines = report.results_table(str(tmp_path)).splitlines()
+    lines = experiment.results_table(str(tmp_path)).splitlines()
     assert len(lines) == 5 and lines[3] == ""
     # finals 99.5 and 99.3: mean 99.40, population std 0.10; seed 2 (one epoch of two) is not averaged in
     assert lines[2].startswith("| LN | 0, 1 | 99.40 ± 0.10 | 99.40 ± 0.10 | 99.50, 99.30 |") and "| 7,750 |" in lines[2]
@@ -146,7 +149,7 @@ def test_results_table_averages_finished_runs_and_names_the_unfinished(tmp_path)
 
 def test_every_figure_and_link_the_readme_and_docs_show_exists():
     import re
-    for doc in report.FILES:
+    for doc in report.FILES + [os.path.join(ROOT, "docs", "files.md")]:
         text = open(doc).read()
         base = os.path.dirname(doc)
         for path in re.findall(r"\]\(([^)#:]+)\)", text):  # relative links and images
@@ -171,12 +174,12 @@ def test_batch_size_table_has_a_row_per_batch_and_the_study_wall_time(tmp_path):
     (folder / "study.json").write_text(json.dumps({"invocations": [
         {"runs_planned": 8, "runs_trained": 5, "jobs": 2, "cpus": 2, "device": "cpu", "wall_seconds": 600},
         {"runs_planned": 8, "runs_trained": 2, "jobs": 2, "cpus": 2, "device": "cpu", "wall_seconds": 300}]}))
-    lines = report.batch_size_table(str(tmp_path)).splitlines()
+    lines = batch_size.batch_size_table(str(tmp_path)).splitlines()
     assert lines[0] == ("| batch | peak lr | BN final test acc % (running averages) | BN with batch statistics "
                         "| GN final test acc % |")
     assert lines[2] == "| 2 | 0.0015625 | 98.20 ± 0.20 | 88.20 ± 0.20 | 99.10 ± 0.10 |"
     assert lines[3] == "| 128 | 0.1 | 99.00 ± 0.00 | 89.00 ± 0.00 | 98.90 |"  # one GN seed: no spread
-    assert lines[-3].endswith("dropout and rotated images): BN 90.00 / 90.00; GN 90.00 / 90.00.")
+    assert lines[-3].endswith("augmented images): BN 90.00 / 90.00; GN 90.00 / 90.00.")
     assert "seeds 0, 1; 1 epoch(s) on 60,000 training images per run; 7 runs" in lines[-1]
     assert "Wall time: 15.0 minutes for the 7 runs trained, in 2 invocations (2 parallel jobs on 2 CPUs" in lines[-1]
 
@@ -189,7 +192,7 @@ def test_performance_tables_come_from_the_benchmark_files_and_the_runs(tmp_path)
              "settings": {"num_workers": 2, "num_workers_img_s": {"0": 80.0, "2": 100.0}, "repeats": 3,
                           "steps_per_measurement": 50, "batch_size": 128, "precision": "bf16"}}
     (tmp_path / "benchmark.json").write_text(json.dumps(bench))
-    lines = report.benchmark_table(str(tmp_path)).splitlines()
+    lines = pipeline.benchmark_table(str(tmp_path)).splitlines()
     assert lines[2] == "| bf16 | conventional: `DataLoader`, num_workers=2 | 100 | 90 | 110 | 0.50 |"
     assert lines[4] == "| bf16 | ceiling: one fixed batch, no data work | 210 | 200 | 220 | 1.05 |"
     assert "**speedup** (ours / conventional) **2.00**, **efficiency** (ours / ceiling) **0.95**" in lines[-1]
@@ -203,12 +206,13 @@ def test_performance_tables_come_from_the_benchmark_files_and_the_runs(tmp_path)
                "eval": {"eval batch 500": {"img_s": 20.0, "baseline_img_s": 10.0, "ratio": 2.0, "run_seconds": 540.0,
                                            "end_to_end_speedup": 600 / 540}}}
     (tmp_path / "options.json").write_text(json.dumps(options))
-    lines = report.options_table(str(tmp_path)).splitlines()
+    lines = options_benchmark.options_table(str(tmp_path)).splitlines()
     assert lines[2] == "| training: bfloat16 autocast | 150 | 100 | 1.50 | 7.0 min | 1.43 |"
     assert lines[3].startswith("| training: torch.compile | failed: RuntimeError: no compiler")
     assert lines[4] == "| evaluation: eval batch 500 | 20 | 10 | 2.00 | 9.0 min | 1.11 |"
     (tmp_path / "end_to_end.json").write_text(json.dumps({
-        "malloc": {"1_threads": {"default_seconds": 13.0, "tuned_seconds": 10.0}, "settings": {"limit": 15000, "repeats": 3},
+        "malloc": {"1_threads": {"default_seconds": 13.0, "tuned_seconds": 10.0},
+                   "settings": {"limit": 15000, "repeats": 3},
                    "device": "cpu: test", "versions": {"torch": "2"}},
         "isa": {kind: {"native_seconds": native, "avx2_seconds": 50.0, "isa_in_use": {"native": used, "avx2": "avx2"},
                        "settings": {"threads": 2, "repeats": 3}, "device": "cpu: test", "versions": {"torch": "2"}}
@@ -216,16 +220,18 @@ def test_performance_tables_come_from_the_benchmark_files_and_the_runs(tmp_path)
         "experiment": {"jobs1_seconds": 300.0, "jobs2_seconds": 200.0, "settings": {
             "command": "python train.py --epochs 2 --jobs J", "repeats": 2}, "device": "cpu: test",
             "versions": {"torch": "2"}}}))
-    lines = report.end_to_end_table(str(tmp_path)).splitlines()
+    lines = end_to_end.end_to_end_table(str(tmp_path)).splitlines()
     assert lines[2] == ("| a BN + L1 epoch on 15,000 images + test, 1 thread(s) | test | glibc default | 13.0 "
                         "| `machine.tune_malloc()` | 10.0 | **1.30** |")
-    assert lines[3] == ("| a BN + L1 epoch on 60,000 images + test, 2 threads, on a CPU whose own is AVX2 | test | the "
-                        "CPU's own (`--native-isa`: avx2) | 49.0 | pinned to AVX2 (the default: avx2) | 50.0 | **0.98** |")
-    assert lines[4] == ("| a BN + L1 epoch on 60,000 images + test, 2 threads, on a CPU whose own is AVX-512 | test | the "
-                        "CPU's own (`--native-isa`: native: ATen avx512, oneDNN x) | 40.0 | pinned to AVX2 (the default: "
-                        "avx2) | 50.0 | **0.80** |")
-    assert lines[5] == ("| `python train.py --epochs 2 --jobs J`, whole process | test | --jobs 1 | 300.0 | --jobs 2 | "
-                        "200.0 | **1.50** |")
+    assert lines[3] == ("| a BN + L1 epoch on 60,000 images + test, 2 threads, on a CPU whose own is AVX2 | test "
+                        "| the CPU's own (`--native-isa`: avx2) | 49.0 | pinned to AVX2 (the default: avx2) | 50.0 "
+                        "| **0.98** |")
+    assert lines[4] == ("| a BN + L1 epoch on 60,000 images + test, 2 threads, on a CPU whose own is AVX-512 | test "
+                        "| the CPU's own (`--native-isa`: native: ATen avx512, oneDNN x) | 40.0 | pinned to AVX2 (the "
+                        "default: avx2) | 50.0 | **0.80** |")
+    assert lines[5] == ("| `python train.py --epochs 2 --jobs J`, whole process | test | --jobs 1 (at the time: one "
+                        "process, all threads) | 300.0 | --jobs 2 (two processes, one thread each) | 200.0 "
+                        "| **1.50** |")
     assert "2/3 processes per setting" in lines[-1]
 
     for name, accs in (("bn_l1", [99.0, 99.41, 99.5]), ("ln", [99.0, 99.2, 99.3]), ("gn", [99.1, 99.3, 99.45])):
@@ -234,49 +240,42 @@ def test_performance_tables_come_from_the_benchmark_files_and_the_runs(tmp_path)
                   "history": [{"epoch": i + 1, "test_acc": a, "train_acc": 99.0, "test_loss": 0.02, "seconds": 30.0}
                               for i, a in enumerate(accs)]}
         (tmp_path / f"{name}_seed0.json").write_text(json.dumps(record))
-    lines = report.speed_table(str(tmp_path)).splitlines()
+    lines = experiment.speed_table(str(tmp_path)).splitlines()
     assert lines[2] == "| BN + L1 | 0 | 2 | 1.0 | 99.50 | 1.5 |"
     (tmp_path / "invocations.json").write_text(json.dumps({"invocations": [
         {"runs": ["bn_l1", "gn", "ln"], "runs_trained": 3, "jobs": 2, "threads": 1, "wall_seconds": 600.0}]}))
-    assert report.speed_table(str(tmp_path)).splitlines()[-1] == "| bn_l1, gn, ln | 3 | 2 x 1 | 10.0 |"
+    assert experiment.speed_table(str(tmp_path)).splitlines()[-1] == "| bn_l1, gn, ln | 3 | 2 x 1 | 10.0 |"
 
 
 def test_no_table_mixes_recipes():
     # The tables and figures read every run of a folder together: those runs may differ only in what the experiment
-    # compares (norm, groups, L1, seed, precision); the recipe (data, training, augmentation) is one. results/ (top
-    # level) holds today's recipe, Recipe's defaults; results/v3/ the recipe before the guard search (its defaults
-    # before it), results/v2/ the one before the schedule search (and the first schedule) and results/v1/ the first
-    # recipe's runs, each kept apart.
+    # compares (norm, groups, L1, seed, precision); the recipe (data, training, augmentation) is one: Recipe's defaults
+    # for results/ (top level), Recipe's defaults but for the batch size, its learning rate and the epochs for the
+    # batch-size study.
     from dataclasses import asdict
-    from recipe import BEFORE_GUARD, FIRST_SCHEDULE
-
     compared = {"norm", "groups", "l1", "seed", "precision"}
-    rest = lambda recipe: {k: v for k, v in asdict(recipe).items() if k not in compared}
-    for folder, expected in (("results", rest(Recipe())), (os.path.join("results", "v3"), rest(Recipe(**BEFORE_GUARD))),
-                             (os.path.join("results", "v2"), rest(Recipe(**FIRST_SCHEDULE, **BEFORE_GUARD))),
-                             (os.path.join("results", "v1"), None)):
-        recipes = {(name, r["config"]["seed"]): rest(Recipe.from_config(r["config"]))
-                   for name, recs in load_records(os.path.join(ROOT, folder)).items() for r in recs}
-        expected = expected or next(iter(recipes.values()))
-        assert len(recipes) > 1 and all(recipe == expected for recipe in recipes.values()), (folder, recipes)
+    rest = lambda recipe, *more: {k: v for k, v in asdict(recipe).items() if k not in compared | set(more)}
+    for folder, more in (("results", ()), (os.path.join("results", "batch_size"), ("batch_size", "lr", "epochs"))):
+        recipes = [rest(Recipe.from_config(r["config"]), *more)
+                   for recs in load_records(os.path.join(ROOT, folder)).values() for r in recs]
+        assert len(recipes) > 1 and all(recipe == rest(Recipe(), *more) for recipe in recipes), folder
 
 
-def test_search_table_says_what_the_rule_still_needs_then_the_choice(tmp_path):
-    import tune
+def test_search_table_gives_the_choice_once_the_rule_has_it(tmp_path):
     results, doc = tmp_path / "results", tmp_path / "doc.md"
     doc.write_text("<!-- search:start -->\n<!-- search:end -->\n")
     render = lambda: report.main(["--files", str(doc), "--results", str(results)]) or doc.read_text()
-    ids = [tune.setting_id(s) for s in tune.settings()]
+    ids = [recipe_search.setting_id(s) for s in recipe_search.settings()]
     close, best = "rotate_dropout0_bs128", "affine_dropout0.05_bs64"
     seed0 = {**{sid: 99.0 for sid in ids}, close: 99.45, best: 99.50}
     for sid in ids[:-1]:
         for name in ("bn_l1", "ln", "gn"):
             write_run(results / "tune", f"{name}_{sid}", [seed0[sid]])
-    assert "Not decided yet: 21 of the 24 seed-0 runs finished" in render()
+    assert "Not decided by these files" in render()
     for name in ("bn_l1", "ln", "gn"):
         write_run(results / "tune", f"{name}_{ids[-1]}", [seed0[ids[-1]]])
     text = render()
-    assert "seed 1 has finished for 0 of the 2 close settings" in text
+    assert "Not decided by these files" in text
     assert "| affine | 0.05 | 64 | 99.50 / 99.50 / 99.50 |  | 99.500 | yes |  |" in text
     for sid, acc in ((close, 99.45), (best, 99.48)):  # two-seed scores 99.45 and 99.49: tied, the cheaper wins
         for name in ("bn_l1", "ln", "gn"):
@@ -288,7 +287,6 @@ def test_search_table_says_what_the_rule_still_needs_then_the_choice(tmp_path):
 
 
 def test_a_run_that_diverged_is_named_under_the_findings_and_the_search(tmp_path):
-    import tune
     results = tmp_path / "results"
     for seed in (0, 1):
         write_run(results, "bn_l1", [99.0, 99.5], seed=seed)
@@ -296,7 +294,7 @@ def test_a_run_that_diverged_is_named_under_the_findings_and_the_search(tmp_path
     for seed in (0, 1, 2):  # never above guessing one class: named, and still in the table
         write_run(results, "gn_g10", [11.2, 11.35] if seed < 2 else [98.0, 99.0], seed=seed)
         write_run(results, "gn", [98.0, 99.0], seed=seed)
-    sid = tune.setting_id(tune.settings()[0])
+    sid = recipe_search.setting_id(recipe_search.settings()[0])
     write_run(results / "tune", f"ln_{sid}", [98.27, 45.38, 98.37])
     doc = tmp_path / "doc.md"
     doc.write_text("<!-- findings:start -->\n<!-- findings:end -->\n<!-- search:start -->\n<!-- search:end -->\n")
@@ -311,22 +309,20 @@ def test_a_run_that_diverged_is_named_under_the_findings_and_the_search(tmp_path
             "epoch 1, 45.38% after epoch 2 (98.37% after epoch 3).") in text
 
 
-def test_schedule_search_table_reads_today_from_the_augmentation_search_and_says_what_is_left(tmp_path):
-    import tune
+def test_schedule_search_table_reads_today_from_the_augmentation_search(tmp_path):
     results = tmp_path / "results"
     for norm in ("bn_l1", "ln", "gn"):
         for seed in (0, 1):
-            write_run(results / "tune", f"{norm}_{tune.INCUMBENT}", [99.0, 99.3, 99.4], seed=seed)
+            write_run(results / "tune", f"{norm}_{recipe_search.INCUMBENT}", [99.0, 99.3, 99.4], seed=seed)
         write_run(results / "tune" / "schedule", f"{norm}_cycle14_ema", [99.45, 99.5, 99.5])
     write_run(results / "tune", "ln_rotate_dropout0_bs64", [99.9, 99.9, 99.9])  # another setting of the first search
-    lines = report.schedule_search_table(str(results)).splitlines()
+    lines = recipe_search.schedule_markdown(str(results)).splitlines()
     assert lines[2] == "| cycle14_ema | 99.50 / 99.50 / 99.50 |  | 99.500 | 1.0 |  |  |"
     assert lines[3] == "| today | 99.40 / 99.40 / 99.40 | 99.40 / 99.40 / 99.40 | 99.400 | 2.0 |  |  |"
-    assert "seed 0 has finished for 2 of the 8 settings" in lines[-1]
+    assert "Not decided by these files" in lines[-1]
 
 
 def test_guard_search_table_waits_for_the_stress_tests_stage_2_then_names_the_choice(tmp_path):
-    import tune
     results = tmp_path / "results"
 
     def run(folder, name, norm, accs, seed=0, extra=None):
@@ -342,24 +338,26 @@ def test_guard_search_table_waits_for_the_stress_tests_stage_2_then_names_the_ch
         for name, norm in (("bn_l1", "BN"), ("ln", "LN"), ("gn", "GN")):
             for seed in ((0, 1) if cid in ("warmup", "guard") else (0,)):
                 run(results / "tune" / "guard", f"{name}_{cid}", norm, [98.0, acc, acc], seed)
-    text = report.guard_search_table(str(results))
+    text = search.guard_markdown(str(results))
     assert "| guard | 99.42 / 99.42 / 99.42 | 99.42 / 99.42 / 99.42 | 99.420 | 2.0 | none |  |" in text
     assert "Not decided yet" in text  # the stress test's stage 2 is missing
-    low, high = tune.STRESS_PEAKS
+    low, high = search.STRESS_PEAKS
     for peak in (low, high):
-        for seed in tune.STRESS_SEEDS:
+        for seed in search.STRESS_SEEDS:
             accs = [90.0, 95.0, 5.0, 95.0, 96.0, 97.0] if (peak, seed) == (low, 3) else [90.0 + e for e in range(6)]
-            run(results / "tune" / "stress", tune.stress_name(peak, 0), "LN", accs, seed, {"lr": peak, "clip": 0})
-    clip = tune.stress_clip(tune.stress_records(str(results)))
+            run(results / "tune" / "stress", search.stress_name(peak, 0), "LN", accs, seed, {"lr": peak, "clip": 0})
+    clip = search.stress_clip(search.stress_records(str(results)))
     for peak in (low, high):
-        for seed in tune.STRESS_SEEDS:
-            run(results / "tune" / "stress", tune.stress_name(peak, clip), "LN", [90.0 + e for e in range(6)], seed,
+        for seed in search.STRESS_SEEDS:
+            run(results / "tune" / "stress", search.stress_name(peak, clip), "LN", [90.0 + e for e in range(6)], seed,
                 {"lr": peak, "clip": clip})
-    text = report.guard_search_table(str(results))
+    text = search.guard_markdown(str(results))
     # tied on accuracy and settling; with fewer divergences under the clip, the tie goes to guard
     assert "Chosen by the rule: `guard`" in text and "| warmup |" in text and "| tied |" in text
-    stress = report.stress_table(str(results))
-    assert f"| {low:g} | 0 | 20 | 1 (seed 3) |" in stress and f"The clip set by rule 4 from stage 1: {clip:g}." in stress
+    stress = search.stress_markdown(str(results))
+    assert f"| {low:g} | 0 | 20 | 1 (seed 3) |" in stress
+    assert f"The clip set by rule 4 from stage 1: {clip:g}." in stress
     assert (f"Rule 6: at {high:g}, 0 of the runs diverged with the clip and 0 without; at {low:g}, 0 with it and 1 "
-            f"without. By the rule, the clip is not shown to stop divergence (no run diverged at {high:g} without it).") \
+            f"without. By the rule, the clip is not shown to stop divergence (no run diverged at {high:g} without "
+            f"it).") \
         in stress

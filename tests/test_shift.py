@@ -1,16 +1,15 @@
 """shift.py: every weights file on every corrupted set, resumable; the clean set gives each run's recorded accuracy."""
 import json
 import os
-import shutil
 
 import pytest
 import torch
 
-import shift
 import utils
 from conftest import ROOT, synthetic
 from recipe import Recipe
 from records import load_weights
+from studies import shift
 
 
 def tiny_weights(tmp_path):
@@ -30,7 +29,7 @@ def test_a_tiny_study_writes_every_set_and_mode_and_resumes_without_computing_ag
     assert all(set(modes) == {"eval", "batch64", "batch1000"} for modes in bn["sets"].values())
     assert all(set(modes) == {"eval"} for modes in ln["sets"].values())
     # The clean set through the study's path gives the accuracy the run recorded, bit for bit
-    for key, record in records.items():
+    for record in records.values():
         assert record["sets"]["clean"]["eval"]["test_acc"] == record["recorded_test_acc"]
     on_disk = json.loads((tmp_path / "results" / "shift" / "ln_seed0.json").read_text())
     assert on_disk == ln
@@ -69,7 +68,8 @@ def test_bn_with_batch_statistics_differs_from_eval_mode_and_leaves_the_model_al
 
 
 def test_no_weights_is_a_clear_error_and_weights_are_read_from_runs_into_out(tmp_path):
-    with pytest.raises(ValueError, match=r"no weights of the recipe's runs under .*weights .*the committed ones: --runs \."):
+    with pytest.raises(ValueError,
+                       match=r"no weights of the recipe's runs under .*weights .*the committed ones: --runs \."):
         shift.study((synthetic(8), synthetic(8)), out=str(tmp_path), device=torch.device("cpu"), progress=False)
     data = tiny_weights(tmp_path / "trained")
     shift.study(data, out=str(tmp_path / "mine"), runs=str(tmp_path / "trained"), device=torch.device("cpu"),
@@ -136,5 +136,6 @@ def test_the_tables_are_the_seeds_means_and_paired_intervals_computed_independen
     diffs = [np.mean([acc[("ln", s)][c]["eval"]["test_acc"] for c in corrupted])
              - np.mean([acc[("bn_l1", s)][c]["eval"]["test_acc"] for c in corrupted]) for s in (0, 1, 2)]
     low, high = st.t.interval(0.95, 2, loc=np.mean(diffs), scale=st.sem(diffs))
-    row = next(line for line in shift.differences_table(str(tmp_path)).splitlines() if line.startswith("| LN - BN + L1 |"))
+    row = next(line for line in shift.differences_table(str(tmp_path)).splitlines()
+               if line.startswith("| LN - BN + L1 |"))
     assert f"{np.mean(diffs):+.2f} [{low:+.2f}, {high:+.2f}]" in row.split(" | ")[6]

@@ -7,7 +7,10 @@ from torch import nn
 
 from conftest import synthetic
 from model import Net
+from recipe import Recipe
 from training import evaluate, l1_penalty, train_epoch, train_step
+
+ROTATE = dict(translate=0.0, scale=0.0, shear=0.0)  # rotation only: the augmentation these tests were written with
 
 
 def test_l1_penalty_is_the_sum_of_absolute_conv_weights():
@@ -20,8 +23,8 @@ def one_step(l1):
     torch.manual_seed(0)
     model = Net("BN", dropout=0.0)
     opt = torch.optim.SGD(model.parameters(), lr=1.0)
-    train_epoch(model, synthetic(32), opt, batch_size=32, generator=torch.Generator().manual_seed(0),
-                      l1=l1, progress=False)
+    train_epoch(model, synthetic(32), opt, Recipe(batch_size=32, l1=l1, **ROTATE),
+                generator=torch.Generator().manual_seed(0), progress=False)
     return model
 
 
@@ -42,7 +45,7 @@ def test_a_few_epochs_on_a_small_subset_lower_the_loss():
     opt = torch.optim.SGD(model.parameters(), lr=0.05, momentum=0.9)
     before, _ = evaluate(model, test)
     g = torch.Generator().manual_seed(0)
-    losses = [train_epoch(model, data, opt, batch_size=64, generator=g, progress=False)[0] for _ in range(4)]
+    losses = [train_epoch(model, data, opt, Recipe(**ROTATE), generator=g, progress=False)[0] for _ in range(4)]
     after, acc = evaluate(model, test)
     assert losses[-1] < losses[0] and after < before
     assert acc > 30  # chance is 10%
@@ -57,7 +60,7 @@ def test_bf16_training_runs_the_convolutions_in_bfloat16_and_keeps_fp32_weights(
     model.conv1[0].register_forward_hook(lambda m, i, o: seen.append(o.dtype))
     opt = torch.optim.SGD(model.parameters(), lr=0.05, momentum=0.9)
     g = torch.Generator().manual_seed(0)
-    losses = [train_epoch(model, data, opt, batch_size=64, generator=g, progress=False, precision="bf16")[0]
+    losses = [train_epoch(model, data, opt, Recipe(precision="bf16", **ROTATE), generator=g, progress=False)[0]
               for _ in range(3)]
     assert seen[0] == torch.bfloat16 and all(p.dtype == torch.float32 for p in model.parameters())
     assert all(np.isfinite(losses)) and losses[-1] < losses[0]
@@ -72,7 +75,7 @@ def test_each_step_records_the_gradients_norm_and_clipping_bounds_it():
         opt = torch.optim.SGD(model.parameters(), lr=0.0)  # lr 0: the weights stay, the gradients are kept
         x = torch.randn(16, 1, 28, 28)
         y = torch.arange(16) % 10
-        _, _, norm = train_step(model, opt, x, y, l1=1e-3, clip=clip)
+        _, _, norm = train_step(model, opt, x, y, Recipe(l1=1e-3, clip=clip))
         grads = torch.cat([p.grad.flatten() for p in model.parameters()])
         return norm, grads
     norm, grads = step(0.0)
@@ -85,8 +88,8 @@ def test_each_step_records_the_gradients_norm_and_clipping_bounds_it():
     torch.manual_seed(0)
     model = Net("BN")
     opt = torch.optim.SGD(model.parameters(), lr=0.01)
-    *_, norms = train_epoch(model, synthetic(100), opt, batch_size=32, generator=torch.Generator().manual_seed(0),
-                            progress=False)
+    *_, norms = train_epoch(model, synthetic(100), opt, Recipe(batch_size=32, **ROTATE),
+                            generator=torch.Generator().manual_seed(0), progress=False)
     assert norms.shape == (4,) and (norms > 0).all()
 
 
@@ -98,7 +101,7 @@ def test_label_smoothing_trains_on_the_smoothed_cross_entropy_and_reports_the_nl
         model = Net("GN")
         opt = torch.optim.SGD(model.parameters(), lr=0.0)
         x, y = torch.randn(16, 1, 28, 28), torch.arange(16) % 10
-        out, loss, _ = train_step(model, opt, x, y, label_smoothing=smoothing)
+        out, loss, _ = train_step(model, opt, x, y, Recipe(label_smoothing=smoothing))
         return model, x, y, out, loss
     model, x, y, out, loss = step(0.2)
     assert loss.item() == pytest.approx(-out.gather(1, y[:, None]).mean().item(), rel=1e-6)  # the NLL, as before

@@ -5,13 +5,15 @@ what the machine that made the committed runs computed, bit for bit.
 Each model trains STEPS steps of its recipe (augmentation, forward, loss with L1, backward, optimizer step, schedule,
 weight-average update) on seeded synthetic images, then evaluates its averaged weights on EVAL_IMAGES images in one
 batch, through the same functions as train.py (utils.initial_state, training.train_epoch, training.evaluate),
-pinned to AVX2, with one thread as the committed runs. Every ATen operation that PyTorch dispatches, forward and backward, is hashed
-as it returns (a TorchDispatchMode), with where it was called from (the layer, the function, or the backward node).
+pinned to AVX2, with one thread as the committed runs. Every ATen operation that PyTorch dispatches, forward and
+backward, is hashed as it returns (a TorchDispatchMode), with where it was called from (the layer, the function, or
+the backward node).
 
-    python fingerprint.py            compare this machine with results/fingerprint.json: exit 0 if identical, 1 if an
-                                     operation differs (named, with both CPUs), 2 if they cannot be compared
-    python fingerprint.py --write    write this machine's fingerprint instead (after a change meant to change the
-                                     arithmetic, once the runs it affects are re-run)
+    python -m tools.fingerprint            compare this machine with results/fingerprint.json: exit 0 if identical,
+                                           1 if an operation differs (named, with both CPUs), 2 if they cannot be
+                                           compared
+    python -m tools.fingerprint --write    write this machine's fingerprint instead (after a change meant to change the
+                                           arithmetic, once the runs it affects are re-run)
 """
 import argparse
 import hashlib
@@ -21,8 +23,8 @@ import re
 import sys
 
 import machine
+from records import ROOT
 
-ROOT = os.path.dirname(os.path.abspath(__file__))
 FILE = os.path.join(ROOT, "results", "fingerprint.json")
 STEPS = 3           # training steps per model: the first ones of a run of the recipe
 EVAL_IMAGES = 2000  # one evaluation batch (training.evaluate's batch size, so its kernels are a run's)
@@ -108,7 +110,7 @@ def trace_class():
 
 
 def fingerprint(check_trace=True):
-    """{"cpu", "flags", "isa", "affine_ops", "mkl", "torch", "threads", "runs": {label: {"ops": [[phase, op, where,
+    """{"cpu", "flags", "isa", "torch", "threads", "runs": {label: {"ops": [[phase, op, where,
     hash]], "final": hash of the weights and averaged weights after training}}}. Pins the instruction set first (call
     it before any torch operation). check_trace: also run the steps untraced, and raise if they end elsewhere (the
     trace must not change what is computed)."""
@@ -116,7 +118,6 @@ def fingerprint(check_trace=True):
     import torch
 
     import utils
-    from augment import AFFINE
     from recipe import experiment
     from training import evaluate, train_epoch
 
@@ -136,8 +137,8 @@ def fingerprint(check_trace=True):
         if trace is not None:  # name the layers: the trained model's and the evaluated one's
             trace.names.update({m: f"layer {n}" for n, m in model.named_modules() if n})
             trace.names.update({m: f"evaluated layer {n}" for n, m in evaluated.named_modules() if n})
-        train_epoch(model, train, optimizer, batch_size=recipe.batch_size, generator=generator, scheduler=scheduler,
-                    progress=False, averaged=averaged, affine_ops=AFFINE, **recipe.step, **recipe.augmentation)
+        train_epoch(model, train, optimizer, recipe, generator=generator, scheduler=scheduler, averaged=averaged,
+                    progress=False)
         if trace is not None:
             trace.phase = "evaluation"
         evaluate(evaluated, test)
@@ -169,8 +170,8 @@ def fingerprint(check_trace=True):
         if check_trace and final(models) != plain:  # recording must not change what is computed
             raise RuntimeError(f"{recipe.label}: the traced steps end with other weights than the same steps untraced")
         runs[recipe.label] = {"ops": trace.ops, "final": final(models)}
-    return {**cpu_description(), "isa": isa, **utils.arithmetic(AFFINE, device),
-            "torch": str(torch.__version__), "threads": torch.get_num_threads(), "runs": runs}
+    return {**cpu_description(), "isa": isa, "torch": str(torch.__version__), "threads": torch.get_num_threads(),
+            "runs": runs}
 
 
 def compare(mine, theirs):
@@ -186,7 +187,9 @@ def compare(mine, theirs):
     for label, run in theirs["runs"].items():
         ops = mine["runs"][label]["ops"]
         for i, (a, b) in enumerate(zip(ops, run["ops"])):
-            if a[1] != b[1] or a[2] != b[2]:
+            # The operation and its result are compared; where it ran (a module's function) only names it, so that
+            # code moved between modules with the same arithmetic still matches.
+            if a[1] != b[1]:
                 return 1, (f"{label}: operation {i + 1} is {a[1]} in {a[2]} here and {b[1]} in {b[2]} in the "
                            f"fingerprint: the code's operations changed since it was written (write it again with "
                            f"--write once the runs the change affects are re-run)")
@@ -214,7 +217,7 @@ def main(argv=None):
     mine = fingerprint(check_trace=args.write)  # a written fingerprint's final weights are checked untraced
     if args.write:
         from files import atomic_write
-        text = json.dumps({"made_with": "python fingerprint.py --write", **mine}, indent=1)
+        text = json.dumps({"made_with": "python -m tools.fingerprint --write", **mine}, indent=1)
         # one operation a line: [phase, operation, where, hash]
         text = re.sub(r'\[\s+("[^"]*"),\s+("[^"]*"),\s+("[^"]*"),\s+("[^"]*")\s+\]', r"[\1, \2, \3, \4]", text)
         atomic_write(args.file, (text + "\n").encode())

@@ -1,0 +1,332 @@
+"""The experiment's own tables and figures: BN + L1, LN and GN over ten seeds (results/*.json), their side runs (BN
+without L1, GN with 5 and 10 groups), how each seed starts, when it settles, and the paired differences."""
+import os
+
+import numpy as np
+from matplotlib.figure import Figure
+from matplotlib.ticker import MaxNLocator
+
+from figures import METRICS
+from recipe import Recipe, experiment, label
+from records import load_records, summarize
+from studies import stats
+from studies.tables import diverged_runs, interval, load_json, markdown, mean_std, ordered, unlearned_runs
+
+STEADY_FROM = (10, 12, 15)  # epochs: from which on a seed at >= stats.TARGET in every epoch is counted (steady_table)
+HEADLINE_STEADY = 12  # the README's headline counts the seeds steady from this epoch: "steady in the last epochs"
+SHADED_FROM = HEADLINE_STEADY  # seed_curves.png shades the epochs from this one on
+
+
+def results_table(results):
+    """The finished runs in results/*.json: mean ± std over seeds (population std; a lone seed has none). Runs
+    still training are named under the table, not averaged in (the table changes only when a run finishes)."""
+    records = load_records(results)
+    finished = {n: sorted(stats.finished(recs).values(), key=lambda r: r["config"]["seed"])
+                for n, recs in records.items()}
+    rows = {row["name"]: row for row in summarize({n: recs for n, recs in finished.items() if recs})}
+    lines = ["| run | seeds | final test acc % | best test acc % | final test acc % per seed | final train acc % "
+             "| lowest test loss | params | minutes per run |",
+             "|---|---|---|---|---|---|---|---|---|"]
+    for name in ordered({n: records[n] for n in rows}):
+        r = rows[name]
+        lines.append(f"| {r['label']} | {', '.join(map(str, r['seeds']))} | {mean_std(r, 'final')} "
+                     f"| {mean_std(r, 'best')} | {', '.join(f'{acc:.2f}' for acc in r['finals'])} "
+                     f"| {mean_std(r, 'train')} | {mean_std(r, 'loss', 4)} | {r['params']:,} "
+                     f"| {mean_std(r, 'minutes', 1)} |")
+    running = [f"{label(r)} seed {r['config']['seed']}" for name in ordered(records)
+               for r in sorted(records[name], key=lambda r: r["config"]["seed"])
+               if len(r["history"]) < r["config"]["epochs"]]
+    if running:
+        lines += ["", f"Not finished, so left out: {', '.join(running)} (the same command resumes them)."]
+    return "\n".join(lines)
+
+
+def reaches(records, target=stats.TARGET):
+    """"12.3 (9 of 10 seeds)": the mean first epoch at >= target % test accuracy over the seeds that reach it."""
+    epochs = stats.time_to(records, target)
+    hit = [e for e in epochs.values() if e is not None]
+    if not hit:
+        return "never"
+    return f"{sum(hit) / len(hit):.1f}" + (f" ({len(hit)} of {len(epochs)} seeds)" if len(hit) < len(epochs) else "")
+
+
+def steady_count(records, epoch):
+    """"3 of 10": the finished seeds at >= stats.TARGET % test accuracy in every epoch from `epoch` on."""
+    steady = stats.steady(records)
+    return f"{sum(1 for e in steady.values() if e is not None and e <= epoch)} of {len(steady)}"
+
+
+def headline_table(results):
+    """The README's first table: the three main runs' final test accuracy over their finished seeds, when they first
+    reach stats.TARGET, and how many stay there from HEADLINE_STEADY on."""
+    records = load_records(results)
+    rows = []
+    for recipe in experiment():
+        done = stats.finished(records.get(recipe.name, []))
+        if done:
+            first = next(iter(done.values()))
+            rows.append([recipe.label, interval([stats.final(r) for r in done.values()]), len(done),
+                         reaches(records[recipe.name]), steady_count(records[recipe.name], HEADLINE_STEADY),
+                         f"{first['config']['params']:,}"])
+    return markdown(["model", "final test accuracy %, mean ± 95% interval", "seeds",
+                     f"first epoch at ≥ {stats.TARGET}% (mean)",
+                     f"seeds at ≥ {stats.TARGET}% in every epoch from {HEADLINE_STEADY} on", "parameters"], rows)
+
+
+def fp32_runs(records):
+    """[(name, {seed: record} of its finished seeds)] of the fp32 runs with a finished seed, in report order."""
+    done = ((name, stats.finished(records[name])) for name in ordered(records))
+    return [(name, seeds) for name, seeds in done
+            if seeds and Recipe.from_config(records[name][0]["config"]).precision == "fp32"]
+
+
+def steady_table(results):
+    """Every fp32 run with its seeds: the epoch from which each seed stays at >= stats.TARGET % test accuracy
+    through its last epoch ("-": its last epoch is below), and how many seeds do so from each of STEADY_FROM."""
+    records = load_records(results)
+    t = stats.TARGET
+    lines = [f"| run | seeds | at ≥ {t}% in every epoch from, per seed | "
+             + " | ".join(f"seeds at ≥ {t}% from epoch {k} on" for k in STEADY_FROM) + " |",
+             "|---|---|---|" + "---|" * len(STEADY_FROM)]
+    for name, done in fp32_runs(records):
+        steady = stats.steady(records[name])
+        lines.append(f"| {label(records[name][0])} | {', '.join(map(str, done))} "
+                     f"| {', '.join(str(e) if e else '-' for e in steady.values())} | "
+                     + " | ".join(steady_count(records[name], k) for k in STEADY_FROM) + " |")
+    return "\n".join(lines)
+
+
+def seed_curves_figure(results):
+    """static/seed_curves.png: every finished seed's test accuracy per epoch for the three main runs, with the
+    99.4% line and the epochs from SHADED_FROM shaded; None if none has finished."""
+    records = load_records(results)
+    start = SHADED_FROM
+    panels = {}
+    for recipe in experiment():
+        done = stats.finished(records.get(recipe.name, []))
+        if done:
+            title = (f"{recipe.label}: {steady_count(records[recipe.name], start)} seeds at ≥ {stats.TARGET}%\n"
+                     f"in every epoch from {start} on")
+            panels[title] = {seed: r["history"] for seed, r in done.items()}
+    return plot_seed_curves(panels, stats.TARGET, from_epoch=start) if panels else None
+
+
+def start_table(results, names=None):
+    """Every fp32 run (or those of `names`) with its finished seeds: the evaluated model's test accuracy after epochs
+    1 and 2 (lowest to highest over the seeds), and the seeds whose test accuracy collapsed in some epoch
+    (stats.collapses)."""
+    records = load_records(results)
+    lines = ["| run | seeds | test acc % after epoch 1, lowest to highest | after epoch 2 | seeds that diverged |",
+             "|---|---|---|---|---|"]
+    for name, done in fp32_runs(records):
+        if names is not None and name not in names:
+            continue
+        def spread(epoch):
+            accs = [r["history"][epoch - 1]["test_acc"] for r in done.values()]
+            return f"{min(accs):.2f} to {max(accs):.2f}" if len(accs) > 1 else f"{accs[0]:.2f}"
+        diverged = [str(s) for s, r in done.items() if stats.collapses(r["history"])]
+        lines.append(f"| {label(records[name][0])} | {', '.join(map(str, done))} | {spread(1)} | {spread(2)} "
+                     f"| {', '.join(diverged) if diverged else 'none'} |")
+    return "\n".join(lines)
+
+
+def seeds_table(results):
+    """Every fp32 run with its seeds: the mean and 95% interval of the final test accuracy, each seed's value, and
+    the first epoch at >= TARGET per seed."""
+    records = load_records(results)
+    lines = [f"| run | seeds | final test acc %, mean ± 95% interval | final test acc % per seed | first epoch at "
+             f"≥ {stats.TARGET}% per seed | its mean |", "|---|---|---|---|---|---|"]
+    for name, done in fp32_runs(records):
+        epochs = stats.time_to(records[name])
+        lines.append(f"| {label(records[name][0])} | {', '.join(map(str, done))} "
+                     f"| {interval([stats.final(r) for r in done.values()])} "
+                     f"| {', '.join(f'{stats.final(r):.2f}' for r in done.values())} "
+                     f"| {', '.join(str(e) if e else '-' for e in epochs.values())} | {reaches(records[name])} |")
+    return "\n".join(lines)
+
+
+def group_label(records, name):
+    recipe = Recipe.from_config(records[name][0]["config"])
+    return "GN, 1 group (= LN)" if recipe.norm == "LN" else f"GN, {recipe.groups} groups"
+
+
+def findings_table(results):
+    """Paired differences in final test accuracy (A - B over the seeds both have), with 95% intervals: the norms,
+    L1 on BN, and GN's number of groups."""
+    records = load_records(results)
+    lines = ["| question | A | B | seeds | A - B, mean (points) | 95% interval | measured to differ? |",
+             "|---|---|---|---|---|---|---|"]
+    words, distinct = [], set()
+    for question, pairs in (("norm", stats.NORM_PAIRS), ("L1", stats.L1_PAIRS), ("groups", stats.GROUP_PAIRS)):
+        for a, b, p in stats.comparisons(records, pairs):
+            la, lb = ((group_label(records, a), group_label(records, b)) if question == "groups"
+                      else (label(records[a][0]), label(records[b][0])))
+            if p["half"] != p["half"]:
+                ci, verdict = "(one seed)", "cannot say: one seed"
+            else:
+                ci = f"[{p['low']:+.3f}, {p['high']:+.3f}]"
+                verdict = (f"yes, {la if p['mean'] > 0 else lb} higher (weak evidence if the interval only just "
+                           f"excludes 0)" if p["nonzero"] else "no: the interval includes 0")
+            seeds = p["seeds"]
+            span = f"{seeds[0]}-{seeds[-1]}" if seeds == list(range(seeds[0], seeds[-1] + 1)) and len(seeds) > 2 \
+                else ", ".join(map(str, seeds))
+            lines.append(f"| {question} | {la} | {lb} | {span} | {p['mean']:+.3f} | {ci} | {verdict} |")
+            words.append((la, lb, p))
+            if p["half"] == p["half"]:
+                distinct.add(frozenset((a, b)))
+    many = ([f"- **{len(distinct)} intervals at once.** Each covers its true difference with probability "
+             f"{stats.LEVEL:.0%}, so where no difference is real, about one interval in {1 / (1 - stats.LEVEL):.0f} "
+             "still excludes 0 by chance: one that only just excludes 0 is weak evidence on its own."]
+            if len(distinct) > 1 else [])
+    diverged = diverged_runs(records)
+    collapsed = ([f"- **Diverged** (test accuracy fell by {stats.COLLAPSE:g} points or more in one epoch; such a "
+                  f"run counts in the table like any other): " + "; ".join(diverged) + "."] if diverged else [])
+    stuck = unlearned_runs(records)
+    stuck = ([f"- **Did not learn** (test accuracy below {stats.NOT_LEARNED:g}% in every epoch; such runs count in the "
+              f"table like any other): " + "; ".join(stuck) + "."] if stuck else [])
+    return "\n".join(lines + [""] + in_words(words) + many + collapsed + stuck)
+
+
+def in_words(comparisons):
+    """The findings table in plain words: which differences the intervals show to be nonzero, which not."""
+    nonzero, unresolved, single = [], [], []
+    for la, lb, p in comparisons:
+        if p["half"] != p["half"]:
+            single.append(f"{la} against {lb}")
+        elif p["nonzero"]:
+            hi, lo = (la, lb) if p["mean"] > 0 else (lb, la)
+            a, b = sorted((abs(p["low"]), abs(p["high"])))
+            nonzero.append(f"{hi} is higher than {lo}, by {abs(p['mean']):.2f} points (interval {a:.2f} to {b:.2f}, "
+                           f"{len(p['seeds'])} seeds)")
+        else:
+            unresolved.append(f"{la} against {lb} ({p['low']:+.2f} to {p['high']:+.2f} points, "
+                              f"{len(p['seeds'])} seeds)")
+    return [f"- **Measured to differ** (the 95% interval excludes 0): {'; '.join(nonzero) or 'none'}.",
+            f"- **Not measured to differ** (the interval includes 0: the true difference may be 0, or of either sign "
+            f"within the interval): {'; '.join(unresolved) or 'none'}."] + \
+        ([f"- **One seed, no interval:** {'; '.join(single)}."] if single else [])
+
+
+def seeds_figure(results):
+    """static/seeds.png: each seed's final test accuracy with the mean and 95% interval, for the main runs (and BN
+    without L1) and for GN's number of groups; None if no run has finished."""
+    records = load_records(results)
+    per_seed = lambda name: {s: stats.final(r) for s, r in stats.finished(records.get(name, [])).items()}
+    main = {label(records[n][0]): per_seed(n) for n in ("bn_l1", "ln", "gn", "bn") if per_seed(n)}
+    groups = {group_label(records, n).removeprefix("GN, "): per_seed(n) for n in ("ln", "gn", "gn_g5", "gn_g10")
+              if per_seed(n)}
+    panels = {title: runs for title, runs in (("The norms (and BN without L1)", main),
+                                              ("GroupNorm's number of groups", groups)) if runs}
+    return plot_seeds(panels) if panels else None
+
+
+def one_minute_table(results, folder="epochs1_limit2000"):
+    """The README's one-minute run (python train.py --epochs 1 --limit 2000), from results/<folder>/: each model's
+    test accuracy and loss after its one epoch on 2,000 images."""
+    records = load_records(os.path.join(results, folder)) if os.path.isdir(os.path.join(results, folder)) else {}
+    if not records:
+        return f"(no results/{folder}/ yet: `python train.py --epochs 1 --limit 2000 --out . --no-figures`)"
+    lines = ["| model | test accuracy % after 1 epoch on 2,000 images | test loss |", "|---|---|---|"]
+    for name in ordered(records):
+        for r in records[name]:
+            e = r["history"][-1]
+            lines.append(f"| {label(r)} | {e['test_acc']:.2f} | {e['test_loss']:.4f} |")
+    return "\n".join(lines)
+
+
+def speed_table(results, target=99.4):
+    """From the runs in results/: when BN + L1 first reaches `target` % test accuracy, and how long
+    each experiment (BN + L1, LN and GN, seed 0, in one precision) took."""
+    records = load_records(results)
+    lines = [f"| run | seed | first epoch at ≥ {target}% | minutes to it | final test acc % | minutes for the run |",
+             "|---|---|---|---|---|---|"]
+    for name in ordered({n: recs for n, recs in records.items() if n.startswith("bn_l1")}):
+        for _, r in sorted(stats.finished(records[name]).items()):  # a run still training has no row yet
+            h = r["history"]
+            hit = next((e for e in h if e["test_acc"] >= target), None)
+            minutes = sum(e["seconds"] for e in h[:hit["epoch"]]) / 60 if hit else None
+            lines.append(f"| {label(r)} | {r['config']['seed']} | {hit['epoch'] if hit else 'never'} "
+                         f"| {f'{minutes:.1f}' if hit else ''} | {h[-1]['test_acc']:.2f} "
+                         f"| {sum(e['seconds'] for e in h) / 60:.1f} |")
+    log = load_json(results, "invocations.json")
+    if log:
+        lines += ["", "| invocation that trained (`results/invocations.json`) | runs trained | jobs x threads "
+                      "| wall minutes |", "|---|---|---|---|"]
+        for i in log["invocations"]:
+            lines.append(f"| {', '.join(i['runs'])} | {i['runs_trained']} | {i['jobs']} x {i['threads']} "
+                         f"| {i['wall_seconds'] / 60:.1f} |")
+    return "\n".join(lines)
+
+
+def plot_seeds(panels, *, ylabel="final test accuracy (%)", off_scale=5.0):
+    """Per-seed values as points, with each run's mean and 95% interval (stats.mean_ci) beside them.
+
+    panels maps a panel title to {run label: {seed: value}}; one panel per title, side by side. Values more than
+    `off_scale` below the median of all values (a run that did not learn) would squash the rest into one line:
+    they are drawn as downward triangles on the bottom edge instead, with the run's mean written above them.
+    """
+    every = [v for runs in panels.values() for by_seed in runs.values() for v in by_seed.values()]
+    floor = float(np.median(every)) - off_scale
+    cis = {(title, run): stats.mean_ci(list(by_seed.values()))  # (mean, half-width) of each run
+           for title, runs in panels.items() for run, by_seed in runs.items()}
+    shown = [v for v in every if v >= floor]  # ... and the intervals of the runs on the scale fit inside it too
+    shown += [m + sign * h for m, h in cis.values() if m >= floor and h == h for sign in (-1, 1)]
+    pad = 0.08 * (max(shown) - min(shown)) or 0.05
+    bottom, top = min(shown) - 3 * pad, max(shown) + 2 * pad
+    fig = Figure(figsize=(4.5 * len(panels) + 1, 4.8), layout="constrained")
+    axes = np.atleast_1d(fig.subplots(1, len(panels), sharey=True))
+    for ax, (title, runs) in zip(axes, panels.items()):
+        for i, (run, by_seed) in enumerate(runs.items()):
+            values = np.array(list(by_seed.values()), dtype=float)
+            xs = i - 0.12 + 0.5 * (np.linspace(-0.18, 0.18, len(values)) if len(values) > 1 else np.zeros(1))
+            low = values < floor
+            ax.scatter(xs[~low], values[~low], s=18, alpha=0.7, color=f"C{i}", zorder=2)
+            mean, half = cis[title, run]
+            if low.any():
+                ax.scatter(xs[low], np.full(low.sum(), bottom + pad), marker="v", s=30, color=f"C{i}", zorder=2)
+            if mean < floor:
+                ax.annotate(f"mean {mean:.2f}\n(below the scale)", (i - 0.12, bottom + 1.8 * pad), ha="center",
+                            va="bottom", fontsize=8)
+                continue
+            ax.errorbar(i + 0.18, mean, yerr=None if half != half else half, fmt="D", color=f"C{i}",
+                        markeredgecolor="k", capsize=5, zorder=3)
+            ax.annotate(f"{mean:.2f}" + (f"\n±{half:.2f}" if half == half else ""), (i + 0.26, mean),
+                        va="center", fontsize=8)
+        ax.set_xticks(range(len(runs)), [f"{run}\n({len(v)} seed{'s' if len(v) > 1 else ''})"
+                                         for run, v in runs.items()], fontsize=9)
+        ax.set_xlim(-0.6, len(runs) - 0.3)
+        ax.set_ylim(bottom, top)
+        ax.set_title(title, fontsize=11)
+        ax.grid(axis="y", alpha=0.3)
+    axes[0].set_ylabel(ylabel)
+    below = "; triangles: seeds below the scale" if min(every) < floor else ""
+    fig.suptitle(f"Each seed (dots{below}); mean and 95% Student-t interval (diamond, bar)", fontsize=11)
+    return fig
+
+
+def plot_seed_curves(panels, target, *, key="test_acc", from_epoch=None, below=1.0):
+    """Every seed's `key` per epoch, one thin line each, with a dashed line at `target`: the spread of the curves
+    that a mean hides. panels maps a panel title to {seed: history}; one panel per title, side by side, sharing
+    the y-axis, which starts `below` points under the target (earlier, lower epochs leave the bottom edge).
+    from_epoch, if given, shades the epochs from it on."""
+    fig = Figure(figsize=(4.2 * len(panels) + 1, 4.5), layout="constrained")
+    axes = np.atleast_1d(fig.subplots(1, len(panels), sharey=True))
+    top = max(e[key] for runs in panels.values() for h in runs.values() for e in h)
+    for i, (ax, (title, runs)) in enumerate(zip(axes, panels.items())):
+        for h in runs.values():
+            ax.plot([e["epoch"] for e in h], [e[key] for e in h], color=f"C{i}", alpha=0.6, linewidth=1)
+        last = max(e["epoch"] for h in runs.values() for e in h)
+        if from_epoch is not None:
+            ax.axvspan(from_epoch, last, color="0.9", zorder=0)
+        ax.axhline(target, color="k", linestyle="--", linewidth=1)
+        ax.annotate(f"{target}%", (1, target), xytext=(2, 2), textcoords="offset points", fontsize=8)
+        ax.set_xlim(1, last)
+        ax.set_ylim(target - below, top + 0.1 * below)
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+        ax.set_xlabel("epoch")
+        ax.set_title(title, fontsize=10)
+        ax.grid(alpha=0.3)
+    axes[0].set_ylabel(METRICS[key][0])
+    shade = f"; shaded: epochs {from_epoch} on" if from_epoch is not None else ""
+    fig.suptitle(f"Each seed's curve (one line per seed; dashed: {target}%{shade})", fontsize=11)
+    return fig
