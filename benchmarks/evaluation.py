@@ -2,7 +2,7 @@
 file the same loss and accuracy, bit for bit, as the batch the runs were evaluated with.
 
     python -m benchmarks.evaluation            # results/evaluation.json, alone on the machine
-    python -m benchmarks.evaluation --quick    # a smoke test: one repeat, three weights files (not a measurement)
+    python -m benchmarks.evaluation --quick    # a smoke test: one repeat, three files, 1,000 images (no measurement)
 
 Speed: the averaged model of results/bn_l1_seed0.json (weights/bn_l1_seed0.pt) on the 10,000 test images, each batch
 size --repeats times in alternating order in this process, one CPU thread as a run has, pinned to AVX2 as train.py;
@@ -27,7 +27,8 @@ SIZES = (250, 500, 1000, REFERENCE)
 def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter,
                                 allow_abbrev=False)
-    p.add_argument("--quick", action="store_true", help="one repeat, three weights files: checks that it runs")
+    p.add_argument("--quick", action="store_true",
+                   help="one repeat, three weights files, 1,000 test images: checks that it runs")
     p.add_argument("--repeats", type=int, default=None, help="timings of each batch size (default 9; 1 with --quick)")
     p.add_argument("--data", default="data", help="dataset root (DATA/MNIST/raw)")
     p.add_argument("--out", default=None, help="the JSON written (default results/evaluation.json; "
@@ -44,6 +45,8 @@ def main(argv=None):
     repeats = args.repeats or (1 if args.quick else 9)
     out = args.out or os.path.join(ROOT, "results", "evaluation_quick.json" if args.quick else "evaluation.json")
     test = load_mnist(args.data)[1]
+    if args.quick:  # a smoke test: the first 1,000 test images
+        test = tuple(t[:1000] for t in test)
     files = sorted(glob.glob(os.path.join(ROOT, "weights", "**", "*.pt"), recursive=True))[:3 if args.quick else None]
     model, _ = load_weights(os.path.join(ROOT, "weights", "bn_l1_seed0.pt"))
     seconds = {b: [] for b in SIZES}
@@ -83,7 +86,8 @@ def evaluation_table(results, file="evaluation.json"):
              f"{e['identical_to_reference'][str(b)]} of {e['weights_files']}"]
             for b in sorted(map(int, e["seconds_median"]))]
     st = e["settings"]
-    return markdown(["evaluation batch", "seconds for the 10,000 test images (median)", f"time / batch {ref}'s",
+    return markdown(["evaluation batch", f"seconds for the {st['images']:,} test images (median)",
+                     f"time / batch {ref}'s",
                      f"weights files with the same loss and accuracy as at {ref}, bit for bit"], rows) + (
         f"\n\n`results/{file}`: {st['repeats']} alternating repeats in one process, {st['threads']} thread, "
         f"`{st['model']}`, {st['cpu']}, kernels {st['isa']}, PyTorch {st['torch']}.")

@@ -131,3 +131,20 @@ def test_the_isa_comparison_keeps_one_entry_per_kind_of_cpu_and_reads_the_older_
     wide = {**old, "isa_in_use": {"native": "native: ATen avx512, oneDNN brgconv:avx512_core", "avx2": "avx2"}}
     assert isa_entries({"avx2": old, "avx512": wide}) == {"avx2": old, "avx512": wide}
     assert isa_entries(None) == {}
+
+
+@pytest.mark.mnist
+def test_evaluation_benchmark_quick_times_each_batch_and_compares_every_file_with_the_reference(tmp_path, mnist):
+    from conftest import DATA
+    out = tmp_path / "evaluation.json"
+    done = subprocess.run([sys.executable, "-m", "benchmarks.evaluation", "--quick", "--data", DATA, "--out", str(out)],
+                          capture_output=True, text=True, timeout=600, cwd=ROOT)
+    assert done.returncode == 0, done.stderr
+    result = json.load(open(out))
+    assert set(result["seconds_median"]) == {"250", "500", "1000", "2000"} and result["weights_files"] == 3
+    assert result["ratio_to_reference"]["2000"] == 1.0
+    # the reference agrees with itself; the table says how many files each batch size gives identically
+    assert result["identical_to_reference"]["2000"] == 3 and result["different"]["2000"] == []
+    from benchmarks import evaluation
+    table = evaluation.evaluation_table(str(tmp_path))
+    assert table.splitlines()[2].startswith("| 250 | ") and "of 3 |" in table.splitlines()[2]

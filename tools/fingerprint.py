@@ -3,11 +3,11 @@ LN and GN, compared with the committed one (results/fingerprint.json), to check 
 what the machine that made the committed runs computed, bit for bit.
 
 Each model trains STEPS steps of its recipe (augmentation, forward, loss with L1, backward, optimizer step, schedule,
-weight-average update) on seeded synthetic images, then evaluates its averaged weights on EVAL_IMAGES images in one
-batch, through the same functions as train.py (utils.initial_state, training.train_epoch, training.evaluate),
-pinned to AVX2, with one thread as the committed runs. Every ATen operation that PyTorch dispatches, forward and
-backward, is hashed as it returns (a TorchDispatchMode), with where it was called from (the layer, the function, or
-the backward node).
+weight-average update) on seeded synthetic images, then evaluates its averaged weights on EVAL_IMAGES images
+in batches as a run does, through the same functions as train.py (utils.initial_state, training.train_epoch,
+training.evaluate), pinned to AVX2, with one thread as the committed runs. Every ATen operation that PyTorch
+dispatches, forward and backward, is hashed as it returns (a TorchDispatchMode), with where it was called from (the
+layer, the function, or the backward node).
 
     python -m tools.fingerprint            compare this machine with results/fingerprint.json: exit 0 if identical,
                                            1 if an operation differs (named, with both CPUs), 2 if they cannot be
@@ -27,7 +27,7 @@ from records import ROOT
 
 FILE = os.path.join(ROOT, "results", "fingerprint.json")
 STEPS = 3           # training steps per model: the first ones of a run of the recipe
-EVAL_IMAGES = 2000  # one evaluation batch (training.evaluate's batch size, so its kernels are a run's)
+EVAL_IMAGES = 500  # two evaluation batches of training.EVAL_BATCH, so that its kernels are a run's
 FULL_TRAIN = 60000  # the schedule is that of a run on the whole training set, so each step's rate is a real run's
 # Operations whose result is memory not yet written (its hash would be noise); what writes it next is hashed.
 UNWRITTEN = ("aten.empty", "aten.empty_like", "aten.empty_strided", "aten.new_empty", "aten.new_empty_strided",

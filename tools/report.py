@@ -11,7 +11,7 @@ import os
 import re
 import sys
 
-from benchmarks import end_to_end, options, pipeline
+from benchmarks import end_to_end, evaluation, options, pipeline
 from figures import save_figure
 from records import ROOT
 from studies import batch_size, experiment, normalizations, recipe_search, search, shift
@@ -39,6 +39,7 @@ TABLES = {
     "benchmark": pipeline.benchmark_table,
     "options": options.options_table,
     "end-to-end": end_to_end.end_to_end_table,
+    "evaluation": evaluation.evaluation_table,
 }
 FILES = [os.path.join(ROOT, f) for f in ("README.md", "docs/experiments.md", "docs/performance.md")]
 FIGURES = {"seeds": experiment.seeds_figure, "seed_curves": experiment.seed_curves_figure}
