@@ -6,7 +6,7 @@ import os
 from dataclasses import fields
 
 from machine import pick_device
-from model import NORMS
+from model import MODELS, NORMS
 from recipe import Recipe, accepted, check
 from records import RUNS
 
@@ -68,8 +68,9 @@ def add_recipe_arguments(p, names=None, *, helps=None, defaults=None):
     but norm and seed), each with the field's default, range and help; `helps` and `defaults` override a field's help
     or default where a command means something else by it (the study's --lr is the rate at its anchor batch)."""
     helps, defaults = helps or {}, defaults or {}
-    p.add_argument("--norms", nargs="+", type=str.upper, choices=NORMS, default=list(NORMS), metavar="NORM",
-                   help=f"which models to train, any of {', '.join(NORMS)} (any case)")
+    p.add_argument("--norms", nargs="+", type=str.upper, choices=MODELS, default=list(NORMS), metavar="NORM",
+                   help=f"which models to train, any of {', '.join(NORMS)}, or {MODELS[-1]} for the control without "
+                        f"normalization (any case)")
     p.add_argument("--seeds", nargs="+", type=field_type(FIELDS["seed"]), default=[Recipe.seed], metavar="SEED",
                    help="one run per seed")
     for name in names or [n for n in FIELDS if n not in ("norm", "seed")]:

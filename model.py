@@ -1,8 +1,10 @@
-"""The 7,750-parameter MNIST CNN with a switchable normalization: BN, LN or GN."""
+"""The 7,750-parameter MNIST CNN with a switchable normalization: BN, LN or GN (or none, the control: 7,590)."""
 import torch
 from torch import nn
 
-NORMS = ("BN", "LN", "GN")
+NORMS = ("BN", "LN", "GN")  # the three normalizations compared
+CONTROL = "NONE"  # the same network without normalization: every norm layer the identity, no γ or β
+MODELS = NORMS + (CONTROL,)
 # GroupNorm needs the group count to divide every normalized width; this net has 10 and 20 channels.
 VALID_GROUPS = (1, 2, 5, 10)
 # groups=10 is accepted for the group-count ablation, but it cannot learn: conv5's norm is then InstanceNorm,
@@ -11,7 +13,8 @@ VALID_GROUPS = (1, 2, 5, 10)
 
 
 def make_norm(norm: str, channels: int, groups: int) -> nn.Module:
-    """The one place that maps a norm name to a layer. Each has 2 * channels learnable parameters.
+    """The one place that maps a norm name to a layer. Each norm has 2 * channels learnable parameters; the control
+    NONE is the identity and has none.
 
     BN: statistics per channel over (N, H, W); running averages are used in eval mode.
     LN: statistics per sample over (C, H, W). It is GroupNorm with a single group rather than
@@ -26,7 +29,9 @@ def make_norm(norm: str, channels: int, groups: int) -> nn.Module:
         return nn.GroupNorm(1, channels)
     if norm == "GN":
         return nn.GroupNorm(groups, channels)
-    raise ValueError(f"norm must be one of {NORMS}, got {norm!r}")
+    if norm == CONTROL:
+        return nn.Identity()
+    raise ValueError(f"norm must be one of {MODELS}, got {norm!r}")
 
 
 def conv_block(cin: int, cout: int, norm: str, groups: int, dropout: float, padding: int = 0) -> nn.Sequential:
@@ -47,8 +52,8 @@ class Net(nn.Module):
 
     def __init__(self, norm: str = "BN", *, groups: int = 2, dropout: float = 0.0):
         super().__init__()
-        if not isinstance(norm, str) or norm.upper() not in NORMS:
-            raise ValueError(f"norm must be one of {', '.join(NORMS)} (any case), got {norm!r}")
+        if not isinstance(norm, str) or norm.upper() not in MODELS:
+            raise ValueError(f"norm must be one of {', '.join(MODELS)} (any case), got {norm!r}")
         if isinstance(groups, bool) or not isinstance(groups, int) or groups not in VALID_GROUPS:
             raise ValueError(
                 f"groups must divide both 10 and 20 channels, so one of {VALID_GROUPS}; got {groups!r}"

@@ -2,7 +2,7 @@
 import math
 from dataclasses import dataclass, field, fields
 
-from model import NORMS, VALID_GROUPS
+from model import CONTROL, MODELS, NORMS, VALID_GROUPS
 
 PRECISIONS = ("fp32", "bf16")
 L1 = 1e-5  # the L1 weight of the experiment's BN run (LN and GN train without L1)
@@ -47,7 +47,8 @@ def check(f, value):
 @dataclass(frozen=True)
 class Recipe:
     """Every setting of one run, with its default. A run's JSON config is this plus its data and environment."""
-    norm: str = setting("BN", "the norm layers: BN, LN or GN (any case; stored in upper case)", str, choices=NORMS)
+    norm: str = setting("BN", "the norm layers: BN, LN or GN, or NONE for the control without normalization (any "
+                        "case; stored in upper case)", str, choices=MODELS)
     groups: int = setting(2, "groups in every GroupNorm layer (GN only)", int, choices=VALID_GROUPS)
     l1: float = setting(0.0, "weight of the L1 penalty on the convolution weights", low=0)
     dropout: float = setting(0.0, "dropout after every norm layer (the recipe search chose none, results/tune/)",
@@ -111,8 +112,9 @@ class Recipe:
 
     @property
     def label(self) -> str:
-        """The name shown in figures and tables: "BN + L1", "GN (5 groups)", "LN (bf16)"."""
-        label = self.norm + (" + L1" if self.l1 else "") + (f" ({self.l1:g})" if self.l1 not in (0, L1) else "")
+        """The name shown in figures and tables: "BN + L1", "GN (5 groups)", "LN (bf16)", "no norm"."""
+        label = "no norm" if self.norm == CONTROL else self.norm
+        label += (" + L1" if self.l1 else "") + (f" ({self.l1:g})" if self.l1 not in (0, L1) else "")
         if self.norm == "GN" and self.groups != Recipe.groups:
             label += f" ({self.groups} groups)"
         return label + (" (bf16)" if self.precision == "bf16" else "")
@@ -174,10 +176,10 @@ def ablations(seeds=(0,), **settings):
 
 
 def run_order(config):
-    """The order runs are listed in, from their config: by norm as in model.NORMS, L1 before none, fewer groups
+    """The order runs are listed in, from their config: by norm as in model.MODELS, L1 before none, fewer groups
     first, fp32 before bf16, then by batch size."""
     recipe = Recipe.from_config(config)
-    return (NORMS.index(recipe.norm), -recipe.l1, recipe.groups, PRECISIONS.index(recipe.precision),
+    return (MODELS.index(recipe.norm), -recipe.l1, recipe.groups, PRECISIONS.index(recipe.precision),
             recipe.batch_size)
 
 

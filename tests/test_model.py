@@ -4,7 +4,7 @@ import pytest
 import torch
 from torch import nn
 
-from model import NORMS, Net, make_norm
+from model import CONTROL, NORMS, Net, make_norm
 
 # block -> (output shape for a 28x28 input, parameters): the table in the issue.
 
@@ -45,6 +45,27 @@ def test_torchinfo_summary_counts_7750(norm):
     assert stats.trainable_params == 7750
 
 
+def test_the_control_is_the_same_network_with_every_norm_the_identity():
+    # 7,590 parameters: the 160 of the norms' γ and β gone, every convolution as in the normalized networks
+    torch.manual_seed(0)
+    bn = Net("BN")
+    torch.manual_seed(0)
+    none = Net("none")
+    assert none.norm == CONTROL and sum(p.numel() for p in none.parameters()) == 7750 - 160 == 7590
+    norms = [m for m in none.modules() if isinstance(m, nn.Identity)]
+    assert len(norms) == 6 and not any(isinstance(m, (nn.BatchNorm2d, nn.GroupNorm)) for m in none.modules())
+    # the same seed draws the same convolution weights (so a paired seed starts from the same network)
+    for (name, w), w_bn in zip(((n, p) for n, p in none.named_parameters()),
+                               (p for n, p in bn.named_parameters() if p.ndim > 1)):
+        assert torch.equal(w, w_bn), name
+    # the identity: each block's output is its ReLU's, and the log-probabilities sum to one
+    x = torch.randn(4, 1, 28, 28)
+    assert torch.equal(none.conv0(x), torch.relu(none.conv0[0](x)))
+    assert torch.allclose(none.eval()(x).exp().sum(1), torch.ones(4), atol=1e-5)
+    for norm in NORMS:
+        assert sum(p.numel() for p in Net(norm).parameters()) == 7750
+
+
 def test_norm_choice_is_case_insensitive_and_builds_the_right_layers():
     assert Net("bn").norm == "BN"
     assert isinstance(Net("Bn").conv0[2], nn.BatchNorm2d)
@@ -54,7 +75,7 @@ def test_norm_choice_is_case_insensitive_and_builds_the_right_layers():
 
 @pytest.mark.parametrize("bad", ["XN", "", "batch", None, 1])
 def test_bad_norm_names_the_accepted_values(bad):
-    with pytest.raises(ValueError, match="BN, LN, GN"):
+    with pytest.raises(ValueError, match="BN, LN, GN, NONE"):
         Net(bad)
 
 

@@ -14,7 +14,7 @@ import sys
 from benchmarks import end_to_end, evaluation, options, pipeline
 from figures import save_figure
 from records import ROOT
-from studies import batch_size, experiment, normalizations, recipe_search, search, shift
+from studies import batch_size, experiment, lr_sweep, normalizations, recipe_search, search, shift
 
 TABLES = {
     "headline": experiment.headline_table,
@@ -33,6 +33,7 @@ TABLES = {
     "stress": search.stress_markdown,
     "guard-search": search.guard_markdown,
     "batch-size": batch_size.batch_size_table,
+    "lr-sweep": lr_sweep.sweep_table,
     "shift-sets": shift.accuracy_table,
     "shift-differences": shift.differences_table,
     "shift-summary": lambda results: shift.accuracy_table(results, sets=[shift.CLEAN]),

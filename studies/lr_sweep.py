@@ -1,0 +1,281 @@
+"""What normalization buys: the peak learning rates BN + L1, LN, GN and the network without a norm tolerate, on the
+validation split, with each block's output scale at the end.
+
+    python -m studies.lr_sweep --out .    # results/lr_sweep/, static/lr_sweep.png, static/block_scales.png
+
+Every model at every peak of the one-cycle schedule in PEAKS, seeds SEEDS, EPOCHS epochs (the cycle spans them all and
+peaks after 15% of its steps, as the recipe's does), trained on the first 50,000 training images and scored on the
+last VAL (never the test set); everything else is today's recipe (recipe.Recipe), L1 on the BN run only. Each run
+records what every run records (the gradient's norm included), and, once finished, the standard deviation of each
+block's output (`block_std`) of the evaluated model on the first SCALE_IMAGES validation images, in eval mode.
+
+The rule, fixed and committed before the sweep's first run:
+
+1. Every model at every peak of PEAKS, seeds SEEDS. If any model's mean final validation accuracy at the largest peak
+   of PEAKS is at least TRAINS, every model also trains at EXTRA_PEAK.
+2. A run diverged if its validation accuracy fell by stats.COLLAPSE (10) points or more from one epoch to the next
+   (stats.diverged), or its last epoch's validation loss is not finite.
+3. The control's peak (for its ten seeds on the test set): among the peaks at which none of the control's seeds
+   diverged, the one with the highest mean final validation accuracy over its seeds. Peaks within TIE points of that
+   mean are tied, and the tie goes to the peak nearest the recipe's (0.1) on a log scale, then to the larger.
+
+Runs resume like train.py's (run the same command again); results go to OUT/results/lr_sweep/ (--out: by default
+runs/), and each invocation that trains logs its wall time to sweep.json there.
+"""
+import math
+import os
+import sys
+
+import numpy as np
+import torch
+from matplotlib.figure import Figure
+
+import cli
+import machine
+import utils
+from data import load_mnist, select
+from files import write_json
+from model import CONTROL, NORMS
+from recipe import L1, Recipe
+from records import load_records, load_weights, run_paths
+from studies import stats
+from studies.tables import markdown
+
+MODELS = NORMS + (CONTROL,)  # BN (with L1), LN, GN and the control
+PEAKS = (0.01, 0.03, 0.1, 0.3, 1.0)
+EXTRA_PEAK = 3.0
+TRAINS = 90.0     # % mean final validation accuracy: a model that still trains at a peak (rule 1)
+TIE = 0.05        # points (rule 3)
+SEEDS = (0, 1, 2)
+EPOCHS = 6        # the rise to the peak (in epoch 1) and five epochs of the anneal: enough to see a divergence
+VAL = 10_000
+SCALE_IMAGES = 1000
+BLOCKS = ("conv0", "conv1", "trans1", "conv2", "conv3", "conv4", "conv5", "conv6")  # model.Net's, input to output
+FOLDER = "lr_sweep"
+
+
+def recipes(peaks=None, **settings):
+    """The sweep's recipes at `peaks` (default PEAKS), seed by seed, then peak, then model (an interrupted sweep leaves
+    whole comparisons); `settings` (Recipe fields) for all."""
+    return [Recipe(norm, l1=L1 if norm == "BN" else 0.0, lr=peak, **{"epochs": EPOCHS, "val": VAL, **settings},
+                   seed=seed)
+            for seed in SEEDS for peak in peaks or PEAKS for norm in MODELS]
+
+
+def run_name(recipe):
+    """ "bn_l1_lr0.3": the run's file name stem (its files add _seed<S>)."""
+    return f"{recipe.name}_lr{recipe.lr:g}"
+
+
+def diverged(record):
+    """Rule 2: its validation accuracy fell by stats.COLLAPSE points in one epoch, or its last loss is not finite."""
+    return stats.diverged(record["history"]) or not math.isfinite(record["history"][-1]["test_loss"])
+
+
+def planned_peaks(records):
+    """PEAKS, and EXTRA_PEAK once rule 1 asks for it (it needs every model's seeds at the largest peak)."""
+    top = PEAKS[-1]
+    for norm in MODELS:
+        runs = [r for recs in records.values() for r in recs if r["config"]["norm"] == norm
+                and r["config"]["lr"] == top and len(r["history"]) >= r["config"]["epochs"]]
+        if len(runs) == len(SEEDS) and np.mean([stats.final(r) for r in runs]) >= TRAINS:
+            return PEAKS + (EXTRA_PEAK,)
+    return PEAKS
+
+
+def table(records):
+    """{(norm, peak): {"label", "finals": {seed: final acc}, "diverged": [seeds], "std": {seed: block_std}}} of the
+    finished runs."""
+    out = {}
+    for recs in records.values():
+        for r in recs:
+            if len(r["history"]) < r["config"]["epochs"]:
+                continue
+            recipe = Recipe.from_config(r["config"])
+            cell = out.setdefault((recipe.norm, recipe.lr), {"label": recipe.label, "finals": {}, "diverged": [],
+                                                             "std": {}})
+            cell["finals"][recipe.seed] = stats.final(r)
+            if diverged(r):
+                cell["diverged"].append(recipe.seed)
+            if "block_std" in r:
+                cell["std"][recipe.seed] = r["block_std"]
+    return out
+
+
+def control_peak(records):
+    """Rule 3: (the control's peak, the peaks tied with it), or None while a planned peak of the control is
+    unfinished."""
+    cells = table(records)
+    peaks = planned_peaks(records)
+    if any(len(cells.get((CONTROL, p), {}).get("finals", {})) < len(SEEDS) for p in peaks):
+        return None
+    alive = {p: float(np.mean(list(cells[CONTROL, p]["finals"].values()))) for p in peaks
+             if not cells[CONTROL, p]["diverged"]}
+    if not alive:
+        return None
+    best = max(alive.values())
+    tied = sorted(p for p, acc in alive.items() if acc >= best - TIE - 1e-9)
+    return min(tied, key=lambda p: (abs(math.log(p / Recipe.lr)), -p)), tied
+
+
+@torch.inference_mode()
+def block_std(model, images):
+    """{block: the standard deviation of its output over `images` (uint8 [N, 28, 28])}, in eval mode."""
+    from augment import to_input
+    outputs = {}
+    hooks = [getattr(model, name).register_forward_hook(
+        lambda m, i, o, name=name: outputs.__setitem__(name, o.float().std().item())) for name in BLOCKS]
+    try:
+        model.eval()(to_input(images))
+    finally:
+        for h in hooks:
+            h.remove()
+    return {name: outputs[name] for name in BLOCKS}
+
+
+def add_block_std(records, data, out):
+    """Write block_std into every finished run's results file that lacks it, from its weights file."""
+    images = select(data, Recipe(val=VAL))[1][0][:SCALE_IMAGES]
+    for name, recs in records.items():
+        for r in recs:
+            paths = run_paths(out, FOLDER, name, r["config"]["seed"])
+            if "block_std" in r or len(r["history"]) < r["config"]["epochs"] or not os.path.exists(paths["weights"]):
+                continue
+            model, _ = load_weights(paths["weights"], sha256=r.get("weights_sha256"))
+            r["block_std"] = block_std(model, images)
+            write_json(paths["results"], r)
+
+
+def run_sweep(data, *, device, out, jobs, fresh=False, progress=True, **overrides):
+    """Train (or resume) what the rule asks for, then the block scales; returns the records under
+    OUT/results/lr_sweep/."""
+    folder = os.path.join(out, "results", FOLDER)
+    for stage in (1, 2):
+        records = load_records(folder) if os.path.isdir(folder) else {}
+        peaks = planned_peaks(records) if stage == 2 else PEAKS
+        if stage == 2 and peaks == PEAKS:
+            break
+        runs = recipes(peaks if stage == 1 else (EXTRA_PEAK,), **overrides)
+        print(f"learning-rate sweep, stage {stage}: {len(runs)} runs")
+        utils.run_experiments(runs, data, device=device, out=out, folder=FOLDER, jobs=jobs,
+                              names=[run_name(r) for r in runs], progress=progress, fresh=fresh, log="sweep.json")
+    records = load_records(folder)
+    add_block_std(records, data, out)
+    return load_records(folder)
+
+
+def sweep_table(results):
+    """The sweep's main table: each model's mean final validation accuracy ± its 95% interval at each peak, with the
+    runs that diverged; and rule 3's choice."""
+    folder = os.path.join(results, FOLDER)
+    records = load_records(folder) if os.path.isdir(folder) else {}
+    cells = table(records)
+    if not cells:
+        return "(no runs in results/lr_sweep/ yet: `python -m studies.lr_sweep --out .`)"
+    peaks = sorted({p for _, p in cells})
+    rows = []
+    for norm in MODELS:
+        row = [next((c["label"] for (n, _), c in cells.items() if n == norm), norm)]
+        for p in peaks:
+            c = cells.get((norm, p))
+            if c is None:
+                row.append("")
+                continue
+            mean, half = stats.mean_ci(list(c["finals"].values()))
+            cell = f"{mean:.2f} ± {half:.2f}" if half == half else f"{mean:.2f}"
+            if len(c["finals"]) < len(SEEDS):
+                cell += f" ({len(c['finals'])} of {len(SEEDS)} seeds)"
+            if c["diverged"]:
+                cell += f", diverged: seed{'s' if len(c['diverged']) > 1 else ''} {', '.join(map(str, c['diverged']))}"
+            row.append(cell)
+        rows.append(row)
+    chosen = control_peak(records)
+    status = (f"Rule 3 chooses the control's peak {chosen[0]:g} (tied: {', '.join(f'{p:g}' for p in chosen[1])})."
+              if chosen else "Rule 3 waits for every planned run of the control.")
+    return markdown(["model"] + [f"peak {p:g}" for p in peaks], rows) + (
+        f"\n\nFinal (epoch {EPOCHS}) validation accuracy % (the last {VAL:,} training images), mean ± the half-width "
+        f"of its 95% Student-t interval over seeds {', '.join(map(str, SEEDS))}; diverged: rule 2. {status}")
+
+
+def plot(records):
+    """static/lr_sweep.png: validation accuracy against the peak, one line per model (mean and 95% interval over
+    seeds), diverged runs marked; static/block_scales.png: each block's output scale at two peaks."""
+    cells = table(records)
+    fig = Figure(figsize=(8, 5), layout="constrained")
+    ax = fig.subplots()
+    for i, norm in enumerate(MODELS):
+        points = sorted((p, c) for (n, p), c in cells.items() if n == norm)
+        if not points:
+            continue
+        peaks = [p for p, _ in points]
+        ci = [stats.mean_ci(list(c["finals"].values())) for _, c in points]
+        mean = np.array([m for m, _ in ci])
+        half = np.array([h if h == h else 0.0 for _, h in ci])
+        ax.errorbar(peaks, mean, yerr=half, marker="o", capsize=4, color=f"C{i}", label=points[0][1]["label"])
+        for p, c in points:
+            for seed in c["diverged"]:
+                ax.scatter([p], [c["finals"][seed]], marker="x", s=60, color=f"C{i}", zorder=3)
+    ax.set_xscale("log")
+    ax.set_xlabel("peak learning rate of the one-cycle schedule")
+    ax.set_ylabel(f"final validation accuracy % (epoch {EPOCHS})")
+    ax.set_title("Learning-rate tolerance (mean and 95% interval over seeds; x: a diverged run)")
+    ax.grid(alpha=0.3, which="both")
+    ax.legend()
+    scales = Figure(figsize=(10, 4.5), layout="constrained")
+    shown = [p for p in (Recipe.lr, PEAKS[-1]) if any(k[1] == p for k in cells)]
+    axes = np.atleast_1d(scales.subplots(1, max(1, len(shown)), sharey=True))
+    for ax, p in zip(axes, shown):
+        for i, norm in enumerate(MODELS):
+            c = cells.get((norm, p))
+            if not c or not c["std"]:
+                continue
+            values = np.array([[s[b] for b in BLOCKS] for s in c["std"].values()], dtype=float)
+            ax.plot(range(len(BLOCKS)), np.exp(np.nanmean(np.log(values), 0)), marker="o", color=f"C{i}",
+                    label=c["label"])
+        ax.set_xticks(range(len(BLOCKS)), BLOCKS, rotation=45)
+        ax.set_yscale("log")
+        ax.set_title(f"peak {p:g}")
+        ax.grid(alpha=0.3, which="both")
+    axes[0].set_ylabel(f"std of the block's output ({SCALE_IMAGES} validation images, geometric mean over seeds)")
+    axes[0].legend()
+    return fig, scales
+
+
+def parse_args(argv=None):
+    p = cli.parser(__doc__)
+    cli.add_run_arguments(p)
+    p.add_argument("--epochs", type=cli.positive_int, default=EPOCHS,
+                   help="epochs per run (the sweep uses the default; fewer only for a quick look, which goes to a "
+                        "folder of its own under --out)")
+    p.add_argument("--limit", type=cli.positive_int, default=None,
+                   help="train on only the first N training images, for a quick look (a folder of its own under "
+                        "--out; default: all 50,000)")
+    return cli.finish_run_arguments(p.parse_args(argv))
+
+
+def main(argv=None):
+    args = parse_args(argv)
+    args.out = os.path.join(args.out, cli.variant(args, parse_args([]), ("epochs", "limit")))
+    machine.tune_malloc()
+    machine.pin_isa(not args.native_isa)  # before torch's first operation, so that the runs reproduce on other CPUs
+    print(utils.LOG_HEADER)
+    try:
+        data = load_mnist(args.data)
+        records = run_sweep(data, device=args.device, out=args.out, jobs=args.jobs, fresh=args.fresh,
+                            progress=not args.no_progress, epochs=args.epochs, limit=args.limit)
+    except utils.USER_ERRORS as e:
+        sys.exit(f"studies.lr_sweep: error: {e}")
+    except KeyboardInterrupt:
+        sys.exit(f"\nstopped: every finished epoch is kept; resume with: python -m studies.lr_sweep "
+                 f"{' '.join(sys.argv[1:])}")
+    print()
+    print(sweep_table(os.path.join(args.out, "results")))
+    if not args.no_figures:
+        from figures import save_figure
+        for fig, name in zip(plot(records), ("lr_sweep", "block_scales")):
+            print("wrote " + save_figure(fig, os.path.join(args.out, "static", f"{name}.png")))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,117 @@
+"""The learning-rate sweep: its plan, the rule that picks the control's peak, its table against scipy's intervals,
+each block's output scale, and a tiny sweep end to end."""
+import math
+
+import pytest
+import torch
+from scipy import stats as scipy_stats
+
+from conftest import synthetic
+from model import CONTROL, Net
+from recipe import L1, Recipe
+from studies import lr_sweep
+
+
+def test_the_sweep_is_every_model_at_every_peak_on_the_validation_split():
+    runs = lr_sweep.recipes()
+    assert len(runs) == 4 * 5 * 3 and len({(r.norm, r.lr, r.seed) for r in runs}) == 60
+    assert {r.norm for r in runs} == {"BN", "LN", "GN", CONTROL} and {r.lr for r in runs} == set(lr_sweep.PEAKS)
+    assert all(r.val == 10000 and r.epochs == 6 and r.l1 == (L1 if r.norm == "BN" else 0) for r in runs)
+    # everything else is today's recipe
+    from dataclasses import replace
+    assert all(replace(r, norm="BN", l1=0.0, lr=Recipe.lr, epochs=20, val=0, seed=0) == Recipe() for r in runs)
+    assert [lr_sweep.run_name(r) for r in runs[:4]] == ["bn_l1_lr0.01", "ln_lr0.01", "gn_lr0.01", "none_lr0.01"]
+
+
+def fake(finals_by_cell, diverged=()):
+    """Records {name: [record]} from {(norm, peak): [final accuracy per seed]}; (norm, peak, seed) in `diverged`
+    collapse in their last epoch."""
+    records = {}
+    for (norm, peak), finals in finals_by_cell.items():
+        recipe = Recipe(norm, lr=peak, epochs=2, val=10000)
+        for seed, acc in enumerate(finals):
+            first = acc + 20 if (norm, peak, seed) in diverged else acc
+            records.setdefault(lr_sweep.run_name(recipe), []).append(
+                {"name": lr_sweep.run_name(recipe), "config": {**vars(Recipe(norm, lr=peak, epochs=2, seed=seed)),
+                                                               "val": 10000},
+                 "history": [{"epoch": 1, "test_acc": first, "test_loss": 0.1},
+                             {"epoch": 2, "test_acc": acc, "test_loss": 0.1}]})
+    return records
+
+
+def test_a_run_diverges_when_its_accuracy_collapses_or_its_loss_is_not_finite():
+    h = lambda *accs, loss=0.1: {"history": [{"test_acc": a, "test_loss": loss} for a in accs]}
+    assert lr_sweep.diverged(h(98.0, 60.0)) and lr_sweep.diverged(h(98.0, 98.5, loss=math.nan))
+    assert not lr_sweep.diverged(h(10.0, 11.0)) and not lr_sweep.diverged(h(98.0, 88.5))
+
+
+def test_the_rule_picks_the_controls_best_peak_without_divergence_and_breaks_ties_toward_the_recipes():
+    accs = {0.01: [97.0] * 3, 0.03: [98.0] * 3, 0.1: [98.2] * 3, 0.3: [99.0, 99.0, 50.0], 1.0: [10.0] * 3}
+    records = fake({(CONTROL, p): a for p, a in accs.items()}, diverged={(CONTROL, 0.3, 2)})
+    assert lr_sweep.control_peak(records) == (0.1, [0.1])  # 0.3 is out: one of its seeds diverged
+    accs[0.03] = [98.17] * 3  # within 0.05 of 0.1's: tied, and the tie goes to the recipe's peak
+    assert lr_sweep.control_peak(fake({(CONTROL, p): a for p, a in accs.items()}, {(CONTROL, 0.3, 2)})) == \
+        (0.1, [0.03, 0.1])
+    del accs[1.0]  # a planned peak without its runs: the rule waits
+    assert lr_sweep.control_peak(fake({(CONTROL, p): a for p, a in accs.items()})) is None
+
+
+def test_a_model_that_still_trains_at_the_largest_peak_adds_the_extra_one():
+    low = {("LN", 1.0): [50.0, 60.0, 70.0]}
+    assert lr_sweep.planned_peaks(fake(low)) == lr_sweep.PEAKS
+    assert lr_sweep.planned_peaks(fake({("BN", 1.0): [95.0, 96.0, 97.0]})) == lr_sweep.PEAKS + (3.0,)
+
+
+def test_the_table_gives_each_cell_its_mean_and_students_interval(tmp_path):
+    import json
+    import os
+    records = fake({("BN", 0.1): [99.0, 99.2, 99.4], (CONTROL, 0.1): [98.0, 98.5, 97.0]}, {(CONTROL, 0.1, 1)})
+    folder = tmp_path / "lr_sweep"
+    os.makedirs(folder)
+    for name, recs in records.items():
+        for r in recs:
+            (folder / f"{name}_seed{r['config']['seed']}.json").write_text(json.dumps(r))
+    text = lr_sweep.sweep_table(str(tmp_path))
+    half = scipy_stats.t.ppf(0.975, 2) * 0.2 / 3 ** 0.5  # std 0.2 of 99.0, 99.2, 99.4
+    assert f"| BN | 99.20 ± {half:.2f} |" in text
+    assert "| no norm | 97.83 ± " in text and "diverged: seed 1 |" in text
+    assert "Rule 3 waits" in text
+
+
+def test_block_std_is_each_blocks_output_scale_which_a_norm_holds_and_the_control_lets_grow():
+    # Scaling every convolution by 3: without a norm (ReLU and max-pool are positively homogeneous) the k-th
+    # convolution's output grows by 3^k; after a norm it does not change (up to its epsilon).
+    images = synthetic(64)[0]
+    scales = {}
+    for norm in ("LN", "none"):
+        for factor in (1, 3):
+            torch.manual_seed(0)
+            model = Net(norm)
+            with torch.no_grad():
+                for p in model.parameters():
+                    if p.ndim > 1:
+                        p.mul_(factor)
+            scales[norm, factor] = lr_sweep.block_std(model, images)
+    assert list(scales["LN", 1]) == list(lr_sweep.BLOCKS)
+    for k, block in enumerate(lr_sweep.BLOCKS):
+        grew = scales["none", 3][block] / scales["none", 1][block]
+        assert grew == pytest.approx(3 ** (k + 1), rel=1e-4), block
+    for block in ("conv0", "conv1", "conv2", "conv3", "conv4", "conv5"):
+        assert scales["LN", 3][block] == pytest.approx(scales["LN", 1][block], rel=1e-3), block
+
+
+@pytest.mark.parametrize("jobs", [1])
+def test_a_tiny_sweep_trains_its_runs_and_records_the_block_scales(tmp_path, monkeypatch, jobs):
+    monkeypatch.setattr(lr_sweep, "PEAKS", (0.1,))
+    monkeypatch.setattr(lr_sweep, "SEEDS", (0,))
+    monkeypatch.setattr(lr_sweep, "VAL", 32)
+    monkeypatch.setattr(lr_sweep, "SCALE_IMAGES", 16)
+    data = (synthetic(96), synthetic(16, seed=1))
+    records = lr_sweep.run_sweep(data, device=torch.device("cpu"), out=str(tmp_path), jobs=jobs, progress=False,
+                                 epochs=1, val=32)
+    assert sorted(records) == ["bn_l1_lr0.1", "gn_lr0.1", "ln_lr0.1", "none_lr0.1"]
+    for (r,) in records.values():
+        assert len(r["history"]) == 1 and set(r["block_std"]) == set(lr_sweep.BLOCKS)
+        assert r["config"]["val"] == 32 and r["config"]["train_images"] == 64
+    figures = lr_sweep.plot(records)
+    assert len(figures) == 2 and figures[0].axes[0].get_xscale() == "log"
