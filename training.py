@@ -1,12 +1,60 @@
-"""Training and evaluation: one step (NLL + L1), one epoch over on-device batches, predictions and accuracy."""
+"""Training and evaluation: a run's state before its first step, one step (NLL + L1), one epoch over on-device
+batches, predictions and accuracy."""
 import contextlib
 import copy
+import math
 
 import torch
 import torch.nn.functional as F
+from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
 from tqdm.auto import tqdm
 
 from augment import batches, to_input
+from model import Net
+
+
+def initial_state(recipe, train_images, device):
+    """A run's state before its first step, for `train_images` training images: (model, optimizer, scheduler,
+    averaged, generator). The recipe's Net (seeded), SGD with Nesterov momentum, the one-cycle schedule (stepped every
+    batch), the moving average of the weights (None without ema), and the generator of the batch order and the
+    augmentation."""
+    torch.manual_seed(recipe.seed)  # initial weights and dropout masks
+    generator = torch.Generator().manual_seed(recipe.seed)  # batch order and rotation angles
+    model = Net(recipe.norm, groups=recipe.groups, dropout=recipe.dropout).to(device)
+    optimizer = torch.optim.SGD(model.parameters(), lr=recipe.lr, momentum=0.9, nesterov=True,
+                                weight_decay=recipe.weight_decay)
+    steps = math.ceil(train_images / recipe.batch_size)
+    cycle = recipe.cycle_epochs or recipe.epochs
+    # A cycle shorter than the run gets one step more than it takes, so that its last step lands on the cycle's end
+    # (lr / 25 / final_div), the rate then held; OneCycleLR's own count would end one step past it.
+    total = cycle * steps + (cycle < recipe.epochs)
+    scheduler = torch.optim.lr_scheduler.OneCycleLR(optimizer, max_lr=recipe.lr, total_steps=total,
+                                                    pct_start=recipe.pct_start, final_div_factor=recipe.final_div)
+    # PyTorch's own averaging; use_buffers: BN's running statistics are averaged too, so they match the weights
+    averaged = AveragedModel(model, multi_avg_fn=ema_update(recipe.ema, recipe.ema_warmup), use_buffers=True) \
+        if recipe.ema else None
+    return model, optimizer, scheduler, averaged, generator
+
+
+def ema_update(decay, warmup=0.0):
+    """AveragedModel's multi_avg_fn for an exponential moving average of `decay` per update; with warmup > 0 the decay
+    at the n-th update after the first (which copies the weights) is min(decay, (1 + n) / (warmup + n)), so the
+    average soon forgets the random initialization instead of keeping decay^n of it (0.999^938 = 39% after an epoch
+    of 938 steps). warmup 0 is PyTorch's get_ema_multi_avg_fn(decay), which the runs before the warm-up used."""
+    if not warmup:
+        return get_ema_multi_avg_fn(decay)
+
+    @torch.no_grad()
+    def update(averaged, current, n):
+        if not torch.is_floating_point(averaged[0]):  # integer buffers, BN's num_batches_tracked: a count, copied
+            torch._foreach_copy_(averaged, current)
+            return
+        # n: AveragedModel's count of updates so far, a tensor on the device, so the decay is computed there too
+        # (no wait for the device in every step)
+        d = torch.clamp((1 + n) / (warmup + n), max=decay).to(averaged[0].dtype)
+        torch._foreach_mul_(averaged, d)
+        torch._foreach_add_(averaged, torch._foreach_mul(current, 1 - d))
+    return update
 
 
 def l1_penalty(model) -> torch.Tensor:

@@ -1,7 +1,6 @@
 """Resumable runs: train a recipe with a checkpoint after every epoch, many at once in worker processes, or load
 finished ones. What the notebook and train.py call: a Recipe -> utils.run -> training.train_epoch -> augment.batches
 -> model.Net."""
-import math
 import multiprocessing
 import os
 import signal
@@ -10,7 +9,6 @@ import time
 from dataclasses import asdict, fields
 
 import torch
-from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
 from tqdm.auto import tqdm
 
 import machine
@@ -32,7 +30,7 @@ from records import (
     settings_clash,
     shown,
 )
-from training import evaluate, train_epoch
+from training import evaluate, initial_state, train_epoch
 
 LOG_HEADER = (f"{'run':<10} {'epoch':>5} {'train_loss':>10} {'train_acc':>9} {'test_loss':>9} {'test_acc':>8} "
               f"{'lr':>8} {'sec':>6}")
@@ -116,50 +114,6 @@ def _set_rng_state(state, device):
         torch.cuda.set_rng_state(state["cuda"], device)
     elif device.type == "mps":
         torch.mps.set_rng_state(state["mps"])
-
-
-def initial_state(recipe, train_images, device):
-    """A run's state before its first step, for `train_images` training images: (model, optimizer, scheduler,
-    averaged, generator). The recipe's Net (seeded), SGD with Nesterov momentum, the one-cycle schedule (stepped every
-    batch), the moving average of the weights (None without ema), and the generator of the batch order and the
-    augmentation."""
-    torch.manual_seed(recipe.seed)  # initial weights and dropout masks
-    generator = torch.Generator().manual_seed(recipe.seed)  # batch order and rotation angles
-    model = Net(recipe.norm, groups=recipe.groups, dropout=recipe.dropout).to(device)
-    optimizer = torch.optim.SGD(model.parameters(), lr=recipe.lr, momentum=0.9, nesterov=True,
-                                weight_decay=recipe.weight_decay)
-    steps = math.ceil(train_images / recipe.batch_size)
-    cycle = recipe.cycle_epochs or recipe.epochs
-    # A cycle shorter than the run gets one step more than it takes, so that its last step lands on the cycle's end
-    # (lr / 25 / final_div), the rate then held; OneCycleLR's own count would end one step past it.
-    total = cycle * steps + (cycle < recipe.epochs)
-    scheduler = torch.optim.lr_scheduler.OneCycleLR(optimizer, max_lr=recipe.lr, total_steps=total,
-                                                    pct_start=recipe.pct_start, final_div_factor=recipe.final_div)
-    # PyTorch's own averaging; use_buffers: BN's running statistics are averaged too, so they match the weights
-    averaged = AveragedModel(model, multi_avg_fn=ema_update(recipe.ema, recipe.ema_warmup), use_buffers=True) \
-        if recipe.ema else None
-    return model, optimizer, scheduler, averaged, generator
-
-
-def ema_update(decay, warmup=0.0):
-    """AveragedModel's multi_avg_fn for an exponential moving average of `decay` per update; with warmup > 0 the decay
-    at the n-th update after the first (which copies the weights) is min(decay, (1 + n) / (warmup + n)), so the
-    average soon forgets the random initialization instead of keeping decay^n of it (0.999^938 = 39% after an epoch
-    of 938 steps). warmup 0 is PyTorch's get_ema_multi_avg_fn(decay), which the runs before the warm-up used."""
-    if not warmup:
-        return get_ema_multi_avg_fn(decay)
-
-    @torch.no_grad()
-    def update(averaged, current, n):
-        if not torch.is_floating_point(averaged[0]):  # integer buffers, BN's num_batches_tracked: a count, copied
-            torch._foreach_copy_(averaged, current)
-            return
-        # n: AveragedModel's count of updates so far, a tensor on the device, so the decay is computed there too
-        # (no wait for the device in every step)
-        d = torch.clamp((1 + n) / (warmup + n), max=decay).to(averaged[0].dtype)
-        torch._foreach_mul_(averaged, d)
-        torch._foreach_add_(averaged, torch._foreach_mul(current, 1 - d))
-    return update
 
 
 def run(recipe, data, *, device, out=RUNS, folder="", name=None, batch_stats=False, progress=True, fresh=False,

@@ -165,8 +165,10 @@ def findings_table(results):
                 ci, verdict = "(one seed)", "cannot say: one seed"
             else:
                 ci = f"[{p['low']:+.3f}, {p['high']:+.3f}]"
-                verdict = (f"yes, {la if p['mean'] > 0 else lb} higher (weak evidence if the interval only just "
-                           f"excludes 0)" if p["nonzero"] else "no: the interval includes 0")
+                just = min(abs(p["low"]), abs(p["high"])) < p["half"] / 4  # its near end within a quarter of 0
+                verdict = (f"yes: {la if p['mean'] > 0 else lb} higher"
+                           + (", but the interval only just excludes 0" if just else "")
+                           if p["nonzero"] else "no: the interval includes 0")
             seeds = p["seeds"]
             span = f"{seeds[0]}-{seeds[-1]}" if seeds == list(range(seeds[0], seeds[-1] + 1)) and len(seeds) > 2 \
                 else ", ".join(map(str, seeds))

@@ -8,6 +8,7 @@ import torch
 from torch import nn
 
 import machine
+import training
 import utils
 from conftest import synthetic, without_time
 from files import save_torch, write_json
@@ -59,7 +60,7 @@ def test_one_seed_pairs_the_norms_same_weights_batches_augmentation_and_dropout_
                     lambda m, args: log["rng"].append(torch.get_rng_state()) if m.training else None)
         return model
 
-    monkeypatch.setattr(utils, "Net", watched)
+    monkeypatch.setattr(training, "Net", watched)
     for recipe in experiment(seeds=(3,), epochs=2, batch_size=64, translate=0.1, scale=0.1, shear=5.0) \
             + [Recipe("GN", groups=g, epochs=2, batch_size=64, seed=3, translate=0.1, scale=0.1, shear=5.0)
                for g in (1, 5)]:
@@ -247,9 +248,9 @@ def test_the_warmed_up_average_follows_its_formula_and_without_warm_up_is_pytorc
     from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
     torch.manual_seed(0)
     model = torch.nn.Sequential(torch.nn.Linear(3, 2), torch.nn.BatchNorm1d(2))
-    averaged = AveragedModel(model, multi_avg_fn=utils.ema_update(0.99, 10.0), use_buffers=True)
+    averaged = AveragedModel(model, multi_avg_fn=training.ema_update(0.99, 10.0), use_buffers=True)
     plain = AveragedModel(model, multi_avg_fn=get_ema_multi_avg_fn(0.99), use_buffers=True)
-    ours = AveragedModel(model, multi_avg_fn=utils.ema_update(0.99, 0.0), use_buffers=True)
+    ours = AveragedModel(model, multi_avg_fn=training.ema_update(0.99, 0.0), use_buffers=True)
     expected = None
     for n in range(30):
         with torch.no_grad():
@@ -281,7 +282,7 @@ def test_weight_decay_reaches_sgd_and_shrinks_every_parameter_by_lr_times_it():
     # With zero gradient (lr > 0, loss ignored) SGD's weight decay alone moves a parameter: p -= lr * wd * p, then
     # Nesterov momentum adds momentum * that. One step from initial_state's optimizer, checked against the formula.
     recipe = Recipe("LN", weight_decay=1e-3)
-    model, optimizer, *_ = utils.initial_state(recipe, 640, torch.device("cpu"))
+    model, optimizer, *_ = training.initial_state(recipe, 640, torch.device("cpu"))
     assert all(g["weight_decay"] == 1e-3 for g in optimizer.param_groups)
     before = [p.detach().clone() for p in model.parameters()]
     for p in model.parameters():
@@ -291,4 +292,4 @@ def test_weight_decay_reaches_sgd_and_shrinks_every_parameter_by_lr_times_it():
     for b, p in zip(before, model.parameters()):
         d = 1e-3 * b  # the decayed gradient; the first step's momentum buffer is d, Nesterov's step d + momentum * d
         assert torch.allclose(p, b - g["lr"] * (d + g["momentum"] * d), rtol=1e-6, atol=1e-9)
-    assert utils.initial_state(Recipe("LN"), 640, torch.device("cpu"))[1].param_groups[0]["weight_decay"] == 0
+    assert training.initial_state(Recipe("LN"), 640, torch.device("cpu"))[1].param_groups[0]["weight_decay"] == 0

@@ -4,7 +4,7 @@ what the machine that made the committed runs computed, bit for bit.
 
 Each model trains STEPS steps of its recipe (augmentation, forward, loss with L1, backward, optimizer step, schedule,
 weight-average update) on seeded synthetic images, then evaluates its averaged weights on EVAL_IMAGES images
-in batches as a run does, through the same functions as train.py (utils.initial_state, training.train_epoch,
+in batches as a run does, through the same functions as train.py (training.initial_state, training.train_epoch,
 training.evaluate), pinned to AVX2, with one thread as the committed runs. Every ATen operation that PyTorch
 dispatches, forward and backward, is hashed as it returns (a TorchDispatchMode), with where it was called from (the
 layer, the function, or the backward node).
@@ -117,9 +117,8 @@ def fingerprint(check_trace=True):
     isa = machine.pin_isa()
     import torch
 
-    import utils
     from recipe import experiment
-    from training import evaluate, train_epoch
+    from training import evaluate, initial_state, train_epoch
 
     torch.set_num_threads(1)
     Trace = trace_class()
@@ -132,7 +131,7 @@ def fingerprint(check_trace=True):
             torch.randint(0, 10, (EVAL_IMAGES,), generator=g))
 
     def steps(recipe, trace=None):
-        model, optimizer, scheduler, averaged, generator = utils.initial_state(recipe, FULL_TRAIN, device)
+        model, optimizer, scheduler, averaged, generator = initial_state(recipe, FULL_TRAIN, device)
         evaluated = averaged.module if averaged is not None else model
         if trace is not None:  # name the layers: the trained model's and the evaluated one's
             trace.names.update({m: f"layer {n}" for n, m in model.named_modules() if n})
