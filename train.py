@@ -66,7 +66,8 @@ def main(argv=None):
               f"{' (one CPU thread each)' if args.device.type == 'cpu' else ''}; training on {len(train[1])} images, "
               f"evaluating on {len(test[1])} {'held-out training' if args.val else 'test'} images")
         folder = experiment_folder(runs)
-        print(f"runs go to {shown(os.path.join(args.out, 'results', folder))}{os.sep} (their weights and "
+        where = os.path.join(shown(os.path.join(args.out, "results", folder)), "")  # one trailing separator
+        print(f"runs go to {where} (their weights and "
               f"figures to the same folder under weights{os.sep} and static{os.sep})")
         print(utils.LOG_HEADER)
         records, models = utils.run_experiments(runs, data, device=args.device, out=args.out, jobs=args.jobs,
