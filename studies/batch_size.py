@@ -25,7 +25,7 @@ from data import load_mnist
 from figures import save_figure
 from recipe import Recipe, run_order
 from records import is_finished, load_records, summarize
-from studies.tables import mean_std
+from studies.tables import interval
 
 BATCH_SIZES = (2, 4, 8, 16, 32, 64, 128, 256)
 # The study's own defaults: short runs (an epoch at batch 2 is 30,000 steps, about 6x the time of one at 64), three
@@ -74,8 +74,8 @@ def run_study(recipes, data, *, device, out, jobs=1, fresh=False, progress=True)
 
 def summary(records):
     """One row per (norm, batch size) of a study's records, by norm then batch size: summarize()'s
-    keys plus norm, batch_size, lr, and for BN batch_stats_mean/_std (final accuracy with batch
-    statistics)."""
+    keys plus norm, batch_size, lr, and for BN batch_stats (each seed's final accuracy with batch statistics) and its
+    batch_stats_mean/_std."""
     rows = []
     for row in summarize(records):
         recs = [r for r in records[row["name"]] if r["history"]]
@@ -86,6 +86,7 @@ def summary(records):
         stats = [r["history"][-1].get("test_acc_batch_stats") for r in recs]
         if all(v is not None for v in stats):
             row["batch_stats_mean"], row["batch_stats_std"] = float(np.mean(stats)), float(np.std(stats))
+            row["batch_stats"] = stats
         rows.append(row)
     return sorted(rows, key=lambda r: run_order(records[r["name"]][0]["config"]))
 
@@ -164,7 +165,8 @@ def batch_size_table(results):
     lines = ["| batch | peak lr | " + " | ".join(c[0] for c in columns) + " |", "|" + "---|" * (len(columns) + 2)]
     for b in sizes:
         lr = next(r["lr"] for r in rows if r["batch_size"] == b)
-        cells = [mean_std(cell[n, b], key) if (n, b) in cell and f"{key}_mean" in cell[n, b] else ""
+        values = lambda row, key: row["finals"] if key == "final" else row.get("batch_stats")
+        cells = [interval(values(cell[n, b], key)) if (n, b) in cell and values(cell[n, b], key) else ""
                  for _, n, key in columns]
         lines.append(f"| {b} | {lr:g} | " + " | ".join(cells) + " |")
     ends = [sizes[0]] + ([BASE_BATCH] if BASE_BATCH in sizes[1:] else sizes[-1:] if len(sizes) > 1 else [])
@@ -176,7 +178,8 @@ def batch_size_table(results):
     epochs = sorted({r["epochs"] for r in rows})
     unfinished = sum(len(r["unfinished"]) for r in rows)
     train_images = sorted({rec["config"]["train_images"] for recs in records.values() for rec in recs})
-    lines += ["", f"Mean ± std over seeds {', '.join(map(str, seeds))}; {'/'.join(map(str, epochs))} epoch(s) on "
+    lines += ["", f"Mean ± the half-width of its 95% Student-t interval over seeds {', '.join(map(str, seeds))}; "
+                  f"{'/'.join(map(str, epochs))} epoch(s) on "
                   f"{'/'.join(f'{n:,}' for n in train_images)} training images per run; "
                   f"{sum(len(r['seeds']) for r in rows)} runs"
                   + (f", {unfinished} of them unfinished" if unfinished else "") + "."]
