@@ -122,6 +122,39 @@ def add_run_arguments(p, *, figures=True):
         p.add_argument("--no-figures", action="store_true", help="write results/ only, leaving static/ as it is")
 
 
+def add_quick_look_arguments(p, epochs):
+    """--epochs (default `epochs`) and --limit for a study on the validation split: fewer only for a quick look, whose
+    runs go to a folder of their own under --out (variant)."""
+    p.add_argument("--epochs", type=positive_int, default=epochs,
+                   help="epochs per run (the study uses the default; fewer only for a quick look, which goes to a "
+                        "folder of its own under --out)")
+    p.add_argument("--limit", type=positive_int, default=None,
+                   help="train on only the first N training images, for a quick look (a folder of its own under "
+                        "--out; default: all 50,000)")
+
+
+def run_quick_lookable(args, defaults, command, train):
+    """A validation-split study's main: a quick look's runs in a folder of their own under --out, the allocator
+    setting and the AVX2 pin (before torch's first operation), MNIST, then train(data, **options); a user's error or
+    Ctrl-C ends in one line. Returns train's result."""
+    import sys
+
+    import utils
+    from data import load_mnist
+    from machine import pin_isa, tune_malloc
+    args.out = os.path.join(args.out, variant(args, defaults, ("epochs", "limit")))
+    tune_malloc()
+    pin_isa(not args.native_isa)  # so that the runs reproduce on other CPUs
+    print(utils.LOG_HEADER)
+    try:
+        return train(load_mnist(args.data), device=args.device, out=args.out, jobs=args.jobs, fresh=args.fresh,
+                     progress=not args.no_progress, epochs=args.epochs, limit=args.limit)
+    except utils.USER_ERRORS as e:
+        sys.exit(f"{command}: error: {e}")
+    except KeyboardInterrupt:
+        sys.exit(f"\nstopped: every finished epoch is kept; resume with: python -m {command} {' '.join(sys.argv[1:])}")
+
+
 def finish_run_arguments(args):
     """Fill in what add_run_arguments leaves to the machine: --jobs."""
     args.jobs = args.jobs or default_jobs(args.device)

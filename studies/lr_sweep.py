@@ -31,9 +31,8 @@ import torch
 from matplotlib.figure import Figure
 
 import cli
-import machine
 import utils
-from data import load_mnist, select
+from data import select
 from files import write_json
 from model import CONTROL, NORMS
 from recipe import L1, Recipe
@@ -244,30 +243,13 @@ def plot(records):
 def parse_args(argv=None):
     p = cli.parser(__doc__)
     cli.add_run_arguments(p)
-    p.add_argument("--epochs", type=cli.positive_int, default=EPOCHS,
-                   help="epochs per run (the sweep uses the default; fewer only for a quick look, which goes to a "
-                        "folder of its own under --out)")
-    p.add_argument("--limit", type=cli.positive_int, default=None,
-                   help="train on only the first N training images, for a quick look (a folder of its own under "
-                        "--out; default: all 50,000)")
+    cli.add_quick_look_arguments(p, EPOCHS)
     return cli.finish_run_arguments(p.parse_args(argv))
 
 
 def main(argv=None):
     args = parse_args(argv)
-    args.out = os.path.join(args.out, cli.variant(args, parse_args([]), ("epochs", "limit")))
-    machine.tune_malloc()
-    machine.pin_isa(not args.native_isa)  # before torch's first operation, so that the runs reproduce on other CPUs
-    print(utils.LOG_HEADER)
-    try:
-        data = load_mnist(args.data)
-        records = run_sweep(data, device=args.device, out=args.out, jobs=args.jobs, fresh=args.fresh,
-                            progress=not args.no_progress, epochs=args.epochs, limit=args.limit)
-    except utils.USER_ERRORS as e:
-        sys.exit(f"studies.lr_sweep: error: {e}")
-    except KeyboardInterrupt:
-        sys.exit(f"\nstopped: every finished epoch is kept; resume with: python -m studies.lr_sweep "
-                 f"{' '.join(sys.argv[1:])}")
+    records = cli.run_quick_lookable(args, parse_args([]), "studies.lr_sweep", run_sweep)
     print()
     print(sweep_table(os.path.join(args.out, "results")))
     if not args.no_figures:

@@ -18,9 +18,7 @@ import sys
 import numpy as np
 
 import cli
-import machine
 import utils
-from data import load_mnist
 from recipe import Recipe, experiment
 from records import load_records
 from studies import stats
@@ -316,32 +314,14 @@ def parse_args(argv=None):
                    help="which search: the guard search (the warmed-up average, the clip against divergence, label "
                         "smoothing, weight decay), or the stress test of LN's divergence with and without clipping")
     cli.add_run_arguments(p, figures=False)
-    p.add_argument("--epochs", type=cli.positive_int, default=Recipe.epochs,
-                   help="epochs per run (the search uses the default; fewer only for a quick look, which goes to a "
-                        "folder of its own under --out)")
-    p.add_argument("--limit", type=cli.positive_int, default=None,
-                   help="train on only the first N training images, for a quick look (a folder of its own under "
-                        "--out; default: all 50,000)")
+    cli.add_quick_look_arguments(p, Recipe.epochs)
     return cli.finish_run_arguments(p.parse_args(argv))
 
 
 def main(argv=None):
     args = parse_args(argv)
-    # A quick look (fewer epochs or images) goes to a folder of its own under --out (cli.variant)
-    args.out = os.path.join(args.out, cli.variant(args, parse_args([]), ("epochs", "limit")))
-    machine.tune_malloc()
-    machine.pin_isa(not args.native_isa)  # before torch's first operation, so that the runs reproduce on other CPUs
-    print(utils.LOG_HEADER)
-    try:
-        data = load_mnist(args.data)
-        search = {"guard": run_guard_search, "stress": run_stress}[args.search]
-        records = search(data, device=args.device, out=args.out, jobs=args.jobs, fresh=args.fresh,
-                         progress=not args.no_progress, epochs=args.epochs, limit=args.limit)
-    except utils.USER_ERRORS as e:
-        sys.exit(f"studies.search: error: {e}")
-    except KeyboardInterrupt:
-        sys.exit(f"\nstopped: every finished epoch is kept; resume with: python -m studies.search "
-                 f"{' '.join(sys.argv[1:])}")
+    search = {"guard": run_guard_search, "stress": run_stress}[args.search]
+    records = cli.run_quick_lookable(args, parse_args([]), "studies.search", search)
     print()
     if args.search == "stress":
         print(format_stress_table(stress_table(records)))
