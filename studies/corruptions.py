@@ -5,9 +5,9 @@ MNIST-C cannot be downloaded here, so its corruptions are made again from its de
 severity levels, of which SEVERITIES are used. Each function takes float images [N, 1, 28, 28] in [0, 1], a level
 (1 to 5) and a torch.Generator for whatever it draws, and returns images of the same shape in [0, 1]; corrupt()
 turns uint8 test images into uint8 corrupted ones, as MNIST-C stores them. torchvision's functions are used where
-they compute the corruption (contrast, invert, Gaussian noise and blur), Pillow for JPEG as in MNIST-C; the rest is
-written here, each with a comment saying why. How these differ from the published MNIST-C is in CORRUPTIONS and in
-docs/experiments.md.
+they compute the corruption (contrast, invert, Gaussian noise), scipy's filter for the blur and Pillow for JPEG as
+MNIST-C's skimage and Pillow do; the rest is written here, each with a comment saying why. How these differ from the
+published MNIST-C is in CORRUPTIONS and in docs/experiments.md.
 """
 import io
 import math
@@ -16,9 +16,11 @@ import zlib
 import numpy as np
 import PIL.Image
 import torch
+import torch.nn.functional as F
+from scipy import ndimage
 from torchvision.transforms.v2 import functional as TF
 
-from augment import affine
+from augment import affine, sampling_grid
 
 SEVERITIES = (1, 3, 5)  # MNIST-C's levels (of 1 to 5) used here: its mildest, middle and strongest
 
@@ -85,11 +87,12 @@ def impulse_noise(x, level, generator):
 
 # Blur and compression.
 def gaussian_blur(x, level, generator):
-    """torchvision's gaussian_blur with MNIST-C's sigma; the kernel reaches 4 sigma, as skimage's gaussian does
-    (and is cut to the image's 27-pixel reach: torchvision pads by reflection, skimage by the nearest pixel)."""
+    """MNIST-C's gaussian_blur: skimage's gaussian(x, sigma=c, multichannel=True) on a 2-D image takes its last axis
+    (the columns) for colour channels, so it blurs along the rows' axis only, each column on its own: a vertical blur.
+    scipy's gaussian_filter1d, which skimage's gaussian calls, with skimage's defaults (the nearest pixel beyond the
+    edge, the kernel cut at 4 sigma)."""
     sigma = level_of((1, 2, 3, 4, 6), level)
-    radius = min(round(4 * sigma), x.shape[-1] - 1)
-    return TF.gaussian_blur(x, kernel_size=[2 * radius + 1] * 2, sigma=[float(sigma)] * 2)
+    return torch.from_numpy(ndimage.gaussian_filter1d(x.numpy(), sigma, axis=-2, mode="nearest", truncate=4.0))
 
 
 def jpeg(x, level, generator):
@@ -115,10 +118,15 @@ def rotate(x, level, generator):
 
 
 def shear(x, level, generator):
-    """A shear along x by an angle of c radians, one way or the other. MNIST-C's (skimage's AffineTransform(shear=c))
-    also shrinks the height by cos(c); this one, torchvision's, keeps it."""
-    c = level_of((0.2, 0.4, 0.6, 0.8, 1.0), level)
-    return affine(x, torch.zeros(len(x)), shear=math.degrees(c) * signs(len(x), generator))
+    """MNIST-C's shear, c one way or the other: the skimage of its time (before 0.19) built AffineTransform(shear=c) as
+    [[1, -sin c], [0, cos c]], which MNIST-C passes to warp as the inverse map about the centre (13.5, 13.5): each
+    output pixel (x, y) samples the input at (x - sin(c) y, cos(c) y), in coordinates about the centre. The digit is
+    slanted by sin c per row and stretched vertically by 1 / cos c. Bilinear, 0 outside the frame, as warp; the grid
+    is the training's (ATen's operations only), whose [-1, 1] coordinates of a square image are these scaled."""
+    c = level_of((0.2, 0.4, 0.6, 0.8, 1.0), level) * signs(len(x), generator)
+    theta = torch.zeros(len(x), 2, 3)
+    theta[:, 0, 0], theta[:, 0, 1], theta[:, 1, 1] = 1.0, -c.sin(), c.cos()
+    return F.grid_sample(x, sampling_grid(theta, x.shape), mode="bilinear", padding_mode="zeros", align_corners=False)
 
 
 def scale(x, level, generator):
@@ -142,13 +150,18 @@ CORRUPTIONS = {
     "gaussian_noise": (gaussian_noise, SEVERITIES, "+ N(0, c^2), c = 0.08, 0.18, 0.38 (not in MNIST-C's 15)"),
     "shot_noise": (shot_noise, SEVERITIES, "Poisson(c x) / c, c = 60, 12, 3"),
     "impulse_noise": (impulse_noise, SEVERITIES, "salt and pepper on a share c = 0.03, 0.09, 0.27 of the pixels"),
-    "gaussian_blur": (gaussian_blur, SEVERITIES, "Gaussian blur, sigma = 1, 3, 6 (not in MNIST-C's 15)"),
+    "gaussian_blur": (gaussian_blur, SEVERITIES, "Gaussian blur along the rows' axis only (vertical), as MNIST-C's "
+                                                 "code computes it, sigma = 1, 3, 6 (not in MNIST-C's 15)"),
     "jpeg": (jpeg, SEVERITIES, "JPEG at quality 25, 15, 7 (not in MNIST-C's 15)"),
     "rotate": (rotate, SEVERITIES, "turned by ±c radians, c = 0.2, 0.6, 1.0"),
-    "shear": (shear, SEVERITIES, "sheared along x by ±c radians, c = 0.2, 0.6, 1.0"),
+    "shear": (shear, SEVERITIES, "slanted by ±sin c per row and stretched vertically by 1 / cos c, as MNIST-C's code "
+                                 "computes it, c = 0.2, 0.6, 1.0"),
     "scale": (scale, SEVERITIES, "shrunk by c = 0.9, 0.7, 0.5"),
     "translate": (translate, SEVERITIES, "shifted by ±c pixels along x and y, c = 1, 3, 5"),
 }
+# The corruptions whose definition changed since results/shift/ was first made, with the version of each: a set made
+# with an older version is computed again (studies.shift), the others are kept.
+VERSIONS = {"shear": 2, "gaussian_blur": 2}  # 2: MNIST-C's own shear and vertical blur (1: tan-shear, both axes)
 GROUPS = {"intensity": ("brightness", "contrast", "inverse", "stripe"),
           "noise": ("gaussian_noise", "shot_noise", "impulse_noise"),
           "blur": ("gaussian_blur", "jpeg"),
@@ -158,6 +171,11 @@ GROUPS = {"intensity": ("brightness", "contrast", "inverse", "stripe"),
 def sets():
     """[(corruption, level)] of every corrupted set, level None for the corruptions without severities."""
     return [(name, level) for name, (_, levels, _) in CORRUPTIONS.items() for level in (levels or (None,))]
+
+
+def version(corruption):
+    """The version of a corruption's definition (VERSIONS; 1 for those never changed)."""
+    return VERSIONS.get(corruption, 1)
 
 
 def set_name(corruption, level):

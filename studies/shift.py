@@ -42,6 +42,9 @@ def modes(name):
     return [EVAL] + ([f"batch{b}" for b in BATCHES] if name.startswith("bn") else [])
 
 
+CORRUPTION_OF = {corruptions.set_name(c, level): c for c, level in corruptions.sets()}  # set name -> corruption
+
+
 def set_names():
     """clean, then every corrupted set (corruptions.sets())."""
     return [CLEAN] + [corruptions.set_name(c, level) for c, level in corruptions.sets()]
@@ -89,6 +92,13 @@ def study(data, *, out, device, runs=None, seed=0, progress=True, log=print):
             recorded = run_record["history"][-1]["test_acc"] if run_record else None
             record = {"name": name, "seed": s, "weights": os.path.relpath(path, runs), "sha256": digest,
                       "corruption_seed": seed, "recorded_test_acc": recorded, "sets": {}}
+        # A set made with an older definition of its corruption (corruptions.VERSIONS) is computed again
+        for set_name in [n for n in record["sets"] if n != CLEAN]:
+            made = record.get("versions", {}).get(set_name, 1)
+            if made != corruptions.version(CORRUPTION_OF[set_name]):
+                log(f"{os.path.relpath(target)}: {set_name} was made with version {made} of its corruption; computed "
+                    f"again")
+                del record["sets"][set_name]
         records[(name, s)] = (target, record)
         # the SHA-256 the run recorded for its weights (runs from before it was recorded: unchecked)
         models[(name, s)] = load_weights(path, device, sha256=run_record.get("weights_sha256"))[0]
@@ -104,6 +114,8 @@ def study(data, *, out, device, runs=None, seed=0, progress=True, log=print):
         for key in todo:
             target, record = records[key]
             entry = record["sets"].setdefault(set_name, {})
+            if set_name != CLEAN:
+                record.setdefault("versions", {})[set_name] = corruptions.version(CORRUPTION_OF[set_name])
             for mode in modes(key[0]):
                 if mode not in entry:
                     loss, acc = evaluate_mode(models[key], (images, labels), mode)
@@ -172,7 +184,8 @@ def accuracy_table(results, sets=None):
         lines.append(f"| {set_name} | " + " | ".join(cell(accuracies(records, n, m, set_name).values())
                                                       for n, m in rows) + " |")
     for group, members in groups().items():
-        lines.append(f"| **mean: {group}** | " + " | ".join(
+        kinds = len(corruptions.GROUPS.get(group, corruptions.CORRUPTIONS))
+        lines.append(f"| **mean: {group}** ({kinds} corruptions, {len(members)} sets) | " + " | ".join(
             cell(group_means(records, n, m, members).values()) for n, m in rows) + " |")
     lines.append("")
     lines.append(f"Seeds: {', '.join(map(str, seeds))} of each model (`results/shift/`); "

@@ -1,4 +1,5 @@
-"""corruptions.py: each corruption against its definition (by hand, or torchvision's own function), and its seed."""
+"""studies/corruptions.py: each corruption against its definition (by hand, or torchvision's own function), and its
+seed."""
 import math
 
 import pytest
@@ -53,8 +54,6 @@ def test_geometric_corruptions_are_torchvisions_maps_one_way_or_the_other():
         assert 0 < nearer_plus.sum() < len(IMAGES), corruption
     bilinear = TF.InterpolationMode.BILINEAR
     check("rotate", 3, lambda x, s: TF.rotate(x, s * math.degrees(0.6), interpolation=bilinear))
-    check("shear", 5, lambda x, s: TF.affine(x, angle=0.0, translate=[0, 0], scale=1.0,
-                                             shear=[s * math.degrees(1.0), 0.0], interpolation=bilinear))
     got = corrupt(IMAGES, "scale", 3).int()
     expected = by_hand(TF.affine(UNIT, angle=0.0, translate=[0, 0], scale=0.7, shear=[0.0, 0.0],
                                  interpolation=bilinear)).int()
@@ -94,13 +93,68 @@ def test_noise_is_what_its_definition_draws():
     assert torch.equal(hit[hit != 0][hit[hit != 0] != 255], grey[(hit != 0) & (hit != 255)])
 
 
-def test_blur_is_torchvisions_and_jpeg_is_pillows_at_mnist_cs_quality():
+def mnist_c_shear(image, c):
+    """MNIST-C's shear of one image [28, 28] in [0, 1], by its formula, in plain Python: skimage's warp with the inverse
+    map [[1, -sin c], [0, cos c]] about (13.5, 13.5), bilinear, 0 outside the frame."""
+    import numpy as np
+    out = np.zeros((28, 28))
+    for row in range(28):
+        for col in range(28):
+            x = 13.5 + (col - 13.5) - math.sin(c) * (row - 13.5)  # the input point the output pixel samples
+            y = 13.5 + math.cos(c) * (row - 13.5)
+            x0, y0 = math.floor(x), math.floor(y)
+            for dy, dx in ((0, 0), (0, 1), (1, 0), (1, 1)):
+                weight = (1 - abs(x - x0 - dx)) * (1 - abs(y - y0 - dy))
+                if 0 <= y0 + dy < 28 and 0 <= x0 + dx < 28:
+                    out[row, col] += weight * image[y0 + dy, x0 + dx]
+    return out
+
+
+def test_shear_is_mnist_cs_slant_by_sin_c_and_vertical_stretch_by_1_over_cos_c():
+    # Against the formula, one way or the other per image; at severity 5 (c = 1.0) the digit's height grows by 1/cos 1
+    got = corrupt(IMAGES[:6], "shear", 5).int()
+    for image, out in zip(UNIT[:6, 0].double().numpy(), got):
+        candidates = [torch.from_numpy(mnist_c_shear(image, sign * 1.0) * 255).round().int() for sign in (1, -1)]
+        assert min((out - c).abs().max().item() for c in candidates) <= 1
+    signs = {int((out - torch.from_numpy(mnist_c_shear(image, 1.0) * 255).round().int()).abs().max() <= 1)
+             for image, out in zip(UNIT[:, 0].double().numpy(), corrupt(IMAGES, "shear", 5).int())}
+    assert signs == {0, 1}  # both directions occur
+    # A horizontal bar 2 rows high through the centre: stretched to 2 / cos(1) = 3.7 rows, and no longer slanted
+    bar = torch.zeros(1, 28, 28, dtype=torch.uint8)
+    bar[0, 13:15, 4:24] = 255
+    column = corrupt(bar, "shear", 5)[0, :, 14].float() / 255
+    assert column.sum().item() == pytest.approx(2 / math.cos(1.0), rel=0.02)
+
+
+def mnist_c_blur(image, sigma):
+    """MNIST-C's gaussian_blur of one image [28, 28], by its formula: skimage's gaussian with multichannel=True on a 2-D
+    image blurs along axis 0 (the rows) only, with weights exp(-k^2 / (2 sigma^2)) for |k| <= int(4 sigma + 0.5),
+    normalized, and the nearest pixel beyond the edge."""
+    import numpy as np
+    radius = int(4 * sigma + 0.5)
+    k = np.arange(-radius, radius + 1)
+    w = np.exp(-k ** 2 / (2 * sigma ** 2))
+    w /= w.sum()
+    padded = np.pad(image, ((radius, radius), (0, 0)), mode="edge")
+    return sum(w[i] * padded[i:i + 28] for i in range(len(k)))
+
+
+def test_gaussian_blur_is_mnist_cs_vertical_blur_and_jpeg_is_pillows_at_mnist_cs_quality():
     import io
 
     import numpy as np
     from PIL import Image
-    blurred = corrupt(IMAGES, "gaussian_blur", 1)
-    assert torch.equal(blurred, by_hand(TF.gaussian_blur(UNIT, kernel_size=[9, 9], sigma=[1.0, 1.0])))
+    for level, sigma in ((1, 1.0), (3, 3.0), (5, 6.0)):
+        got = corrupt(IMAGES[:4], "gaussian_blur", level).int()
+        expected = torch.stack([torch.from_numpy(mnist_c_blur(image, sigma) * 255).round().int()
+                                for image in UNIT[:4, 0].double().numpy()])
+        assert (got - expected).abs().max() <= 1, level
+    # vertical only: a vertical line stays one column wide, a horizontal one spreads over rows
+    lines = torch.zeros(2, 28, 28, dtype=torch.uint8)
+    lines[0, 4:24, 14] = 255
+    lines[1, 14, 4:24] = 255
+    vertical, horizontal = corrupt(lines, "gaussian_blur", 3)
+    assert vertical[:, 13].sum() == vertical[:, 15].sum() == 0 and (horizontal[10:19, 14] > 0).all()
     got = corrupt(IMAGES, "jpeg", 3)
     for image, out in zip(IMAGES, got):
         buffer = io.BytesIO()

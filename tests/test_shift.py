@@ -1,4 +1,5 @@
-"""shift.py: every weights file on every corrupted set, resumable; the clean set gives each run's recorded accuracy."""
+"""studies/shift.py: every weights file on every corrupted set, resumable; the clean set gives each run's recorded
+accuracy."""
 import json
 import os
 
@@ -42,6 +43,16 @@ def test_a_tiny_study_writes_every_set_and_mode_and_resumes_without_computing_ag
     (tmp_path / "results" / "shift" / "ln_seed0.json").write_text(json.dumps(on_disk))
     shift.study(data, out=str(tmp_path), device=torch.device("cpu"), progress=False, log=lambda *a: None)
     assert len(calls) == 1
+    # A set made with an older definition of its corruption (a file without versions: version 1) is computed again,
+    # and only those sets
+    calls.clear()
+    on_disk = json.loads((tmp_path / "results" / "shift" / "ln_seed0.json").read_text())
+    assert on_disk["versions"]["shear_5"] == 2 and on_disk["versions"]["rotate_5"] == 1
+    del on_disk["versions"]
+    (tmp_path / "results" / "shift" / "ln_seed0.json").write_text(json.dumps(on_disk))
+    messages = []
+    shift.study(data, out=str(tmp_path), device=torch.device("cpu"), progress=False, log=messages.append)
+    assert len(calls) == 6 and sum("was made with version 1 of its corruption" in m for m in messages) == 6
     # Other weights (a run trained again): the file is computed again from scratch
     calls.clear()
     bn_weights = tmp_path / "weights" / "bn_l1_seed0.pt"
@@ -129,7 +140,7 @@ def test_the_tables_are_the_seeds_means_and_paired_intervals_computed_independen
     # The geometry group's mean for LN: each seed's mean over the group's sets, then over seeds
     geometry = [s for s in shift.set_names() if s.split("_")[0] in ("rotate", "shear", "scale", "translate")]
     per_seed = [np.mean([acc[("ln", s)][g]["eval"]["test_acc"] for g in geometry]) for s in (0, 1, 2)]
-    row = next(line for line in table if line.startswith("| **mean: geometry** |"))
+    row = next(line for line in table if line.startswith("| **mean: geometry** (4 corruptions, 12 sets) |"))
     assert row.split(" | ")[-1].startswith(f"{np.mean(per_seed):.2f} ± ")
     # LN minus BN + L1 over all corrupted sets, paired by seed: scipy's paired t interval
     corrupted = shift.set_names()[1:]
