@@ -127,8 +127,8 @@ def train_epoch(model, data, optimizer, recipe, *, generator, scheduler=None, av
     return total_loss.item() / n, 100 * correct.item() / n, torch.stack(norms)
 
 
-# Images per evaluation forward pass: 250 gives every committed weights file the same loss and accuracy, bit for bit,
-# as the 2,000 of the runs that made them, in less time on a CPU (benchmarks/evaluation.py, docs/performance.md).
+# Images per evaluation forward pass: 250 gives the weights files the same loss and accuracy, bit for bit, as the 2,000
+# of the runs that made them, and re-runs their first epochs identically; benchmarks/evaluation.py times both.
 EVAL_BATCH = 250
 
 
