@@ -140,11 +140,9 @@ def run(recipe, data, *, device, out=RUNS, folder="", name=None, batch_stats=Fal
     its thread count, so every run has one by default, however many run at once: the committed runs did.
     Returns (model, record).
     """
-    if device.type != "cpu":
-        return _run(recipe, data, device=device, out=out, folder=folder, name=name, batch_stats=batch_stats,
-                    progress=progress, fresh=fresh, log=log, stop_after=stop_after)
     before = torch.get_num_threads()
-    torch.set_num_threads(threads)
+    if device.type == "cpu":
+        torch.set_num_threads(threads)
     try:
         return _run(recipe, data, device=device, out=out, folder=folder, name=name, batch_stats=batch_stats,
                     progress=progress, fresh=fresh, log=log, stop_after=stop_after)
