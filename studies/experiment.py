@@ -1,5 +1,6 @@
 """The experiment's own tables and figures: BN + L1, LN and GN over ten seeds (results/*.json), their side runs (BN
-without L1, GN with 5 and 10 groups), how each seed starts, when it settles, and the paired differences."""
+without L1, GN with 5 and 10 groups), the control without a norm (at the peak learning rate studies/lr_sweep.py
+chose), how each seed starts, when it settles, and the paired differences."""
 import os
 
 import numpy as np
@@ -7,9 +8,10 @@ from matplotlib.figure import Figure
 from matplotlib.ticker import MaxNLocator
 
 from figures import METRICS
+from model import CONTROL
 from recipe import Recipe, experiment, label
 from records import load_records, summarize
-from studies import stats
+from studies import lr_sweep, stats
 from studies.tables import diverged_runs, interval, load_json, markdown, mean_std, ordered, unlearned_runs
 
 STEADY_FROM = (10, 12, 15)  # epochs: from which on a seed at >= stats.TARGET in every epoch is counted (steady_table)
@@ -56,18 +58,38 @@ def steady_count(records, epoch):
     return f"{sum(1 for e in steady.values() if e is not None and e <= epoch)} of {len(steady)}"
 
 
+def control_label(peak):
+    """"no norm", or "no norm (peak 0.03)" at another peak than the recipe's."""
+    return Recipe(CONTROL).label + ("" if peak == Recipe.lr else f" (peak {peak:g})")
+
+
+def with_control(results):
+    """({name: [record, ...]} of results/ with CONTROL's name holding the control's finished test runs at the peak
+    studies/lr_sweep.py's rule 3 chose (they live in a folder of their own at another peak than the recipe's), and
+    {name: label} for the control), or (records, {}) before rule 3 chose or a control run finished."""
+    records = dict(load_records(results))
+    name = Recipe(CONTROL).name
+    found = lr_sweep.control_runs(results)
+    if not found or not found[1]:
+        records.pop(name, None)  # runs of the control at a peak the rule did not choose are not the control's row
+        return records, {}
+    peak, runs = found
+    records[name] = [runs[seed] for seed in sorted(runs)]
+    return records, {name: control_label(peak)}
+
+
 def headline_table(results):
-    """The README's first table: the three main runs' final test accuracy over their finished seeds, when they first
-    reach stats.TARGET, and how many stay there from HEADLINE_STEADY on."""
-    records = load_records(results)
+    """The README's first table: the three main runs' and the control's final test accuracy over their finished seeds,
+    when they first reach stats.TARGET, and how many stay there from HEADLINE_STEADY on."""
+    records, labels = with_control(results)
     rows = []
-    for recipe in experiment():
+    for recipe in experiment() + [Recipe(CONTROL)]:
         done = stats.finished(records.get(recipe.name, []))
         if done:
             first = next(iter(done.values()))
-            rows.append([recipe.label, interval([stats.final(r) for r in done.values()]), len(done),
-                         reaches(records[recipe.name]), steady_count(records[recipe.name], HEADLINE_STEADY),
-                         f"{first['config']['params']:,}"])
+            rows.append([labels.get(recipe.name, recipe.label), interval([stats.final(r) for r in done.values()]),
+                         len(done), reaches(records[recipe.name]),
+                         steady_count(records[recipe.name], HEADLINE_STEADY), f"{first['config']['params']:,}"])
     return markdown(["model", "final test accuracy %, mean ± 95% interval", "seeds",
                      f"first epoch at ≥ {stats.TARGET}% (mean)",
                      f"seeds at ≥ {stats.TARGET}% in every epoch from {HEADLINE_STEADY} on", "parameters"], rows)
@@ -152,15 +174,16 @@ def group_label(records, name):
 
 def findings_table(results):
     """Paired differences in final test accuracy (A - B over the seeds both have), with 95% intervals: the norms,
-    L1 on BN, and GN's number of groups."""
-    records = load_records(results)
+    each norm against none (the control at rule 3's peak), L1 on BN, and GN's number of groups."""
+    records, labels = with_control(results)
     lines = ["| question | A | B | seeds | A - B, mean (points) | 95% interval | measured to differ? |",
              "|---|---|---|---|---|---|---|"]
     words, distinct = [], set()
-    for question, pairs in (("norm", stats.NORM_PAIRS), ("L1", stats.L1_PAIRS), ("groups", stats.GROUP_PAIRS)):
+    for question, pairs in (("norm", stats.NORM_PAIRS), ("a norm at all", stats.CONTROL_PAIRS),
+                            ("L1", stats.L1_PAIRS), ("groups", stats.GROUP_PAIRS)):
         for a, b, p in stats.comparisons(records, pairs):
             la, lb = ((group_label(records, a), group_label(records, b)) if question == "groups"
-                      else (label(records[a][0]), label(records[b][0])))
+                      else (labels.get(a, label(records[a][0])), labels.get(b, label(records[b][0]))))
             if p["half"] != p["half"]:
                 ci, verdict = "(one seed)", "cannot say: one seed"
             else:
@@ -210,14 +233,15 @@ def in_words(comparisons):
 
 
 def seeds_figure(results):
-    """static/seeds.png: each seed's final test accuracy with the mean and 95% interval, for the main runs (and BN
-    without L1) and for GN's number of groups; None if no run has finished."""
-    records = load_records(results)
+    """static/seeds.png: each seed's final test accuracy with the mean and 95% interval, for the main runs (BN without
+    L1 and the control too) and for GN's number of groups; None if no run has finished."""
+    records, labels = with_control(results)
     per_seed = lambda name: {s: stats.final(r) for s, r in stats.finished(records.get(name, [])).items()}
-    main = {label(records[n][0]): per_seed(n) for n in ("bn_l1", "ln", "gn", "bn") if per_seed(n)}
+    main = {labels.get(n, label(records[n][0])): per_seed(n) for n in ("bn_l1", "ln", "gn", "bn", Recipe(CONTROL).name)
+            if per_seed(n)}
     groups = {group_label(records, n).removeprefix("GN, "): per_seed(n) for n in ("ln", "gn", "gn_g5", "gn_g10")
               if per_seed(n)}
-    panels = {title: runs for title, runs in (("The norms (and BN without L1)", main),
+    panels = {title: runs for title, runs in (("The norms (BN without L1, no norm)", main),
                                               ("GroupNorm's number of groups", groups)) if runs}
     return plot_seeds(panels) if panels else None
 

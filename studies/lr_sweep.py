@@ -19,9 +19,16 @@ The rule, fixed and committed before the sweep's first run:
    diverged, the one with the highest mean final validation accuracy over its seeds. Peaks within TIE points of that
    mean are tied, and the tie goes to the peak nearest the recipe's (0.1) on a log scale, then to the larger.
 
-Runs resume like train.py's (run the same command again); results go to OUT/results/lr_sweep/ (--out: by default
-runs/), and each invocation that trains logs its wall time to sweep.json there.
+Then the control on the test set, as train.py trains it: no norm, seeds CONTROL_SEEDS, Recipe.epochs epochs, at the
+peak rule 3 chose, and, if that is not the recipe's, at the recipe's peak for seeds RECIPE_SEEDS (--sweep-only leaves
+them out). Their files go where train.py puts a run of those settings: OUT/results/none_seed<S>.json at the recipe's
+peak, OUT/results/lr<peak>/ at another.
+
+Runs resume like train.py's (run the same command again); the sweep's results go to OUT/results/lr_sweep/ (--out: by
+default runs/), and each invocation that trains logs its wall time to sweep.json there (the control's to control.json
+in its own folder).
 """
+import functools
 import math
 import os
 import sys
@@ -35,7 +42,7 @@ import utils
 from data import select
 from files import write_json
 from model import CONTROL, NORMS
-from recipe import L1, Recipe
+from recipe import L1, Recipe, settings_folder
 from records import load_records, load_weights, run_paths
 from studies import stats
 from studies.tables import markdown
@@ -51,6 +58,8 @@ VAL = 10_000
 SCALE_IMAGES = 1000
 BLOCKS = ("conv0", "conv1", "trans1", "conv2", "conv3", "conv4", "conv5", "conv6")  # model.Net's, input to output
 FOLDER = "lr_sweep"
+CONTROL_SEEDS = tuple(range(10))  # the control on the test set: the experiment's ten seeds at rule 3's peak ...
+RECIPE_SEEDS = tuple(range(5))    # ... and these at the recipe's peak, when rule 3 chose another
 
 
 def recipes(peaks=None, **settings):
@@ -145,9 +154,32 @@ def add_block_std(records, data, out):
             write_json(paths["results"], r)
 
 
-def run_sweep(data, *, device, out, jobs, fresh=False, progress=True, **overrides):
-    """Train (or resume) what the rule asks for, then the block scales; returns the records under
-    OUT/results/lr_sweep/."""
+def control_recipes(peak, **settings):
+    """The control's test runs: [its seeds CONTROL_SEEDS at `peak`], then [RECIPE_SEEDS at the recipe's peak] when
+    `peak` is another; `settings` (Recipe fields) for all. One list per settings folder."""
+    runs = [[Recipe(CONTROL, lr=peak, seed=seed, **settings) for seed in CONTROL_SEEDS]]
+    if peak != Recipe.lr:
+        runs.append([Recipe(CONTROL, seed=seed, **settings) for seed in RECIPE_SEEDS])
+    return runs
+
+
+def control_runs(results):
+    """(rule 3's peak, {seed: record} of the control's finished test runs at it) from RESULTS (the folder train.py
+    writes), or None while rule 3 has not chosen."""
+    folder = os.path.join(results, FOLDER)
+    chosen = control_peak(load_records(folder)) if os.path.isdir(folder) else None
+    if chosen is None:
+        return None
+    peak = chosen[0]
+    where = os.path.join(results, settings_folder(Recipe(CONTROL, lr=peak)))
+    runs = load_records(where).get(Recipe(CONTROL).name, []) if os.path.isdir(where) else []
+    return peak, stats.finished(runs)
+
+
+def run_sweep(data, *, device, out, jobs, fresh=False, progress=True, control=True, **overrides):
+    """Train (or resume) what the rule asks for, then the block scales, then (`control`) the control's test runs at
+    the peak rule 3 chose; returns the records under OUT/results/lr_sweep/. A quick look (`overrides` with other
+    epochs than EPOCHS) gives the control's runs those epochs too."""
     folder = os.path.join(out, "results", FOLDER)
     for stage in (1, 2):
         records = load_records(folder) if os.path.isdir(folder) else {}
@@ -160,7 +192,18 @@ def run_sweep(data, *, device, out, jobs, fresh=False, progress=True, **override
                               names=[run_name(r) for r in runs], progress=progress, fresh=fresh, log="sweep.json")
     records = load_records(folder)
     add_block_std(records, data, out)
-    return load_records(folder)
+    records = load_records(folder)
+    chosen = control_peak(records)
+    if control and chosen is None:
+        print("the control's test runs wait for rule 3 (an unfinished run of the sweep, or every peak diverged)")
+    elif control:
+        # on the test set (no val), with the recipe's epochs unless a quick look shortened the sweep's
+        settings = {k: v for k, v in overrides.items() if k != "val" and (k != "epochs" or v != EPOCHS)}
+        for runs in control_recipes(chosen[0], **settings):
+            print(f"the control on the test set at peak {runs[0].lr:g}: {len(runs)} runs")
+            utils.run_experiments(runs, data, device=device, out=out, jobs=jobs, progress=progress, fresh=fresh,
+                                  log="control.json")
+    return records
 
 
 def sweep_table(results):
@@ -244,12 +287,15 @@ def parse_args(argv=None):
     p = cli.parser(__doc__)
     cli.add_run_arguments(p)
     cli.add_quick_look_arguments(p, EPOCHS)
+    p.add_argument("--sweep-only", action="store_true",
+                   help="train the sweep only, not the control's test runs at the peak rule 3 chose")
     return cli.finish_run_arguments(p.parse_args(argv))
 
 
 def main(argv=None):
     args = parse_args(argv)
-    records = cli.run_quick_lookable(args, parse_args([]), "studies.lr_sweep", run_sweep)
+    records = cli.run_quick_lookable(args, parse_args([]), "studies.lr_sweep",
+                                     functools.partial(run_sweep, control=not args.sweep_only))
     print()
     print(sweep_table(os.path.join(args.out, "results")))
     if not args.no_figures:

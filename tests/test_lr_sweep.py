@@ -106,6 +106,8 @@ def test_a_tiny_sweep_trains_its_runs_and_records_the_block_scales(tmp_path, mon
     monkeypatch.setattr(lr_sweep, "SEEDS", (0,))
     monkeypatch.setattr(lr_sweep, "VAL", 32)
     monkeypatch.setattr(lr_sweep, "SCALE_IMAGES", 16)
+    monkeypatch.setattr(lr_sweep, "CONTROL_SEEDS", (0,))
+    monkeypatch.setattr(lr_sweep, "EPOCHS", 1)  # the study's own epochs: the control trains the recipe's
     data = (synthetic(96), synthetic(16, seed=1))
     records = lr_sweep.run_sweep(data, device=torch.device("cpu"), out=str(tmp_path), jobs=jobs, progress=False,
                                  epochs=1, val=32)
@@ -113,5 +115,65 @@ def test_a_tiny_sweep_trains_its_runs_and_records_the_block_scales(tmp_path, mon
     for (r,) in records.values():
         assert len(r["history"]) == 1 and set(r["block_std"]) == set(lr_sweep.BLOCKS)
         assert r["config"]["val"] == 32 and r["config"]["train_images"] == 64
+    # ... then the control on the test set at the peak rule 3 chose: where train.py puts it, trained on all 96
+    peak, control = lr_sweep.control_runs(str(tmp_path / "results"))
+    assert peak == 0.1 and control[0]["config"]["val"] == 0 and control[0]["config"]["train_images"] == 96
+    assert len(control[0]["history"]) == Recipe.epochs
+    assert (tmp_path / "results" / "none_seed0.json").exists()
     figures = lr_sweep.plot(records)
     assert len(figures) == 2 and figures[0].axes[0].get_xscale() == "log"
+
+
+def test_the_control_trains_ten_seeds_at_the_chosen_peak_and_five_at_the_recipes_on_the_test_set():
+    from recipe import settings_folder
+    (at_peak, at_recipe) = lr_sweep.control_recipes(0.03)
+    assert [r.seed for r in at_peak] == list(range(10)) and [r.seed for r in at_recipe] == list(range(5))
+    assert all(r.norm == CONTROL and r.val == 0 and r.epochs == Recipe.epochs for r in at_peak + at_recipe)
+    assert {settings_folder(r) for r in at_peak} == {"lr0.03"} and {settings_folder(r) for r in at_recipe} == {""}
+    (only,) = lr_sweep.control_recipes(Recipe.lr)  # the rule chose the recipe's peak: its ten seeds are all
+    assert [r.seed for r in only] == list(range(10)) and {settings_folder(r) for r in only} == {""}
+
+
+def write_records(folder, records):
+    import json
+    import os
+    os.makedirs(folder, exist_ok=True)
+    for recs in records.values():
+        for r in recs:
+            with open(os.path.join(folder, f"{r['name']}_seed{r['config']['seed']}.json"), "w") as f:
+                json.dump(r, f)
+
+
+def test_the_control_at_the_chosen_peak_gains_rows_with_paired_intervals_in_the_headline_and_findings(tmp_path):
+    from studies import experiment
+    results = tmp_path / "results"
+    accs = {0.01: [97.0] * 3, 0.03: [98.5] * 3, 0.1: [98.2] * 3, 0.3: [90.0] * 3, 1.0: [10.0] * 3}
+    write_records(results / "lr_sweep", fake({(CONTROL, p): a for p, a in accs.items()}))  # rule 3: 0.03
+
+    def test_runs(norm, lr, finals, l1=0.0):
+        """{name: [record per seed]}: three epochs each, ending at `finals`."""
+        name = Recipe(norm, l1=l1).name
+        config = lambda seed: {**vars(Recipe(norm, l1=l1, lr=lr, epochs=3, seed=seed)),
+                               "params": 7590 if norm == CONTROL else 7750}
+        return {name: [{"name": name, "config": config(seed),
+                        "history": [{"epoch": e, "test_acc": acc, "test_loss": 0.1, "seconds": 1.0}
+                                    for e, acc in enumerate((98.0, 98.5, final), 1)]}
+                       for seed, final in enumerate(finals)]}
+    norms = {"bn_l1": [99.5, 99.6, 99.7], "ln": [99.4, 99.5, 99.6], "gn": [99.6, 99.4, 99.5]}
+    for (norm, l1), finals in zip((("BN", L1), ("LN", 0.0), ("GN", 0.0)), norms.values()):
+        write_records(results, test_runs(norm, Recipe.lr, finals, l1))
+    control = [99.0, 99.3, 99.1]
+    write_records(results / "lr0.03", test_runs(CONTROL, 0.03, control))
+    write_records(results, test_runs(CONTROL, Recipe.lr, [90.0, 91.0]))  # at the recipe's peak: not the row
+
+    assert lr_sweep.control_runs(str(results))[0] == 0.03
+    head = experiment.headline_table(str(results))
+    assert "| no norm (peak 0.03) | 99.13 ± " in head and "| 3 | never | 0 of 3 | 7,590 |" in head
+    findings = experiment.findings_table(str(results))
+    for name, label in (("bn_l1", "BN + L1"), ("ln", "LN"), ("gn", "GN")):
+        diffs = [a - b for a, b in zip(norms[name], control)]
+        mean = sum(diffs) / 3
+        low, high = scipy_stats.t.interval(0.95, 2, loc=mean, scale=scipy_stats.sem(diffs))
+        assert (f"| a norm at all | {label} | no norm (peak 0.03) | 0-2 | {mean:+.3f} | [{low:+.3f}, {high:+.3f}] |"
+                in findings), label
+    assert experiment.seeds_figure(str(results)) is not None
