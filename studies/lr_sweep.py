@@ -239,6 +239,36 @@ def sweep_table(results):
         f"of its 95% Student-t interval over seeds {', '.join(map(str, SEEDS))}; diverged: rule 2. {status}")
 
 
+def scales_table(results):
+    """Each model at each peak: every block's output scale at the end (block_std, the geometric mean over the seeds)
+    and the gradient's norm while training (the median of the epochs' medians, and the largest in any step), over
+    the finished runs."""
+    folder = os.path.join(results, FOLDER)
+    records = load_records(folder) if os.path.isdir(folder) else {}
+    runs = {}
+    for recs in records.values():
+        for r in recs:
+            if len(r["history"]) >= r["config"]["epochs"] and "block_std" in r:
+                recipe = Recipe.from_config(r["config"])
+                runs.setdefault((MODELS.index(recipe.norm), recipe.lr, recipe.label), []).append(r)
+    if not runs:
+        return "(no finished runs with their block scales in results/lr_sweep/ yet)"
+    rows = []
+    for (_, peak, label), rs in sorted(runs.items()):
+        scale = lambda b: float(np.exp(np.mean([np.log(r["block_std"][b]) for r in rs])))
+        medians = [float(np.median([e["grad_norm_median"] for e in r["history"]])) for r in rs]
+        largest = max(e["grad_norm_max"] for r in rs for e in r["history"])
+        rows.append([label, f"{peak:g}", len(rs)] + [f"{scale(b):.3g}" for b in BLOCKS]
+                    + [f"{np.median(medians):.3g}", f"{largest:.3g}"])
+    return markdown(["model", "peak", "seeds"] + list(BLOCKS) + ["gradient norm, median", "gradient norm, largest"],
+                    rows) + (
+        f"\n\nBlock columns: the standard deviation of the block's output (model.Net's blocks, input to output; "
+        f"a norm's output where the block ends in one) over the first {SCALE_IMAGES:,} validation images, of the "
+        f"evaluated model after epoch {EPOCHS}, in eval mode; geometric mean over the seeds. Gradient norm: of the "
+        f"whole gradient in a training step, the median over the run's epochs of each epoch's median (median over "
+        f"the seeds), and the largest in any step of any seed.")
+
+
 def plot(records):
     """static/lr_sweep.png: validation accuracy against the peak, one line per model (mean and 95% interval over
     seeds), diverged runs marked; static/block_scales.png: each block's output scale at two peaks."""

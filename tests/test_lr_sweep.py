@@ -177,3 +177,15 @@ def test_the_control_at_the_chosen_peak_gains_rows_with_paired_intervals_in_the_
         assert (f"| a norm at all | {label} | no norm (peak 0.03) | 0-2 | {mean:+.3f} | [{low:+.3f}, {high:+.3f}] |"
                 in findings), label
     assert experiment.seeds_figure(str(results)) is not None
+
+
+def test_the_scales_table_gives_each_blocks_geometric_mean_scale_and_the_gradient_norms(tmp_path):
+    records = fake({(CONTROL, 0.1): [98.0, 98.5]})
+    for r, (scale, grads) in zip(records["none_lr0.1"], ((2.0, (1.0, 3.0)), (8.0, (2.0, 5.0)))):
+        r["block_std"] = {b: scale * (k + 1) for k, b in enumerate(lr_sweep.BLOCKS)}
+        for e, g in zip(r["history"], grads):
+            e["grad_norm_median"], e["grad_norm_max"] = g, 10 * g
+    write_records(tmp_path / "lr_sweep", records)
+    text = lr_sweep.scales_table(str(tmp_path))
+    # conv0: sqrt(2 * 8) = 4, conv6 (8th): sqrt(16 * 64) = 32; medians over epochs 2 and 3.5, their median 2.75
+    assert "| no norm | 0.1 | 2 | 4 | 8 | 12 | 16 | 20 | 24 | 28 | 32 | 2.75 | 50 |" in text

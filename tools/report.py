@@ -34,6 +34,7 @@ TABLES = {
     "guard-search": search.guard_markdown,
     "batch-size": batch_size.batch_size_table,
     "lr-sweep": lr_sweep.sweep_table,
+    "lr-sweep-scales": lr_sweep.scales_table,
     "shift-sets": shift.accuracy_table,
     "shift-differences": shift.differences_table,
     "shift-summary": lambda results: shift.accuracy_table(results, sets=[shift.CLEAN]),
