@@ -92,8 +92,8 @@ def planned_peaks(records):
 
 
 def table(records):
-    """{(norm, peak): {"label", "finals": {seed: final acc}, "diverged": [seeds], "std": {seed: block_std}}} of the
-    finished runs."""
+    """{(norm, peak): {"label", "finals": {seed: final acc}, "diverged": [seeds], "never": [seeds], "std": {seed:
+    block_std}}} of the finished runs; "never": the seeds that never learned (stats.never_learned)."""
     out = {}
     for recs in records.values():
         for r in recs:
@@ -101,13 +101,24 @@ def table(records):
                 continue
             recipe = Recipe.from_config(r["config"])
             cell = out.setdefault((recipe.norm, recipe.lr), {"label": recipe.label, "finals": {}, "diverged": [],
-                                                             "std": {}})
+                                                             "never": [], "std": {}})
             cell["finals"][recipe.seed] = stats.final(r)
             if diverged(r):
                 cell["diverged"].append(recipe.seed)
+            elif stats.never_learned(r["history"]):
+                cell["never"].append(recipe.seed)
             if "block_std" in r:
                 cell["std"][recipe.seed] = r["block_std"]
     return out
+
+
+def trained(cell):
+    """The seeds of a table cell that trained: neither diverged nor never learned."""
+    return sorted(set(cell["finals"]) - set(cell["diverged"]) - set(cell["never"]))
+
+
+def seeds_phrase(seeds):
+    return f"seed{'s' if len(seeds) > 1 else ''} {', '.join(map(str, sorted(seeds)))}"
 
 
 def control_peak(records):
@@ -223,12 +234,18 @@ def sweep_table(results):
             if c is None:
                 row.append("")
                 continue
-            mean, half = stats.mean_ci(list(c["finals"].values()))
-            cell = f"{mean:.2f} ± {half:.2f}" if half == half else f"{mean:.2f}"
+            finals = [c["finals"][s] for s in sorted(c["finals"])]
+            if len(trained(c)) == len(finals):
+                mean, half = stats.mean_ci(finals)
+                cell = f"{mean:.2f} ± {half:.2f}" if half == half else f"{mean:.2f}"
+            else:  # an interval would mix runs that trained with runs that did not: each seed instead
+                cell = (f"{finals[0]:.2f} (each seed)" if len(set(finals)) == 1
+                        else "seeds: " + ", ".join(f"{a:.2f}" for a in finals))
             if len(c["finals"]) < len(SEEDS):
                 cell += f" ({len(c['finals'])} of {len(SEEDS)} seeds)"
-            if c["diverged"]:
-                cell += f", diverged: seed{'s' if len(c['diverged']) > 1 else ''} {', '.join(map(str, c['diverged']))}"
+            for key, what in (("diverged", "diverged"), ("never", "never learned")):
+                if c[key]:
+                    cell += f"; {what}: {seeds_phrase(c[key])}"
             row.append(cell)
         rows.append(row)
     chosen = control_peak(records)
@@ -236,80 +253,119 @@ def sweep_table(results):
               if chosen else "Rule 3 waits for every planned run of the control.")
     return markdown(["model"] + [f"peak {p:g}" for p in peaks], rows) + (
         f"\n\nFinal (epoch {EPOCHS}) validation accuracy % (the last {VAL:,} training images), mean ± the half-width "
-        f"of its 95% Student-t interval over seeds {', '.join(map(str, SEEDS))}; diverged: rule 2. {status}")
+        f"of its 95% Student-t interval over seeds {', '.join(map(str, SEEDS))}. Diverged: rule 2; never learned: "
+        f"below {stats.NOT_LEARNED:g}% in every epoch (a constant guess scores about 10%). A cell with such a run "
+        f"lists each seed's final accuracy instead of an interval. {status}")
+
+
+def geometric_mean(values):
+    """The geometric mean of non-negative `values`: 0 if one is 0 (a dead block), nan if one is not finite."""
+    x = np.asarray(values, dtype=float)
+    if not np.all(np.isfinite(x)):
+        return math.nan
+    return 0.0 if np.any(x == 0) else float(np.exp(np.mean(np.log(x))))
 
 
 def scales_table(results):
-    """Each model at each peak: every block's output scale at the end (block_std, the geometric mean over the seeds)
-    and the gradient's norm while training (the median of the epochs' medians, and the largest in any step), over
-    the finished runs."""
+    """Each model at each peak: every block's output scale at the end (block_std, the geometric mean over the seeds
+    that trained, or over all when none did) and the gradient's norm while training (the median of the epochs'
+    medians, and the largest in any step), over the same seeds."""
     folder = os.path.join(results, FOLDER)
     records = load_records(folder) if os.path.isdir(folder) else {}
+    cells = table(records)
     runs = {}
     for recs in records.values():
         for r in recs:
             if len(r["history"]) >= r["config"]["epochs"] and "block_std" in r:
                 recipe = Recipe.from_config(r["config"])
-                runs.setdefault((MODELS.index(recipe.norm), recipe.lr, recipe.label), []).append(r)
+                runs.setdefault((recipe.norm, recipe.lr), {})[recipe.seed] = r
     if not runs:
         return "(no finished runs with their block scales in results/lr_sweep/ yet)"
     rows = []
-    for (_, peak, label), rs in sorted(runs.items()):
-        scale = lambda b: float(np.exp(np.mean([np.log(r["block_std"][b]) for r in rs])))
+    for norm, peak in sorted(runs, key=lambda k: (MODELS.index(k[0]), k[1])):
+        by_seed = runs[norm, peak]
+        seeds = [s for s in trained(cells[norm, peak]) if s in by_seed]
+        shown = ", ".join(map(str, seeds)) if seeds else f"none trained ({', '.join(map(str, sorted(by_seed)))})"
+        rs = [by_seed[s] for s in seeds or sorted(by_seed)]
+        scale = [geometric_mean([r["block_std"][b] for r in rs]) for b in BLOCKS]
         medians = [float(np.median([e["grad_norm_median"] for e in r["history"]])) for r in rs]
-        largest = max(e["grad_norm_max"] for r in rs for e in r["history"])
-        rows.append([label, f"{peak:g}", len(rs)] + [f"{scale(b):.3g}" for b in BLOCKS]
-                    + [f"{np.median(medians):.3g}", f"{largest:.3g}"])
+        largest = float(np.max([e["grad_norm_max"] for r in rs for e in r["history"]]))  # nan if any step's is
+        rows.append([cells[norm, peak]["label"], f"{peak:g}", shown]
+                    + [f"{v:.3g}" if math.isfinite(v) else "not finite"
+                       for v in scale + [float(np.median(medians)), largest]])
     return markdown(["model", "peak", "seeds"] + list(BLOCKS) + ["gradient norm, median", "gradient norm, largest"],
                     rows) + (
         f"\n\nBlock columns: the standard deviation of the block's output (model.Net's blocks, input to output; "
-        f"a norm's output where the block ends in one) over the first {SCALE_IMAGES:,} validation images, of the "
-        f"evaluated model after epoch {EPOCHS}, in eval mode; geometric mean over the seeds. Gradient norm: of the "
-        f"whole gradient in a training step, the median over the run's epochs of each epoch's median (median over "
-        f"the seeds), and the largest in any step of any seed.")
+        f"conv0 to conv5 end in the norm, trans1 and conv6 in a convolution) over the first {SCALE_IMAGES:,} "
+        f"validation images, of the evaluated model after epoch {EPOCHS}, in eval mode; the geometric mean over the "
+        f"seeds that trained (the sweep's table), or over all seeds where none did. 0: every output of the block is "
+        f"0 (its ReLUs are dead); not finite: the weights are not. Gradient norm: of the whole gradient in a "
+        f"training step, over the same seeds: the median over the run's epochs of each epoch's median (the median "
+        f"over the seeds), and the largest in any step of any of them.")
+
+
+ZOOM = (97.5, 99.6)  # % validation accuracy: the right panel of static/lr_sweep.png
+SCALE_PEAKS = (0.03, 0.1, 1.0)  # static/block_scales.png: the control's best peak, the recipe's and a large one
 
 
 def plot(records):
-    """static/lr_sweep.png: validation accuracy against the peak, one line per model (mean and 95% interval over
-    seeds), diverged runs marked; static/block_scales.png: each block's output scale at two peaks."""
+    """static/lr_sweep.png: validation accuracy against the peak, one line per model; left every seed (x: diverged,
+    hollow: never learned) and the mean, right the mean and 95% interval where every seed trained.
+    static/block_scales.png: each block's output scale at SCALE_PEAKS, over the seeds that trained."""
     cells = table(records)
-    fig = Figure(figsize=(8, 5), layout="constrained")
-    ax = fig.subplots()
+    fig = Figure(figsize=(12, 5), layout="constrained")
+    every, zoom = fig.subplots(1, 2)
     for i, norm in enumerate(MODELS):
         points = sorted((p, c) for (n, p), c in cells.items() if n == norm)
         if not points:
             continue
-        peaks = [p for p, _ in points]
-        ci = [stats.mean_ci(list(c["finals"].values())) for _, c in points]
-        mean = np.array([m for m, _ in ci])
-        half = np.array([h if h == h else 0.0 for _, h in ci])
-        ax.errorbar(peaks, mean, yerr=half, marker="o", capsize=4, color=f"C{i}", label=points[0][1]["label"])
+        label = points[0][1]["label"]
+        shift = 1.06 ** (i - 1.5)  # side by side on the log axis
+        every.plot([p * shift for p, _ in points], [np.mean(list(c["finals"].values())) for _, c in points],
+                   color=f"C{i}", label=label, alpha=0.7)
         for p, c in points:
-            for seed in c["diverged"]:
-                ax.scatter([p], [c["finals"][seed]], marker="x", s=60, color=f"C{i}", zorder=3)
-    ax.set_xscale("log")
-    ax.set_xlabel("peak learning rate of the one-cycle schedule")
-    ax.set_ylabel(f"final validation accuracy % (epoch {EPOCHS})")
-    ax.set_title("Learning-rate tolerance (mean and 95% interval over seeds; x: a diverged run)")
-    ax.grid(alpha=0.3, which="both")
-    ax.legend()
-    scales = Figure(figsize=(10, 4.5), layout="constrained")
-    shown = [p for p in (Recipe.lr, PEAKS[-1]) if any(k[1] == p for k in cells)]
-    axes = np.atleast_1d(scales.subplots(1, max(1, len(shown)), sharey=True))
-    for ax, p in zip(axes, shown):
+            for seed, acc in c["finals"].items():
+                style = ({"marker": "x", "s": 60} if seed in c["diverged"] else
+                         {"marker": "o", "facecolors": "none", "s": 40} if seed in c["never"] else
+                         {"marker": "o", "s": 20})
+                every.scatter([p * shift], [acc], color=f"C{i}", zorder=3, **style)
+        whole = [(p, stats.mean_ci(list(c["finals"].values()))) for p, c in points
+                 if len(trained(c)) == len(c["finals"])]
+        if whole:
+            zoom.errorbar([p * shift for p, _ in whole], [m for _, (m, _) in whole],
+                          yerr=[h if h == h else 0.0 for _, (_, h) in whole], marker="o", capsize=4,
+                          color=f"C{i}", label=label)
+    for ax in (every, zoom):
+        ax.set_xscale("log")
+        ax.set_xlabel("peak learning rate of the one-cycle schedule")
+        ax.grid(alpha=0.3, which="both")
+    every.set_ylabel(f"final validation accuracy % (epoch {EPOCHS})")
+    every.set_ylim(0, 100)
+    every.set_title("Every seed (x: diverged, hollow: never learned); line: the mean")
+    zoom.set_ylim(*ZOOM)
+    zoom.set_title("Mean and 95% interval, where every seed trained")
+    every.legend(loc="lower left")
+    scales = Figure(figsize=(13, 4.5), layout="constrained")
+    axes = scales.subplots(1, len(SCALE_PEAKS), sharey=True)
+    for ax, p in zip(axes, SCALE_PEAKS):
         for i, norm in enumerate(MODELS):
             c = cells.get((norm, p))
-            if not c or not c["std"]:
+            seeds = [s for s in trained(c) if s in c["std"]] if c else []
+            if not seeds:
                 continue
-            values = np.array([[s[b] for b in BLOCKS] for s in c["std"].values()], dtype=float)
-            ax.plot(range(len(BLOCKS)), np.exp(np.nanmean(np.log(values), 0)), marker="o", color=f"C{i}",
-                    label=c["label"])
+            values = [geometric_mean([c["std"][s][b] for s in seeds]) for b in BLOCKS]
+            label = c["label"] + ("" if len(seeds) == len(c["finals"]) else
+                                  f" ({len(seeds)} of {len(c['finals'])} seeds trained)")
+            ax.plot(range(len(BLOCKS)), [v if v > 0 else np.nan for v in values], marker="o", color=f"C{i}",
+                    label=label)
+        missing = [cells[n, p]["label"] for n in MODELS if (n, p) in cells and not trained(cells[n, p])]
+        ax.set_title(f"peak {p:g}" + (f" ({', '.join(missing)}: no seed trained)" if missing else ""))
         ax.set_xticks(range(len(BLOCKS)), BLOCKS, rotation=45)
         ax.set_yscale("log")
-        ax.set_title(f"peak {p:g}")
         ax.grid(alpha=0.3, which="both")
-    axes[0].set_ylabel(f"std of the block's output ({SCALE_IMAGES} validation images, geometric mean over seeds)")
-    axes[0].legend()
+        if ax.lines:
+            ax.legend(fontsize="small")
+    axes[0].set_ylabel(f"std of the block's output\n({SCALE_IMAGES:,} validation images; geometric mean over seeds)")
     return fig, scales
 
 

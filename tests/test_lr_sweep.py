@@ -65,7 +65,8 @@ def test_a_model_that_still_trains_at_the_largest_peak_adds_the_extra_one():
 def test_the_table_gives_each_cell_its_mean_and_students_interval(tmp_path):
     import json
     import os
-    records = fake({("BN", 0.1): [99.0, 99.2, 99.4], (CONTROL, 0.1): [98.0, 98.5, 97.0]}, {(CONTROL, 0.1, 1)})
+    records = fake({("BN", 0.1): [99.0, 99.2, 99.4], (CONTROL, 0.1): [98.0, 98.5, 97.0],
+                    (CONTROL, 0.3): [11.0, 97.5, 11.0]}, {(CONTROL, 0.1, 1)})
     folder = tmp_path / "lr_sweep"
     os.makedirs(folder)
     for name, recs in records.items():
@@ -74,7 +75,9 @@ def test_the_table_gives_each_cell_its_mean_and_students_interval(tmp_path):
     text = lr_sweep.sweep_table(str(tmp_path))
     half = scipy_stats.t.ppf(0.975, 2) * 0.2 / 3 ** 0.5  # std 0.2 of 99.0, 99.2, 99.4
     assert f"| BN | 99.20 ± {half:.2f} |" in text
-    assert "| no norm | 97.83 ± " in text and "diverged: seed 1 |" in text
+    # a cell with a run that diverged or never learned (below 20% in every epoch) lists each seed instead
+    assert "| no norm | seeds: 98.00, 98.50, 97.00; diverged: seed 1 | seeds: 11.00, 97.50, 11.00; never learned: " \
+           "seeds 0, 2 |" in text
     assert "Rule 3 waits" in text
 
 
@@ -121,7 +124,7 @@ def test_a_tiny_sweep_trains_its_runs_and_records_the_block_scales(tmp_path, mon
     assert len(control[0]["history"]) == Recipe.epochs
     assert (tmp_path / "results" / "none_seed0.json").exists()
     figures = lr_sweep.plot(records)
-    assert len(figures) == 2 and figures[0].axes[0].get_xscale() == "log"
+    assert len(figures) == 2 and figures[0].axes[0].get_xscale() == "log" and len(figures[1].axes) == 3
 
 
 def test_the_control_trains_ten_seeds_at_the_chosen_peak_and_five_at_the_recipes_on_the_test_set():
@@ -188,4 +191,19 @@ def test_the_scales_table_gives_each_blocks_geometric_mean_scale_and_the_gradien
     write_records(tmp_path / "lr_sweep", records)
     text = lr_sweep.scales_table(str(tmp_path))
     # conv0: sqrt(2 * 8) = 4, conv6 (8th): sqrt(16 * 64) = 32; medians over epochs 2 and 3.5, their median 2.75
-    assert "| no norm | 0.1 | 2 | 4 | 8 | 12 | 16 | 20 | 24 | 28 | 32 | 2.75 | 50 |" in text
+    assert "| no norm | 0.1 | 0, 1 | 4 | 8 | 12 | 16 | 20 | 24 | 28 | 32 | 2.75 | 50 |" in text
+
+
+def test_the_scales_table_averages_the_seeds_that_trained_and_shows_dead_and_non_finite_blocks(tmp_path):
+    records = fake({(CONTROL, 0.1): [98.0, 11.0], (CONTROL, 1.0): [11.0, 11.0]})
+    for r in records["none_lr0.1"] + records["none_lr1"]:
+        dead = r["config"]["lr"] == 1.0 and r["config"]["seed"] == 1
+        r["block_std"] = {b: 0.0 if dead and k >= 4 else 2.0 for k, b in enumerate(lr_sweep.BLOCKS)}
+        for e in r["history"]:
+            e["grad_norm_median"], e["grad_norm_max"] = 1.0, math.nan if dead else 2.0
+    write_records(tmp_path / "lr_sweep", records)
+    text = lr_sweep.scales_table(str(tmp_path))
+    assert "| no norm | 0.1 | 0 | 2 | 2 | 2 | 2 | 2 | 2 | 2 | 2 | 1 | 2 |" in text  # seed 1 never learned
+    assert "| no norm | 1 | none trained (0, 1) | 2 | 2 | 2 | 2 | 0 | 0 | 0 | 0 | 1 | not finite |" in text
+    assert lr_sweep.geometric_mean([2.0, 8.0]) == pytest.approx(4.0) and lr_sweep.geometric_mean([2.0, 0.0]) == 0
+    assert math.isnan(lr_sweep.geometric_mean([2.0, math.inf]))
