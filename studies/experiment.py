@@ -23,9 +23,16 @@ def results_table(results):
     """The finished runs in results/*.json: mean ± std over seeds (population std; a lone seed has none). Runs
     still training are named under the table, not averaged in (the table changes only when a run finishes)."""
     records = load_records(results)
+    labels = {}
+    found = lr_sweep.control_runs(results)
+    if found and found[1] and found[0] != Recipe.lr:  # the control at rule 3's peak lives in a folder of its own
+        name = f"{Recipe(CONTROL).name}_lr{found[0]:g}"
+        records[name] = [found[1][seed] for seed in sorted(found[1])]
+        labels = {name: control_label(found[0]), Recipe(CONTROL).name: f"{Recipe(CONTROL).label} (peak {Recipe.lr:g})"}
     finished = {n: sorted(stats.finished(recs).values(), key=lambda r: r["config"]["seed"])
                 for n, recs in records.items()}
-    rows = {row["name"]: row for row in summarize({n: recs for n, recs in finished.items() if recs})}
+    rows = {row["name"]: {**row, "label": labels.get(row["name"], row["label"])}
+            for row in summarize({n: recs for n, recs in finished.items() if recs})}
     lines = ["| run | seeds | final test acc % | best test acc % | final test acc % per seed | final train acc % "
              "| lowest test loss | params | minutes per run |",
              "|---|---|---|---|---|---|---|---|---|"]

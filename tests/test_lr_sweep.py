@@ -159,7 +159,7 @@ def test_the_control_at_the_chosen_peak_gains_rows_with_paired_intervals_in_the_
         config = lambda seed: {**vars(Recipe(norm, l1=l1, lr=lr, epochs=3, seed=seed)),
                                "params": 7590 if norm == CONTROL else 7750}
         return {name: [{"name": name, "config": config(seed),
-                        "history": [{"epoch": e, "test_acc": acc, "test_loss": 0.1, "seconds": 1.0}
+                        "history": [{"epoch": e, "test_acc": acc, "test_loss": 0.1, "train_acc": acc, "seconds": 1.0}
                                     for e, acc in enumerate((98.0, 98.5, final), 1)]}
                        for seed, final in enumerate(finals)]}
     norms = {"bn_l1": [99.5, 99.6, 99.7], "ln": [99.4, 99.5, 99.6], "gn": [99.6, 99.4, 99.5]}
@@ -180,6 +180,8 @@ def test_the_control_at_the_chosen_peak_gains_rows_with_paired_intervals_in_the_
         assert (f"| a norm at all | {label} | no norm (peak 0.03) | 0-2 | {mean:+.3f} | [{low:+.3f}, {high:+.3f}] |"
                 in findings), label
     assert experiment.seeds_figure(str(results)) is not None
+    every = experiment.results_table(str(results))  # every run: the control at both peaks, each labelled with it
+    assert "| no norm (peak 0.03) | 0, 1, 2 | 99.13 ± " in every and "| no norm (peak 0.1) | 0, 1 | 90.50 ± " in every
 
 
 def test_the_scales_table_gives_each_blocks_geometric_mean_scale_and_the_gradient_norms(tmp_path):
