@@ -19,16 +19,24 @@ HEADLINE_STEADY = 12  # the README's headline counts the seeds steady from this 
 SHADED_FROM = HEADLINE_STEADY  # seed_curves.png shades the epochs from this one on
 
 
+def every_run(results):
+    """({name: [record, ...]}, {name: label}): the runs in results/*.json and, when studies/lr_sweep.py's rule 3 chose
+    another peak than the recipe's, the control's finished test runs at it (they live in a folder of their own); the
+    labels tell the control's two peaks apart (label() for every other run)."""
+    records = load_records(results)
+    found = lr_sweep.control_runs(results)
+    if not found or not found[1] or found[0] == Recipe.lr:
+        return records, {}
+    peak, runs = found
+    name = f"{Recipe(CONTROL).name}_lr{peak:g}"
+    records[name] = [runs[seed] for seed in sorted(runs)]
+    return records, {name: control_label(peak), Recipe(CONTROL).name: f"{Recipe(CONTROL).label} (peak {Recipe.lr:g})"}
+
+
 def results_table(results):
     """The finished runs in results/*.json: mean ± std over seeds (population std; a lone seed has none). Runs
     still training are named under the table, not averaged in (the table changes only when a run finishes)."""
-    records = load_records(results)
-    labels = {}
-    found = lr_sweep.control_runs(results)
-    if found and found[1] and found[0] != Recipe.lr:  # the control at rule 3's peak lives in a folder of its own
-        name = f"{Recipe(CONTROL).name}_lr{found[0]:g}"
-        records[name] = [found[1][seed] for seed in sorted(found[1])]
-        labels = {name: control_label(found[0]), Recipe(CONTROL).name: f"{Recipe(CONTROL).label} (peak {Recipe.lr:g})"}
+    records, labels = every_run(results)
     finished = {n: sorted(stats.finished(recs).values(), key=lambda r: r["config"]["seed"])
                 for n, recs in records.items()}
     rows = {row["name"]: {**row, "label": labels.get(row["name"], row["label"])}
@@ -112,14 +120,14 @@ def fp32_runs(records):
 def steady_table(results):
     """Every fp32 run with its seeds: the epoch from which each seed stays at >= stats.TARGET % test accuracy
     through its last epoch ("-": its last epoch is below), and how many seeds do so from each of STEADY_FROM."""
-    records = load_records(results)
+    records, labels = every_run(results)
     t = stats.TARGET
     lines = [f"| run | seeds | at ≥ {t}% in every epoch from, per seed | "
              + " | ".join(f"seeds at ≥ {t}% from epoch {k} on" for k in STEADY_FROM) + " |",
              "|---|---|---|" + "---|" * len(STEADY_FROM)]
     for name, done in fp32_runs(records):
         steady = stats.steady(records[name])
-        lines.append(f"| {label(records[name][0])} | {', '.join(map(str, done))} "
+        lines.append(f"| {labels.get(name, label(records[name][0]))} | {', '.join(map(str, done))} "
                      f"| {', '.join(str(e) if e else '-' for e in steady.values())} | "
                      + " | ".join(steady_count(records[name], k) for k in STEADY_FROM) + " |")
     return "\n".join(lines)
@@ -144,7 +152,7 @@ def start_table(results, names=None):
     """Every fp32 run (or those of `names`) with its finished seeds: the evaluated model's test accuracy after epochs
     1 and 2 (lowest to highest over the seeds), and the seeds whose test accuracy collapsed in some epoch
     (stats.collapses)."""
-    records = load_records(results)
+    records, labels = every_run(results)
     lines = ["| run | seeds | test acc % after epoch 1, lowest to highest | after epoch 2 | seeds that diverged |",
              "|---|---|---|---|---|"]
     for name, done in fp32_runs(records):
@@ -154,20 +162,20 @@ def start_table(results, names=None):
             accs = [r["history"][epoch - 1]["test_acc"] for r in done.values()]
             return f"{min(accs):.2f} to {max(accs):.2f}" if len(accs) > 1 else f"{accs[0]:.2f}"
         diverged = [str(s) for s, r in done.items() if stats.collapses(r["history"])]
-        lines.append(f"| {label(records[name][0])} | {', '.join(map(str, done))} | {spread(1)} | {spread(2)} "
-                     f"| {', '.join(diverged) if diverged else 'none'} |")
+        lines.append(f"| {labels.get(name, label(records[name][0]))} | {', '.join(map(str, done))} | {spread(1)} "
+                     f"| {spread(2)} | {', '.join(diverged) if diverged else 'none'} |")
     return "\n".join(lines)
 
 
 def seeds_table(results):
     """Every fp32 run with its seeds: the mean and 95% interval of the final test accuracy, each seed's value, and
     the first epoch at >= TARGET per seed."""
-    records = load_records(results)
+    records, labels = every_run(results)
     lines = [f"| run | seeds | final test acc %, mean ± 95% interval | final test acc % per seed | first epoch at "
              f"≥ {stats.TARGET}% per seed | its mean |", "|---|---|---|---|---|---|"]
     for name, done in fp32_runs(records):
         epochs = stats.time_to(records[name])
-        lines.append(f"| {label(records[name][0])} | {', '.join(map(str, done))} "
+        lines.append(f"| {labels.get(name, label(records[name][0]))} | {', '.join(map(str, done))} "
                      f"| {interval([stats.final(r) for r in done.values()])} "
                      f"| {', '.join(f'{stats.final(r):.2f}' for r in done.values())} "
                      f"| {', '.join(str(e) if e else '-' for e in epochs.values())} | {reaches(records[name])} |")

@@ -182,6 +182,9 @@ def test_the_control_at_the_chosen_peak_gains_rows_with_paired_intervals_in_the_
     assert experiment.seeds_figure(str(results)) is not None
     every = experiment.results_table(str(results))  # every run: the control at both peaks, each labelled with it
     assert "| no norm (peak 0.03) | 0, 1, 2 | 99.13 ± " in every and "| no norm (peak 0.1) | 0, 1 | 90.50 ± " in every
+    for table in (experiment.seeds_table, experiment.steady_table, experiment.start_table):
+        text = table(str(results))
+        assert "| no norm (peak 0.03) | 0, 1, 2 |" in text and "| no norm (peak 0.1) | 0, 1 |" in text, table
 
 
 def test_the_scales_table_gives_each_blocks_geometric_mean_scale_and_the_gradient_norms(tmp_path):

@@ -18,7 +18,6 @@ from studies import batch_size, experiment, lr_sweep, normalizations, recipe_sea
 
 TABLES = {
     "headline": experiment.headline_table,
-    "start": lambda results: experiment.start_table(results, names=[r.name for r in experiment.experiment()]),
     "start-all": experiment.start_table,
     "seeds": experiment.seeds_table,
     "steady": experiment.steady_table,
