@@ -344,7 +344,7 @@ def plot(records):
     every.set_title("Every seed (x: diverged, hollow: never learned); line: the mean")
     zoom.set_ylim(*ZOOM)
     zoom.set_title("Mean and 95% interval, where every seed trained")
-    every.legend(loc="lower left")
+    zoom.legend(*every.get_legend_handles_labels(), loc="lower right")  # the left panel's corners hold runs
     scales = Figure(figsize=(13, 4.5), layout="constrained")
     axes = scales.subplots(1, len(SCALE_PEAKS), sharey=True)
     for ax, p in zip(axes, SCALE_PEAKS):
