@@ -2,9 +2,11 @@
 import math
 from dataclasses import dataclass, field, fields
 
-from model import CONTROL, MODELS, NORMS, VALID_GROUPS
+from model import AFFINE, CONTROL, MODELS, NORMS, VALID_GROUPS
 
 PRECISIONS = ("fp32", "bf16")
+# Each control named by what it lacks, then what it has instead
+CONTROL_LABELS = {CONTROL: "no norm, default init", AFFINE: "no norm, scaled init + affine"}
 L1 = 1e-5  # the L1 weight of the experiment's BN run (LN and GN train without L1)
 
 
@@ -47,8 +49,9 @@ def check(f, value):
 @dataclass(frozen=True)
 class Recipe:
     """Every setting of one run, with its default. A run's JSON config is this plus its data and environment."""
-    norm: str = setting("BN", "the norm layers: BN, LN or GN, or NONE for the control without normalization (any "
-                        "case; stored in upper case)", str, choices=MODELS)
+    norm: str = setting("BN", "the norm layers: BN, LN or GN, or a control: NONE (no norm, default init) or AFFINE "
+                        "(no statistics: a per-channel scale and shift, scaled init) (any case; stored in upper "
+                        "case)", str, choices=MODELS)
     groups: int = setting(2, "groups in every GroupNorm layer (GN only)", int, choices=VALID_GROUPS)
     l1: float = setting(0.0, "weight of the L1 penalty on the convolution weights", low=0)
     dropout: float = setting(0.0, "dropout after every norm layer (the recipe search chose none, results/tune/)",
@@ -112,8 +115,8 @@ class Recipe:
 
     @property
     def label(self) -> str:
-        """The name shown in figures and tables: "BN + L1", "GN (5 groups)", "LN (bf16)", "no norm"."""
-        label = "no norm" if self.norm == CONTROL else self.norm
+        """The name shown in figures and tables: "BN + L1", "GN (5 groups)", "LN (bf16)", "no norm, default init"."""
+        label = CONTROL_LABELS.get(self.norm, self.norm)
         label += (" + L1" if self.l1 else "") + (f" ({self.l1:g})" if self.l1 not in (0, L1) else "")
         if self.norm == "GN" and self.groups != Recipe.groups:
             label += f" ({self.groups} groups)"

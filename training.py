@@ -10,17 +10,24 @@ from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
 from tqdm.auto import tqdm
 
 from augment import batches, to_input
-from model import Net
+from model import AFFINE, Net
+
+SCALE_IMAGES = 512  # AFFINE's start: its blocks are scaled to standard deviation 1 on this many training images
 
 
-def initial_state(recipe, train_images, device):
+def initial_state(recipe, train_images, device, *, images=None):
     """A run's state before its first step, for `train_images` training images: (model, optimizer, scheduler,
-    averaged, generator). The recipe's Net (seeded), SGD with Nesterov momentum, the one-cycle schedule (stepped every
-    batch), the moving average of the weights (None without ema), and the generator of the batch order and the
-    augmentation."""
+    averaged, generator). The recipe's Net (seeded; AFFINE's then scaled on the first SCALE_IMAGES of `images`, the
+    run's uint8 training images, unaugmented: Net.scale_init_), SGD with Nesterov momentum, the one-cycle schedule
+    (stepped every batch), the moving average of the weights (None without ema), and the generator of the batch order
+    and the augmentation."""
     torch.manual_seed(recipe.seed)  # initial weights and dropout masks
     generator = torch.Generator().manual_seed(recipe.seed)  # batch order and rotation angles
     model = Net(recipe.norm, groups=recipe.groups, dropout=recipe.dropout).to(device)
+    if recipe.norm == AFFINE:
+        if images is None:
+            raise ValueError("AFFINE's start needs the run's training images (initial_state's images)")
+        model.scale_init_(to_input(images[:SCALE_IMAGES].to(device)))
     optimizer = torch.optim.SGD(model.parameters(), lr=recipe.lr, momentum=0.9, nesterov=True,
                                 weight_decay=recipe.weight_decay)
     steps = math.ceil(train_images / recipe.batch_size)

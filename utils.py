@@ -176,7 +176,7 @@ def _run(recipe, data, *, device, out, folder, name, batch_stats, progress, fres
             log(f"{name:<10} stopped after epoch {len(record['history'])}, loaded from {shown(paths['results'])}")
             return None, record
 
-    model, optimizer, scheduler, averaged, generator = initial_state(recipe, len(train[1]), device)
+    model, optimizer, scheduler, averaged, generator = initial_state(recipe, len(train[1]), device, images=train[0])
     cycle = recipe.cycle_epochs or recipe.epochs
     evaluated = averaged.module if averaged is not None else model  # the model each epoch's evaluation reports
     record = {"name": name, "config": config, "history": []}

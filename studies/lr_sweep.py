@@ -1,5 +1,6 @@
-"""What normalization buys: the peak learning rates BN + L1, LN, GN and the network without a norm tolerate, on the
-validation split, with each block's output scale at the end.
+"""What normalization buys: the peak learning rates BN + L1, LN, GN and the two controls (model.CONTROLS: no norm,
+default init; no norm, scaled init + affine) tolerate, on the validation split, with each block's output scale at the
+end.
 
     python -m studies.lr_sweep --out .    # results/lr_sweep/, static/lr_sweep.png, static/block_scales.png
 
@@ -15,14 +16,16 @@ The rule, fixed and committed before the sweep's first run:
    of PEAKS is at least TRAINS, every model also trains at EXTRA_PEAK.
 2. A run diverged if its validation accuracy fell by stats.COLLAPSE (10) points or more from one epoch to the next
    (stats.diverged), or its last epoch's validation loss is not finite.
-3. The control's peak (for its ten seeds on the test set): among the peaks at which none of the control's seeds
+3. A control's peak (for its ten seeds on the test set): among the peaks at which none of the control's seeds
    diverged, the one with the highest mean final validation accuracy over its seeds. Peaks within TIE points of that
    mean are tied, and the tie goes to the peak nearest the recipe's (0.1) on a log scale, then to the larger.
 
-Then the control on the test set, as train.py trains it: no norm, seeds CONTROL_SEEDS, Recipe.epochs epochs, at the
-peak rule 3 chose, and, if that is not the recipe's, at the recipe's peak for seeds RECIPE_SEEDS (--sweep-only leaves
+Then each control on the test set, as train.py trains it: seeds CONTROL_SEEDS, Recipe.epochs epochs, at the peak rule
+3 chose for it, and, if that is not the recipe's, at the recipe's peak for seeds RECIPE_SEEDS (--sweep-only leaves
 them out). Their files go where train.py puts a run of those settings: OUT/results/none_seed<S>.json at the recipe's
-peak, OUT/results/lr<peak>/ at another.
+peak, OUT/results/lr<peak>/ at another (affine_seed<S>.json for the second control). The second control (AFFINE) joined
+the sweep after its first 72 runs, under the same rule, with its hypotheses committed before its first run
+(docs/experiments.md).
 
 Runs resume like train.py's (run the same command again); the sweep's results go to OUT/results/lr_sweep/ (--out: by
 default runs/), and each invocation that trains logs its wall time to sweep.json there (the control's to control.json
@@ -41,13 +44,12 @@ import cli
 import utils
 from data import select
 from files import write_json
-from model import CONTROL, NORMS
+from model import CONTROL, CONTROLS, MODELS
 from recipe import L1, Recipe, settings_folder
 from records import load_records, load_weights, run_paths
 from studies import stats
 from studies.tables import markdown
 
-MODELS = NORMS + (CONTROL,)  # BN (with L1), LN, GN and the control
 PEAKS = (0.01, 0.03, 0.1, 0.3, 1.0)
 EXTRA_PEAK = 3.0
 TRAINS = 90.0     # % mean final validation accuracy: a model that still trains at a peak (rule 1)
@@ -121,15 +123,14 @@ def seeds_phrase(seeds):
     return f"seed{'s' if len(seeds) > 1 else ''} {', '.join(map(str, sorted(seeds)))}"
 
 
-def control_peak(records):
-    """Rule 3: (the control's peak, the peaks tied with it), or None while a planned peak of the control is
-    unfinished."""
+def control_peak(records, norm=CONTROL):
+    """Rule 3: (control `norm`'s peak, the peaks tied with it), or None while a planned peak of it is unfinished."""
     cells = table(records)
     peaks = planned_peaks(records)
-    if any(len(cells.get((CONTROL, p), {}).get("finals", {})) < len(SEEDS) for p in peaks):
+    if any(len(cells.get((norm, p), {}).get("finals", {})) < len(SEEDS) for p in peaks):
         return None
-    alive = {p: float(np.mean(list(cells[CONTROL, p]["finals"].values()))) for p in peaks
-             if not cells[CONTROL, p]["diverged"]}
+    alive = {p: float(np.mean(list(cells[norm, p]["finals"].values()))) for p in peaks
+             if not cells[norm, p]["diverged"]}
     if not alive:
         return None
     best = max(alive.values())
@@ -165,25 +166,25 @@ def add_block_std(records, data, out):
             write_json(paths["results"], r)
 
 
-def control_recipes(peak, **settings):
-    """The control's test runs: [its seeds CONTROL_SEEDS at `peak`], then [RECIPE_SEEDS at the recipe's peak] when
+def control_recipes(peak, norm=CONTROL, **settings):
+    """Control `norm`'s test runs: [its seeds CONTROL_SEEDS at `peak`], then [RECIPE_SEEDS at the recipe's peak] when
     `peak` is another; `settings` (Recipe fields) for all. One list per settings folder."""
-    runs = [[Recipe(CONTROL, lr=peak, seed=seed, **settings) for seed in CONTROL_SEEDS]]
+    runs = [[Recipe(norm, lr=peak, seed=seed, **settings) for seed in CONTROL_SEEDS]]
     if peak != Recipe.lr:
-        runs.append([Recipe(CONTROL, seed=seed, **settings) for seed in RECIPE_SEEDS])
+        runs.append([Recipe(norm, seed=seed, **settings) for seed in RECIPE_SEEDS])
     return runs
 
 
-def control_runs(results):
-    """(rule 3's peak, {seed: record} of the control's finished test runs at it) from RESULTS (the folder train.py
-    writes), or None while rule 3 has not chosen."""
+def control_runs(results, norm=CONTROL):
+    """(rule 3's peak, {seed: record} of control `norm`'s finished test runs at it) from RESULTS (the folder
+    train.py writes), or None while rule 3 has not chosen."""
     folder = os.path.join(results, FOLDER)
-    chosen = control_peak(load_records(folder)) if os.path.isdir(folder) else None
+    chosen = control_peak(load_records(folder), norm) if os.path.isdir(folder) else None
     if chosen is None:
         return None
     peak = chosen[0]
-    where = os.path.join(results, settings_folder(Recipe(CONTROL, lr=peak)))
-    runs = load_records(where).get(Recipe(CONTROL).name, []) if os.path.isdir(where) else []
+    where = os.path.join(results, settings_folder(Recipe(norm, lr=peak)))
+    runs = load_records(where).get(Recipe(norm).name, []) if os.path.isdir(where) else []
     return peak, stats.finished(runs)
 
 
@@ -204,14 +205,16 @@ def run_sweep(data, *, device, out, jobs, fresh=False, progress=True, control=Tr
     records = load_records(folder)
     add_block_std(records, data, out)
     records = load_records(folder)
-    chosen = control_peak(records)
-    if control and chosen is None:
-        print("the control's test runs wait for rule 3 (an unfinished run of the sweep, or every peak diverged)")
-    elif control:
+    for norm in CONTROLS if control else ():
+        chosen = control_peak(records, norm)
+        label = Recipe(norm).label
+        if chosen is None:
+            print(f"{label}: its test runs wait for rule 3 (an unfinished run of the sweep, or every peak diverged)")
+            continue
         # on the test set (no val), with the recipe's epochs unless a quick look shortened the sweep's
         settings = {k: v for k, v in overrides.items() if k != "val" and (k != "epochs" or v != EPOCHS)}
-        for runs in control_recipes(chosen[0], **settings):
-            print(f"the control on the test set at peak {runs[0].lr:g}: {len(runs)} runs")
+        for runs in control_recipes(chosen[0], norm, **settings):
+            print(f"{label} on the test set at peak {runs[0].lr:g}: {len(runs)} runs")
             utils.run_experiments(runs, data, device=device, out=out, jobs=jobs, progress=progress, fresh=fresh,
                                   log="control.json")
     return records
@@ -248,9 +251,10 @@ def sweep_table(results):
                     cell += f"; {what}: {seeds_phrase(c[key])}"
             row.append(cell)
         rows.append(row)
-    chosen = control_peak(records)
-    status = (f"Rule 3 chooses the control's peak {chosen[0]:g} (tied: {', '.join(f'{p:g}' for p in chosen[1])})."
-              if chosen else "Rule 3 waits for every planned run of the control.")
+    status = " ".join(
+        f"Rule 3 chooses the peak {c[0]:g} for {Recipe(n).label} (tied: {', '.join(f'{p:g}' for p in c[1])})."
+        if (c := control_peak(records, n)) else f"Rule 3 waits for every planned run of {Recipe(n).label}."
+        for n in CONTROLS)
     return markdown(["model"] + [f"peak {p:g}" for p in peaks], rows) + (
         f"\n\nFinal (epoch {EPOCHS}) validation accuracy % (the last {VAL:,} training images), mean ± the half-width "
         f"of its 95% Student-t interval over seeds {', '.join(map(str, SEEDS))}. Diverged: rule 2; never learned: "
