@@ -86,6 +86,28 @@ def never_learned(history, below=NOT_LEARNED, key="test_acc"):
     return bool(history) and all(e[key] < below for e in history)
 
 
+# The ways a run fails, in the order failure() checks them
+FAILURES = ("not finite", "collapsed", "never learned")
+
+
+def failure(history, key="test_acc"):
+    """How a run failed, or None if it did not: "not finite" (a training or evaluated loss that is not finite, in any
+    epoch), "collapsed" (its training accuracy or its evaluated `key` fell by COLLAPSE points or more from one epoch
+    to the next: collapses), or "never learned" (its evaluated `key` below NOT_LEARNED in every epoch). A run that
+    learned and then fell counts from its training accuracy too: the evaluated average of the weights can lag it."""
+    if any(not math.isfinite(e[k]) for e in history for k in ("train_loss", "test_loss")):
+        return "not finite"
+    if collapses(history, key=key) or collapses(history, key="train_acc"):
+        return "collapsed"
+    return "never learned" if never_learned(history, key=key) else None
+
+
+def rate_ci(k, n, level=LEVEL):
+    """(k / n, low, high): a failure rate of k in n runs and its exact (Clopper-Pearson) interval at `level`."""
+    ci = stats.binomtest(k, n).proportion_ci(level, method="exact")
+    return k / n, float(ci.low), float(ci.high)
+
+
 # The paired comparisons the report makes, by run name (Recipe.name): A minus B for the same seeds.
 NORM_PAIRS = [("bn_l1", "ln"), ("bn_l1", "gn"), ("gn", "ln")]
 CONTROL_PAIRS = [("bn_l1", "none"), ("ln", "none"), ("gn", "none")]  # each norm against the network without one

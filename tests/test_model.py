@@ -4,7 +4,7 @@ import pytest
 import torch
 from torch import nn
 
-from model import CONTROL, NORMS, Net, make_norm
+from model import AFFINE, CONTROL, NORMS, Affine, Net, make_norm
 
 # block -> (output shape for a 28x28 input, parameters): the table in the issue.
 
@@ -22,7 +22,7 @@ TABLE = {
 }
 
 
-@pytest.mark.parametrize("norm", NORMS)
+@pytest.mark.parametrize("norm", NORMS + (AFFINE,))
 def test_layer_table_and_total(norm):
     model = Net(norm)
     shapes = {}
@@ -64,6 +64,67 @@ def test_the_control_is_the_same_network_with_every_norm_the_identity():
     assert torch.allclose(none.eval()(x).exp().sum(1), torch.ones(4), atol=1e-5)
     for norm in NORMS:
         assert sum(p.numel() for p in Net(norm).parameters()) == 7750
+
+
+def block_scales(model, x):
+    """{block: the standard deviation of its output on x}, in train mode (BN by its batch's statistics)."""
+    out = {}
+    hooks = [layer.register_forward_hook(lambda m, i, o, name=name: out.__setitem__(name, o.std().item()))
+             for name, layer in model.blocks() if name != "gap"]
+    with torch.no_grad():
+        model.train()(x)
+    for h in hooks:
+        h.remove()
+    return out
+
+
+def test_the_second_control_lacks_only_the_statistics():
+    # 7,750 parameters as the norms, the same layers in the same places; each norm a per-channel γ·x + β that is the
+    # identity at the start; the convolutions the same seed's directions as BN's, each scaled by one factor
+    torch.manual_seed(0)
+    bn = Net("BN")
+    torch.manual_seed(0)
+    affine = Net("affine")
+    assert affine.norm == AFFINE and sum(p.numel() for p in affine.parameters()) == 7750
+    assert [n for n, _ in affine.named_parameters()] == [n for n, _ in bn.named_parameters()]
+    layers = [m for m in affine.modules() if isinstance(m, Affine)]
+    assert len(layers) == 6 and not any(isinstance(m, (nn.BatchNorm2d, nn.GroupNorm)) for m in affine.modules())
+    for m in layers:
+        x = torch.randn(4, m.weight.numel(), 5, 5)
+        assert torch.equal(m(x), x)
+    x = torch.randn(4, 10, 5, 5)
+    with torch.no_grad():
+        layers[0].weight.copy_(torch.arange(10.0))
+        layers[0].bias.fill_(0.5)
+    assert torch.allclose(layers[0](x), x * torch.arange(10.0)[:, None, None] + 0.5)
+    # scale_init_ changes each convolution by one positive factor and leaves γ and β
+    torch.manual_seed(0)
+    affine = Net("affine").scale_init_(torch.randn(64, 1, 28, 28))
+    for (name, w), w_bn in zip(affine.named_parameters(), bn.parameters()):
+        if w.ndim > 1:
+            ratio = w / w_bn
+            assert ratio.min() > 0 and torch.allclose(ratio, ratio.flatten()[0].expand_as(ratio), rtol=1e-4), name
+        else:
+            assert torch.equal(w, torch.ones_like(w) if name.endswith("weight") else torch.zeros_like(w)), name
+    with pytest.raises(ValueError, match="AFFINE's start"):
+        Net("BN").scale_init_(torch.randn(2, 1, 28, 28))
+
+
+@pytest.mark.parametrize("seed", range(5))
+def test_the_scaled_init_starts_every_block_near_scale_1_where_the_default_init_shrinks_it(seed):
+    # Scaled on one synthetic batch, measured on another (images like MNIST: a dark background, a few bright strokes)
+    def images(n, generator):
+        x = (torch.rand(n, 1, 28, 28, generator=generator) > 0.8).float() * torch.rand(n, 1, 28, 28,
+                                                                                        generator=generator)
+        return (x - 0.1307) / 0.3081
+    g = torch.Generator().manual_seed(100 + seed)
+    fit, held_out = images(256, g), images(256, g)
+    torch.manual_seed(seed)
+    scaled = block_scales(Net("affine").scale_init_(fit), held_out)
+    assert all(0.5 < v < 2 for v in scaled.values()), scaled
+    torch.manual_seed(seed)
+    default = block_scales(Net("none"), held_out)
+    assert default["conv5"] < default["conv0"] / 10, default  # what the first control starts from
 
 
 def test_norm_choice_is_case_insensitive_and_builds_the_right_layers():

@@ -94,3 +94,28 @@ def test_paired_values_pairs_by_seed_over_the_common_seeds():
     assert d["half"] == pytest.approx(4.302653 * (4 / 3) ** 0.5 / 3 ** 0.5, rel=1e-6)
     assert d["nonzero"] is False  # 5/3 - 2.87 < 0
     assert stats.paired_values({0: 1.0}, {1: 1.0}) is None
+
+
+def test_a_run_fails_by_a_loss_that_is_not_finite_a_collapse_in_either_accuracy_or_never_learning():
+    def h(test, train, loss=0.1):
+        return [{"epoch": i + 1, "test_acc": a, "train_acc": t, "train_loss": loss, "test_loss": 0.1}
+                for i, (a, t) in enumerate(zip(test, train))]
+    assert stats.failure(h([98.0, 99.0], [90.0, 97.0])) is None
+    assert stats.failure(h([98.0, 99.0], [90.0, 97.0], loss=math.nan)) == "not finite"
+    assert stats.failure(h([98.0, 87.9], [90.0, 97.0])) == "collapsed"
+    # the control's test seed 3 at 0.1: training accuracy 60.2% -> 24.2% while its evaluated average stayed up
+    assert stats.failure(h([97.0, 97.5, 96.0], [40.0, 60.2, 24.2])) == "collapsed"
+    assert stats.failure(h([98.0, 97.9], [90.0, 80.1])) is None  # 9.9 points: noise, not a collapse
+    assert stats.failure(h([11.0, 12.0], [10.0, 60.0])) == "never learned"
+    assert set(stats.FAILURES) == {"not finite", "collapsed", "never learned"}
+
+
+def test_failure_rates_have_clopper_pearson_intervals():
+    # Against the closed form: with 0 failures in n the upper end is 1 - (alpha / 2) ** (1 / n), with n in n the lower
+    # end (alpha / 2) ** (1 / n); otherwise the beta quantiles
+    from scipy.stats import beta
+    assert stats.rate_ci(0, 3) == pytest.approx((0.0, 0.0, 1 - 0.025 ** (1 / 3)))
+    assert stats.rate_ci(0, 3)[2] == pytest.approx(0.708, abs=1e-3)  # 0 of 3 is compatible with 71%
+    assert stats.rate_ci(3, 3) == pytest.approx((1.0, 0.025 ** (1 / 3), 1.0))
+    rate, low, high = stats.rate_ci(1, 5)
+    assert (rate, low, high) == pytest.approx((0.2, beta.ppf(0.025, 1, 5), beta.ppf(0.975, 2, 4)))
