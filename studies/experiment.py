@@ -1,6 +1,6 @@
 """The experiment's own tables and figures: BN + L1, LN and GN over ten seeds (results/*.json), their side runs (BN
-without L1, GN with 5 and 10 groups), the control without a norm (at the peak learning rate studies/lr_sweep.py
-chose), how each seed starts, when it settles, and the paired differences."""
+without L1, GN with 5 and 10 groups), the two controls (model.CONTROLS, each at the peak learning rate
+studies/lr_sweep.py chose for it), how each seed starts, when it settles, and the paired differences."""
 import os
 
 import numpy as np
@@ -8,7 +8,7 @@ from matplotlib.figure import Figure
 from matplotlib.ticker import MaxNLocator
 
 from figures import METRICS
-from model import CONTROL
+from model import CONTROLS
 from recipe import Recipe, experiment, label
 from records import load_records, summarize
 from studies import lr_sweep, stats
@@ -20,17 +20,19 @@ SHADED_FROM = HEADLINE_STEADY  # seed_curves.png shades the epochs from this one
 
 
 def every_run(results):
-    """({name: [record, ...]}, {name: label}): the runs in results/*.json and, when studies/lr_sweep.py's rule 3 chose
-    another peak than the recipe's, the control's finished test runs at it (they live in a folder of their own); the
-    labels tell the control's two peaks apart (label() for every other run)."""
-    records = load_records(results)
-    found = lr_sweep.control_runs(results)
-    if not found or not found[1] or found[0] == Recipe.lr:
-        return records, {}
-    peak, runs = found
-    name = f"{Recipe(CONTROL).name}_lr{peak:g}"
-    records[name] = [runs[seed] for seed in sorted(runs)]
-    return records, {name: control_label(peak), Recipe(CONTROL).name: f"{Recipe(CONTROL).label} (peak {Recipe.lr:g})"}
+    """({name: [record, ...]}, {name: label}): the runs in results/*.json and, for each control whose peak by
+    studies/lr_sweep.py's rule 3 is not the recipe's, its finished test runs at that peak (they live in a folder of
+    their own); the labels tell a control's two peaks apart (label() for every other run)."""
+    records, labels = load_records(results), {}
+    for norm in CONTROLS:
+        found = lr_sweep.control_runs(results, norm)
+        if not found or not found[1] or found[0] == Recipe.lr:
+            continue
+        peak, runs = found
+        name = Recipe(norm).name
+        records[f"{name}_lr{peak:g}"] = [runs[seed] for seed in sorted(runs)]
+        labels |= {f"{name}_lr{peak:g}": control_label(peak, norm), name: f"{Recipe(norm).label} (peak {Recipe.lr:g})"}
+    return records, labels
 
 
 def results_table(results):
@@ -73,24 +75,26 @@ def steady_count(records, epoch):
     return f"{sum(1 for e in steady.values() if e is not None and e <= epoch)} of {len(steady)}"
 
 
-def control_label(peak):
-    """"no norm", or "no norm (peak 0.03)" at another peak than the recipe's."""
-    return Recipe(CONTROL).label + ("" if peak == Recipe.lr else f" (peak {peak:g})")
+def control_label(peak, norm):
+    """"no norm, default init", or "no norm, default init (peak 0.03)" at another peak than the recipe's."""
+    return Recipe(norm).label + ("" if peak == Recipe.lr else f" (peak {peak:g})")
 
 
 def with_control(results):
-    """({name: [record, ...]} of results/ with CONTROL's name holding the control's finished test runs at the peak
-    studies/lr_sweep.py's rule 3 chose (they live in a folder of their own at another peak than the recipe's), and
-    {name: label} for the control), or (records, {}) before rule 3 chose or a control run finished."""
-    records = dict(load_records(results))
-    name = Recipe(CONTROL).name
-    found = lr_sweep.control_runs(results)
-    if not found or not found[1]:
-        records.pop(name, None)  # runs of the control at a peak the rule did not choose are not the control's row
-        return records, {}
-    peak, runs = found
-    records[name] = [runs[seed] for seed in sorted(runs)]
-    return records, {name: control_label(peak)}
+    """({name: [record, ...]} of results/ with each control's name (model.CONTROLS) holding its finished test runs at
+    the peak studies/lr_sweep.py's rule 3 chose for it (in a folder of their own at another peak than the recipe's),
+    and {name: label} for the controls); a control before rule 3 chose or a run of it finished has no runs."""
+    records, labels = dict(load_records(results)), {}
+    for norm in CONTROLS:
+        name = Recipe(norm).name
+        found = lr_sweep.control_runs(results, norm)
+        if not found or not found[1]:
+            records.pop(name, None)  # runs of a control at a peak the rule did not choose are not the control's row
+            continue
+        peak, runs = found
+        records[name] = [runs[seed] for seed in sorted(runs)]
+        labels[name] = control_label(peak, norm)
+    return records, labels
 
 
 def headline_table(results):
@@ -98,7 +102,7 @@ def headline_table(results):
     when they first reach stats.TARGET, and how many stay there from HEADLINE_STEADY on."""
     records, labels = with_control(results)
     rows = []
-    for recipe in experiment() + [Recipe(CONTROL)]:
+    for recipe in experiment() + [Recipe(norm) for norm in CONTROLS]:
         done = stats.finished(records.get(recipe.name, []))
         if done:
             first = next(iter(done.values()))
@@ -189,7 +193,8 @@ def group_label(records, name):
 
 def findings_table(results):
     """Paired differences in final test accuracy (A - B over the seeds both have), with 95% intervals: the norms,
-    each norm against none (the control at rule 3's peak), L1 on BN, and GN's number of groups."""
+    each norm against each control (at rule 3's peak) and the controls against each other, L1 on BN, and GN's number
+    of groups."""
     records, labels = with_control(results)
     lines = ["| question | A | B | seeds | A - B, mean (points) | 95% interval | measured to differ? |",
              "|---|---|---|---|---|---|---|"]
@@ -252,11 +257,11 @@ def seeds_figure(results):
     L1 and the control too) and for GN's number of groups; None if no run has finished."""
     records, labels = with_control(results)
     per_seed = lambda name: {s: stats.final(r) for s, r in stats.finished(records.get(name, [])).items()}
-    main = {labels.get(n, label(records[n][0])): per_seed(n) for n in ("bn_l1", "ln", "gn", "bn", Recipe(CONTROL).name)
-            if per_seed(n)}
+    main = {labels.get(n, label(records[n][0])): per_seed(n)
+            for n in ["bn_l1", "ln", "gn", "bn"] + [Recipe(c).name for c in CONTROLS] if per_seed(n)}
     groups = {group_label(records, n).removeprefix("GN, "): per_seed(n) for n in ("ln", "gn", "gn_g5", "gn_g10")
               if per_seed(n)}
-    panels = {title: runs for title, runs in (("The norms (BN without L1, no norm)", main),
+    panels = {title: runs for title, runs in (("The norms (BN without L1) and the controls", main),
                                               ("GroupNorm's number of groups", groups)) if runs}
     return plot_seeds(panels) if panels else None
 

@@ -7,15 +7,18 @@ import torch
 from scipy import stats as scipy_stats
 
 from conftest import synthetic
-from model import CONTROL, Net
+from model import AFFINE, CONTROL, Net
 from recipe import L1, Recipe
 from studies import lr_sweep
+from studies.lr_sweep import report as lr_report
+
+NO_NORM = Recipe(CONTROL).label  # the first control's label: "no norm, default init"
 
 
 def test_the_sweep_is_every_model_at_every_peak_on_the_validation_split():
     runs = lr_sweep.recipes()
-    assert len(runs) == 4 * 5 * 3 and len({(r.norm, r.lr, r.seed) for r in runs}) == 60
-    assert {r.norm for r in runs} == {"BN", "LN", "GN", CONTROL} and {r.lr for r in runs} == set(lr_sweep.PEAKS)
+    assert len(runs) == 5 * 5 * 3 and len({(r.norm, r.lr, r.seed) for r in runs}) == 75  # 3 norms, 2 controls
+    assert {r.norm for r in runs} == {"BN", "LN", "GN", CONTROL, AFFINE} and {r.lr for r in runs} == set(lr_sweep.PEAKS)
     assert all(r.val == 10000 and r.epochs == 6 and r.l1 == (L1 if r.norm == "BN" else 0) for r in runs)
     # everything else is today's recipe
     from dataclasses import replace
@@ -72,11 +75,11 @@ def test_the_table_gives_each_cell_its_mean_and_students_interval(tmp_path):
     for name, recs in records.items():
         for r in recs:
             (folder / f"{name}_seed{r['config']['seed']}.json").write_text(json.dumps(r))
-    text = lr_sweep.sweep_table(str(tmp_path))
+    text = lr_report.sweep_table(str(tmp_path))
     half = scipy_stats.t.ppf(0.975, 2) * 0.2 / 3 ** 0.5  # std 0.2 of 99.0, 99.2, 99.4
     assert f"| BN | 99.20 ± {half:.2f} |" in text
     # a cell with a run that diverged or never learned (below 20% in every epoch) lists each seed instead
-    assert "| no norm | seeds: 98.00, 98.50, 97.00; diverged: seed 1 | seeds: 11.00, 97.50, 11.00; never learned: " \
+    assert f"| {NO_NORM} | seeds: 98.00, 98.50, 97.00; diverged: seed 1 | seeds: 11.00, 97.50, 11.00; never learned: " \
            "seeds 0, 2 |" in text
     assert "Rule 3 waits" in text
 
@@ -114,7 +117,7 @@ def test_a_tiny_sweep_trains_its_runs_and_records_the_block_scales(tmp_path, mon
     data = (synthetic(96), synthetic(16, seed=1))
     records = lr_sweep.run_sweep(data, device=torch.device("cpu"), out=str(tmp_path), jobs=jobs, progress=False,
                                  epochs=1, val=32)
-    assert sorted(records) == ["bn_l1_lr0.1", "gn_lr0.1", "ln_lr0.1", "none_lr0.1"]
+    assert sorted(records) == ["affine_lr0.1", "bn_l1_lr0.1", "gn_lr0.1", "ln_lr0.1", "none_lr0.1"]
     for (r,) in records.values():
         assert len(r["history"]) == 1 and set(r["block_std"]) == set(lr_sweep.BLOCKS)
         assert r["config"]["val"] == 32 and r["config"]["train_images"] == 64
@@ -123,7 +126,11 @@ def test_a_tiny_sweep_trains_its_runs_and_records_the_block_scales(tmp_path, mon
     assert peak == 0.1 and control[0]["config"]["val"] == 0 and control[0]["config"]["train_images"] == 96
     assert len(control[0]["history"]) == Recipe.epochs
     assert (tmp_path / "results" / "none_seed0.json").exists()
-    figures = lr_sweep.plot(records)
+    # and the second control, by the same rule
+    peak, control = lr_sweep.control_runs(str(tmp_path / "results"), AFFINE)
+    assert peak == 0.1 and len(control[0]["history"]) == Recipe.epochs
+    assert (tmp_path / "results" / "affine_seed0.json").exists()
+    figures = lr_report.plot(records)
     assert len(figures) == 2 and figures[0].axes[0].get_xscale() == "log" and len(figures[1].axes) == 3
 
 
@@ -171,20 +178,21 @@ def test_the_control_at_the_chosen_peak_gains_rows_with_paired_intervals_in_the_
 
     assert lr_sweep.control_runs(str(results))[0] == 0.03
     head = experiment.headline_table(str(results))
-    assert "| no norm (peak 0.03) | 99.13 ± " in head and "| 3 | never | 0 of 3 | 7,590 |" in head
+    assert f"| {NO_NORM} (peak 0.03) | 99.13 ± " in head and "| 3 | never | 0 of 3 | 7,590 |" in head
     findings = experiment.findings_table(str(results))
     for name, label in (("bn_l1", "BN + L1"), ("ln", "LN"), ("gn", "GN")):
         diffs = [a - b for a, b in zip(norms[name], control)]
         mean = sum(diffs) / 3
         low, high = scipy_stats.t.interval(0.95, 2, loc=mean, scale=scipy_stats.sem(diffs))
-        assert (f"| a norm at all | {label} | no norm (peak 0.03) | 0-2 | {mean:+.3f} | [{low:+.3f}, {high:+.3f}] |"
+        assert (f"| a norm at all | {label} | {NO_NORM} (peak 0.03) | 0-2 | {mean:+.3f} | [{low:+.3f}, {high:+.3f}] |"
                 in findings), label
     assert experiment.seeds_figure(str(results)) is not None
     every = experiment.results_table(str(results))  # every run: the control at both peaks, each labelled with it
-    assert "| no norm (peak 0.03) | 0, 1, 2 | 99.13 ± " in every and "| no norm (peak 0.1) | 0, 1 | 90.50 ± " in every
+    assert f"| {NO_NORM} (peak 0.03) | 0, 1, 2 | 99.13 ± " in every
+    assert f"| {NO_NORM} (peak 0.1) | 0, 1 | 90.50 ± " in every
     for table in (experiment.seeds_table, experiment.steady_table, experiment.start_table):
         text = table(str(results))
-        assert "| no norm (peak 0.03) | 0, 1, 2 |" in text and "| no norm (peak 0.1) | 0, 1 |" in text, table
+        assert f"| {NO_NORM} (peak 0.03) | 0, 1, 2 |" in text and f"| {NO_NORM} (peak 0.1) | 0, 1 |" in text, table
 
 
 def test_the_scales_table_gives_each_blocks_geometric_mean_scale_and_the_gradient_norms(tmp_path):
@@ -194,9 +202,9 @@ def test_the_scales_table_gives_each_blocks_geometric_mean_scale_and_the_gradien
         for e, g in zip(r["history"], grads):
             e["grad_norm_median"], e["grad_norm_max"] = g, 10 * g
     write_records(tmp_path / "lr_sweep", records)
-    text = lr_sweep.scales_table(str(tmp_path))
+    text = lr_report.scales_table(str(tmp_path))
     # conv0: sqrt(2 * 8) = 4, conv6 (8th): sqrt(16 * 64) = 32; medians over epochs 2 and 3.5, their median 2.75
-    assert "| no norm | 0.1 | 0, 1 | 4 | 8 | 12 | 16 | 20 | 24 | 28 | 32 | 2.75 | 50 |" in text
+    assert f"| {NO_NORM} | 0.1 | 0, 1 | 4 | 8 | 12 | 16 | 20 | 24 | 28 | 32 | 2.75 | 50 |" in text
 
 
 def test_the_scales_table_averages_the_seeds_that_trained_and_shows_dead_and_non_finite_blocks(tmp_path):
@@ -207,8 +215,8 @@ def test_the_scales_table_averages_the_seeds_that_trained_and_shows_dead_and_non
         for e in r["history"]:
             e["grad_norm_median"], e["grad_norm_max"] = 1.0, math.nan if dead else 2.0
     write_records(tmp_path / "lr_sweep", records)
-    text = lr_sweep.scales_table(str(tmp_path))
-    assert "| no norm | 0.1 | 0 | 2 | 2 | 2 | 2 | 2 | 2 | 2 | 2 | 1 | 2 |" in text  # seed 1 never learned
-    assert "| no norm | 1 | none trained (0, 1) | 2 | 2 | 2 | 2 | 0 | 0 | 0 | 0 | 1 | not finite |" in text
-    assert lr_sweep.geometric_mean([2.0, 8.0]) == pytest.approx(4.0) and lr_sweep.geometric_mean([2.0, 0.0]) == 0
-    assert math.isnan(lr_sweep.geometric_mean([2.0, math.inf]))
+    text = lr_report.scales_table(str(tmp_path))
+    assert f"| {NO_NORM} | 0.1 | 0 | 2 | 2 | 2 | 2 | 2 | 2 | 2 | 2 | 1 | 2 |" in text  # seed 1 never learned
+    assert f"| {NO_NORM} | 1 | none trained (0, 1) | 2 | 2 | 2 | 2 | 0 | 0 | 0 | 0 | 1 | not finite |" in text
+    assert lr_report.geometric_mean([2.0, 8.0]) == pytest.approx(4.0) and lr_report.geometric_mean([2.0, 0.0]) == 0
+    assert math.isnan(lr_report.geometric_mean([2.0, math.inf]))

@@ -14,7 +14,8 @@ import sys
 from benchmarks import end_to_end, evaluation, options, pipeline
 from figures import save_figure
 from records import ROOT
-from studies import batch_size, experiment, lr_sweep, normalizations, recipe_search, search, shift
+from studies import batch_size, experiment, normalizations, recipe_search, search, shift
+from studies.lr_sweep import report as lr_sweep
 
 TABLES = {
     "headline": experiment.headline_table,

@@ -1,0 +1,180 @@
+"""The learning-rate sweep's tables and figures, from its results files (studies/lr_sweep): validation accuracy by
+model and peak, each block's output scale at initialization and at the end, and how often each model failed."""
+import math
+import os
+
+import numpy as np
+from matplotlib.figure import Figure
+
+from model import CONTROLS, MODELS
+from recipe import Recipe
+from records import load_records
+from studies import stats
+from studies.lr_sweep import (
+    BLOCKS,
+    EPOCHS,
+    FOLDER,
+    SCALE_IMAGES,
+    SEEDS,
+    VAL,
+    control_peak,
+    seeds_phrase,
+    table,
+    trained,
+)
+from studies.tables import markdown
+
+
+def sweep_table(results):
+    """The sweep's main table: each model's mean final validation accuracy ± its 95% interval at each peak, with the
+    runs that diverged; and rule 3's choice."""
+    folder = os.path.join(results, FOLDER)
+    records = load_records(folder) if os.path.isdir(folder) else {}
+    cells = table(records)
+    if not cells:
+        return "(no runs in results/lr_sweep/ yet: `python -m studies.lr_sweep --out .`)"
+    peaks = sorted({p for _, p in cells})
+    rows = []
+    for norm in MODELS:
+        row = [next((c["label"] for (n, _), c in cells.items() if n == norm), norm)]
+        for p in peaks:
+            c = cells.get((norm, p))
+            if c is None:
+                row.append("")
+                continue
+            finals = [c["finals"][s] for s in sorted(c["finals"])]
+            if len(trained(c)) == len(finals):
+                mean, half = stats.mean_ci(finals)
+                cell = f"{mean:.2f} ± {half:.2f}" if half == half else f"{mean:.2f}"
+            else:  # an interval would mix runs that trained with runs that did not: each seed instead
+                cell = (f"{finals[0]:.2f} (each seed)" if len(set(finals)) == 1
+                        else "seeds: " + ", ".join(f"{a:.2f}" for a in finals))
+            if len(c["finals"]) < len(SEEDS):
+                cell += f" ({len(c['finals'])} of {len(SEEDS)} seeds)"
+            for key, what in (("diverged", "diverged"), ("never", "never learned")):
+                if c[key]:
+                    cell += f"; {what}: {seeds_phrase(c[key])}"
+            row.append(cell)
+        rows.append(row)
+    status = " ".join(
+        f"Rule 3 chooses the peak {c[0]:g} for {Recipe(n).label} (tied: {', '.join(f'{p:g}' for p in c[1])})."
+        if (c := control_peak(records, n)) else f"Rule 3 waits for every planned run of {Recipe(n).label}."
+        for n in CONTROLS)
+    return markdown(["model"] + [f"peak {p:g}" for p in peaks], rows) + (
+        f"\n\nFinal (epoch {EPOCHS}) validation accuracy % (the last {VAL:,} training images), mean ± the half-width "
+        f"of its 95% Student-t interval over seeds {', '.join(map(str, SEEDS))}. Diverged: rule 2; never learned: "
+        f"below {stats.NOT_LEARNED:g}% in every epoch (a constant guess scores about 10%). A cell with such a run "
+        f"lists each seed's final accuracy instead of an interval. {status}")
+
+
+def geometric_mean(values):
+    """The geometric mean of non-negative `values`: 0 if one is 0 (a dead block), nan if one is not finite."""
+    x = np.asarray(values, dtype=float)
+    if not np.all(np.isfinite(x)):
+        return math.nan
+    return 0.0 if np.any(x == 0) else float(np.exp(np.mean(np.log(x))))
+
+
+def scales_table(results):
+    """Each model at each peak: every block's output scale at the end (block_std, the geometric mean over the seeds
+    that trained, or over all when none did) and the gradient's norm while training (the median of the epochs'
+    medians, and the largest in any step), over the same seeds."""
+    folder = os.path.join(results, FOLDER)
+    records = load_records(folder) if os.path.isdir(folder) else {}
+    cells = table(records)
+    runs = {}
+    for recs in records.values():
+        for r in recs:
+            if len(r["history"]) >= r["config"]["epochs"] and "block_std" in r:
+                recipe = Recipe.from_config(r["config"])
+                runs.setdefault((recipe.norm, recipe.lr), {})[recipe.seed] = r
+    if not runs:
+        return "(no finished runs with their block scales in results/lr_sweep/ yet)"
+    rows = []
+    for norm, peak in sorted(runs, key=lambda k: (MODELS.index(k[0]), k[1])):
+        by_seed = runs[norm, peak]
+        seeds = [s for s in trained(cells[norm, peak]) if s in by_seed]
+        shown = ", ".join(map(str, seeds)) if seeds else f"none trained ({', '.join(map(str, sorted(by_seed)))})"
+        rs = [by_seed[s] for s in seeds or sorted(by_seed)]
+        scale = [geometric_mean([r["block_std"][b] for r in rs]) for b in BLOCKS]
+        medians = [float(np.median([e["grad_norm_median"] for e in r["history"]])) for r in rs]
+        largest = float(np.max([e["grad_norm_max"] for r in rs for e in r["history"]]))  # nan if any step's is
+        rows.append([cells[norm, peak]["label"], f"{peak:g}", shown]
+                    + [f"{v:.3g}" if math.isfinite(v) else "not finite"
+                       for v in scale + [float(np.median(medians)), largest]])
+    return markdown(["model", "peak", "seeds"] + list(BLOCKS) + ["gradient norm, median", "gradient norm, largest"],
+                    rows) + (
+        f"\n\nBlock columns: the standard deviation of the block's output (model.Net's blocks, input to output; "
+        f"conv0 to conv5 end in the norm, trans1 and conv6 in a convolution) over the first {SCALE_IMAGES:,} "
+        f"validation images, of the evaluated model after epoch {EPOCHS}, in eval mode; the geometric mean over the "
+        f"seeds that trained (the sweep's table), or over all seeds where none did. 0: every output of the block is "
+        f"0 (its ReLUs are dead); not finite: the weights are not. Gradient norm: of the whole gradient in a "
+        f"training step, over the same seeds: the median over the run's epochs of each epoch's median (the median "
+        f"over the seeds), and the largest in any step of any of them.")
+
+
+ZOOM = (97.5, 99.6)  # % validation accuracy: the right panel of static/lr_sweep.png
+SCALE_PEAKS = (0.03, 0.1, 1.0)  # static/block_scales.png: the control's best peak, the recipe's and a large one
+
+
+def plot(records):
+    """static/lr_sweep.png: validation accuracy against the peak, one line per model; left every seed (x: diverged,
+    hollow: never learned) and the mean, right the mean and 95% interval where every seed trained.
+    static/block_scales.png: each block's output scale at SCALE_PEAKS, over the seeds that trained."""
+    cells = table(records)
+    fig = Figure(figsize=(12, 5), layout="constrained")
+    every, zoom = fig.subplots(1, 2)
+    for i, norm in enumerate(MODELS):
+        points = sorted((p, c) for (n, p), c in cells.items() if n == norm)
+        if not points:
+            continue
+        label = points[0][1]["label"]
+        shift = 1.06 ** (i - 1.5)  # side by side on the log axis
+        every.plot([p * shift for p, _ in points], [np.mean(list(c["finals"].values())) for _, c in points],
+                   color=f"C{i}", label=label, alpha=0.7)
+        for p, c in points:
+            for seed, acc in c["finals"].items():
+                style = ({"marker": "x", "s": 60} if seed in c["diverged"] else
+                         {"marker": "o", "facecolors": "none", "s": 40} if seed in c["never"] else
+                         {"marker": "o", "s": 20})
+                every.scatter([p * shift], [acc], color=f"C{i}", zorder=3, **style)
+        whole = [(p, stats.mean_ci(list(c["finals"].values()))) for p, c in points
+                 if len(trained(c)) == len(c["finals"])]
+        if whole:
+            zoom.errorbar([p * shift for p, _ in whole], [m for _, (m, _) in whole],
+                          yerr=[h if h == h else 0.0 for _, (_, h) in whole], marker="o", capsize=4,
+                          color=f"C{i}", label=label)
+    for ax in (every, zoom):
+        ax.set_xscale("log")
+        ax.set_xlabel("peak learning rate of the one-cycle schedule")
+        ax.grid(alpha=0.3, which="both")
+    every.set_ylabel(f"final validation accuracy % (epoch {EPOCHS})")
+    every.set_ylim(0, 100)
+    every.set_title("Every seed (x: diverged, hollow: never learned); line: the mean")
+    zoom.set_ylim(*ZOOM)
+    zoom.set_title("Mean and 95% interval, where every seed trained")
+    zoom.legend(*every.get_legend_handles_labels(), loc="lower right")  # the left panel's corners hold runs
+    scales = Figure(figsize=(13, 4.5), layout="constrained")
+    axes = scales.subplots(1, len(SCALE_PEAKS), sharey=True)
+    for ax, p in zip(axes, SCALE_PEAKS):
+        for i, norm in enumerate(MODELS):
+            c = cells.get((norm, p))
+            seeds = [s for s in trained(c) if s in c["std"]] if c else []
+            if not seeds:
+                continue
+            values = [geometric_mean([c["std"][s][b] for s in seeds]) for b in BLOCKS]
+            label = c["label"] + ("" if len(seeds) == len(c["finals"]) else
+                                  f" ({len(seeds)} of {len(c['finals'])} seeds trained)")
+            ax.plot(range(len(BLOCKS)), [v if v > 0 else np.nan for v in values], marker="o", color=f"C{i}",
+                    label=label)
+        missing = [cells[n, p]["label"] for n in MODELS if (n, p) in cells and not trained(cells[n, p])]
+        ax.set_title(f"peak {p:g}" + (f" ({', '.join(missing)}: no seed trained)" if missing else ""))
+        ax.set_xticks(range(len(BLOCKS)), BLOCKS, rotation=45)
+        ax.set_yscale("log")
+        ax.grid(alpha=0.3, which="both")
+        if ax.lines:
+            ax.legend(fontsize="small")
+    axes[0].set_ylabel(f"std of the block's output\n({SCALE_IMAGES:,} validation images; geometric mean over seeds)")
+    return fig, scales
+
+
