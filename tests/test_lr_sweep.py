@@ -37,8 +37,8 @@ def fake(finals_by_cell, diverged=()):
             records.setdefault(lr_sweep.run_name(recipe), []).append(
                 {"name": lr_sweep.run_name(recipe), "config": {**vars(Recipe(norm, lr=peak, epochs=2, seed=seed)),
                                                                "val": 10000},
-                 "history": [{"epoch": 1, "test_acc": first, "test_loss": 0.1},
-                             {"epoch": 2, "test_acc": acc, "test_loss": 0.1}]})
+                 "history": [{"epoch": 1, "test_acc": first, "test_loss": 0.1, "train_acc": first, "train_loss": 0.1},
+                             {"epoch": 2, "test_acc": acc, "test_loss": 0.1, "train_acc": acc, "train_loss": 0.1}]})
     return records
 
 
@@ -220,3 +220,30 @@ def test_the_scales_table_averages_the_seeds_that_trained_and_shows_dead_and_non
     assert f"| {NO_NORM} | 1 | none trained (0, 1) | 2 | 2 | 2 | 2 | 0 | 0 | 0 | 0 | 1 | not finite |" in text
     assert lr_report.geometric_mean([2.0, 8.0]) == pytest.approx(4.0) and lr_report.geometric_mean([2.0, 0.0]) == 0
     assert math.isnan(lr_report.geometric_mean([2.0, math.inf]))
+
+
+def test_the_failure_table_names_how_each_run_failed_with_the_rates_exact_interval(tmp_path):
+    from scipy.stats import beta
+    records = fake({("BN", 0.1): [99.0, 99.2, 99.4], (CONTROL, 0.1): [80.0, 11.0, 97.0], (CONTROL, 3.0): [9.9] * 3},
+                   diverged={(CONTROL, 0.1, 0)})
+    for r in records[f"{Recipe(CONTROL).name}_lr3"]:
+        r["history"][0]["train_loss"] = math.nan
+    write_records(tmp_path / "results" / "lr_sweep", records)
+    text = lr_report.failures_table(str(tmp_path / "results"))
+    low, high = beta.ppf(0.025, 2, 2), beta.ppf(0.975, 3, 1)  # 2 of 3: Clopper-Pearson's closed form
+    assert "| BN | 0 of 3 (0% to 71%) |  |" in text
+    assert (f"| {NO_NORM} | 2 of 3 ({100 * low:.0f}% to {100 * high:.0f}%); collapsed: seed 0; never learned: "
+            "seed 1 | 3 of 3 (29% to 100%); not finite: seeds 0, 1, 2 |") in text
+
+
+def test_the_init_table_gives_each_models_geometric_mean_scale_over_seeds(tmp_path):
+    import json
+    import os
+    os.makedirs(tmp_path / "lr_sweep")
+    scales = {"NONE": {"0": {b: 0.5 for b in lr_sweep.BLOCKS}, "1": {b: 0.125 for b in lr_sweep.BLOCKS}},
+              "AFFINE": {"0": {b: 1.0 for b in lr_sweep.BLOCKS}}}
+    with open(tmp_path / "lr_sweep" / lr_sweep.INIT_FILE, "w") as f:
+        json.dump({"images": "the first 8 validation images", "mode": "train", "block_std": scales}, f)
+    text = lr_report.init_table(str(tmp_path))
+    assert f"| {NO_NORM} | 0, 1 | " + " | ".join(["0.25"] * 8) + " |" in text
+    assert f"| {Recipe(AFFINE).label} | 0 | " + " | ".join(["1"] * 8) + " |" in text

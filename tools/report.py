@@ -35,6 +35,8 @@ TABLES = {
     "batch-size": batch_size.batch_size_table,
     "lr-sweep": lr_sweep.sweep_table,
     "lr-sweep-scales": lr_sweep.scales_table,
+    "lr-sweep-init": lr_sweep.init_table,
+    "lr-sweep-failures": lr_sweep.failures_table,
     "shift-sets": shift.accuracy_table,
     "shift-differences": shift.differences_table,
     "shift-summary": lambda results: shift.accuracy_table(results, sets=[shift.CLEAN]),

@@ -38,12 +38,14 @@ import numpy as np
 import torch
 
 import utils
+from augment import to_input
 from data import select
 from files import write_json
 from model import CONTROL, CONTROLS, MODELS
 from recipe import L1, Recipe, settings_folder
 from records import load_records, load_weights, run_paths
 from studies import stats
+from training import initial_state
 
 PEAKS = (0.01, 0.03, 0.1, 0.3, 1.0)
 EXTRA_PEAK = 3.0
@@ -134,14 +136,14 @@ def control_peak(records, norm=CONTROL):
 
 
 @torch.inference_mode()
-def block_std(model, images):
-    """{block: the standard deviation of its output over `images` (uint8 [N, 28, 28])}, in eval mode."""
-    from augment import to_input
+def block_std(model, images, *, train=False):
+    """{block: the standard deviation of its output over `images` (uint8 [N, 28, 28])}, in eval mode (train: in train
+    mode, BN normalizing by the statistics of `images`, as in a training step)."""
     outputs = {}
     hooks = [getattr(model, name).register_forward_hook(
         lambda m, i, o, name=name: outputs.__setitem__(name, o.float().std().item())) for name in BLOCKS]
     try:
-        model.eval()(to_input(images))
+        model.train(train)(to_input(images.to(next(model.parameters()).device)))
     finally:
         for h in hooks:
             h.remove()
@@ -159,6 +161,28 @@ def add_block_std(records, data, out):
             model, _ = load_weights(paths["weights"], sha256=r.get("weights_sha256"))
             r["block_std"] = block_std(model, images)
             write_json(paths["results"], r)
+
+
+INIT_FILE = "block_std_init.json"
+
+
+def add_init_std(data, out, device):
+    """Write OUT/results/lr_sweep/INIT_FILE, if it is not there: {model: {seed: block_std}} of each model as each of the
+    sweep's seeds starts (training.initial_state: the second control after its scaling), on the first SCALE_IMAGES
+    validation images, in train mode, as its first step sees them."""
+    path = os.path.join(out, "results", FOLDER, INIT_FILE)
+    if os.path.exists(path):
+        return
+    train, val = select(data, Recipe(val=VAL))
+    scales, threads = {}, torch.get_num_threads()
+    torch.set_num_threads(1)  # as every run computes, so that the file's digits re-run
+    try:
+        for recipe in recipes(PEAKS[:1]):
+            model = initial_state(recipe, len(train[1]), device, images=train[0])[0]
+            scales.setdefault(recipe.norm, {})[str(recipe.seed)] = block_std(model, val[0][:SCALE_IMAGES], train=True)
+    finally:
+        torch.set_num_threads(threads)
+    write_json(path, {"images": f"the first {SCALE_IMAGES} validation images", "mode": "train", "block_std": scales})
 
 
 def control_recipes(peak, norm=CONTROL, **settings):
@@ -199,6 +223,7 @@ def run_sweep(data, *, device, out, jobs, fresh=False, progress=True, control=Tr
                               names=[run_name(r) for r in runs], progress=progress, fresh=fresh, log="sweep.json")
     records = load_records(folder)
     add_block_std(records, data, out)
+    add_init_std(data, out, device)
     records = load_records(folder)
     for norm in CONTROLS if control else ():
         chosen = control_peak(records, norm)

@@ -14,6 +14,7 @@ from studies.lr_sweep import (
     BLOCKS,
     EPOCHS,
     FOLDER,
+    INIT_FILE,
     SCALE_IMAGES,
     SEEDS,
     VAL,
@@ -22,7 +23,7 @@ from studies.lr_sweep import (
     table,
     trained,
 )
-from studies.tables import markdown
+from studies.tables import load_json, markdown
 
 
 def sweep_table(results):
@@ -111,6 +112,68 @@ def scales_table(results):
         f"0 (its ReLUs are dead); not finite: the weights are not. Gradient norm: of the whole gradient in a "
         f"training step, over the same seeds: the median over the run's epochs of each epoch's median (the median "
         f"over the seeds), and the largest in any step of any of them.")
+
+
+def init_table(results):
+    """Each model's block scales as it starts (lr_sweep.INIT_FILE): the geometric mean over the sweep's seeds."""
+    data = load_json(os.path.join(results, FOLDER), INIT_FILE)
+    if data is None:
+        return f"(no results/{FOLDER}/{INIT_FILE} yet: `python -m studies.lr_sweep --out .`)"
+    rows = []
+    for norm in MODELS:
+        by_seed = data["block_std"].get(norm)
+        if by_seed:
+            rows.append([Recipe(norm).label, ", ".join(sorted(by_seed))]
+                        + [f"{geometric_mean([s[b] for s in by_seed.values()]):.2g}" for b in BLOCKS])
+    return markdown(["model", "seeds"] + list(BLOCKS), rows) + (
+        f"\n\nThe standard deviation of each block's output as each seed's run starts (before its first step; the "
+        f"second control after its scaling), over {data['images']}, in train mode (BN normalizes by the batch's "
+        f"statistics, as in a training step); the geometric mean over the seeds. From results/{FOLDER}/{INIT_FILE}.")
+
+
+def failure_cell(histories):
+    """"1 of 3 (1% to 91%); not finite: seed 0" for {seed: history}: how many failed (stats.failure), the failure
+    rate's 95% Clopper-Pearson interval, and which seeds failed how."""
+    how = {seed: stats.failure(h) for seed, h in sorted(histories.items())}
+    failed = [s for s, f in how.items() if f]
+    _, low, high = stats.rate_ci(len(failed), len(how))
+    return f"{len(failed)} of {len(how)} ({100 * low:.0f}% to {100 * high:.0f}%)" + "".join(
+        f"; {f}: {seeds_phrase([s for s in failed if how[s] == f])}" for f in stats.FAILURES if f in how.values())
+
+
+def failures_table(results):
+    """How often each model failed (stats.failure), per peak: in the sweep (validation split, its epochs and seeds) and
+    on the test set (the recipe's epochs: the norms at the recipe's peak, each control at its rule-3 peak and at the
+    recipe's), with the failure rate's 95% Clopper-Pearson interval."""
+    from studies.experiment import every_run  # the test runs, each control at both of its peaks
+    records = load_records(os.path.join(results, FOLDER)) if os.path.isdir(os.path.join(results, FOLDER)) else {}
+    cells = table(records)
+    if not cells:
+        return "(no runs in results/lr_sweep/ yet: `python -m studies.lr_sweep --out .`)"
+    histories = {}
+    for recs in records.values():
+        for r in stats.finished(recs).values():
+            histories.setdefault((r["config"]["norm"], r["config"]["lr"]), {})[r["config"]["seed"]] = r["history"]
+    peaks = sorted({p for _, p in cells})
+    sweep = markdown(["model"] + [f"peak {p:g}" for p in peaks],
+                     [[next(c["label"] for (m, _), c in cells.items() if m == n)]
+                      + [failure_cell(histories[n, p]) if (n, p) in cells else "" for p in peaks]
+                      for n in MODELS if any((n, p) in cells for p in peaks)])
+    test, _ = every_run(results)
+    rows = []
+    for name in ["bn_l1", "ln", "gn"] + [n for n in test if n.split("_lr")[0] in [Recipe(c).name for c in CONTROLS]]:
+        done = stats.finished(test.get(name, []))
+        if done:
+            recipe = Recipe.from_config(next(iter(done.values()))["config"])
+            rows.append([recipe.label, f"{recipe.lr:g}",
+                         failure_cell({s: r["history"] for s, r in done.items()})])
+    return (f"In the sweep (validation split, {EPOCHS} epochs, seeds {', '.join(map(str, SEEDS))}):\n\n{sweep}\n\n"
+            f"On the test set ({Recipe.epochs} epochs):\n\n" + markdown(["model", "peak", "failed"], rows) +
+            f"\n\nFailed runs of all, with the failure rate's exact (Clopper-Pearson) 95% interval, and how each "
+            f"failed: not finite (a training or evaluated loss not finite in some epoch), collapsed (the training or "
+            f"the evaluated accuracy fell by {stats.COLLAPSE:g} points or more from one epoch to the next), never "
+            f"learned (evaluated accuracy below {stats.NOT_LEARNED:g}% in every epoch). Rule 2 of the sweep counts "
+            f"only a fall of the evaluated accuracy or a last loss that is not finite.")
 
 
 ZOOM = (97.5, 99.6)  # % validation accuracy: the right panel of static/lr_sweep.png
