@@ -2,6 +2,7 @@
 without L1, GN with 5 and 10 groups), the two controls (model.CONTROLS, each at the peak learning rate
 studies/lr_sweep.py chose for it), how each seed starts, when it settles, and the paired differences."""
 import os
+import textwrap
 
 import numpy as np
 from matplotlib.figure import Figure
@@ -319,8 +320,9 @@ def plot_seeds(panels, *, ylabel="final test accuracy (%)", off_scale=5.0):
     shown += [m + sign * h for m, h in cis.values() if m >= floor and h == h for sign in (-1, 1)]
     pad = 0.08 * (max(shown) - min(shown)) or 0.05
     bottom, top = min(shown) - 3 * pad, max(shown) + 2 * pad
-    fig = Figure(figsize=(4.5 * len(panels) + 1, 4.8), layout="constrained")
-    axes = np.atleast_1d(fig.subplots(1, len(panels), sharey=True))
+    widths = [max(len(runs), 3) for runs in panels.values()]  # every run gets the same width, so its label fits
+    fig = Figure(figsize=(1.3 * sum(widths) + 1.5, 5), layout="constrained")
+    axes = np.atleast_1d(fig.subplots(1, len(panels), sharey=True, width_ratios=widths))
     for ax, (title, runs) in zip(axes, panels.items()):
         for i, (run, by_seed) in enumerate(runs.items()):
             values = np.array(list(by_seed.values()), dtype=float)
@@ -338,7 +340,7 @@ def plot_seeds(panels, *, ylabel="final test accuracy (%)", off_scale=5.0):
                         markeredgecolor="k", capsize=5, zorder=3)
             ax.annotate(f"{mean:.2f}" + (f"\n±{half:.2f}" if half == half else ""), (i + 0.26, mean),
                         va="center", fontsize=8)
-        ax.set_xticks(range(len(runs)), [f"{run}\n({len(v)} seed{'s' if len(v) > 1 else ''})"
+        ax.set_xticks(range(len(runs)), [textwrap.fill(run, 14) + f"\n({len(v)} seed{'s' if len(v) > 1 else ''})"
                                          for run, v in runs.items()], fontsize=9)
         ax.set_xlim(-0.6, len(runs) - 0.3)
         ax.set_ylim(bottom, top)

@@ -5,9 +5,10 @@ import os
 import sys
 
 import cli
-from studies.lr_sweep import EPOCHS, run_sweep
+from studies.lr_sweep import EPOCHS, FOLDER, INIT_FILE, run_sweep
 from studies.lr_sweep import __doc__ as DOC
 from studies.lr_sweep.report import plot, sweep_table
+from studies.tables import load_json
 
 
 def parse_args(argv=None):
@@ -27,7 +28,8 @@ def main(argv=None):
     print(sweep_table(os.path.join(args.out, "results")))
     if not args.no_figures:
         from figures import save_figure
-        for fig, name in zip(plot(records), ("lr_sweep", "block_scales")):
+        init = load_json(os.path.join(args.out, "results", FOLDER), INIT_FILE)
+        for fig, name in zip(plot(records, init and init["block_std"]), ("lr_sweep", "block_scales")):
             print("wrote " + save_figure(fig, os.path.join(args.out, "static", f"{name}.png")))
     return 0
 

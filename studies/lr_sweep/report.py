@@ -19,6 +19,7 @@ from studies.lr_sweep import (
     SEEDS,
     VAL,
     control_peak,
+    recipes,
     seeds_phrase,
     table,
     trained,
@@ -177,67 +178,100 @@ def failures_table(results):
 
 
 ZOOM = (97.5, 99.6)  # % validation accuracy: the right panel of static/lr_sweep.png
-SCALE_PEAKS = (0.03, 0.1, 1.0)  # static/block_scales.png: the control's best peak, the recipe's and a large one
+# static/block_scales.png: the first control's best peak, the recipe's, and two larger ones
+SCALE_PEAKS = (0.03, 0.1, 0.3, 1.0)
 
 
-def plot(records):
+def plot(records, init=None):
     """static/lr_sweep.png: validation accuracy against the peak, one line per model; left every seed (x: diverged,
-    hollow: never learned) and the mean, right the mean and 95% interval where every seed trained.
-    static/block_scales.png: each block's output scale at SCALE_PEAKS, over the seeds that trained."""
+    hollow: never learned; seeds side by side) and the median seed, right the mean and 95% interval of the seeds that
+    trained. static/block_scales.png: each block's output scale at the start (`init`: INIT_FILE's block_std) and at
+    the end at SCALE_PEAKS."""
     cells = table(records)
-    fig = Figure(figsize=(12, 5), layout="constrained")
+    fig = Figure(figsize=(13, 5.5), layout="constrained")
     every, zoom = fig.subplots(1, 2)
     for i, norm in enumerate(MODELS):
         points = sorted((p, c) for (n, p), c in cells.items() if n == norm)
         if not points:
             continue
         label = points[0][1]["label"]
-        shift = 1.06 ** (i - 1.5)  # side by side on the log axis
-        every.plot([p * shift for p, _ in points], [np.mean(list(c["finals"].values())) for _, c in points],
-                   color=f"C{i}", label=label, alpha=0.7)
+        shift = 1.09 ** (i - (len(MODELS) - 1) / 2)  # models side by side on the log axis ...
+        every.plot([p * shift for p, _ in points], [np.median(list(c["finals"].values())) for _, c in points],
+                   color=f"C{i}", label=label, alpha=0.6)
         for p, c in points:
             for seed, acc in c["finals"].items():
-                style = ({"marker": "x", "s": 60} if seed in c["diverged"] else
-                         {"marker": "o", "facecolors": "none", "s": 40} if seed in c["never"] else
-                         {"marker": "o", "s": 20})
-                every.scatter([p * shift], [acc], color=f"C{i}", zorder=3, **style)
-        whole = [(p, stats.mean_ci(list(c["finals"].values()))) for p, c in points
-                 if len(trained(c)) == len(c["finals"])]
-        if whole:
-            zoom.errorbar([p * shift for p, _ in whole], [m for _, (m, _) in whole],
-                          yerr=[h if h == h else 0.0 for _, (_, h) in whole], marker="o", capsize=4,
-                          color=f"C{i}", label=label)
+                style = ({"marker": "x", "s": 50} if seed in c["diverged"] else
+                         {"marker": "o", "facecolors": "none", "s": 30} if seed in c["never"] else
+                         {"marker": "o", "s": 16})
+                # ... and seeds side by side within a model, so that equal accuracies stay three markers
+                every.scatter([p * shift * 1.025 ** (seed - 1)], [acc], color=f"C{i}", zorder=3, **style)
+        for p, c in points:
+            ok = trained(c)
+            if not ok:
+                continue
+            mean, half = stats.mean_ci([c["finals"][s] for s in ok])
+            whole = len(ok) == len(c["finals"])
+            zoom.errorbar([p * shift], [mean], yerr=[half if half == half else 0.0], marker="o", capsize=4,
+                          color=f"C{i}", markerfacecolor=f"C{i}" if whole else "white")
+            if not whole:
+                zoom.annotate(f"{len(ok)} of {len(c['finals'])}", (p * shift, mean), xytext=(4, -10),
+                              textcoords="offset points", fontsize=7, color=f"C{i}")
+        zoom.plot([p * shift for p, c in points if trained(c)],
+                  [np.mean([c["finals"][s] for s in trained(c)]) for p, c in points if trained(c)],
+                  color=f"C{i}", alpha=0.4, label=label)
     for ax in (every, zoom):
         ax.set_xscale("log")
         ax.set_xlabel("peak learning rate of the one-cycle schedule")
         ax.grid(alpha=0.3, which="both")
     every.set_ylabel(f"final validation accuracy % (epoch {EPOCHS})")
     every.set_ylim(0, 100)
-    every.set_title("Every seed (x: diverged, hollow: never learned); line: the mean")
+    every.set_title("Every seed (x: diverged, hollow: never learned); line: the median seed", fontsize=10)
     zoom.set_ylim(*ZOOM)
-    zoom.set_title("Mean and 95% interval, where every seed trained")
-    zoom.legend(*every.get_legend_handles_labels(), loc="lower right")  # the left panel's corners hold runs
-    scales = Figure(figsize=(13, 4.5), layout="constrained")
-    axes = scales.subplots(1, len(SCALE_PEAKS), sharey=True)
-    for ax, p in zip(axes, SCALE_PEAKS):
-        for i, norm in enumerate(MODELS):
+    zoom.set_title("Mean and 95% interval of the seeds that trained\n(hollow: only the seeds named trained)",
+                   fontsize=10)
+    zoom.legend(loc="lower left", fontsize="small")  # the lower left holds no cell
+    return fig, scales_figure(cells, init)
+
+
+def scales_figure(cells, init=None):
+    """Each model's block scales at the start (`init`) and at the end at SCALE_PEAKS: the geometric mean over the
+    seeds that trained (dashed: over every seed, where none trained). A dead block (0) sits on the bottom line."""
+    panels = ([("at the start", {n: [geometric_mean([s[b] for s in init[n].values()]) for b in BLOCKS]
+                                 for n in MODELS if n in init}, {})] if init else [])
+    for p in SCALE_PEAKS:
+        lines, none = {}, {}
+        for norm in MODELS:
             c = cells.get((norm, p))
-            seeds = [s for s in trained(c) if s in c["std"]] if c else []
-            if not seeds:
+            if not c or not c["std"]:
                 continue
-            values = [geometric_mean([c["std"][s][b] for s in seeds]) for b in BLOCKS]
-            label = c["label"] + ("" if len(seeds) == len(c["finals"]) else
-                                  f" ({len(seeds)} of {len(c['finals'])} seeds trained)")
-            ax.plot(range(len(BLOCKS)), [v if v > 0 else np.nan for v in values], marker="o", color=f"C{i}",
-                    label=label)
-        missing = [cells[n, p]["label"] for n in MODELS if (n, p) in cells and not trained(cells[n, p])]
-        ax.set_title(f"peak {p:g}" + (f" ({', '.join(missing)}: no seed trained)" if missing else ""))
+            seeds = [s for s in trained(c) if s in c["std"]]
+            (lines if seeds else none)[norm] = [geometric_mean([c["std"][s][b] for s in seeds or c["std"]])
+                                                for b in BLOCKS]
+        panels.append((f"after {EPOCHS} epochs at peak {p:g}", lines, none))
+    positive = [v for _, lines, none in panels for vs in (*lines.values(), *none.values()) for v in vs
+                if v > 0 and math.isfinite(v)]
+    floor = min(positive) / 4 if positive else 1e-3
+    fig = Figure(figsize=(3.6 * len(panels) + 1, 4.8), layout="constrained")
+    axes = np.atleast_1d(fig.subplots(1, len(panels), sharey=True))
+    for ax, (title, lines, none) in zip(axes, panels):
+        for i, norm in enumerate(MODELS):
+            for values, style in ((lines.get(norm), "-"), (none.get(norm), "--")):
+                if values is None:
+                    continue
+                shown = [floor if v == 0 else v if math.isfinite(v) else np.nan for v in values]
+                ax.plot(range(len(BLOCKS)), shown, style, marker="o", color=f"C{i}", markersize=4,
+                        label=recipes((1.0,))[MODELS.index(norm)].label + ("" if style == "-" else
+                                                                           " (no seed trained)"))
+        ax.axhline(floor, color="0.5", lw=0.8, ls=":")
+        ax.set_title(title, fontsize=10)
         ax.set_xticks(range(len(BLOCKS)), BLOCKS, rotation=45)
         ax.set_yscale("log")
         ax.grid(alpha=0.3, which="both")
-        if ax.lines:
-            ax.legend(fontsize="small")
+    axes[0].annotate("0: every ReLU of the block dead", (0, floor), xytext=(0, 3), textcoords="offset points",
+                     fontsize=7, color="0.4")
+    handles = {lab: h for ax in axes for h, lab in zip(*ax.get_legend_handles_labels())}
+    fig.legend(handles.values(), handles.keys(), loc="outside lower center", ncols=4, fontsize="small")
     axes[0].set_ylabel(f"std of the block's output\n({SCALE_IMAGES:,} validation images; geometric mean over seeds)")
-    return fig, scales
+    return fig
 
 
