@@ -131,7 +131,14 @@ def test_a_tiny_sweep_trains_its_runs_and_records_the_block_scales(tmp_path, mon
     assert peak == 0.1 and len(control[0]["history"]) == Recipe.epochs
     assert (tmp_path / "results" / "affine_seed0.json").exists()
     figures = lr_report.plot(records)
-    assert len(figures) == 2 and figures[0].axes[0].get_xscale() == "log" and len(figures[1].axes) == 3
+    assert len(figures) == 2 and figures[0].axes[0].get_xscale() == "log"
+    titles = [ax.get_title() for ax in figures[1].axes]
+    assert titles == [f"after {lr_report.EPOCHS} epochs at peak {p:g}" for p in lr_report.SCALE_PEAKS]
+    import json
+    with open(tmp_path / "results" / "lr_sweep" / lr_sweep.INIT_FILE) as f:
+        init = json.load(f)["block_std"]  # the sweep wrote every model's scales at the start
+    assert set(init) == {"BN", "LN", "GN", CONTROL, AFFINE} and set(init[AFFINE]["0"]) == set(lr_sweep.BLOCKS)
+    assert figures[1] is not None and lr_report.plot(records, init)[1].axes[0].get_title() == "at the start"
 
 
 def test_the_control_trains_ten_seeds_at_the_chosen_peak_and_five_at_the_recipes_on_the_test_set():
