@@ -119,8 +119,6 @@ def plot(records):
         colours.setdefault(base, line.get_color())
         if any(len(e) > 1 for e in err):
             ax.fill_between(sizes, [e.min() for e in err], [e.max() for e in err], color=line.get_color(), alpha=0.15)
-        ax.annotate(f"{mean[0]:.2f}", (sizes[0], mean[0]), textcoords="offset points", xytext=(-6, 0),
-                    ha="right", va="center", fontsize=8, color=line.get_color())
     ax.set_xscale("log", base=2)
     ax.set_yscale("log")
     # Plain numbers (0.5, 1, 2, 5) rather than powers of ten: the errors span less than two decades.
@@ -139,7 +137,8 @@ def plot(records):
     ax.set_title(f"Test error after {'/'.join(map(str, epochs))} epochs against batch size "
                  f"(mean of {'/'.join(map(str, seeds))} seeds; band: min to max)")
     ax.grid(alpha=0.3, which="both")
-    ax.legend(fontsize=8)
+    # below the axes: inside, it covered LN's band at batch 16 (the legend gives the values at batch 2)
+    fig.legend(*ax.get_legend_handles_labels(), fontsize=8, loc="outside lower center", ncols=2)
     return fig
 
 

@@ -15,6 +15,7 @@ Inference only: a few minutes per model on a CPU.
 import argparse
 import os
 import sys
+import textwrap
 
 import numpy as np
 from matplotlib.figure import Figure
@@ -277,6 +278,32 @@ def plot_shift(rows, examples, *, title="Test accuracy (%) on corrupted test ima
     return fig
 
 
+def groups_figure(results):
+    """static/shift_groups.png, for the README's width: each of ROWS' mean accuracy over the clean set and over each
+    group of corrupted sets, with its 95% interval over seeds; None without results/shift/."""
+    records = load(results)
+    rows = [(n, m) for n, m in ROWS if any(k[0] == n for k in records)]
+    if not rows:
+        return None
+    named = {"clean": [CLEAN], **groups()}
+    fig = Figure(figsize=(9, 4.2), layout="constrained")
+    ax = fig.subplots()
+    width = 0.8 / len(rows)
+    for i, row in enumerate(rows):
+        cis = [stats.mean_ci(list(group_means(records, *row, members).values())) for members in named.values()]
+        xs = np.arange(len(named)) + (i - (len(rows) - 1) / 2) * width
+        ax.bar(xs, [m for m, _ in cis], width, yerr=[h if h == h else 0 for _, h in cis], capsize=2,
+               color=f"C{i}", label=row_label(*row))
+    ax.set_xticks(range(len(named)), [textwrap.fill(g, 12) for g in named], fontsize=9)
+    ax.set_ylabel("test accuracy %, mean over seeds")
+    ax.set_ylim(0, 100)
+    ax.grid(axis="y", alpha=0.3)
+    fig.legend(*ax.get_legend_handles_labels(), fontsize="small", loc="outside lower center", ncols=3)
+    ax.set_title("Corrupted test images: the mean over each group of sets (bars: 95% interval over seeds)",
+                 fontsize=10)
+    return fig
+
+
 def parse_args(argv=None):
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter,
                                 allow_abbrev=False)
@@ -313,6 +340,9 @@ def main(argv=None):
         from figures import save_figure
         path = save_figure(plot_shift(*figure_data(records, data[1][0], seed=args.seed)),
                            os.path.join(args.out, "static", "shift.png"))
+        print(f"wrote {os.path.relpath(path)}")
+        path = save_figure(groups_figure(os.path.join(args.out, "results")),
+                           os.path.join(args.out, "static", "shift_groups.png"))
         print(f"wrote {os.path.relpath(path)}")
     return 1 if mismatch else 0
 

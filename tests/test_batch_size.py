@@ -125,7 +125,7 @@ def test_toy_study_writes_every_run_and_resumes_where_it_stopped(tmp_path):
     fig = study.plot(again)
     ax = fig.axes[0]
     assert ax.get_xscale() == "log" and ax.get_yscale() == "log"
-    labels = [t.get_text() for t in ax.get_legend().get_texts()]
+    labels = [t.get_text() for t in fig.legends[0].get_texts()]  # below the axes
     assert len(labels) == 4 and labels[1].startswith("BN, evaluated with batch statistics")
     assert "at batch 4" in labels[0] and "peak learning rate 0.1 x batch / 64" in ax.get_xlabel()
 

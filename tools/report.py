@@ -46,7 +46,8 @@ TABLES = {
     "evaluation": evaluation.evaluation_table,
 }
 FILES = [os.path.join(ROOT, f) for f in ("README.md", "docs/experiments.md", "docs/performance.md")]
-FIGURES = {"seeds": experiment.seeds_figure, "seed_curves": experiment.seed_curves_figure}
+FIGURES = {"seeds": experiment.seeds_figure, "seed_curves": experiment.seed_curves_figure,
+           "shift_groups": shift.groups_figure}
 
 
 def render(text, results):
