@@ -242,8 +242,9 @@ def in_words(comparisons):
         elif p["nonzero"]:
             hi, lo = (la, lb) if p["mean"] > 0 else (lb, la)
             a, b = sorted((abs(p["low"]), abs(p["high"])))
-            nonzero.append(f"{hi} is higher than {lo}, by {abs(p['mean']):.2f} points (interval {a:.2f} to {b:.2f}, "
-                           f"{len(p['seeds'])} seeds)")
+            digits = 2 if a >= 0.005 else 3  # so that the interval's near end does not print as 0.00
+            nonzero.append(f"{hi} is higher than {lo}, by {abs(p['mean']):.{digits}f} points (interval "
+                           f"{a:.{digits}f} to {b:.{digits}f}, {len(p['seeds'])} seeds)")
         else:
             unresolved.append(f"{la} against {lb} ({p['low']:+.2f} to {p['high']:+.2f} points, "
                               f"{len(p['seeds'])} seeds)")

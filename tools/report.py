@@ -14,10 +14,11 @@ import sys
 from benchmarks import end_to_end, evaluation, options, pipeline
 from figures import save_figure
 from records import ROOT
-from studies import batch_size, experiment, normalizations, recipe_search, search, shift
+from studies import batch_size, experiment, findings, normalizations, recipe_search, search, shift
 from studies.lr_sweep import report as lr_sweep
 
 TABLES = {
+    "first-screen": findings.first_screen,
     "headline": experiment.headline_table,
     "start-all": experiment.start_table,
     "seeds": experiment.seeds_table,
