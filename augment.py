@@ -38,31 +38,37 @@ def affine(images: torch.Tensor, degrees: torch.Tensor, translate: torch.Tensor 
     is torchvision's rotate(img, degrees, bilinear): exactly so with fill=None, and with fill=0 on
     black-bordered images such as MNIST's.
     """
-    _, _, h, w = images.shape
-    rad = torch.deg2rad(degrees.to(images.dtype))
+    theta = affine_theta(degrees, translate, scale, shear, shape=images.shape, dtype=images.dtype)
+    return F.grid_sample(images, sampling_grid(theta, images.shape), mode="bilinear", padding_mode="zeros",
+                         align_corners=False)
+
+
+def affine_theta(degrees, translate=None, scale=None, shear=None, *, shape, dtype=torch.float32) -> torch.Tensor:
+    """The [B, 2, 3] matrices F.affine_grid takes for affine()'s maps of images of `shape` (..., H, W): for each
+    output pixel, the input point it samples, in [-1, 1] coordinates."""
+    h, w = shape[-2:]
+    rad = torch.deg2rad(degrees.to(dtype))
     cos, sin = rad.cos(), rad.sin()
     # affine_grid wants the inverse map: for each output pixel, the input point it samples, in (x right,
     # y down) coordinates scaled to [-1, 1]. The forward map is p -> scale * R * Shear * p + translate;
     # R^-1 = [[cos, -sin], [sin, cos]] turns the image counter-clockwise on screen (y points down).
     a, b, c, d = cos, -sin, sin, cos
     if shear is not None:  # Shear^-1 = [[1, tan], [0, 1]] applied after R^-1
-        shear = torch.deg2rad(shear.to(images.dtype))
+        shear = torch.deg2rad(shear.to(dtype))
         tan = shear.sin() / shear.cos()  # torch.tan is MKL's vector math on a CPU; sin and cos are ATen's
         a, b = a + tan * c, b + tan * d
     if scale is not None:
-        s = scale.to(images.dtype)
+        s = scale.to(dtype)
         a, b, c, d = a / s, b / s, c / s, d / s
     # From pixels to the [-1, 1] coordinates of each axis (the identity for square images).
     b, c = b * (h / w), c * (w / h)
     if translate is None:
         tx = ty = torch.zeros_like(rad)
     else:  # the input point of output pixel p is M^-1 (p - translate)
-        t = translate.to(images.dtype)
+        t = translate.to(dtype)
         tx = -(a * t[:, 0] * (2 / w) + b * t[:, 1] * (2 / h))
         ty = -(c * t[:, 0] * (2 / w) + d * t[:, 1] * (2 / h))
-    theta = torch.stack([torch.stack([a, b, tx], 1), torch.stack([c, d, ty], 1)], 1)  # [B, 2, 3]
-    return F.grid_sample(images, sampling_grid(theta, images.shape), mode="bilinear", padding_mode="zeros",
-                         align_corners=False)
+    return torch.stack([torch.stack([a, b, tx], 1), torch.stack([c, d, ty], 1)], 1)  # [B, 2, 3]
 
 
 def sampling_grid(theta: torch.Tensor, shape) -> torch.Tensor:
@@ -77,7 +83,7 @@ def sampling_grid(theta: torch.Tensor, shape) -> torch.Tensor:
     return ((a * x + b * y) + t).permute(0, 2, 3, 1)  # [B, 2, H, W] -> [B, H, W, 2]: (x, y) last, as grid_sample wants
 
 
-def batches(data, batch_size, *, generator=None, degrees=0.0, translate=0.0, scale=0.0, shear=0.0):
+def batches(data, batch_size, *, generator=None, degrees=0.0, translate=0.0, scale=0.0, shear=0.0, lean=False):
     """Yield (x [B, 1, 28, 28] standardized, y [B]) from (uint8 images [N, 28, 28], labels [N]) on the device.
 
     With a generator: shuffled, and each image moved by its own random affine map (see affine): a
@@ -85,6 +91,11 @@ def batches(data, batch_size, *, generator=None, degrees=0.0, translate=0.0, sca
     uniform in [1 - scale, 1 + scale] and a shear along x uniform in ±shear degrees; a setting of 0 draws
     nothing. The order and parameters of a whole epoch are drawn at once on the CPU (so a seed gives the
     same epoch on every device), in that order, and moved in one copy; the rest happens on the device.
+
+    lean (a GPU run's path, training.lean): the epoch's maps are also turned into matrices at once, and each batch is
+    sampled with F.affine_grid, so a batch takes a few operations instead of about 70 (benchmarks/launches.py); on a
+    CPU those would be Intel MKL's, whose last digits follow the CPU's vendor, so the committed runs build each
+    batch's matrices and grid elementwise (affine).
     """
     images, labels = data
     n = len(labels)
@@ -104,9 +115,13 @@ def batches(data, batch_size, *, generator=None, degrees=0.0, translate=0.0, sca
         if params:
             params.setdefault("degrees", torch.zeros(n))
         params = {k: v.to(images.device, non_blocking=True) for k, v in params.items()}
+    theta = affine_theta(**params, shape=images.shape) if params and lean else None  # [N, 2, 3]
     for start in range(0, n, batch_size):
         idx = slice(start, start + batch_size) if order is None else order[start:start + batch_size]
         x = to_unit(images[idx])  # [B, 1, 28, 28]
-        if params:  # fill 0 is black: transform before standardizing
+        if theta is not None:
+            grid = F.affine_grid(theta[start:start + batch_size], list(x.shape), align_corners=False)
+            x = F.grid_sample(x, grid, mode="bilinear", padding_mode="zeros", align_corners=False)
+        elif params:  # fill 0 is black: transform before standardizing
             x = affine(x, **{k: v[start:start + batch_size] for k, v in params.items()})
         yield standardize(x), labels[idx]

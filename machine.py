@@ -193,3 +193,20 @@ def hardware(device):
     if device.type == "mps":
         return "Apple MPS"
     return f"CPU {torch.backends.cpu.get_cpu_capability()}"
+
+
+def gpu_arithmetic(precision, device):
+    """Before a run on a CUDA GPU: ValueError for bf16 where the GPU only emulates bfloat16 (cuDNN takes bfloat16
+    convolutions from compute capability 8.0; below, a T4 say, autocast falls back to much slower kernels than fp32),
+    and for fp32 true fp32: TF32 off for convolutions and matrix products (PyTorch lets cuDNN use TF32 by default),
+    cuDNN's deterministic algorithms, so the same seed on the same GPU gives the same numbers."""
+    if device.type != "cuda":
+        return
+    if precision == "bf16" and not torch.cuda.is_bf16_supported(including_emulation=False):
+        raise ValueError(f"precision bf16: {torch.cuda.get_device_name(device)} has no native bfloat16 (compute "
+                         f"capability {'.'.join(map(str, torch.cuda.get_device_capability(device)))}; 8.0 or newer "
+                         f"has it), and emulated it is slower than fp32; use fp32")
+    torch.backends.cuda.matmul.allow_tf32 = False
+    torch.backends.cudnn.allow_tf32 = False
+    torch.backends.cudnn.deterministic = True
+    torch.backends.cudnn.benchmark = False

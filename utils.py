@@ -30,7 +30,7 @@ from records import (
     settings_clash,
     shown,
 )
-from training import evaluate, initial_state, train_epoch
+from training import evaluate, initial_state, lean_path, train_epoch
 
 LOG_HEADER = (f"{'run':<10} {'epoch':>5} {'train_loss':>10} {'train_acc':>9} {'test_loss':>9} {'test_acc':>8} "
               f"{'lr':>8} {'sec':>6}")
@@ -140,6 +140,7 @@ def run(recipe, data, *, device, out=RUNS, folder="", name=None, batch_stats=Fal
     its thread count, so every run has one by default, however many run at once: the committed runs did.
     Returns (model, record).
     """
+    machine.gpu_arithmetic(recipe.precision, device)  # on a GPU: bf16 only where native, fp32 without TF32
     before = torch.get_num_threads()
     if device.type == "cpu":
         torch.set_num_threads(threads)
@@ -176,12 +177,17 @@ def _run(recipe, data, *, device, out, folder, name, batch_stats, progress, fres
             log(f"{name:<10} stopped after epoch {len(record['history'])}, loaded from {shown(paths['results'])}")
             return None, record
 
-    model, optimizer, scheduler, averaged, generator = initial_state(recipe, len(train[1]), device, images=train[0])
+    lean = lean_path(device)  # a GPU's path, with fewer operations a step; a CPU's reproduces the committed runs
+    model, optimizer, scheduler, averaged, generator = initial_state(recipe, len(train[1]), device, images=train[0],
+                                                                     lean=lean)
     cycle = recipe.cycle_epochs or recipe.epochs
     evaluated = averaged.module if averaged is not None else model  # the model each epoch's evaluation reports
     record = {"name": name, "config": config, "history": []}
     if os.path.exists(paths["checkpoint"]):
-        state = load_torch(paths["checkpoint"], device)
+        # Read to the CPU whatever the device: load_state_dict copies each state onto the device, and the random
+        # generators' states must stay CPU byte tensors (Generator.set_state and torch.cuda.set_rng_state take only
+        # those), which map_location=device would move to the GPU.
+        state = load_torch(paths["checkpoint"])
         clash = differences(state["config"], config, RECIPE_KEYS + ["threads", "device"])
         if clash:
             raise settings_clash(paths["checkpoint"], clash, "resume it with those settings, or ")
@@ -220,7 +226,7 @@ def _run(recipe, data, *, device, out, folder, name, batch_stats, progress, fres
         lr_now = optimizer.param_groups[0]["lr"]
         train_loss, train_acc, norms = train_epoch(model, train, optimizer, recipe, generator=generator,
                                                    scheduler=scheduler if epoch <= cycle else None,
-                                                   averaged=averaged, progress=progress)
+                                                   averaged=averaged, progress=progress, lean=lean)
         test_loss, test_acc = evaluate(evaluated, test)
         seconds = time.perf_counter() - start
         entry = {"epoch": epoch, "train_loss": train_loss, "train_acc": train_acc, "test_loss": test_loss,

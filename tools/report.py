@@ -11,7 +11,7 @@ import os
 import re
 import sys
 
-from benchmarks import end_to_end, evaluation, options, pipeline
+from benchmarks import end_to_end, evaluation, launches, options, pipeline
 from figures import save_figure
 from records import ROOT
 from studies import batch_size, experiment, findings, normalizations, recipe_search, search, shift
@@ -45,6 +45,7 @@ TABLES = {
     "options": options.options_table,
     "end-to-end": end_to_end.end_to_end_table,
     "evaluation": evaluation.evaluation_table,
+    "launches": launches.launches_table,
 }
 FILES = [os.path.join(ROOT, f) for f in ("README.md", "docs/experiments.md", "docs/performance.md")]
 FIGURES = {"seeds": experiment.seeds_figure, "seed_curves": experiment.seed_curves_figure,
