@@ -8,8 +8,8 @@ tools.fingerprint counts them), over steps 2 to STEPS + 1 of an epoch of synthet
 epoch's order and augmentation), for each path training.train_epoch takes:
 
 - "cpu": the committed runs' (bit-reproducible on x86-64 CPUs: tools.fingerprint);
-- "gpu": what a run on a GPU takes (training.lean: the weight average with its count on the host, L1's gradient added
-  in one foreach operation, SGD's foreach update, the augmentation's matrices for the whole epoch at once, the
+- "gpu": what a run on a GPU takes (training.lean_path: the weight average with its count on the host, L1's gradient
+  added in one foreach operation, SGD's foreach update, the augmentation's matrices for the whole epoch at once, the
   metrics gathered once per epoch). On a CPU it is forced only here, to count it.
 
 Each operation is put in the phase whose code dispatched it: the augmentation (augment.py), the average (the weight
