@@ -41,14 +41,15 @@ def cpu_flags():
 
 def cpu_vendor():
     """The CPU's vendor as /proc/cpuinfo gives it ("AuthenticAMD", "GenuineIntel"), or None where it cannot be read.
-    Pinned to AVX2, a run reproduces on CPUs of the vendor that made it; across vendors it has been seen to differ
-    (docs/performance.md)."""
+    Pinned to AVX2, an Intel-made run has re-run bit for bit on AMD EPYCs (docs/performance.md); the vendor is
+    recorded so that a run that does not re-run can be traced."""
     return _cpuinfo("vendor_id")
 
 
 def cpu_name():
-    """The CPU's model and vendor as /proc/cpuinfo gives them ("AMD EPYC (AuthenticAMD)"), for a run's config: pinned
-    to AVX2, a run has been seen to reproduce only on CPUs of its vendor. None where /proc/cpuinfo cannot be read."""
+    """The CPU's model and vendor as /proc/cpuinfo gives them ("AMD EPYC (AuthenticAMD)"), for a run's config (pinned
+    to AVX2, runs have re-run bit for bit across Intel and AMD: docs/performance.md). None where /proc/cpuinfo cannot
+    be read."""
     vendor, model = cpu_vendor(), _cpuinfo("model name")
     if vendor is None and model is None:
         return None
@@ -99,7 +100,7 @@ def onednn_convolution():
 
 def isa_in_use():
     """What this process computes with on the CPU, for a run's config: "avx2" where ATen's kernels and oneDNN's
-    convolutions both use AVX2 (reproducible on other CPUs of the same vendor with AVX2), else
+    convolutions both use AVX2 (reproducible on x86-64 CPUs with AVX2 and FMA, Intel's and AMD's alike), else
     "native: ATen X, oneDNN Y"
     (reproducible only on the same kind of CPU). Asking runs torch's first operations if none ran yet: pin first."""
     return _describe(torch.backends.cpu.get_cpu_capability().lower(), onednn_convolution())

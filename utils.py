@@ -69,10 +69,10 @@ def run_config(recipe, train, test, device):
             "schedule": schedule,
             "augmentation": describe_augmentation(recipe),
             "torch": str(torch.__version__), "device": str(device), "hardware": machine.hardware(device),
-            # the CPU instruction set of the kernels (machine.pin_isa): "avx2" reproduces on x86-64 CPUs of the same
-            # vendor with AVX2
+            # the CPU instruction set of the kernels (machine.pin_isa): "avx2" reproduces on x86-64 CPUs with AVX2
+            # and FMA, Intel's and AMD's alike (tools.fingerprint checks a machine in seconds)
             "isa": machine.isa_in_use() if device.type == "cpu" else None,
-            # the CPU's model and vendor: even pinned to AVX2, runs have been measured to differ across vendors
+            # the CPU's model and vendor, so that a run that does not re-run can be traced to where it ran
             "cpu": machine.cpu_name() if device.type == "cpu" else None,
             "threads": torch.get_num_threads()}
 
@@ -172,8 +172,8 @@ def _run(recipe, data, *, device, out, folder, name, batch_stats, progress, fres
             weights = paths["weights"]
             return (load_weights(weights, device)[0] if os.path.exists(weights) else None), record
         if stop_after and len(record["history"]) >= stop_after and not os.path.exists(paths["checkpoint"]):
-            # stopped there (tune.py's stress test), and its checkpoint is not here (a fresh clone): what it holds is
-            # all that was asked for, so it is loaded rather than trained again
+            # stopped there (studies/search.py's stress test), and its checkpoint is not here (a fresh clone): what it
+            # holds is all that was asked for, so it is loaded rather than trained again
             log(f"{name:<10} stopped after epoch {len(record['history'])}, loaded from {shown(paths['results'])}")
             return None, record
 
