@@ -7,6 +7,7 @@ import signal
 import threading
 import time
 from dataclasses import asdict, fields
+from multiprocessing.managers import SyncManager
 
 import torch
 from tqdm.auto import tqdm
@@ -257,10 +258,11 @@ def _run(recipe, data, *, device, out, folder, name, batch_stats, progress, fres
     return evaluated.eval(), record
 
 
-def _worker_init(device):
+def _worker_init(device, parent):
     """A worker process: one CPU thread (several single-thread processes share a CPU's cores better than one
-    process whose threads spin-wait for each other), the allocator setting, and Ctrl-C left to the parent,
-    which stops the workers itself."""
+    process whose threads spin-wait for each other), the allocator setting, Ctrl-C left to the parent, which stops
+    the workers itself, and an end with the parent (process `parent`) if it is killed."""
+    machine.die_with_parent(parent)
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     # tqdm would otherwise make a multiprocessing lock (a semaphore) here, which a worker stopped early leaves behind
     # and the resource tracker then warns about; workers show no bars, so a thread lock is enough.
@@ -316,8 +318,9 @@ def run_experiments(recipes, data, *, device, out=RUNS, folder=None, jobs=1, nam
     else:
         # "spawn" starts clean interpreters: forking a process whose OpenMP pool has run can hang it.
         context = multiprocessing.get_context("spawn")
-        pool = context.Pool(min(jobs, len(recipes)), _worker_init, (device,))
-        manager = context.Manager()  # its queue can be passed to the workers with each task
+        pool = context.Pool(min(jobs, len(recipes)), _worker_init, (device, os.getpid()))
+        manager = SyncManager(ctx=context)  # its queue can be passed to the workers with each task
+        manager.start(machine.die_with_parent, (os.getpid(),))
         lines = manager.Queue()
 
         def print_lines():
