@@ -3,6 +3,8 @@ the options that say where and how runs train."""
 import argparse
 import math
 import os
+import shlex
+import sys
 from dataclasses import fields
 
 from machine import pick_device
@@ -137,22 +139,38 @@ def run_quick_lookable(args, defaults, command, train):
     """A validation-split study's main: a quick look's runs in a folder of their own under --out, the allocator
     setting and the AVX2 pin (before torch's first operation), MNIST, then train(data, **options); a user's error or
     Ctrl-C ends in one line. Returns train's result."""
-    import sys
-
     import utils
     from data import load_mnist
-    from machine import pin_isa, tune_malloc
     args.out = os.path.join(args.out, variant(args, defaults, ("epochs", "limit")))
-    tune_malloc()
-    pin_isa(not args.native_isa)  # so that the runs reproduce on other CPUs
-    print(utils.LOG_HEADER)
-    try:
+
+    def body():
+        print(utils.LOG_HEADER)
         return train(load_mnist(args.data), device=args.device, out=args.out, jobs=args.jobs, fresh=args.fresh,
                      progress=not args.no_progress, epochs=args.epochs, limit=args.limit)
+    return run_command(command, args, body)
+
+
+def resume_command(command, argv=None):
+    """The command as typed, to run again: "python -m studies.batch_size --out ." or "python train.py --jobs 2"
+    (argv: its arguments, by default this process's)."""
+    argv = sys.argv[1:] if argv is None else argv
+    return shlex.join(["python"] + ([command] if command.endswith(".py") else ["-m", command]) + list(argv))
+
+
+def run_command(command, args, body, *, precision="fp32"):
+    """Every training command's tail: the allocator setting and the CPU instruction-set pin (before torch's first
+    operation: machine.pin_isa; with bf16, oneDNN keeps its own), then body(); a user's error (utils.USER_ERRORS)
+    ends in one line, Ctrl-C in the command that resumes (resume_command). Returns body's result."""
+    import utils
+    from machine import pin_isa, tune_malloc
+    tune_malloc()
+    pin_isa(not args.native_isa, onednn=precision == "fp32")  # so that the runs reproduce on other CPUs
+    try:
+        return body()
     except utils.USER_ERRORS as e:
         sys.exit(f"{command}: error: {e}")
     except KeyboardInterrupt:
-        sys.exit(f"\nstopped: every finished epoch is kept; resume with: python -m {command} {' '.join(sys.argv[1:])}")
+        sys.exit(f"\nstopped: every finished epoch is kept; resume with: {resume_command(command)}")
 
 
 def finish_run_arguments(args):

@@ -10,11 +10,9 @@ finished epoch, while finished runs are loaded, not retrained. On a CPU every ru
 committed runs did, so `python train.py` gives their numbers bit for bit (python -m tools.rerun checks one file).
 """
 import os
-import shlex
 import sys
 
 import cli
-import machine
 import utils
 from data import MNIST_SHA256, load_mnist, select
 from figures import experiment_figures, save_figures
@@ -53,11 +51,8 @@ def recipes(args):
 
 def main(argv=None):
     args = parse_args(argv)
-    machine.tune_malloc()
-    # Before torch's first operation (loading the data is one): the CPU instruction set, machine.py. bf16 keeps
-    # oneDNN's own: its AVX-512 BF16 kernels, where the CPU has them.
-    machine.pin_isa(not args.native_isa, onednn=args.precision == "fp32")
-    try:
+
+    def body():
         main_runs, ablation_runs = recipes(args)  # bad settings: an error before the data is loaded
         data = load_mnist(args.data)
         runs = main_runs + ablation_runs
@@ -70,12 +65,9 @@ def main(argv=None):
         print(f"runs go to {where} (their weights and "
               f"figures to the same folder under weights{os.sep} and static{os.sep})")
         print(utils.LOG_HEADER)
-        records, models = utils.run_experiments(runs, data, device=args.device, out=args.out, jobs=args.jobs,
-                                                progress=not args.no_progress, fresh=args.fresh)
-    except utils.USER_ERRORS as e:
-        sys.exit(f"train.py: error: {e}")
-    except KeyboardInterrupt:
-        sys.exit(f"\nstopped: every finished epoch is kept; resume with: {shlex.join(['python'] + sys.argv)}")
+        return main_runs, data, utils.run_experiments(runs, data, device=args.device, out=args.out, jobs=args.jobs,
+                                                      progress=not args.no_progress, fresh=args.fresh)
+    main_runs, data, (records, models) = cli.run_command("train.py", args, body, precision=args.precision)
     print()
     print(format_summary(records))
     if args.val or args.no_figures:

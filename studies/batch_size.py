@@ -12,14 +12,12 @@ runs/), and each invocation that trains logs its wall time to study.json there.
 """
 import json
 import os
-import sys
 
 import numpy as np
 from matplotlib.figure import Figure
 from matplotlib.ticker import FuncFormatter, LogLocator, NullFormatter
 
 import cli
-import machine
 import utils
 from data import load_mnist
 from figures import save_figure
@@ -219,18 +217,9 @@ def main(argv=None):
     # Settings other than the study's own go to a folder of their own under --out (cli.variant)
     variant = cli.variant(args, parse_args([]), list(cli.recipe_settings(args)))
     args.out = os.path.join(args.out, variant)
-    machine.tune_malloc()
-    # before torch's first operation; bf16 keeps oneDNN's own
-    machine.pin_isa(not args.native_isa, onednn=args.precision == "fp32")
-    try:
-        data = load_mnist(args.data)
-        recipes = recipes_of(args)
-        records = run_study(recipes, data, device=args.device, out=args.out, jobs=args.jobs, fresh=args.fresh,
-                            progress=not args.no_progress)
-    except utils.USER_ERRORS as e:
-        sys.exit(f"studies.batch_size: error: {e}")
-    except KeyboardInterrupt:
-        sys.exit(f"\nstopped: every finished epoch is kept; resume with: python {' '.join(sys.argv)}")
+    records = cli.run_command("studies.batch_size", args, lambda: run_study(
+        recipes_of(args), load_mnist(args.data), device=args.device, out=args.out, jobs=args.jobs, fresh=args.fresh,
+        progress=not args.no_progress), precision=args.precision)
     print()
     print(f"{'run':<16} {'lr':>8} {'seeds':>5} {'final test acc %':>17} {'with batch stats %':>19}")
     for r in summary(records):

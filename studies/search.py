@@ -242,7 +242,7 @@ def stress_markdown(results):
     epochs 1 and 6 and the largest gradient norm; the clip its rule set, once stage 1 is complete."""
     records = stress_records(results)
     if not records:
-        return "(no stress runs yet: `python py --search stress --out .`)"
+        return "(no stress runs yet: `python -m studies.search --search stress --out .`)"
     table, clip = stress_table(records), stress_clip(records)
     lines = [f"| peak lr | clip | runs (of {len(STRESS_SEEDS)}) | diverged | val acc % after epoch 1 "
              f"| after epoch {STRESS_EPOCHS} | median gradient norm, epochs 2-{STRESS_EPOCHS} (median "
@@ -278,7 +278,7 @@ def guard_markdown(results):
     records = load_records(folder) if os.path.isdir(folder) else {}
     table = guard_table(records)
     if not table:
-        return "(no finished runs yet: `python py --search guard --out .`)"
+        return "(no finished runs yet: `python -m studies.search --search guard --out .`)"
     order = preference(stress_records(results))
     chosen = guard_choose(table, order)
     lines = ["| candidate | BN + L1 / LN / GN val acc %, seed 0 | seed 1 | score (mean) | settles at epoch (mean) "
@@ -302,7 +302,7 @@ def guard_markdown(results):
                       f"{sum(1 in table[c]['seeds'] for c in close)} of them")
         if order is None:
             status += "; the stress test's stage 2 sets the last tie's order"
-        status += " (`python py --search guard --out .` resumes)"
+        status += " (`python -m studies.search --search guard --out .` resumes)"
     lines += ["", f"Validation accuracy: the last {VAL:,} training images, after epoch 20, training on the other "
                   f"50,000. Score: the mean over the three norms (and seeds). {status}."]
     return "\n".join(lines)

@@ -6,6 +6,7 @@ import sys
 
 import pytest
 
+import cli
 import train as train_cli
 from conftest import ROOT
 
@@ -173,7 +174,7 @@ def test_the_documented_commands_are_the_ones_there_are():
     # tune.py is named only where the docs say which commit it ran at
     known = {"train.py", "studies.batch_size", "studies.search", "studies.shift", "studies.lr_sweep",
              "studies.normalizations", "tools.report", "tools.rerun", "tools.fingerprint", "benchmarks.pipeline",
-             "benchmarks.options", "benchmarks.end_to_end", "benchmarks.evaluation"}
+             "benchmarks.options", "benchmarks.end_to_end", "benchmarks.evaluation", "benchmarks.launches"}
     assert set(commands) - {"tune.py"} <= known, commands
 
 
@@ -210,3 +211,20 @@ def test_the_notebook_and_train_py_build_the_same_runs():
     main, ablation = train_cli.recipes(train_cli.parse_args([]))
     assert main == from_notebook and ablation == []
     assert inspect.signature(utils.run).parameters["threads"].default == 1
+
+
+@pytest.mark.parametrize("command", ["train.py", "studies.batch_size", "studies.search", "studies.lr_sweep"])
+def test_the_resume_hint_is_the_command_as_typed_and_parses(command):
+    # What Ctrl-C prints (cli.run_command): the same command, which must name a module that exists and parse its
+    # arguments
+    import importlib
+    import shlex
+    argv = ["--out", "some where", "--jobs", "2"] + (["--search", "guard"] if command == "studies.search" else [])
+    tokens = shlex.split(cli.resume_command(command, argv))
+    typed = ["python", "train.py"] if command == "train.py" else ["python", "-m", command]
+    assert tokens[:len(typed)] == typed
+    module = importlib.import_module(command.removesuffix(".py"))
+    if not hasattr(module, "parse_args"):
+        module = importlib.import_module(command + ".__main__")
+    args = module.parse_args(tokens[2 if command == "train.py" else 3:])
+    assert args.out.startswith("some where") and args.jobs == 2
