@@ -282,7 +282,7 @@ def one_minute_table(results, folder="epochs1_limit2000"):
     return "\n".join(lines)
 
 
-def speed_table(results, target=99.4):
+def speed_table(results, target=stats.TARGET):
     """From the runs in results/: when BN + L1 first reaches `target` % test accuracy, and how long
     each experiment (BN + L1, LN and GN, seed 0, in one precision) took."""
     records = load_records(results)

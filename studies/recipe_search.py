@@ -47,9 +47,9 @@ AUGMENTATIONS = {
     "affine": dict(degrees=7.0, translate=0.1, scale=0.1, shear=5.0),
 }
 GRID = {"augmentation": tuple(AUGMENTATIONS), "dropout": (0.0, 0.05), "batch_size": (64, 128)}
-VAL = 10_000     # validation images, held out from the end of the training set
+VAL = stats.VALIDATION  # validation images, held out from the end of the training set
 CLOSE = 0.10     # points: a setting this close to the best after seed 0 gets a second seed
-TIE = 0.05       # points: settings this close to the best after two seeds are tied
+TIE = stats.TIE  # points: settings this close to the best after two seeds are tied
 FOLDER = "tune"
 
 # The schedule every run before the schedule search used: one cycle over all epochs, peaking after 30% of it, and no

@@ -7,6 +7,8 @@ from scipy import stats
 LEVEL = 0.95     # the confidence level of every interval
 TARGET = 99.4    # test accuracy (%) for the time-to-accuracy figures
 COLLAPSE = 10.0  # points: test accuracy falling this much from one epoch to the next is a divergence, not noise
+TIE = 0.05  # points: mean accuracies this close to the best are tied, in every study's rule
+VALIDATION = 10_000  # the validation split of every study: the last this many training images (Recipe.val)
 NOT_LEARNED = 20.0  # test accuracy (%): a run below this in every epoch never learned (guessing one class: ~11%)
 
 

@@ -50,10 +50,10 @@ from training import initial_state
 PEAKS = (0.01, 0.03, 0.1, 0.3, 1.0)
 EXTRA_PEAK = 3.0
 TRAINS = 90.0     # % mean final validation accuracy: a model that still trains at a peak (rule 1)
-TIE = 0.05        # points (rule 3)
+TIE = stats.TIE   # points (rule 3)
 SEEDS = (0, 1, 2)
 EPOCHS = 6        # the rise to the peak (in epoch 1) and five epochs of the anneal: enough to see a divergence
-VAL = 10_000
+VAL = stats.VALIDATION
 SCALE_IMAGES = 1000
 BLOCKS = ("conv0", "conv1", "trans1", "conv2", "conv3", "conv4", "conv5", "conv6")  # model.Net's, input to output
 FOLDER = "lr_sweep"
