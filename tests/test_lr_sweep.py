@@ -167,7 +167,7 @@ def test_the_control_at_the_chosen_peak_gains_rows_with_paired_intervals_in_the_
     accs = {0.01: [97.0] * 3, 0.03: [98.5] * 3, 0.1: [98.2] * 3, 0.3: [90.0] * 3, 1.0: [10.0] * 3}
     write_records(results / "lr_sweep", fake({(CONTROL, p): a for p, a in accs.items()}))  # rule 3: 0.03
 
-    def test_runs(norm, lr, finals, l1=0.0):
+    def runs_of(norm, lr, finals, l1=0.0):
         """{name: [record per seed]}: three epochs each, ending at `finals`."""
         name = Recipe(norm, l1=l1).name
         config = lambda seed: {**vars(Recipe(norm, l1=l1, lr=lr, epochs=3, seed=seed)),
@@ -178,10 +178,10 @@ def test_the_control_at_the_chosen_peak_gains_rows_with_paired_intervals_in_the_
                        for seed, final in enumerate(finals)]}
     norms = {"bn_l1": [99.5, 99.6, 99.7], "ln": [99.4, 99.5, 99.6], "gn": [99.6, 99.4, 99.5]}
     for (norm, l1), finals in zip((("BN", L1), ("LN", 0.0), ("GN", 0.0)), norms.values()):
-        write_records(results, test_runs(norm, Recipe.lr, finals, l1))
+        write_records(results, runs_of(norm, Recipe.lr, finals, l1))
     control = [99.0, 99.3, 99.1]
-    write_records(results / "lr0.03", test_runs(CONTROL, 0.03, control))
-    write_records(results, test_runs(CONTROL, Recipe.lr, [90.0, 91.0]))  # at the recipe's peak: not the row
+    write_records(results / "lr0.03", runs_of(CONTROL, 0.03, control))
+    write_records(results, runs_of(CONTROL, Recipe.lr, [90.0, 91.0]))  # at the recipe's peak: not the row
 
     assert lr_sweep.control_runs(str(results))[0] == 0.03
     head = experiment.headline_table(str(results))

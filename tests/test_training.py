@@ -1,10 +1,11 @@
-"""training.py: the training step with its L1 term, an epoch, bf16 autocast."""
+"""training.py: the training step with its L1 term, an epoch, bf16 autocast, the warmed-up average, weight decay."""
 
 import numpy as np
 import pytest
 import torch
 from torch import nn
 
+import training
 from conftest import synthetic
 from model import Net
 from recipe import Recipe
@@ -118,3 +119,57 @@ def test_label_smoothing_trains_on_the_smoothed_cross_entropy_and_reports_the_nl
     model0.zero_grad()
     torch.nn.functional.nll_loss(model0(x), y).backward()
     assert all(torch.equal(g, p.grad) for g, p in zip(model0_grads, model0.parameters()))
+
+
+def test_the_warmed_up_average_follows_its_formula_and_without_warm_up_is_pytorchs_own():
+    # An independent reference, update by update: a_1 = w_1 (AveragedModel copies the first), then
+    # a_(n+1) = d_n a_n + (1 - d_n) w_(n+1) with d_n = min(decay, (1 + n) / (warmup + n)); BN's num_batches_tracked,
+    # an integer, is copied.
+    from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(torch.nn.Linear(3, 2), torch.nn.BatchNorm1d(2))
+    averaged = AveragedModel(model, multi_avg_fn=training.ema_update(0.99, 10.0), use_buffers=True)
+    plain = AveragedModel(model, multi_avg_fn=get_ema_multi_avg_fn(0.99), use_buffers=True)
+    ours = AveragedModel(model, multi_avg_fn=training.ema_update(0.99, 0.0), use_buffers=True)
+    expected = None
+    for n in range(30):
+        with torch.no_grad():
+            for p in model.parameters():
+                p.add_(torch.randn_like(p))
+        model(torch.randn(4, 3))  # a training-mode forward: BN's running statistics and its count move
+        weights = {k: v.clone().double() for k, v in model.state_dict().items()}
+        for a in (averaged, plain, ours):
+            a.update_parameters(model)
+        if expected is None:
+            expected = weights
+        else:
+            d = min(0.99, (1 + n) / (10.0 + n))
+            expected = {k: d * expected[k] + (1 - d) * weights[k] for k in weights}
+    state = averaged.module.state_dict()
+    for k, v in expected.items():
+        if k == "1.num_batches_tracked":
+            assert state[k].item() == 30
+        else:
+            assert torch.allclose(state[k].double(), v, rtol=1e-5, atol=1e-6), k
+    # After 30 updates the warmed-up average has forgotten the first weights far more than decay^29 would
+    assert (state["0.weight"] - model.state_dict()["0.weight"]).abs().max() < \
+        (plain.module.state_dict()["0.weight"] - model.state_dict()["0.weight"]).abs().max()
+    # warmup 0: PyTorch's get_ema_multi_avg_fn itself, so the runs before the warm-up re-run as they were made
+    assert all(torch.equal(a, b) for a, b in zip(plain.module.state_dict().values(), ours.module.state_dict().values()))
+
+
+def test_weight_decay_reaches_sgd_and_shrinks_every_parameter_by_lr_times_it():
+    # With zero gradient (lr > 0, loss ignored) SGD's weight decay alone moves a parameter: p -= lr * wd * p, then
+    # Nesterov momentum adds momentum * that. One step from initial_state's optimizer, checked against the formula.
+    recipe = Recipe("LN", weight_decay=1e-3)
+    model, optimizer, *_ = training.initial_state(recipe, 640, torch.device("cpu"))
+    assert all(g["weight_decay"] == 1e-3 for g in optimizer.param_groups)
+    before = [p.detach().clone() for p in model.parameters()]
+    for p in model.parameters():
+        p.grad = torch.zeros_like(p)
+    optimizer.step()
+    g = optimizer.param_groups[0]
+    for b, p in zip(before, model.parameters()):
+        d = 1e-3 * b  # the decayed gradient; the first step's momentum buffer is d, Nesterov's step d + momentum * d
+        assert torch.allclose(p, b - g["lr"] * (d + g["momentum"] * d), rtol=1e-6, atol=1e-9)
+    assert training.initial_state(Recipe("LN"), 640, torch.device("cpu"))[1].param_groups[0]["weight_decay"] == 0
