@@ -57,9 +57,8 @@ def fmt(values):
     return "[" + ", ".join(f"{v:6.3f}" for v in np.ravel(values)) + "]"
 
 
-def worked_example(x=EXAMPLE, groups=2, *, brief=False):
-    """Statistics and normalized values of each method, checked against torch. brief: the README's version,
-    image 0's normalized values only and no BN evaluation block (the full text is in docs/experiments.md)."""
+def worked_example(x=EXAMPLE, groups=2):
+    """Statistics and normalized values of each method, checked against torch, then BN in evaluation."""
     n, c = x.shape[:2]
     lines = ["Input x, shape [N=2, C=4, H=2, W=2]; a row per image, a [..] per channel "
              "(its 2 x 2 pixels, row by row):"]
@@ -78,11 +77,10 @@ def worked_example(x=EXAMPLE, groups=2, *, brief=False):
         else:
             lines += [f"  mean per image, group     {fmt(mean)}  (image 0: g0 g1, image 1: g0 g1)",
                       f"  variance per image, group {fmt(var)}"]
-        for i in range(1 if brief else n):
+        for i in range(n):
             lines.append(f"  normalized image {i}: " + " ".join(fmt(y[i, j]) for j in range(c)))
         lines.append(f"  largest difference from torch's layer: {np.abs(y - ref).max():.1e}")
-    if not brief:
-        lines += ["", *bn_evaluation(x)]
+    lines += ["", *bn_evaluation(x)]
     return "\n".join(lines)
 
 

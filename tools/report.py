@@ -28,7 +28,6 @@ TABLES = {
     "one-minute": experiment.one_minute_table,
     "speed": experiment.speed_table,
     "worked-example": lambda results: "```text\n" + normalizations.worked_example() + "\n```",
-    "worked-example-short": lambda results: "```text\n" + normalizations.worked_example(brief=True) + "\n```",
     "search": recipe_search.search_markdown,
     "schedule-search": recipe_search.schedule_markdown,
     "stress": search.stress_markdown,
