@@ -29,6 +29,7 @@ from files import sha256_file, write_json
 from recipe import Recipe
 from records import load_weights, read_json, read_record
 from studies import corruptions, stats
+from studies.tables import interval
 from training import evaluate
 
 FOLDER = "shift"
@@ -166,10 +167,7 @@ def groups():
 
 def cell(values):
     """ "97.12 ± 0.31" over seeds, or the lone value; "" without any."""
-    if not values:
-        return ""
-    mean, half = stats.mean_ci(list(values))
-    return f"{mean:.2f} ± {half:.2f}" if half == half else f"{mean:.2f}"
+    return interval(list(values)) if values else ""
 
 
 def accuracy_table(results, sets=None):

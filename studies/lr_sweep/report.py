@@ -24,7 +24,7 @@ from studies.lr_sweep import (
     table,
     trained,
 )
-from studies.tables import load_json, markdown
+from studies.tables import interval, load_json, markdown
 
 
 def sweep_table(results):
@@ -46,8 +46,7 @@ def sweep_table(results):
                 continue
             finals = [c["finals"][s] for s in sorted(c["finals"])]
             if len(trained(c)) == len(finals):
-                mean, half = stats.mean_ci(finals)
-                cell = f"{mean:.2f} ± {half:.2f}" if half == half else f"{mean:.2f}"
+                cell = interval(finals)
             else:  # an interval would mix runs that trained with runs that did not: each seed instead
                 cell = (f"{finals[0]:.2f} (each seed)" if len(set(finals)) == 1
                         else "seeds: " + ", ".join(f"{a:.2f}" for a in finals))
