@@ -120,8 +120,7 @@ def second_seeds(table, planned=None):
     setting (of `planned`, by default the augmentation search's count) has its seed-0 score."""
     if len(table) < (planned or len(settings())):
         return None
-    best = max(t["seeds"][0] for t in table.values())
-    return [sid for sid, t in table.items() if t["seeds"][0] >= best - CLOSE - 1e-9]
+    return stats.within({sid: t["seeds"][0] for sid, t in table.items()}, CLOSE)
 
 
 def cost(setting):
@@ -134,8 +133,7 @@ def choose(table):
     finalists = second_seeds(table)
     if finalists is None or any(1 not in table[sid]["seeds"] for sid in finalists):
         return None
-    best = max(table[sid]["score"] for sid in finalists)
-    tied = [sid for sid in finalists if table[sid]["score"] >= best - TIE - 1e-9]
+    tied = stats.within({sid: table[sid]["score"] for sid in finalists}, TIE)
     return min(tied, key=lambda sid: cost(table[sid]["setting"])), tied
 
 
@@ -151,10 +149,8 @@ def schedule_choose(table):
     finalists = second_seeds(table, len(SCHEDULES))
     if finalists is None or any(1 not in table[sid]["seeds"] for sid in finalists):
         return None
-    best = max(table[sid]["score"] for sid in finalists)
-    tied = [sid for sid in finalists if table[sid]["score"] >= best - TIE - 1e-9]
-    earliest = min(table[sid]["settle"] for sid in tied)
-    settled = [sid for sid in tied if table[sid]["settle"] <= earliest + SETTLE_TIE + 1e-9]
+    tied = stats.within({sid: table[sid]["score"] for sid in finalists}, TIE)
+    settled = stats.within({sid: table[sid]["settle"] for sid in tied}, SETTLE_TIE, lower=True)
     return min(settled, key=schedule_cost), tied, settled
 
 

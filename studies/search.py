@@ -182,9 +182,7 @@ def guard_finalists(table):
     within CLOSE of the best such one; None until every candidate has its seed 0."""
     if len(table) < len(CANDIDATES):
         return None
-    alive = {cid: t for cid, t in table.items() if not t["diverged"]}
-    best0 = max((t["seeds"][0] for t in alive.values()), default=None)
-    return [cid for cid, t in alive.items() if t["seeds"][0] >= best0 - CLOSE - 1e-9]
+    return stats.within({cid: t["seeds"][0] for cid, t in table.items() if not t["diverged"]}, CLOSE)
 
 
 def guard_choose(table, order):
@@ -194,10 +192,8 @@ def guard_choose(table, order):
     if not finalists or order is None or any(1 not in table[cid]["seeds"] for cid in finalists):
         return None
     alive = [cid for cid in finalists if not table[cid]["diverged"]]  # seed 1 may have diverged
-    best = max(table[cid]["score"] for cid in alive)
-    tied = [cid for cid in alive if table[cid]["score"] >= best - TIE - 1e-9]
-    earliest = min(table[cid]["settle"] for cid in tied)
-    settled = [cid for cid in tied if table[cid]["settle"] <= earliest + SETTLE_TIE + 1e-9]
+    tied = stats.within({cid: table[cid]["score"] for cid in alive}, TIE)
+    settled = stats.within({cid: table[cid]["settle"] for cid in tied}, SETTLE_TIE, lower=True)
     return min(settled, key=order.index), tied, settled
 
 

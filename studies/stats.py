@@ -88,6 +88,19 @@ def never_learned(history, below=NOT_LEARNED, key="test_acc"):
     return bool(history) and all(e[key] < below for e in history)
 
 
+def within(scores, points, *, lower=False):
+    """The keys of {key: score} whose score is within `points` of the best one (the highest, or with lower the
+    lowest), in the dict's order: every rule's tie. The 1e-9 keeps a difference of exactly `points` in despite
+    floating-point rounding."""
+    if not scores:
+        return []
+    if lower:
+        best = min(scores.values())
+        return [k for k, v in scores.items() if v <= best + points + 1e-9]
+    best = max(scores.values())
+    return [k for k, v in scores.items() if v >= best - points - 1e-9]
+
+
 # The ways a run fails, in the order failure() checks them
 FAILURES = ("not finite", "collapsed", "never learned")
 

@@ -119,3 +119,11 @@ def test_failure_rates_have_clopper_pearson_intervals():
     assert stats.rate_ci(3, 3) == pytest.approx((1.0, 0.025 ** (1 / 3), 1.0))
     rate, low, high = stats.rate_ci(1, 5)
     assert (rate, low, high) == pytest.approx((0.2, beta.ppf(0.025, 1, 5), beta.ppf(0.975, 2, 4)))
+
+
+def test_within_gives_every_key_tied_with_the_best_in_order_and_keeps_an_exact_tie():
+    scores = {"a": 99.10, "b": 99.15, "c": 99.05, "d": 98.0}
+    assert stats.within(scores, 0.05) == ["a", "b"]  # 99.15 - 99.10 is 0.05 up to rounding: still tied
+    assert stats.within(scores, 0.1) == ["a", "b", "c"]
+    assert stats.within({"x": 3.0, "y": 4.0, "z": 3.5}, 0.5, lower=True) == ["x", "z"]  # the earliest, for settling
+    assert stats.within({}, 0.05) == []

@@ -130,8 +130,7 @@ def control_peak(records, norm=CONTROL):
              if not cells[norm, p]["diverged"]}
     if not alive:
         return None
-    best = max(alive.values())
-    tied = sorted(p for p, acc in alive.items() if acc >= best - TIE - 1e-9)
+    tied = sorted(stats.within(alive, TIE))
     return min(tied, key=lambda p: (abs(math.log(p / Recipe.lr)), -p)), tied
 
 
