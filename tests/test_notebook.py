@@ -116,3 +116,19 @@ def test_committed_notebook_shows_the_training_of_the_committed_seed_0_runs():
         for fields, e in zip(logged, history):
             assert fields[2:6] == [f"{e['train_loss']:.4f}", f"{e['train_acc']:.2f}", f"{e['test_loss']:.4f}",
                                    f"{e['test_acc']:.2f}"], (name, fields)
+
+
+@pytest.mark.mnist
+def test_notebook_run_again_after_an_interruption_resumes_where_it_stopped(clone, mnist):
+    # The notebook's promise, end to end on the CPU: a run stopped during its second epoch's evaluation (as Ctrl-C or
+    # a lost kernel would stop it) continues after epoch 1 when the notebook runs again; the other models start.
+    stop = ("import utils\nreal, calls = utils.evaluate, []\n"
+            "def stopping(*a, **k):\n    calls.append(1)\n    if len(calls) == 2:\n        raise KeyboardInterrupt\n"
+            "    return real(*a, **k)\nutils.evaluate = stopping")
+    parameters = f"EPOCHS = 2\nLIMIT = 500\nJOBS = 1\nDATA = {DATA!r}"
+    with pytest.raises(nbclient.exceptions.CellExecutionError, match="KeyboardInterrupt"):
+        execute(parameters, clone, setup=stop)
+    assert (clone / "runs" / "checkpoints" / "epochs2_limit500" / "bn_l1_seed0.pt").exists()
+    images, text = shown(execute(parameters, clone))
+    assert "bn_l1      resuming after epoch 1" in text and text.count("training from scratch") == 2
+    assert images == 5 and "final test acc" in text
