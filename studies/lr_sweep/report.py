@@ -15,6 +15,7 @@ from studies.lr_sweep import (
     EPOCHS,
     FOLDER,
     INIT_FILE,
+    PEAKS,
     SCALE_IMAGES,
     SEEDS,
     VAL,
@@ -119,11 +120,11 @@ def init_table(results):
     data = load_json(os.path.join(results, FOLDER), INIT_FILE)
     if data is None:
         return f"(no results/{FOLDER}/{INIT_FILE} yet: `python -m studies.lr_sweep --out .`)"
-    rows = []
+    rows, labels = [], {r.norm: r.label for r in recipes(PEAKS[:1])}
     for norm in MODELS:
         by_seed = data["block_std"].get(norm)
         if by_seed:
-            rows.append([Recipe(norm).label, ", ".join(sorted(by_seed))]
+            rows.append([labels[norm], ", ".join(sorted(by_seed))]
                         + [f"{geometric_mean([s[b] for s in by_seed.values()]):.2g}" for b in BLOCKS])
     return markdown(["model", "seeds"] + list(BLOCKS), rows) + (
         f"\n\nThe standard deviation of each block's output as each seed's run starts (before its first step; the "
