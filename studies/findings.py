@@ -65,15 +65,16 @@ def batches(results):
             f"of {shift.BATCHES[0]} normalized by their own statistics, BN + L1 scores {batch:.1f}%, {lead} both.")
 
 
-def failed(histories):
-    """"1 of 10": the runs of {seed: history} that failed (stats.failure)."""
-    return f"{sum(bool(stats.failure(h)) for h in histories.values())} of {len(histories)}"
+def failed(records):
+    """"none of 10 failed", "1 of 10 failed": the runs of {seed: record} that failed (stats.failure)."""
+    k = sum(bool(stats.failure(r["history"])) for r in records.values())
+    return f"{k or 'none'} of {len(records)} failed"
 
 
 def norm_buys(results):
     """The learning-rate sweep and the controls on the test set: where each model trained, and what the controls
     scored at their peaks against the norms."""
-    records, labels = experiment.with_control(results)
+    records, _ = experiment.with_control(results)
     folder = os.path.join(results, lr_sweep.FOLDER)
     cells = lr_sweep.table(load_records(folder)) if os.path.isdir(folder) else {}
     if not cells:
@@ -89,21 +90,22 @@ def norm_buys(results):
     words = [f"**What a norm buys.** The peaks of the one-cycle schedule at which every seed trained (6 epochs, "
              f"validation split, 3 seeds; {every})."]
     norms = {n: stats.finished(records.get(n, [])) for n in NORM_NAMES}
-    for name in (Recipe(CONTROL).name, Recipe(AFFINE).name):
+    clauses = []
+    for norm in (CONTROL, AFFINE):
+        name = Recipe(norm).name
         done = stats.finished(records.get(name, []))
         if not done or not all(norms.values()):
             continue
         peak = next(iter(done.values()))["config"]["lr"]
         mean, half = stats.mean_ci([stats.final(r) for r in done.values()])
-        diffs = [p for a, b, p in stats.comparisons(records, [(n, name) for n in NORM_NAMES])]
-        low, high = min(p["mean"] for p in diffs), max(p["mean"] for p in diffs)
+        diffs = [p["mean"] for _, _, p in stats.comparisons(records, [(n, name) for n in NORM_NAMES])]
         at_recipe = stats.finished(load_records(results).get(name, [])) if peak != Recipe.lr else {}
-        words.append(f"On the test set (20 epochs), {labels.get(name, name)} ends at {mean:.2f} ± {half:.2f}% "
-                     f"({len(done)} seeds, {failed({s: r['history'] for s, r in done.items()})} failed); each "
-                     f"norm at {Recipe.lr:g} ends {low:+.2f} to {high:+.2f} points from it, paired by seed"
-                     + ("" if peak == Recipe.lr else f" (the norms at {Recipe.lr:g}, it at {peak:g})")
-                     + (f"; at {Recipe.lr:g}, {failed({s: r['history'] for s, r in at_recipe.items()})} "
-                        f"runs failed" if at_recipe else "") + ".")
+        also = f"; at {Recipe.lr:g}, {failed(at_recipe)}" if at_recipe else ""
+        clauses.append(f"{Recipe(norm).label} at {peak:g} ends at {mean:.2f} ± {half:.2f}% ({len(done)} seeds, "
+                       f"{failed(done)}{also}), the norms' mean paired differences from it {min(diffs):+.2f} to "
+                       f"{max(diffs):+.2f} points")
+    if clauses:
+        words.append(f"On the test set (20 epochs, the norms at {Recipe.lr:g}): " + "; ".join(clauses) + ".")
     return " ".join(words)
 
 
