@@ -52,74 +52,6 @@ def test_isa_strings_split_into_aten_and_onednn():
         machine.parts("AVX-512")
 
 
-def rerun(committed, tmp_path, *options):
-    """`python -m tools.rerun COMMITTED --epochs 1` in a fresh process: its output, after checking that it reports the
-    first epoch identical."""
-    from conftest import DATA
-    done = subprocess.run([sys.executable, "-m", "tools.rerun", committed, "--epochs", "1", "--out", str(tmp_path),
-                           "--data", DATA, "--no-progress", *options], capture_output=True, text=True, cwd=ROOT,
-                          timeout=900)
-    assert done.returncode == 0, done.stdout + done.stderr
-    assert "identical: the first 1 of its" in done.stdout, done.stdout
-    return done.stdout
-
-
-@pytest.mark.mnist
-def test_rerun_of_a_committed_run_reproduces_its_first_epoch_exactly(tmp_path, mnist):
-    # The proof that the committed numbers come from the committed code: epoch 1 of a full-data run, through the same
-    # code path as train.py, with the file's settings, thread count and instruction set.
-    committed = os.path.join("results", "ln_seed0.json")
-    rerun(committed, tmp_path)
-    with open(os.path.join(ROOT, committed)) as f:
-        old = json.load(f)
-    with open(tmp_path / "results" / "rerun" / "ln_seed0.json") as f:
-        new = json.load(f)
-    (epoch,) = new["history"]
-    assert {k: epoch[k] for k in old["history"][0] if k != "seconds"} == \
-        {k: v for k, v in old["history"][0].items() if k != "seconds"}
-    assert new["config"]["isa"] == "avx2" and new["config"]["threads"] == old["config"]["threads"] == 1
-
-
-@pytest.mark.mnist
-@pytest.mark.skipif(machine.why_not_pinnable() is not None, reason="this CPU cannot run AVX2 kernels")
-def test_runs_reproduce_on_any_cpu(tmp_path, mnist):
-    # LN's one-minute run (python train.py --epochs 1 --limit 2000 --out .), made on the CPU the file names: identical
-    # here, whatever this CPU's vendor (the fingerprint checks all three models op by op).
-    committed = os.path.join("results", "epochs1_limit2000", "ln_seed0.json")
-    with open(os.path.join(ROOT, committed)) as f:
-        config = json.load(f)["config"]
-    assert config["threads"] == 1
-    out = rerun(committed, tmp_path)
-    assert ("no operation of its steps depends on the CPU's vendor" in out
-            or f"({machine.cpu_vendor()})" in config["cpu"])
-
-
-def test_rerun_refuses_a_file_made_before_todays_arithmetic_and_names_where_to_go(tmp_path):
-    saved = json.load(open(os.path.join(ROOT, "results", "tune", "ln_affine_dropout0_bs64_seed0.json")))
-    done = subprocess.run([sys.executable, "-m", "tools.rerun", os.path.join("results", "tune",
-                           "ln_affine_dropout0_bs64_seed0.json"), "--out", str(tmp_path), "--data",
-                           str(tmp_path / "no-data")], capture_output=True, text=True, cwd=ROOT, timeout=120)
-    assert "cpu" not in saved["config"]
-    assert done.returncode == 1 and "Traceback" not in done.stderr
-    assert "made before today's arithmetic" in done.stderr and "names the commit" in done.stderr
-    assert not (tmp_path / "no-data").exists()
-
-
-@pytest.mark.skipif("avx512f" in (machine.cpu_flags() or {"avx512f"}), reason="needs a CPU without AVX-512")
-def test_rerun_of_a_run_made_with_an_instruction_set_this_cpu_lacks_says_so_before_training(tmp_path):
-    import json
-    import os
-    saved = json.load(open(os.path.join(ROOT, "results", "ln_seed0.json")))
-    saved["config"].update(hardware="CPU AVX512", isa="native: ATen avx512, oneDNN brgconv:avx512_core")
-    path = tmp_path / "avx512_run.json"
-    path.write_text(json.dumps(saved))
-    done = subprocess.run([sys.executable, "-m", "tools.rerun", str(path), "--out", str(tmp_path), "--data",
-                           str(tmp_path / "no-data")], capture_output=True, text=True, cwd=ROOT, timeout=120)
-    assert done.returncode == 1 and "Traceback" not in done.stderr
-    assert "was trained with native: ATen avx512" in done.stderr and "cannot be reproduced bit for bit" in done.stderr
-    assert not (tmp_path / "no-data").exists()  # it stopped before loading (let alone training) anything
-
-
 def test_malloc_setting_changes_no_number(tmp_path):
     # Two fresh processes, the same 1-epoch run with and without tune_malloc(): identical histories.
     code = ("import sys, torch, machine, utils; from recipe import Recipe; torch.set_num_threads(1); "
@@ -134,16 +66,3 @@ def test_malloc_setting_changes_no_number(tmp_path):
     assert without_time(a["history"]) == without_time(b["history"])
     import platform
     assert machine.tune_malloc() == (sys.platform.startswith("linux") and platform.libc_ver()[0] == "glibc")
-
-
-def test_rerun_says_what_to_expect_on_a_cpu_other_than_the_one_that_made_the_file(monkeypatch, capsys):
-    from tools import rerun
-    monkeypatch.setattr(machine, "pin_isa", lambda *a, **k: machine.AVX2)  # the pin itself is tested above
-    config = {"device": "cpu", "hardware": "CPU AVX2", "isa": "avx2"}
-    # A run made on another vendor's CPU reproduces here all the same: no operation of a step follows the vendor.
-    assert rerun.pin_for({**config, "cpu": "Some CPU (OtherVendor)"}, "run.json").type == "cpu"
-    out = capsys.readouterr().out
-    assert "was made on Some CPU (OtherVendor)" in out
-    assert "no operation of its steps depends on the CPU's vendor" in out
-    rerun.pin_for({**config, "cpu": machine.cpu_name()}, "run.json")  # this CPU's
-    assert capsys.readouterr().out == ""
