@@ -138,7 +138,8 @@ def failure_cell(histories):
     how = {seed: stats.failure(h) for seed, h in sorted(histories.items())}
     failed = [s for s, f in how.items() if f]
     _, low, high = stats.rate_ci(len(failed), len(how))
-    return f"{len(failed)} of {len(how)} ({100 * low:.0f}% to {100 * high:.0f}%)" + "".join(
+    pct = lambda x: f"{100 * x:.0f}%" if x == 0 or x >= 0.01 else f"{100 * x:.1g}%"  # 0.3%, not 0%, for 1 in 10
+    return f"{len(failed)} of {len(how)} ({pct(low)} to {pct(high)})" + "".join(
         f"; {f}: {seeds_phrase([s for s in failed if how[s] == f])}" for f in stats.FAILURES if f in how.values())
 
 
