@@ -201,6 +201,7 @@ def findings_table(results):
              "|---|---|---|---|---|---|---|"]
     words, distinct = [], set()
     for question, pairs in (("norm", stats.NORM_PAIRS), ("a norm at all", stats.CONTROL_PAIRS),
+                            ("scaled start, γ and β", stats.START_PAIRS),
                             ("L1", stats.L1_PAIRS), ("groups", stats.GROUP_PAIRS)):
         for a, b, p in stats.comparisons(records, pairs):
             la, lb = ((group_label(records, a), group_label(records, b)) if question == "groups"

@@ -125,9 +125,11 @@ def rate_ci(k, n, level=LEVEL):
 
 # The paired comparisons the report makes, by run name (Recipe.name): A minus B for the same seeds.
 NORM_PAIRS = [("bn_l1", "ln"), ("bn_l1", "gn"), ("gn", "ln")]
-# each norm against each control (model.CONTROLS), and the control that lacks only the statistics against the first
+# each norm against each control (model.CONTROLS); then the control that lacks only the statistics against the first,
+# which lacks the scaled start and γ, β too
 CONTROL_PAIRS = [("bn_l1", "none"), ("ln", "none"), ("gn", "none"), ("bn_l1", "affine"), ("ln", "affine"),
-                 ("gn", "affine"), ("affine", "none")]
+                 ("gn", "affine")]
+START_PAIRS = [("affine", "none")]
 L1_PAIRS = [("bn_l1", "bn")]
 # GroupNorm's number of groups, each against the default 2 (gn). One group is LN (model.make_norm): that comparison
 # is NORM_PAIRS' GN against LN, not stated twice.
