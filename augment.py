@@ -92,9 +92,9 @@ def batches(data, batch_size, *, generator=None, degrees=0.0, translate=0.0, sca
     nothing. The order and parameters of a whole epoch are drawn at once on the CPU (so a seed gives the
     same epoch on every device), in that order, and moved in one copy; the rest happens on the device.
 
-    lean (a GPU run's path, training.lean): the epoch's maps are also turned into matrices at once, and each batch is
-    sampled with F.affine_grid, so a batch takes a few operations instead of about 70 (benchmarks/launches.py); on a
-    CPU those would be Intel MKL's, whose last digits follow the CPU's vendor, so the committed runs build each
+    lean (a GPU run's path, training.lean_path): the epoch's maps are also turned into matrices at once, and each
+    batch is sampled with F.affine_grid: 8 operations a batch instead of 50 (benchmarks/launches.py). On a CPU
+    affine_grid would be Intel MKL's, whose last digits follow the CPU's vendor, so the committed runs build each
     batch's matrices and grid elementwise (affine).
     """
     images, labels = data
