@@ -12,12 +12,12 @@ committed runs did, so `python train.py` gives their numbers bit for bit (python
 import os
 import sys
 
-import cli
 import utils
-from data import MNIST_SHA256, load_mnist, select
-from figures import experiment_figures, save_figures
-from recipe import ABLATION_GROUPS, L1, ablations, experiment, experiment_folder
-from records import format_summary, shown
+from mnist_norms import cli
+from mnist_norms.data import MNIST_SHA256, load_mnist, select
+from mnist_norms.figures import experiment_figures, save_figures
+from mnist_norms.recipe import ABLATION_GROUPS, L1, ablations, experiment, experiment_folder
+from mnist_norms.records import format_summary, shown
 
 
 def parse_args(argv=None):

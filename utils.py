@@ -12,12 +12,11 @@ from multiprocessing.managers import SyncManager
 import torch
 from tqdm.auto import tqdm
 
-import machine
-from data import DataError, select
-from files import save_torch, sha256_file, write_json
-from model import Net
-from recipe import Recipe, experiment_folder
-from records import (
+from mnist_norms import machine
+from mnist_norms.data import DataError, select
+from mnist_norms.files import save_torch, sha256_file, write_json
+from mnist_norms.recipe import Recipe, experiment_folder
+from mnist_norms.records import (
     ROOT,
     RUNS,
     RecordError,
@@ -31,7 +30,8 @@ from records import (
     settings_clash,
     shown,
 )
-from training import evaluate, initial_state, lean_path, train_epoch
+from mnist_norms.training import evaluate, initial_state, lean_path, train_epoch
+from model import Net
 
 LOG_HEADER = (f"{'run':<10} {'epoch':>5} {'train_loss':>10} {'train_acc':>9} {'test_loss':>9} {'test_acc':>8} "
               f"{'lr':>8} {'sec':>6}")

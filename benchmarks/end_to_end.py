@@ -29,16 +29,16 @@ import time
 
 import torch
 
-import machine
-from augment import MEAN, STD
 from benchmarks import pipeline
-from data import load_mnist, select
-from files import write_json
+from mnist_norms import machine
+from mnist_norms.augment import MEAN, STD
+from mnist_norms.data import load_mnist, select
+from mnist_norms.files import write_json
+from mnist_norms.recipe import L1, Recipe
+from mnist_norms.records import ROOT
+from mnist_norms.training import evaluate, train_epoch
 from model import Net
-from recipe import L1, Recipe
-from records import ROOT
 from studies.tables import load_json
-from training import evaluate, train_epoch
 
 ISA_NAMES = {"avx2": "AVX2", "avx512": "AVX-512"}  # ATen's capability names, as the docs write them
 COMPARISONS = ("malloc", "pipeline", "precision", "isa", "experiment", "before")
@@ -101,7 +101,7 @@ def fresh_epochs(spec, args):
 
 def isa_of_a_fresh_process(pin):
     """machine.isa_in_use() of a new process that pins (or not) before anything else."""
-    code = f"import machine; print(machine.pin_isa({pin}))"
+    code = f"from mnist_norms import machine; print(machine.pin_isa({pin}))"
     return subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT,
                           check=True).stdout.strip()
 

@@ -17,7 +17,7 @@ import statistics
 import sys
 import time
 
-import machine
+from mnist_norms import machine
 from studies.tables import load_json, markdown
 
 REFERENCE = 2000
@@ -38,10 +38,10 @@ def main(argv=None):
     machine.pin_isa()  # before torch's first operation, as train.py
     import torch
 
-    from data import load_mnist
-    from files import write_json
-    from records import ROOT, load_weights
-    from training import evaluate
+    from mnist_norms.data import load_mnist
+    from mnist_norms.files import write_json
+    from mnist_norms.records import ROOT, load_weights
+    from mnist_norms.training import evaluate
     torch.set_num_threads(1)
     repeats = args.repeats or (1 if args.quick else 9)
     out = args.out or os.path.join(ROOT, "results", "evaluation_quick.json" if args.quick else "evaluation.json")

@@ -20,7 +20,7 @@ import argparse
 import os
 import sys
 
-import machine
+from mnist_norms import machine
 
 STEPS = 4  # steps counted, after the first
 PHASES = ("augmentation", "step", "average", "metrics")
@@ -48,7 +48,7 @@ def count(recipe, lean, steps=STEPS):
     import torch
     from torch.utils._python_dispatch import TorchDispatchMode
 
-    from training import initial_state, train_epoch
+    from mnist_norms.training import initial_state, train_epoch
 
     class Counter(TorchDispatchMode):
         def __init__(self):
@@ -101,9 +101,9 @@ def main(argv=None):
     machine.pin_isa()
     import torch
 
-    from files import write_json
-    from recipe import experiment
-    from records import ROOT
+    from mnist_norms.files import write_json
+    from mnist_norms.recipe import experiment
+    from mnist_norms.records import ROOT
     torch.set_num_threads(1)
     rows = []
     for recipe in experiment():

@@ -14,14 +14,13 @@ import time
 
 import torch
 
-import cli
-import machine
-from augment import batches, to_input
 from benchmarks import pipeline
-from data import load_mnist
-from files import write_json
+from mnist_norms import cli, machine
+from mnist_norms.augment import batches, to_input
+from mnist_norms.data import load_mnist
+from mnist_norms.files import write_json
+from mnist_norms.training import evaluate
 from studies.tables import load_json
-from training import evaluate
 
 
 def train_steps(model, optimizer, data, steps, batch_size, *, channels_last=False, autocast=False):

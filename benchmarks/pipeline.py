@@ -23,17 +23,15 @@ import torchvision
 from torch.utils.data import DataLoader
 from torchvision import datasets, transforms
 
-import cli
-import machine
-import training
-from augment import MEAN, STD, batches
-from data import load_mnist
-from files import write_json
+from mnist_norms import cli, machine, training
+from mnist_norms.augment import MEAN, STD, batches
+from mnist_norms.data import load_mnist
+from mnist_norms.files import write_json
+from mnist_norms.recipe import L1, PRECISIONS, Recipe
+from mnist_norms.records import ROOT
+from mnist_norms.training import train_epoch
 from model import Net
-from recipe import L1, PRECISIONS, Recipe
-from records import ROOT
 from studies.tables import load_json
-from training import train_epoch
 
 
 def sync(device):

@@ -7,10 +7,10 @@ import shlex
 import sys
 from dataclasses import fields
 
-from machine import pick_device
+from mnist_norms.machine import pick_device
+from mnist_norms.recipe import Recipe, accepted, check
+from mnist_norms.records import RUNS
 from model import MODELS, NORMS
-from recipe import Recipe, accepted, check
-from records import RUNS
 
 FIELDS = {f.name: f for f in fields(Recipe)}
 
@@ -140,7 +140,7 @@ def run_quick_lookable(args, defaults, command, train):
     setting and the AVX2 pin (before torch's first operation), MNIST, then train(data, **options); a user's error or
     Ctrl-C ends in one line. Returns train's result."""
     import utils
-    from data import load_mnist
+    from mnist_norms.data import load_mnist
     args.out = os.path.join(args.out, variant(args, defaults, ("epochs", "limit")))
 
     def body():
@@ -162,7 +162,7 @@ def run_command(command, args, body, *, precision="fp32"):
     operation: machine.pin_isa; with bf16, oneDNN keeps its own), then body(); a user's error (utils.USER_ERRORS)
     ends in one line, Ctrl-C in the command that resumes (resume_command). Returns body's result."""
     import utils
-    from machine import pin_isa, tune_malloc
+    from mnist_norms.machine import pin_isa, tune_malloc
     tune_malloc()
     pin_isa(not args.native_isa, onednn=precision == "fp32")  # so that the runs reproduce on other CPUs
     try:

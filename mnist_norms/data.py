@@ -14,7 +14,7 @@ import zipfile
 import numpy as np
 import torch
 
-from files import atomic_write
+from mnist_norms.files import atomic_write
 
 SOURCES = ("files", "torchvision", "pypi")
 RAW_FILES = {  # split -> (images, labels), torchvision's names under root/MNIST/raw

@@ -7,9 +7,9 @@ import torch
 from matplotlib.figure import Figure
 from matplotlib.ticker import MaxNLocator
 
-from recipe import experiment_folder
-from recipe import label as label_of
-from training import predict
+from mnist_norms.recipe import experiment_folder
+from mnist_norms.recipe import label as label_of
+from mnist_norms.training import predict
 
 
 @dataclass

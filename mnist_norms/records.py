@@ -6,11 +6,12 @@ import os
 import numpy as np
 import torch
 
-from files import sha256_file
+from mnist_norms.files import sha256_file
+from mnist_norms.recipe import label
 from model import Net
-from recipe import label
 
-ROOT = os.path.dirname(os.path.abspath(__file__))  # the repository: its results/, weights/ and static/ are committed
+# the repository (this package's parent folder): its results/, weights/ and static/ are committed
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 RUNS = os.path.join(ROOT, "runs")  # where runs are trained by default: a folder of the user's, ignored by git
 
 

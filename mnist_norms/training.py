@@ -9,7 +9,7 @@ import torch.nn.functional as F
 from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
 from tqdm.auto import tqdm
 
-from augment import batches, to_input
+from mnist_norms.augment import batches, to_input
 from model import AFFINE, Net
 
 SCALE_IMAGES = 512  # AFFINE's start: its blocks are scaled to standard deviation 1 on this many training images

@@ -17,12 +17,12 @@ import numpy as np
 from matplotlib.figure import Figure
 from matplotlib.ticker import FuncFormatter, LogLocator, NullFormatter
 
-import cli
 import utils
-from data import load_mnist
-from figures import save_figure
-from recipe import Recipe, run_order
-from records import is_finished, load_records, summarize
+from mnist_norms import cli
+from mnist_norms.data import load_mnist
+from mnist_norms.figures import save_figure
+from mnist_norms.recipe import Recipe, run_order
+from mnist_norms.records import is_finished, load_records, summarize
 from studies.tables import interval
 
 BATCH_SIZES = (2, 4, 8, 16, 32, 64, 128, 256)

@@ -20,7 +20,7 @@ import torch.nn.functional as F
 from scipy import ndimage
 from torchvision.transforms.v2 import functional as TF
 
-from augment import affine, sampling_grid
+from mnist_norms.augment import affine, sampling_grid
 
 SEVERITIES = (1, 3, 5)  # MNIST-C's levels (of 1 to 5) used here: its mildest, middle and strongest
 

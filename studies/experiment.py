@@ -8,10 +8,10 @@ import numpy as np
 from matplotlib.figure import Figure
 from matplotlib.ticker import MaxNLocator
 
-from figures import METRICS
+from mnist_norms.figures import METRICS
+from mnist_norms.recipe import Recipe, experiment, label
+from mnist_norms.records import load_records, summarize
 from model import CONTROLS
-from recipe import Recipe, experiment, label
-from records import load_records, summarize
 from studies import lr_sweep, stats
 from studies.tables import diverged_runs, interval, load_json, markdown, mean_std, ordered, unlearned_runs
 

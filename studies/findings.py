@@ -5,9 +5,9 @@ import textwrap
 
 import numpy as np
 
+from mnist_norms.recipe import Recipe
+from mnist_norms.records import load_records
 from model import AFFINE, CONTROL, NORMS
-from recipe import Recipe
-from records import load_records
 from studies import batch_size, experiment, lr_sweep, shift, stats
 
 NORM_NAMES = ("bn_l1", "ln", "gn")  # the experiment's three runs (Recipe.name)

@@ -6,8 +6,8 @@ import numpy as np
 import torch
 from matplotlib.figure import Figure
 
+from mnist_norms.records import ROOT
 from model import make_norm
-from records import ROOT
 
 EPS = 1e-5  # what PyTorch's BatchNorm2d and GroupNorm add to the variance
 

@@ -36,8 +36,8 @@ import os
 import numpy as np
 
 import utils
-from recipe import Recipe, experiment
-from records import load_records
+from mnist_norms.recipe import Recipe, experiment
+from mnist_norms.records import load_records
 from studies import stats
 from studies.tables import NORM_NAMES, diverged_runs, ordered
 

@@ -17,10 +17,10 @@ import sys
 
 import numpy as np
 
-import cli
 import utils
-from recipe import Recipe, experiment
-from records import load_records
+from mnist_norms import cli
+from mnist_norms.recipe import Recipe, experiment
+from mnist_norms.records import load_records
 from studies import stats
 from studies.recipe_search import CLOSE, FOLDER, SETTLE_TIE, TIE, VAL, scores
 from studies.tables import NORM_NAMES, interval

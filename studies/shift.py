@@ -21,16 +21,16 @@ import numpy as np
 from matplotlib.figure import Figure
 from tqdm.auto import tqdm
 
-import machine
 import utils
-from cli import device as parse_device
-from data import load_mnist
-from files import sha256_file, write_json
-from recipe import Recipe
-from records import load_weights, read_json, read_record
+from mnist_norms import machine
+from mnist_norms.cli import device as parse_device
+from mnist_norms.data import load_mnist
+from mnist_norms.files import sha256_file, write_json
+from mnist_norms.recipe import Recipe
+from mnist_norms.records import load_weights, read_json, read_record
+from mnist_norms.training import evaluate
 from studies import corruptions, stats
 from studies.tables import interval
-from training import evaluate
 
 FOLDER = "shift"
 MODELS = ("bn_l1", "bn", "ln", "gn")  # the recipe's runs the study evaluates: the three norms, and BN without L1
@@ -335,7 +335,7 @@ def main(argv=None):
     if mismatch:
         print("the clean test set does not give the accuracy the runs recorded: " + "; ".join(mismatch))
     if not args.no_figures:
-        from figures import save_figure
+        from mnist_norms.figures import save_figure
         path = save_figure(plot_shift(*figure_data(records, data[1][0], seed=args.seed)),
                            os.path.join(args.out, "static", "shift.png"))
         print(f"wrote {os.path.relpath(path)}")

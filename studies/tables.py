@@ -3,7 +3,7 @@ the runs that diverged or never learned."""
 import json
 import os
 
-from recipe import experiment, label, run_order
+from mnist_norms.recipe import experiment, label, run_order
 from studies import stats
 
 NORM_NAMES = [r.name for r in experiment()]  # bn_l1, ln, gn: the runs of each setting of a search

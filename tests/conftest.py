@@ -10,7 +10,7 @@ import torch
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
 
-from data import load_mnist
+from mnist_norms.data import load_mnist
 
 DATA = os.environ.get("MNIST_DATA", os.path.join(ROOT, "data"))
 

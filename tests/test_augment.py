@@ -5,8 +5,8 @@ import torch
 import torchvision.transforms.functional as TF
 from torchvision.transforms import InterpolationMode
 
-from augment import affine, batches, standardize, to_unit
 from conftest import synthetic
+from mnist_norms.augment import affine, batches, standardize, to_unit
 
 
 def black_border(images, width=2):
@@ -146,7 +146,7 @@ def test_the_aten_grid_rounds_each_product_and_sum_on_its_own():
     # Against exact rational arithmetic rounded to float32 by float32_nearest: x * a, y * b, their sum, then + t.
     from fractions import Fraction as Q
 
-    from augment import sampling_grid
+    from mnist_norms.augment import sampling_grid
     theta = random_thetas(3)
     out = sampling_grid(theta, (3, 1, 28, 28))
     base = torch.nn.functional.affine_grid(torch.eye(2, 3)[None], [1, 1, 28, 28], align_corners=False)[0]  # exact
@@ -159,7 +159,7 @@ def test_the_aten_grid_rounds_each_product_and_sum_on_its_own():
 
 
 def test_the_grid_agrees_with_affine_grid_to_rounding():
-    from augment import sampling_grid
+    from mnist_norms.augment import sampling_grid
     theta = random_thetas(8)
     reference = torch.nn.functional.affine_grid(theta.double(), [8, 1, 28, 28], align_corners=False)
     out = sampling_grid(theta, (8, 1, 28, 28))

@@ -11,14 +11,14 @@ import torch
 import torch.nn.functional as F
 
 import utils
-from augment import standardize, to_unit
 from conftest import ROOT, synthetic
-from files import write_json
+from mnist_norms.augment import standardize, to_unit
+from mnist_norms.files import write_json
+from mnist_norms.recipe import Recipe
+from mnist_norms.records import SettingsClash, load_records
+from mnist_norms.training import evaluate, train_epoch
 from model import Net
-from recipe import Recipe
-from records import SettingsClash, load_records
 from studies import batch_size as study
-from training import evaluate, train_epoch
 
 
 def test_learning_rate_scales_linearly_from_the_recipes_batch():

@@ -11,7 +11,7 @@ import torch
 from torchvision import datasets
 
 from conftest import synthetic
-from data import MEMBER, DataError, load_mnist, read_wheel, write_raw
+from mnist_norms.data import MEMBER, DataError, load_mnist, read_wheel, write_raw
 
 
 def fake_split(n, seed):

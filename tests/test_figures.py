@@ -4,9 +4,9 @@ import pytest
 import torch
 from torch import nn
 
-from augment import MEAN, STD
 from conftest import synthetic
-from figures import Mistake, misclassified, plot_curves, plot_misclassified, save_figure
+from mnist_norms.augment import MEAN, STD
+from mnist_norms.figures import Mistake, misclassified, plot_curves, plot_misclassified, save_figure
 from studies.experiment import plot_seeds
 
 

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from conftest import ROOT
-from records import load_records
+from mnist_norms.records import load_records
 from studies import batch_size, findings, shift, stats
 
 RESULTS = os.path.join(ROOT, "results")

@@ -8,8 +8,8 @@ import sys
 
 import pytest
 
-import machine
 from conftest import ROOT
+from mnist_norms import machine
 from tools import fingerprint
 
 

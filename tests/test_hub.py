@@ -61,7 +61,7 @@ def test_a_weights_file_that_does_not_match_its_hash_is_refused_naming_it(monkey
 def test_every_finished_run_of_todays_recipe_keeps_its_weights_and_they_are_the_ones_it_recorded():
     # Every run in results/ (top level) keeps its weights in weights/ under its name, and its results file pins their
     # SHA-256 (weights_sha256, which records.load_weights checks); hubconf pins the three it publishes to the same.
-    from files import sha256_file
+    from mnist_norms.files import sha256_file
     names = sorted(f[:-5] for f in os.listdir(os.path.join(ROOT, "results"))
                    if f.endswith(".json") and "_seed" in f)
     assert names

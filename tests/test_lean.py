@@ -8,11 +8,10 @@ from dataclasses import replace
 import pytest
 import torch
 
-import records
-import training
 import utils
 from conftest import synthetic, without_time
-from recipe import Recipe
+from mnist_norms import records, training
+from mnist_norms.recipe import Recipe
 
 TRAIN, TEST = synthetic(320), synthetic(64, seed=1)
 CPU = torch.device("cpu")
@@ -107,7 +106,7 @@ def test_a_training_step_on_cuda_never_waits_for_the_gpu():
 
 
 def test_bf16_stops_with_one_line_on_a_gpu_that_only_emulates_it_and_fp32_turns_tf32_off(monkeypatch):
-    import machine
+    from mnist_norms import machine
     cuda = torch.device("cuda")
     monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda including_emulation=True: including_emulation)
     monkeypatch.setattr(torch.cuda, "get_device_name", lambda device=None: "Tesla T4")

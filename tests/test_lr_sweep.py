@@ -7,8 +7,8 @@ import torch
 from scipy import stats as scipy_stats
 
 from conftest import synthetic
+from mnist_norms.recipe import L1, Recipe
 from model import AFFINE, CONTROL, Net
-from recipe import L1, Recipe
 from studies import lr_sweep
 from studies.lr_sweep import report as lr_report
 
@@ -142,7 +142,7 @@ def test_a_tiny_sweep_trains_its_runs_and_records_the_block_scales(tmp_path, mon
 
 
 def test_the_control_trains_ten_seeds_at_the_chosen_peak_and_five_at_the_recipes_on_the_test_set():
-    from recipe import settings_folder
+    from mnist_norms.recipe import settings_folder
     (at_peak, at_recipe) = lr_sweep.control_recipes(0.03)
     assert [r.seed for r in at_peak] == list(range(10)) and [r.seed for r in at_recipe] == list(range(5))
     assert all(r.norm == CONTROL and r.val == 0 and r.epochs == Recipe.epochs for r in at_peak + at_recipe)

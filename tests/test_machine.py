@@ -7,8 +7,8 @@ import sys
 
 import pytest
 
-import machine
 from conftest import ROOT, without_time
+from mnist_norms import machine
 
 
 def in_a_fresh_process(code, **env):
@@ -22,7 +22,7 @@ def in_a_fresh_process(code, **env):
 
 @pytest.mark.skipif(machine.why_not_pinnable() is not None, reason="this CPU cannot run AVX2 kernels")
 def test_the_pin_makes_aten_and_onednn_compute_with_avx2():
-    out, err = in_a_fresh_process("import machine, torch\nused = machine.pin_isa()\n"
+    out, err = in_a_fresh_process("import torch\nfrom mnist_norms import machine\nused = machine.pin_isa()\n"
                                   "print(used, torch.backends.cpu.get_cpu_capability(), machine.onednn_convolution())")
     used, aten, convolution = out.split()
     assert (used, aten) == ("avx2", "AVX2") and convolution.endswith(":avx2") and "Warning" not in err
@@ -32,14 +32,14 @@ def test_the_pin_makes_aten_and_onednn_compute_with_avx2():
 def test_a_pin_after_torch_ran_an_operation_warns_and_says_what_is_in_use():
     # ATEN_CPU_CAPABILITY=default from the start makes the kernels torch picks at its first operation differ from
     # AVX2 on any CPU, so the too-late pin is visible even on a CPU whose own best is AVX2.
-    out, err = in_a_fresh_process("import torch, machine\ntorch.ones(3).add(1)\nprint(machine.pin_isa())",
-                                  ATEN_CPU_CAPABILITY="default")
+    out, err = in_a_fresh_process("import torch\nfrom mnist_norms import machine\ntorch.ones(3).add(1)\n"
+                                  "print(machine.pin_isa())", ATEN_CPU_CAPABILITY="default")
     assert out.startswith("native: ATen default") and "could not be pinned to AVX2" in err
     assert "torch had already run an operation" in err
 
 
 def test_without_the_pin_the_native_instruction_set_is_recorded_as_it_is():
-    out, err = in_a_fresh_process("import machine\nprint(machine.pin_isa(False))")
+    out, err = in_a_fresh_process("from mnist_norms import machine\nprint(machine.pin_isa(False))")
     assert out == "avx2" or out.startswith("native: ATen ")
     assert machine.parts(out)[0] in ("avx2", "avx512", "default") or out.startswith("native")
 
@@ -54,7 +54,8 @@ def test_isa_strings_split_into_aten_and_onednn():
 
 def test_malloc_setting_changes_no_number(tmp_path):
     # Two fresh processes, the same 1-epoch run with and without tune_malloc(): identical histories.
-    code = ("import sys, torch, machine, utils; from recipe import Recipe; torch.set_num_threads(1); "
+    code = ("import sys, torch, utils; from mnist_norms import machine; from mnist_norms.recipe import Recipe; "
+            "torch.set_num_threads(1); "
             "sys.argv[2] == '1' and machine.tune_malloc(); from conftest import synthetic; "
             "utils.run(Recipe('BN', l1=1e-5, epochs=1, batch_size=64), (synthetic(512), synthetic(64, seed=1)), "
             "device=torch.device('cpu'), out=sys.argv[1], progress=False)")

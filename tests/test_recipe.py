@@ -5,7 +5,7 @@ import torch
 
 import train as train_cli
 import utils
-from recipe import L1, Recipe, experiment, experiment_folder, settings_folder
+from mnist_norms.recipe import L1, Recipe, experiment, experiment_folder, settings_folder
 
 
 @pytest.mark.parametrize("settings,message", [
@@ -83,7 +83,7 @@ def test_each_set_of_settings_gets_a_folder_named_after_what_differs_from_the_de
 def test_every_setting_has_its_help_and_range_in_one_place_and_the_command_line_uses_them():
     from dataclasses import fields
 
-    import cli
+    from mnist_norms import cli
     for f in fields(Recipe):
         assert f.metadata["help"] and f.metadata["kind"] in (int, float, str), f.name
     # train.py's option for a field: its default and help are the field's (--l1 and --val mean the BN run's and an

@@ -2,7 +2,7 @@
 
 import pytest
 
-from records import format_summary, summarize
+from mnist_norms.records import format_summary, summarize
 
 
 def test_summary_table_reports_mean_and_spread():

@@ -8,8 +8,8 @@ import pytest
 from benchmarks import end_to_end, pipeline
 from benchmarks import options as options_benchmark
 from conftest import ROOT
-from recipe import Recipe
-from records import load_records
+from mnist_norms.recipe import Recipe
+from mnist_norms.records import load_records
 from studies import batch_size, experiment, recipe_search, search
 from tools import report
 

@@ -7,8 +7,8 @@ import sys
 
 import pytest
 
-import machine
 from conftest import ROOT
+from mnist_norms import machine
 
 
 def rerun(committed, tmp_path, *options):

@@ -5,8 +5,8 @@ import pytest
 import torch
 
 from conftest import synthetic
-from recipe import L1, Recipe, experiment
-from records import load_records
+from mnist_norms.recipe import L1, Recipe, experiment
+from mnist_norms.records import load_records
 from studies import recipe_search as rs
 from studies import search, stats
 

@@ -8,8 +8,8 @@ import torch
 
 import utils
 from conftest import ROOT, synthetic
-from recipe import Recipe
-from records import load_weights
+from mnist_norms.recipe import Recipe
+from mnist_norms.records import load_weights
 from studies import shift
 
 
@@ -108,7 +108,7 @@ def test_weights_that_are_not_what_their_run_recorded_are_refused(tmp_path):
     saved = torch.load(tmp_path / "weights" / "ln_seed0.pt", weights_only=True)
     saved["state_dict"]["conv0.0.weight"] += 1
     torch.save(saved, tmp_path / "weights" / "ln_seed0.pt")
-    from records import RecordError
+    from mnist_norms.records import RecordError
     with pytest.raises(RecordError, match=r"ln_seed0.pt: its SHA-256 .* is not the .* its run recorded"):
         shift.study(data, out=str(tmp_path), device=torch.device("cpu"), progress=False, log=lambda *a: None)
 

@@ -6,9 +6,9 @@ import sys
 
 import pytest
 
-import cli
 import train as train_cli
 from conftest import ROOT
+from mnist_norms import cli
 
 
 # Each message comes from the Recipe field's own range (recipe.setting): the command line states no range of its own.
@@ -202,7 +202,7 @@ def test_the_notebook_and_train_py_build_the_same_runs():
     import json as json_module
 
     import utils
-    from recipe import experiment
+    from mnist_norms.recipe import experiment
     notebook = json_module.load(open(os.path.join(ROOT, "session5_assignment.ipynb")))
     params = {}
     exec("".join(notebook["cells"][1]["source"]), {}, params)

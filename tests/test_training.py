@@ -5,11 +5,11 @@ import pytest
 import torch
 from torch import nn
 
-import training
 from conftest import synthetic
+from mnist_norms import training
+from mnist_norms.recipe import Recipe
+from mnist_norms.training import evaluate, l1_penalty, train_epoch, train_step
 from model import Net
-from recipe import Recipe
-from training import evaluate, l1_penalty, train_epoch, train_step
 
 ROTATE = dict(translate=0.0, scale=0.0, shear=0.0)  # rotation only: the augmentation these tests were written with
 

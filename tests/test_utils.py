@@ -7,16 +7,15 @@ import pytest
 import torch
 from torch import nn
 
-import machine
-import training
 import utils
 from conftest import synthetic, without_time
-from files import save_torch, write_json
-from machine import hardware
+from mnist_norms import machine, training
+from mnist_norms.files import save_torch, write_json
+from mnist_norms.machine import hardware
+from mnist_norms.recipe import Recipe, experiment, settings_folder
+from mnist_norms.records import SettingsClash, load_weights
+from mnist_norms.training import evaluate
 from model import Net
-from recipe import Recipe, experiment, settings_folder
-from records import SettingsClash, load_weights
-from training import evaluate
 
 TRAIN, TEST = synthetic(256), synthetic(64, seed=1)
 

@@ -22,8 +22,8 @@ import os
 import re
 import sys
 
-import machine
-from records import ROOT
+from mnist_norms import machine
+from mnist_norms.records import ROOT
 
 FILE = os.path.join(ROOT, "results", "fingerprint.json")
 STEPS = 3           # training steps per model: the first ones of a run of the recipe
@@ -117,8 +117,8 @@ def fingerprint(check_trace=True):
     isa = machine.pin_isa()
     import torch
 
-    from recipe import experiment
-    from training import evaluate, initial_state, train_epoch
+    from mnist_norms.recipe import experiment
+    from mnist_norms.training import evaluate, initial_state, train_epoch
 
     torch.set_num_threads(1)
     Trace = trace_class()
@@ -215,7 +215,7 @@ def main(argv=None):
         p.error(f"argument --file: no such file: {args.file} (--write makes one)")
     mine = fingerprint(check_trace=args.write)  # a written fingerprint's final weights are checked untraced
     if args.write:
-        from files import atomic_write
+        from mnist_norms.files import atomic_write
         text = json.dumps({"made_with": "python -m tools.fingerprint --write", **mine}, indent=1)
         # one operation a line: [phase, operation, where, hash]
         text = re.sub(r'\[\s+("[^"]*"),\s+("[^"]*"),\s+("[^"]*"),\s+("[^"]*")\s+\]', r"[\1, \2, \3, \4]", text)

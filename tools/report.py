@@ -12,8 +12,8 @@ import re
 import sys
 
 from benchmarks import end_to_end, evaluation, launches, options, pipeline
-from figures import save_figure
-from records import ROOT
+from mnist_norms.figures import save_figure
+from mnist_norms.records import ROOT
 from studies import batch_size, experiment, findings, normalizations, recipe_search, search, shift
 from studies.lr_sweep import report as lr_sweep
 

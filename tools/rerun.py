@@ -11,12 +11,11 @@ import sys
 
 import torch
 
-import cli
-import machine
 import utils
-from data import load_mnist
-from recipe import Recipe, settings_folder
-from records import read_record, run_paths, shown
+from mnist_norms import cli, machine
+from mnist_norms.data import load_mnist
+from mnist_norms.recipe import Recipe, settings_folder
+from mnist_norms.records import read_record, run_paths, shown
 
 INPUT = "a results file that train.py wrote, such as results/ln_seed0.json"
 

@@ -38,14 +38,14 @@ import numpy as np
 import torch
 
 import utils
-from augment import to_input
-from data import select
-from files import write_json
+from mnist_norms.augment import to_input
+from mnist_norms.data import select
+from mnist_norms.files import write_json
+from mnist_norms.recipe import L1, Recipe, settings_folder
+from mnist_norms.records import load_records, load_weights, run_paths
+from mnist_norms.training import initial_state
 from model import CONTROL, CONTROLS, MODELS
-from recipe import L1, Recipe, settings_folder
-from records import load_records, load_weights, run_paths
 from studies import stats
-from training import initial_state
 
 PEAKS = (0.01, 0.03, 0.1, 0.3, 1.0)
 EXTRA_PEAK = 3.0

@@ -4,7 +4,7 @@ import functools
 import os
 import sys
 
-import cli
+from mnist_norms import cli
 from studies.lr_sweep import EPOCHS, FOLDER, INIT_FILE, run_sweep
 from studies.lr_sweep import __doc__ as DOC
 from studies.lr_sweep.report import plot, sweep_table
@@ -27,7 +27,7 @@ def main(argv=None):
     print()
     print(sweep_table(os.path.join(args.out, "results")))
     if not args.no_figures:
-        from figures import save_figure
+        from mnist_norms.figures import save_figure
         init = load_json(os.path.join(args.out, "results", FOLDER), INIT_FILE)
         for fig, name in zip(plot(records, init and init["block_std"]), ("lr_sweep", "block_scales")):
             print("wrote " + save_figure(fig, os.path.join(args.out, "static", f"{name}.png")))

@@ -6,9 +6,9 @@ import os
 import numpy as np
 from matplotlib.figure import Figure
 
+from mnist_norms.recipe import Recipe
+from mnist_norms.records import load_records
 from model import CONTROLS, MODELS
-from recipe import Recipe
-from records import load_records
 from studies import stats
 from studies.lr_sweep import (
     BLOCKS,
