@@ -16,8 +16,7 @@ from studies import lr_sweep, stats
 from studies.tables import diverged_runs, interval, load_json, markdown, mean_std, ordered, unlearned_runs
 
 STEADY_FROM = (10, 12, 15)  # epochs: from which on a seed at >= stats.TARGET in every epoch is counted (steady_table)
-HEADLINE_STEADY = 12  # the README's headline counts the seeds steady from this epoch: "steady in the last epochs"
-SHADED_FROM = HEADLINE_STEADY  # seed_curves.png shades the epochs from this one on
+SHADED_FROM = stats.STEADY  # seed_curves.png shades the epochs from this one on
 
 
 def every_run(results):
@@ -100,7 +99,7 @@ def with_control(results):
 
 def headline_table(results):
     """The README's first table: the three main runs' and the control's final test accuracy over their finished seeds,
-    when they first reach stats.TARGET, and how many stay there from HEADLINE_STEADY on."""
+    when they first reach stats.TARGET, and how many stay there from stats.STEADY on."""
     records, labels = with_control(results)
     rows = []
     for recipe in experiment() + [Recipe(norm) for norm in CONTROLS]:
@@ -109,10 +108,10 @@ def headline_table(results):
             first = next(iter(done.values()))
             rows.append([labels.get(recipe.name, recipe.label), interval([stats.final(r) for r in done.values()]),
                          len(done), reaches(records[recipe.name]),
-                         steady_count(records[recipe.name], HEADLINE_STEADY), f"{first['config']['params']:,}"])
+                         steady_count(records[recipe.name], stats.STEADY), f"{first['config']['params']:,}"])
     return markdown(["model", "final test accuracy %, mean ± 95% interval", "seeds",
                      f"first epoch at ≥ {stats.TARGET}% (mean)",
-                     f"seeds at ≥ {stats.TARGET}% in every epoch from {HEADLINE_STEADY} on", "parameters"], rows)
+                     f"seeds at ≥ {stats.TARGET}% in every epoch from {stats.STEADY} on", "parameters"], rows)
 
 
 def fp32_runs(records):

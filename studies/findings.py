@@ -34,8 +34,8 @@ def clean(records):
     return (f"**On clean MNIST the three are {verdict}.** Over {'/'.join(map(str, sorted(seeds)))} seeds each their "
             f"mean final test accuracy is {min(means):.2f}% to {max(means):.2f}%; "
             f"{sum(stats.final(r) >= stats.TARGET for r in runs)} of {len(runs)} runs end at or above the course's "
-            f"{stats.TARGET}%, and {sum(e is not None and e <= experiment.HEADLINE_STEADY for e in steady)} of "
-            f"{len(runs)} stay there in every epoch from epoch {experiment.HEADLINE_STEADY} on. Paired by seed, the "
+            f"{stats.TARGET}%, and {sum(e is not None and e <= stats.STEADY for e in steady)} of "
+            f"{len(runs)} stay there in every epoch from epoch {stats.STEADY} on. Paired by seed, the "
             f"norms' mean differences are {largest:.2f} points or less.")
 
 
