@@ -10,8 +10,9 @@ Comparisons (--compare, any of):
   precision   fp32 against bf16 autocast (our pipeline, as malloc)
   isa         the CPU's native instruction set against kernels pinned to AVX2 (machine.pin_isa, train.py's default);
               one epoch of BN + L1 on the 60,000 training images plus the evaluation, as pipeline
-  experiment  the whole `python train.py` (BN + L1, LN and GN) with --jobs 1 against --jobs 2; wall seconds of the
-              process, for --experiment-epochs epochs
+  experiment  the whole `python train.py` (BN + L1, LN and GN) with --jobs A against --jobs B (--experiment-jobs,
+              default 2 and 3: on 2 cores, two runs side by side and then the third alone, or all three at once);
+              wall seconds of the process, for --experiment-epochs epochs
   before      the whole `python train.py` of another checkout (--before DIR, e.g. a `git worktree` of an older
               commit) against this one, both with their defaults, measured as experiment
 Each setting runs --repeats times, alternating which goes first; the first epoch of each run is left out (warm-up)
@@ -154,6 +155,8 @@ def parse_args(argv=None):
     p.add_argument("--limit", type=int, default=15000,
                    help="training images for malloc and precision (default 15000; pipeline always uses all)")
     p.add_argument("--experiment-epochs", type=int, default=2, help="epochs of each train.py run for experiment")
+    p.add_argument("--experiment-jobs", type=int, nargs=2, default=[2, 3], metavar=("A", "B"),
+                   help="the two --jobs values experiment compares")
     p.add_argument("--workers", type=int, default=2, help="the conventional DataLoader's num_workers (default 2)")
     p.add_argument("--data", default=os.path.join(ROOT, "data"), help="dataset root (DATA/MNIST/raw)")
     p.add_argument("--out", default=None, help="the JSON written (default results/end_to_end.json)")
@@ -162,9 +165,10 @@ def parse_args(argv=None):
     args = p.parse_args(argv)
     if args.quick:
         args.repeats, args.epochs, args.limit, args.experiment_epochs = 1, 2, 512, 1
-    if args.epochs < 2 or args.repeats < 1 or args.limit < 1 or args.experiment_epochs < 1:
+    if args.epochs < 2 or args.repeats < 1 or args.limit < 1 or args.experiment_epochs < 1 \
+            or min(args.experiment_jobs) < 1 or args.experiment_jobs[0] == args.experiment_jobs[1]:
         p.error("--epochs must be at least 2 (the first is left out); --repeats, --limit and --experiment-epochs "
-                "at least 1")
+                "at least 1; --experiment-jobs two different positive integers")
     if "before" in args.compare and not (args.before and os.path.isfile(os.path.join(args.before, "train.py"))):
         p.error("--compare before needs --before DIR, a checkout with a train.py")
     args.out = args.out or os.path.join(ROOT, "results", "end_to_end_quick.json" if args.quick else "end_to_end.json")
@@ -206,8 +210,9 @@ def end_to_end_table(results):
             f"pinned to AVX2 (the default: {used['avx2']})", p["avx2_seconds"])
     if "experiment" in e:
         x = entry = e["experiment"]
-        row(f"`{x['settings']['command']}`, whole process", "--jobs 1 (at the time: one process, all threads)",
-            x["jobs1_seconds"], "--jobs 2 (two processes, one thread each)", x["jobs2_seconds"])
+        a, b = x["jobs"]
+        row(f"`{x['settings']['command']}`, whole process", f"--jobs {a}", x[f"jobs{a}_seconds"], f"--jobs {b}",
+            x[f"jobs{b}_seconds"])
     if "before" in e:
         x = entry = e["before"]
         row(f"`{x['settings']['command']}`, whole process, defaults", f"commit {x['before_commit']}",
@@ -286,11 +291,14 @@ def main(argv=None):
                              "order": settings["order"], "statistic": "median wall time"}}
         else:
             with tempfile.TemporaryDirectory() as folder:
-                runs = compare(["jobs1", "jobs2"], lambda n: fresh_experiment(int(n[-1]), args, folder), args.repeats)
+                names = [f"jobs{j}" for j in args.experiment_jobs]
+                runs = compare(names, lambda n: fresh_experiment(int(n.removeprefix("jobs")), args, folder),
+                               args.repeats)
             med = {n: statistics.median(v) for n, v in runs.items()}
+            a, b = names
             result["experiment"] = {
-                "jobs1_seconds": med["jobs1"], "jobs2_seconds": med["jobs2"], "speedup": med["jobs1"] / med["jobs2"],
-                "samples_seconds": runs, **env,
+                "jobs": args.experiment_jobs, f"{a}_seconds": med[a], f"{b}_seconds": med[b],
+                "speedup": med[a] / med[b], "samples_seconds": runs, **env,
                 "settings": {"command": f"python train.py --epochs {args.experiment_epochs} --jobs J"
                                         + (f" --limit {args.limit}" if args.quick else ""),
                              "repeats": args.repeats, "order": settings["order"], "statistic": "median wall time"}}
