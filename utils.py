@@ -1,25 +1,33 @@
 """Resumable runs: train a recipe with a checkpoint after every epoch, many at once in worker processes, or load
 finished ones. What the notebook and train.py call: a Recipe -> utils.run -> training.train_epoch -> augment.batches
--> model.Net."""
+-> model.Net.
+
+The notebook's one door: besides the runs, what it shows comes through here (__all__), so that it imports only
+model and utils."""
 import multiprocessing
 import os
 import signal
 import threading
 import time
-from dataclasses import asdict, fields
+from dataclasses import dataclass, replace
 from multiprocessing.managers import SyncManager
 
 import torch
 from tqdm.auto import tqdm
 
 from mnist_norms import machine
-from mnist_norms.data import DataError, select
+from mnist_norms.config import RECIPE_KEYS, differences, run_config
+from mnist_norms.data import DataError, load_mnist, select
+from mnist_norms.figures import experiment_figures, save_figures
 from mnist_norms.files import save_torch, sha256_file, write_json
-from mnist_norms.recipe import Recipe, experiment_folder
+from mnist_norms.layers import format_table, layer_table
+from mnist_norms.recipe import Recipe, experiment, experiment_folder
 from mnist_norms.records import (
     ROOT,
     RUNS,
     RecordError,
+    format_histories,
+    format_summary,
     how_to_restore,
     is_finished,
     load_torch,
@@ -31,7 +39,13 @@ from mnist_norms.records import (
     shown,
 )
 from mnist_norms.training import evaluate, initial_state, lean_path, train_epoch
-from model import Net
+from model import NORMS, Net
+
+__all__ = [  # what the notebook uses, in its order
+    "prepare", "experiment", "experiment_folder", "load_mnist", "network", "LOG_HEADER", "run_experiments",
+    "load_experiment", "experiment_figures", "save_figures", "format_histories", "format_summary", "findings",
+    # and what train.py and the studies use
+    "USER_ERRORS", "Study", "run"]
 
 LOG_HEADER = (f"{'run':<10} {'epoch':>5} {'train_loss':>10} {'train_acc':>9} {'test_loss':>9} {'test_acc':>8} "
               f"{'lr':>8} {'sec':>6}")
@@ -41,84 +55,47 @@ LOG_HEADER = (f"{'run':<10} {'epoch':>5} {'train_loss':>10} {'train_acc':>9} {'t
 USER_ERRORS = (ValueError, OSError, DataError)
 
 
-def params(recipe) -> int:
-    """The number of parameters of the recipe's Net (built on the meta device: no memory, no random numbers)."""
-    with torch.device("meta"):
-        return sum(p.numel() for p in Net(recipe.norm, groups=recipe.groups).parameters())
+def prepare(precision="fp32"):
+    """A notebook's start, before any tensor operation: glibc's allocator setting (faster on a CPU, the same
+    numbers), PyTorch's CPU kernels pinned to AVX2 so that a run reproduces on any x86-64 CPU (with bf16, oneDNN keeps
+    its own instruction set for its AVX-512 BF16 kernels), and the device (cuda, then mps, then cpu).
+    Returns (device, the CPU kernels in use)."""
+    machine.tune_malloc()
+    isa = machine.pin_isa(onednn=precision == "fp32")
+    return machine.pick_device(), isa
 
 
-def run_config(recipe, train, test, device):
-    """A run's JSON config: the recipe, its data, a description of the optimizer and the environment."""
-    lr, cycle = recipe.lr, recipe.cycle_epochs or recipe.epochs
-    schedule = (f"OneCycleLR(max_lr={lr}, stepped per batch): lr {lr / 25:g} -> {lr:g} over the first "
-                f"{100 * recipe.pct_start:g}%, then cosine to {lr / 25 / recipe.final_div:.1e}; "
-                "momentum 0.95 -> 0.85 -> 0.95")
-    if cycle < recipe.epochs:
-        schedule += f"; the cycle spans epochs 1-{cycle}, then lr and momentum stay at its end"
-    if recipe.clip:
-        schedule += f"; the gradient's total norm clipped to {recipe.clip:g} before each step"
-    if recipe.ema:
-        warmup = f", warmed up: min({recipe.ema:g}, (1 + n) / ({recipe.ema_warmup:g} + n)) at update n" \
-            if recipe.ema_warmup else ""
-        schedule += (f"; evaluated and saved: the exponential moving average of the weights and BN's statistics, "
-                     f"decay {recipe.ema:g} per step{warmup} (AveragedModel)")
-    return {**asdict(recipe), "train_images": len(train[1]),
-            "eval_split": f"validation: the last {recipe.val} training images" if recipe.val else "test",
-            "eval_images": len(test[1]), "params": params(recipe),
-            "optimizer": "SGD(nesterov=True), momentum set by the schedule" + (
-                f", weight decay {recipe.weight_decay:g}" if recipe.weight_decay else ""),
-            "schedule": schedule,
-            "augmentation": describe_augmentation(recipe),
-            "torch": str(torch.__version__), "device": str(device), "hardware": machine.hardware(device),
-            # the CPU instruction set of the kernels (machine.pin_isa): "avx2" reproduces on x86-64 CPUs with AVX2
-            # and FMA, Intel's and AMD's alike (tools.fingerprint checks a machine in seconds)
-            "isa": machine.isa_in_use() if device.type == "cpu" else None,
-            # the CPU's model and vendor, so that a run that does not re-run can be traced to where it ran
-            "cpu": machine.cpu_name() if device.type == "cpu" else None,
-            "threads": torch.get_num_threads()}
+def network(norms=NORMS):
+    """Each Net's layers, one line each: what it computes, its output's shape, the jump and receptive field in input
+    pixels, and its parameters (mnist_norms.layers)."""
+    return "\n\n".join(f"Net({norm!r})\n{format_table(layer_table(Net(norm)))}" for norm in norms)
 
 
-def describe_augmentation(recipe):
-    """The augmentation in words, for a run's config."""
-    parts = [f"rotation uniform in ±{recipe.degrees:g} degrees"]
-    if recipe.translate:
-        parts.append(f"shift uniform in ±{recipe.translate:g} of the width and height")
-    if recipe.scale:
-        parts.append(f"zoom uniform in [{1 - recipe.scale:g}, {1 + recipe.scale:g}]")
-    if recipe.shear:
-        parts.append(f"x-shear uniform in ±{recipe.shear:g} degrees")
-    return ", ".join(parts) + "; bilinear, fill 0"
+def findings(records):
+    """The notebook's findings on its runs, beside the committed ten seeds (studies.assignment)."""
+    from studies.assignment import findings  # the studies build on utils; imported here, not at the top: no circle
+    return findings(records)
 
 
-def differences(saved, config, keys):
-    """"lr 0.1 there, 0.2 now; ..." for the keys where a saved config differs from this one ("" if none).
-    A setting that an older file does not record counts as its default (Recipe.from_config)."""
-    old = {**saved, **asdict(Recipe.from_config(saved))}
-    return "; ".join(f"{k} {old.get(k)!r} there, {config[k]!r} now" for k in keys if old.get(k) != config[k])
+@dataclass(frozen=True)
+class Study:
+    """What a study adds to its runs; Study() adds nothing (the notebook's and train.py's runs).
+
+    folder: the runs' folder under OUT/results/, weights/ and checkpoints/ (None: the recipes' settings folder,
+    recipe.experiment_folder; run() alone: ""). names: the runs' names, one per recipe, if not their recipes'.
+    batch_stats: the BN runs are also evaluated with test-batch statistics after every epoch (test_loss_batch_stats,
+    test_acc_batch_stats). stop_after: every run stops after that epoch, as an interruption would (its checkpoint
+    stays, no weights yet), and counts as done once it has it. invocations: the file under OUT/results/FOLDER/ to
+    which each invocation that trains anything appends its wall time, jobs and device."""
+    folder: str | None = None
+    names: tuple | None = None
+    batch_stats: bool = False
+    stop_after: int | None = None
+    invocations: str = "invocations.json"
 
 
-RECIPE_KEYS = [f.name for f in fields(Recipe)] + ["train_images", "eval_images"]
-
-
-def _rng_state(device):
-    state = {"cpu": torch.get_rng_state()}
-    if device.type == "cuda":
-        state["cuda"] = torch.cuda.get_rng_state(device)
-    elif device.type == "mps":
-        state["mps"] = torch.mps.get_rng_state()
-    return state
-
-
-def _set_rng_state(state, device):
-    torch.set_rng_state(state["cpu"])
-    if device.type == "cuda":
-        torch.cuda.set_rng_state(state["cuda"], device)
-    elif device.type == "mps":
-        torch.mps.set_rng_state(state["mps"])
-
-
-def run(recipe, data, *, device, out=RUNS, folder="", name=None, batch_stats=False, progress=True, fresh=False,
-        log=tqdm.write, stop_after=None, threads=1):
+def run(recipe, data, *, device, out=RUNS, name=None, study=Study(), progress=True, fresh=False, log=tqdm.write,
+        threads=1):
     """Train one Net from scratch by `recipe` on data = (train, test) and evaluate after every epoch.
 
     SGD with Nesterov momentum and PyTorch's one-cycle schedule (stepped every batch): the learning
@@ -133,10 +110,8 @@ def run(recipe, data, *, device, out=RUNS, folder="", name=None, batch_stats=Fal
     Resumes: a run whose JSON holds every epoch is finished and only loaded (its model is None if its
     weights file is missing: runs from before weights were kept); an unfinished run continues from its
     checkpoint, and on a CPU with the same thread count ends bit-identical to an uninterrupted run. Files written with
-    other settings raise SettingsClash;
-    fresh=True deletes them and starts over. batch_stats=True (BN only) also records
-    test_loss_batch_stats and test_acc_batch_stats (see predict). log: prints one line (what the run did, each epoch).
-    stop_after: stop after that epoch, as an interruption would (the checkpoint stays; no weights yet).
+    other settings raise SettingsClash; fresh=True deletes them and starts over. name: the run's name if not the
+    recipe's; study: what a study adds (Study). log: prints one line (what the run did, each epoch).
     threads: on a CPU, the run computes with this many threads (restored afterwards). A run's last digits depend on
     its thread count, so every run has one by default, however many run at once: the committed runs did.
     Returns (model, record).
@@ -146,87 +121,45 @@ def run(recipe, data, *, device, out=RUNS, folder="", name=None, batch_stats=Fal
     if device.type == "cpu":
         torch.set_num_threads(threads)
     try:
-        return _run(recipe, data, device=device, out=out, folder=folder, name=name, batch_stats=batch_stats,
-                    progress=progress, fresh=fresh, log=log, stop_after=stop_after)
+        return _run(recipe, data, device, out, name or recipe.name, study, progress, fresh, log)
     finally:
         torch.set_num_threads(before)
 
 
-def _run(recipe, data, *, device, out, folder, name, batch_stats, progress, fresh, log, stop_after):
-    name = name or recipe.name
-    paths = run_paths(out, folder, name, recipe.seed)
+def _run(recipe, data, device, out, name, study, progress, fresh, log):
+    """run(), top to bottom: a finished run is loaded; otherwise start or resume, then train an epoch, evaluate and
+    save, epoch by epoch, and at the end keep the weights."""
+    paths = run_paths(out, study.folder or "", name, recipe.seed)
     train, test = (tuple(t.to(device) for t in pair) for pair in select(data, recipe))
     config = run_config(recipe, train, test, device)
-    if batch_stats and recipe.norm != "BN":
+    if study.batch_stats and recipe.norm != "BN":
         raise ValueError(f"batch_stats=True evaluates BatchNorm with batch statistics; {recipe.norm} has none")
     if fresh:
         for path in paths.values():
             if os.path.exists(path):
                 os.remove(path)
-    if os.path.exists(paths["results"]):
-        record = read_record(paths["results"])
-        clash = differences(record["config"], config, RECIPE_KEYS)
-        if clash:
-            raise settings_clash(paths["results"], clash)
-        if len(record["history"]) >= recipe.epochs:  # finished: its model, if its weights were kept
-            log(f"{name:<10} finished, loaded from {shown(paths['results'])}")
-            weights = paths["weights"]
-            return (load_weights(weights, device)[0] if os.path.exists(weights) else None), record
-        if stop_after and len(record["history"]) >= stop_after and not os.path.exists(paths["checkpoint"]):
-            # stopped there (studies/search.py's stress test), and its checkpoint is not here (a fresh clone): what it
-            # holds is all that was asked for, so it is loaded rather than trained again
-            log(f"{name:<10} stopped after epoch {len(record['history'])}, loaded from {shown(paths['results'])}")
-            return None, record
+    done = _finished(paths, config, recipe, name, study, device, log)
+    if done is not None:
+        return done
 
     lean = lean_path(device)  # a GPU's path, with fewer operations a step; a CPU's reproduces the committed runs
-    model, optimizer, scheduler, averaged, generator = initial_state(recipe, len(train[1]), device, images=train[0],
-                                                                     lean=lean)
-    cycle = recipe.cycle_epochs or recipe.epochs
-    evaluated = averaged.module if averaged is not None else model  # the model each epoch's evaluation reports
+    state = dict(zip(("model", "optimizer", "scheduler", "averaged", "generator"),
+                     initial_state(recipe, len(train[1]), device, images=train[0], lean=lean)))
     record = {"name": name, "config": config, "history": []}
     if os.path.exists(paths["checkpoint"]):
-        # Read to the CPU whatever the device: load_state_dict copies each state onto the device, and the random
-        # generators' states must stay CPU byte tensors (Generator.set_state and torch.cuda.set_rng_state take only
-        # those), which map_location=device would move to the GPU.
-        state = load_torch(paths["checkpoint"])
-        clash = differences(state["config"], config, RECIPE_KEYS + ["threads", "device"])
-        if clash:
-            raise settings_clash(paths["checkpoint"], clash, "resume it with those settings, or ")
-        try:
-            model.load_state_dict(state["model"])
-            optimizer.load_state_dict(state["optimizer"])
-            scheduler.load_state_dict(state["scheduler"])
-            if averaged is not None:
-                averaged.load_state_dict(state["averaged"])
-            generator.set_state(state["generator"])
-            _set_rng_state(state["rng"], device)
-            record["history"] = list(state["history"])
-        except (KeyError, TypeError, ValueError, RuntimeError) as e:
-            raise RecordError(f"{shown(paths['checkpoint'])} is not a checkpoint of this run ({type(e).__name__}: "
-                              f"{str(e).splitlines()[0][:200]}); {how_to_restore(paths['checkpoint'])}") from None
-        done = len(record["history"])
-        log(f"{name:<10} resuming after epoch {done} from {shown(paths['checkpoint'])}")
-        for key in ("hardware", "isa", "cpu"):
-            if key not in state["config"] and config[key]:  # a checkpoint from before the key was recorded
-                config[key] = f"not recorded until epoch {done}, then {config[key]}"
-                continue
-            before = state["config"].get(key)
-            if before and before != config[key] and not before.endswith(f"then {config[key]}"):
-                # Another kind of processor (or instruction set) picks other kernels, so the rest of the run's numbers
-                # differ in the last digits from what the first would have given: the record says which epochs ran
-                # where.
-                log(f"{name:<10} note: epochs 1-{done} ran on {before}, the rest runs on {config[key]}")
-                config[key] = f"{before} until epoch {done}, then {config[key]}"
-            elif before:
-                config[key] = before
+        _resume(paths["checkpoint"], state, record, device, log)
     else:
         log(f"{name:<10} training from scratch, writing {shown(paths['results'])}")
     write_json(paths["results"], record)
-    for epoch in range(len(record["history"]) + 1, min(recipe.epochs, stop_after or recipe.epochs) + 1):
+    model, averaged = state["model"], state["averaged"]
+    evaluated = averaged.module if averaged is not None else model  # the model each epoch's evaluation reports
+    cycle = recipe.cycle_epochs or recipe.epochs
+    for epoch in range(len(record["history"]) + 1, min(recipe.epochs, study.stop_after or recipe.epochs) + 1):
         start = time.perf_counter()
-        lr_now = optimizer.param_groups[0]["lr"]
-        train_loss, train_acc, norms = train_epoch(model, train, optimizer, recipe, generator=generator,
-                                                   scheduler=scheduler if epoch <= cycle else None,
+        lr_now = state["optimizer"].param_groups[0]["lr"]
+        train_loss, train_acc, norms = train_epoch(model, train, state["optimizer"], recipe,
+                                                   generator=state["generator"],
+                                                   scheduler=state["scheduler"] if epoch <= cycle else None,
                                                    averaged=averaged, progress=progress, lean=lean)
         test_loss, test_acc = evaluate(evaluated, test)
         seconds = time.perf_counter() - start
@@ -235,19 +168,18 @@ def _run(recipe, data, *, device, out, folder, name, batch_stats, progress, fres
                  # the gradient's total norm over the epoch's steps, before any clipping: how close a run came to
                  # diverging
                  "grad_norm_median": norms.median().item(), "grad_norm_max": norms.max().item()}
-        if batch_stats:  # after the timing, so that seconds stays comparable between runs
+        if study.batch_stats:  # after the timing, so that seconds stays comparable between runs
             entry["test_loss_batch_stats"], entry["test_acc_batch_stats"] = \
                 evaluate(evaluated, test, recipe.batch_size, batch_stats=True)
         record["history"].append(entry)
         # The checkpoint first: if a run stops between the two writes, the resumed history comes from it.
         save_torch(paths["checkpoint"], {
-            "config": config, "history": record["history"], "model": model.state_dict(),
-            "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
-            "generator": generator.get_state(), "rng": _rng_state(device),
-            **({"averaged": averaged.state_dict()} if averaged is not None else {})})
+            "config": config, "history": record["history"], "rng": machine.rng_state(device),
+            **{key: value.state_dict() for key, value in state.items() if key != "generator" and value is not None},
+            "generator": state["generator"].get_state()})
         write_json(paths["results"], record)
         log(f"{name:<10} {epoch:>5} {train_loss:>10.4f} {train_acc:>9.2f} {test_loss:>9.4f} "
-                   f"{test_acc:>8.2f} {lr_now:>8.2g} {seconds:>6.1f}")
+            f"{test_acc:>8.2f} {lr_now:>8.2g} {seconds:>6.1f}")
     if len(record["history"]) < recipe.epochs:  # stopped early (stop_after): resumable, as after an interruption
         return evaluated.eval(), record
     save_torch(paths["weights"], {"config": config, "state_dict": evaluated.state_dict()})
@@ -256,6 +188,64 @@ def _run(recipe, data, *, device, out, folder, name, batch_stats, progress, fres
     write_json(paths["results"], record)
     os.remove(paths["checkpoint"])
     return evaluated.eval(), record
+
+
+def _finished(paths, config, recipe, name, study, device, log):
+    """(model, record) of a run already done (finished, or stopped where study.stop_after asks and without its
+    checkpoint), or None if it is to be trained; files of other settings raise SettingsClash."""
+    if not os.path.exists(paths["results"]):
+        return None
+    record = read_record(paths["results"])
+    clash = differences(record["config"], config, RECIPE_KEYS)
+    if clash:
+        raise settings_clash(paths["results"], clash)
+    if len(record["history"]) >= recipe.epochs:  # finished: its model, if its weights were kept
+        log(f"{name:<10} finished, loaded from {shown(paths['results'])}")
+        weights = paths["weights"]
+        return (load_weights(weights, device)[0] if os.path.exists(weights) else None), record
+    if study.stop_after and len(record["history"]) >= study.stop_after and not os.path.exists(paths["checkpoint"]):
+        # stopped there (studies/search.py's stress test), and its checkpoint is not here (a fresh clone): what it
+        # holds is all that was asked for, so it is loaded rather than trained again
+        log(f"{name:<10} stopped after epoch {len(record['history'])}, loaded from {shown(paths['results'])}")
+        return None, record
+    return None
+
+
+def _resume(path, state, record, device, log):
+    """Continue from the checkpoint at `path`: the model, optimizer, schedule, average and generators of `state`
+    take its states, and `record` its history; a checkpoint of other settings raises SettingsClash."""
+    config = record["config"]
+    # Read to the CPU whatever the device: load_state_dict copies each state onto the device, and the random
+    # generators' states must stay CPU byte tensors (Generator.set_state and torch.cuda.set_rng_state take only
+    # those), which map_location=device would move to the GPU.
+    saved = load_torch(path)
+    clash = differences(saved["config"], config, RECIPE_KEYS + ["threads", "device"])
+    if clash:
+        raise settings_clash(path, clash, "resume it with those settings, or ")
+    try:
+        for key, value in state.items():
+            if key != "generator" and value is not None:
+                value.load_state_dict(saved[key])
+        state["generator"].set_state(saved["generator"])
+        machine.set_rng_state(saved["rng"], device)
+        record["history"] = list(saved["history"])
+    except (KeyError, TypeError, ValueError, RuntimeError) as e:
+        raise RecordError(f"{shown(path)} is not a checkpoint of this run ({type(e).__name__}: "
+                          f"{str(e).splitlines()[0][:200]}); {how_to_restore(path)}") from None
+    done = len(record["history"])
+    log(f"{record['name']:<10} resuming after epoch {done} from {shown(path)}")
+    for key in ("hardware", "isa", "cpu"):
+        if key not in saved["config"] and config[key]:  # a checkpoint from before the key was recorded
+            config[key] = f"not recorded until epoch {done}, then {config[key]}"
+            continue
+        before = saved["config"].get(key)
+        if before and before != config[key] and not before.endswith(f"then {config[key]}"):
+            # Another kind of processor (or instruction set) picks other kernels, so the rest of the run's numbers
+            # differ in the last digits from what the first would have given: the record says which epochs ran where.
+            log(f"{record['name']:<10} note: epochs 1-{done} ran on {before}, the rest runs on {config[key]}")
+            config[key] = f"{before} until epoch {done}, then {config[key]}"
+        elif before:
+            config[key] = before
 
 
 def _worker_init(device, parent):
@@ -278,17 +268,14 @@ def _worker_run(recipe, data, device, kw, lines):
     return run(recipe, data, device=device, progress=False, log=lines.put, **kw)[1]
 
 
-def run_experiments(recipes, data, *, device, out=RUNS, folder=None, jobs=1, names=None, batch_stats=False,
-                    progress=True, fresh=False, log="invocations.json", stop_after=None):
+def run_experiments(recipes, data, *, device, out=RUNS, jobs=1, study=Study(), progress=True, fresh=False):
     """run() every recipe (finished runs are loaded, unfinished ones resume), in this process or, with
     jobs > 1, in that many worker processes (on a GPU, runs always go one after another in this process). On a CPU
-    every run computes with one thread either way, so its numbers do not depend on `jobs`. names: the runs' names if
-    not their recipes'; folder: under OUT/results/ etc.,
-    by default the recipes' settings folder (experiment_folder); batch_stats: for the BN runs (see run).
+    every run computes with one thread either way, so its numbers do not depend on `jobs`. study: what a study adds
+    (Study: the folder, the runs' names, BN's batch statistics, an epoch to stop after, the invocations' log).
     A user's error in a worker (settings, files) is raised here as itself, without the worker's traceback.
-
-    An invocation that trains anything appends its wall time, jobs and device to OUT/results/FOLDER/`log`.
-    stop_after: every run stops after that epoch (see run), and counts as done once it has it.
+    An invocation that trains anything says its wall time at the end and appends it, with the jobs and device, to
+    OUT/results/FOLDER/study.invocations.
 
     Returns (records, models): {name: [record per seed]} in recipe order and {name: the first seed's model}
     (left out where a finished run's weights were not kept).
@@ -299,13 +286,13 @@ def run_experiments(recipes, data, *, device, out=RUNS, folder=None, jobs=1, nam
         # Several processes sharing one GPU have not been measured here to train faster than one (docs/performance.md).
         tqdm.write(f"on {device}, the runs train one after another in this process (jobs 1, not {jobs})")
         jobs = 1
-    folder = experiment_folder(recipes) if folder is None else folder
-    names = names or [r.name for r in recipes]
+    study = replace(study, folder=experiment_folder(recipes) if study.folder is None else study.folder)
+    names = study.names or [r.name for r in recipes]
     if len(set(zip(names, (r.seed for r in recipes)))) < len(recipes):
         raise ValueError("two runs share a name and seed, so they would write the same files")
-    kws = [dict(out=out, folder=folder, name=n, batch_stats=batch_stats and r.norm == "BN", fresh=fresh,
-                stop_after=stop_after) for r, n in zip(recipes, names)]
-    todo = sum(fresh or not is_finished(run_paths(out, folder, n, r.seed)["results"], stop_after)
+    kws = [dict(out=out, name=n, fresh=fresh, study=replace(study, batch_stats=study.batch_stats and r.norm == "BN"))
+           for r, n in zip(recipes, names)]
+    todo = sum(fresh or not is_finished(run_paths(out, study.folder, n, r.seed)["results"], study.stop_after)
                for r, n in zip(recipes, names))
     start = time.perf_counter()
     if jobs == 1 or len(recipes) == 1:
@@ -316,58 +303,64 @@ def run_experiments(recipes, data, *, device, out=RUNS, folder=None, jobs=1, nam
         done = [record for _, record in results]
         trained = {record["name"]: model for model, record in reversed(results)}  # the first seed's
     else:
-        # "spawn" starts clean interpreters: forking a process whose OpenMP pool has run can hang it.
-        context = multiprocessing.get_context("spawn")
-        pool = context.Pool(min(jobs, len(recipes)), _worker_init, (device, os.getpid()))
-        manager = SyncManager(ctx=context)  # its queue can be passed to the workers with each task
-        manager.start(machine.die_with_parent, (os.getpid(),))
-        lines = manager.Queue()
-
-        def print_lines():
-            while not lines.empty():
-                tqdm.write(lines.get())
-        try:
-            tasks = [pool.apply_async(_worker_run, (r, data, device, kw, lines)) for r, kw in zip(recipes, kws)]
-            while waiting := [t for t in tasks if not t.ready()]:
-                # A timed wait (an untimed one would not see Ctrl-C until the runs end) on a task still running:
-                # waiting on a finished one returns at once, and the loop would take a whole core from the workers.
-                waiting[0].wait(0.5)
-                print_lines()
-            print_lines()
-            try:
-                done = [t.get() for t in tasks]  # re-raises a worker's error here
-            except USER_ERRORS as e:
-                # A user's error (settings, a file): its message alone, without the worker's traceback that
-                # multiprocessing chains to it (a bug's error keeps it).
-                raise e.with_traceback(None) from None
-            pool.close()
-        except BaseException:  # Ctrl-C or an error: stop the other runs now; their finished epochs are kept
-            pool.terminate()
-            raise
-        finally:
-            pool.join()
-            manager.shutdown()
-        trained = {}
+        done, trained = _in_workers(recipes, data, device, jobs, kws), {}
     if todo:  # an invocation that only loads finished runs is not part of the experiment's time
-        log_path = os.path.join(out, "results", folder, log)
-        invocations = {"invocations": []}
-        if os.path.exists(log_path):
-            invocations = read_json(log_path, "log of invocations")
+        seconds = time.perf_counter() - start
+        tqdm.write(f"{todo} run{'s' if todo > 1 else ''} trained in {seconds / 60:.1f} min (wall time), "
+                   f"{jobs} at a time" + (f" on {os.cpu_count()} CPU cores" if device.type == "cpu" else ""))
+        log_path = os.path.join(out, "results", study.folder, study.invocations)
+        invocations = read_json(log_path, "log of invocations") if os.path.exists(log_path) else {"invocations": []}
         invocations["invocations"].append({
             "runs_planned": len(recipes), "runs_trained": todo, "runs": sorted(set(names)), "jobs": jobs,
             "device": str(device), "cpus": os.cpu_count(), "threads": 1 if device.type == "cpu" else None,
-            "wall_seconds": time.perf_counter() - start})
+            "wall_seconds": seconds})
         write_json(log_path, invocations)
     records, models = {}, {}
     for recipe, record in zip(recipes, done):
         name = record["name"]
         if name not in records:
-            weights = run_paths(out, folder, name, recipe.seed)["weights"]
+            weights = run_paths(out, study.folder, name, recipe.seed)["weights"]
             model = trained.get(name) or (load_weights(weights, device)[0] if os.path.exists(weights) else None)
             if model is not None:
                 models[name] = model
         records.setdefault(name, []).append(record)
     return records, models
+
+
+def _in_workers(recipes, data, device, jobs, kws):
+    """[record] of run(recipe, **kw) for each recipe, in `jobs` worker processes; their log lines are printed here."""
+    # "spawn" starts clean interpreters: forking a process whose OpenMP pool has run can hang it.
+    context = multiprocessing.get_context("spawn")
+    pool = context.Pool(min(jobs, len(recipes)), _worker_init, (device, os.getpid()))
+    manager = SyncManager(ctx=context)  # its queue can be passed to the workers with each task
+    manager.start(machine.die_with_parent, (os.getpid(),))
+    lines = manager.Queue()
+
+    def print_lines():
+        while not lines.empty():
+            tqdm.write(lines.get())
+    try:
+        tasks = [pool.apply_async(_worker_run, (r, data, device, kw, lines)) for r, kw in zip(recipes, kws)]
+        while waiting := [t for t in tasks if not t.ready()]:
+            # A timed wait (an untimed one would not see Ctrl-C until the runs end) on a task still running:
+            # waiting on a finished one returns at once, and the loop would take a whole core from the workers.
+            waiting[0].wait(0.5)
+            print_lines()
+        print_lines()
+        try:
+            done = [t.get() for t in tasks]  # re-raises a worker's error here
+        except USER_ERRORS as e:
+            # A user's error (settings, a file): its message alone, without the worker's traceback that
+            # multiprocessing chains to it (a bug's error keeps it).
+            raise e.with_traceback(None) from None
+        pool.close()
+        return done
+    except BaseException:  # Ctrl-C or an error: stop the other runs now; their finished epochs are kept
+        pool.terminate()
+        raise
+    finally:
+        pool.join()
+        manager.shutdown()
 
 
 def load_experiment(recipes, out=ROOT):

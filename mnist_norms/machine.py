@@ -225,3 +225,22 @@ def die_with_parent(parent):
             time.sleep(0.5)
         os._exit(1)
     threading.Thread(target=watch, daemon=True, name="die_with_parent").start()
+
+
+def rng_state(device):
+    """The global random generators' states that a run on `device` draws from: the CPU's, and the GPU's on one."""
+    state = {"cpu": torch.get_rng_state()}
+    if device.type == "cuda":
+        state["cuda"] = torch.cuda.get_rng_state(device)
+    elif device.type == "mps":
+        state["mps"] = torch.mps.get_rng_state()
+    return state
+
+
+def set_rng_state(state, device):
+    """Restore what rng_state saved (CPU byte tensors, as checkpoints hold them: utils reads those to the CPU)."""
+    torch.set_rng_state(state["cpu"])
+    if device.type == "cuda":
+        torch.cuda.set_rng_state(state["cuda"], device)
+    elif device.type == "mps":
+        torch.mps.set_rng_state(state["mps"])

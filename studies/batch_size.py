@@ -65,8 +65,9 @@ def run_study(recipes, data, *, device, out, jobs=1, fresh=False, progress=True)
     print(f"batch-size study: {len(recipes)} runs, {len(recipes) - todo} already finished in {folder}, "
           f"{todo} to train with {jobs} job{'s' if jobs > 1 else ''}")
     print(utils.LOG_HEADER)
-    utils.run_experiments(recipes, data, device=device, out=out, folder=FOLDER, jobs=jobs, names=names,
-                          batch_stats=True, progress=progress, fresh=fresh, log="study.json")
+    utils.run_experiments(recipes, data, device=device, out=out, jobs=jobs, progress=progress, fresh=fresh,
+                          study=utils.Study(folder=FOLDER, names=tuple(names), batch_stats=True,
+                                            invocations="study.json"))
     return load_records(folder)
 
 

@@ -35,7 +35,7 @@ import os
 
 import numpy as np
 
-import utils
+from mnist_norms.config import describe_augmentation
 from mnist_norms.recipe import Recipe, experiment
 from mnist_norms.records import load_records
 from studies import stats
@@ -188,7 +188,7 @@ def search_markdown(results):
                      f"| {per(1) if 1 in t['seeds'] else ''} | {t['score']:.3f} | {'yes' if sid in finalists else ''} "
                      f"| {mark} |")
     status = f"Chosen by the rule: `{chosen[0]}`" if chosen else "Not decided by these files"
-    aug = "; ".join(f"{k}: " + utils.describe_augmentation(Recipe(**v)).split(";")[0]
+    aug = "; ".join(f"{k}: " + describe_augmentation(Recipe(**v)).split(";")[0]
                     for k, v in AUGMENTATIONS.items())
     lines += ["", f"Validation accuracy: the last {VAL:,} training images, after epoch 20, training on the other "
                   f"50,000. Score: the mean over the three norms (and seeds). Augmentations: {aug}. {status}."]

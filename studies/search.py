@@ -109,9 +109,10 @@ def run_stress(data, *, device, out, jobs, fresh=False, progress=True, **overrid
               f"{', '.join(f'{p:g}' for p in STRESS_PEAKS)}, clip {clip:g}, the first {STRESS_EPOCHS} epochs")
         runs = [Recipe("LN", seed=seed, lr=peak, **{**BASE, "clip": clip, "val": VAL, **overrides})
                 for seed in STRESS_SEEDS for peak in STRESS_PEAKS]  # seed by seed: a partial stage is paired
-        utils.run_experiments(runs, data, device=device, out=out, folder=STRESS_FOLDER, jobs=jobs,
-                              names=[stress_name(r.lr, r.clip) for r in runs], progress=progress, fresh=fresh,
-                              log="tune.json", stop_after=STRESS_EPOCHS)
+        utils.run_experiments(runs, data, device=device, out=out, jobs=jobs, progress=progress, fresh=fresh,
+                              study=utils.Study(folder=STRESS_FOLDER,
+                                                names=tuple(stress_name(r.lr, r.clip) for r in runs),
+                                                stop_after=STRESS_EPOCHS, invocations="tune.json"))
     return load_records(folder)
 
 
@@ -219,8 +220,8 @@ def run_guard_search(data, *, device, out, jobs, fresh=False, progress=True, **o
                 for r in experiment(seeds=(seed,), **{"val": VAL, **candidate(cid, clip), **overrides})]
         names = [f"{r.name}_{cid}" for cid in todo for r in experiment(seeds=(seed,))]
         if runs:
-            utils.run_experiments(runs, data, device=device, out=out, folder=GUARD_FOLDER, jobs=jobs, names=names,
-                                  progress=progress, fresh=fresh, log="tune.json")
+            utils.run_experiments(runs, data, device=device, out=out, jobs=jobs, progress=progress, fresh=fresh,
+                                  study=utils.Study(folder=GUARD_FOLDER, names=tuple(names), invocations="tune.json"))
     return load_records(folder) if os.path.isdir(folder) else {}
 
 

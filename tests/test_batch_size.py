@@ -76,7 +76,7 @@ def test_batch_stats_evaluation_matches_a_train_mode_forward_and_leaves_the_mode
 def test_batch_stats_evaluation_is_for_batchnorm_only(tmp_path):
     with pytest.raises(ValueError, match="GN has none"):
         utils.run(Recipe("GN", epochs=1), (synthetic(64), synthetic(64)), device=torch.device("cpu"),
-                  out=str(tmp_path), progress=False, batch_stats=True)
+                  out=str(tmp_path), progress=False, study=utils.Study(batch_stats=True))
 
 
 def toy_study(tmp_path, epochs=1, **kw):

@@ -68,7 +68,8 @@ def test_a_checkpoint_is_read_to_the_cpu_whatever_the_runs_device(tmp_path, monk
         return real(path, map_location=map_location if str(map_location) == "cpu" else "meta", **kw)
     recipe = Recipe("BN", l1=1e-5, epochs=2, batch_size=64, ema=0.9)
     _, whole = utils.run(recipe, (TRAIN, TEST), device=CPU, out=str(tmp_path / "whole"), progress=False)
-    utils.run(recipe, (TRAIN, TEST), device=CPU, out=str(tmp_path / "cut"), progress=False, stop_after=1)
+    utils.run(recipe, (TRAIN, TEST), device=CPU, out=str(tmp_path / "cut"), progress=False,
+              study=utils.Study(stop_after=1))
     monkeypatch.setattr(records.torch, "load", off_the_cpu)
     _, resumed = utils.run(recipe, (TRAIN, TEST), device=CPU, out=str(tmp_path / "cut"), progress=False)
     assert without_time(resumed["history"]) == without_time(whole["history"])
@@ -79,7 +80,8 @@ def test_a_lean_run_resumes_from_its_checkpoint(tmp_path, monkeypatch):
     monkeypatch.setattr(utils, "lean_path", lambda device: True)
     recipe = Recipe("LN", epochs=2, batch_size=64)
     _, whole = utils.run(recipe, (TRAIN, TEST), device=CPU, out=str(tmp_path / "whole"), progress=False)
-    utils.run(recipe, (TRAIN, TEST), device=CPU, out=str(tmp_path / "cut"), progress=False, stop_after=1)
+    utils.run(recipe, (TRAIN, TEST), device=CPU, out=str(tmp_path / "cut"), progress=False,
+              study=utils.Study(stop_after=1))
     _, resumed = utils.run(recipe, (TRAIN, TEST), device=CPU, out=str(tmp_path / "cut"), progress=False)
     assert json.dumps(without_time(resumed["history"])) == json.dumps(without_time(whole["history"]))
 

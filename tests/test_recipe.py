@@ -4,7 +4,7 @@ import pytest
 import torch
 
 import train as train_cli
-import utils
+from mnist_norms.config import params
 from mnist_norms.recipe import L1, Recipe, experiment, experiment_folder, settings_folder
 
 
@@ -40,7 +40,7 @@ def test_making_a_recipe_draws_no_random_numbers():
     expected = torch.rand(3)
     torch.manual_seed(0)
     Recipe("GN", groups=5)
-    assert torch.equal(torch.rand(3), expected) and utils.params(Recipe("LN")) == 7750
+    assert torch.equal(torch.rand(3), expected) and params(Recipe("LN")) == 7750
 
 
 def test_recipe_names_and_labels_come_from_its_settings():

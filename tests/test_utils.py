@@ -235,6 +235,6 @@ def test_with_ema_the_average_is_what_is_evaluated_saved_and_resumed_bit_identic
     trained, _ = small_run(tmp_path / "plain", replace(recipe, ema=0.0))
     assert not torch.equal(trained.state_dict()["conv0.0.weight"], model.state_dict()["conv0.0.weight"])
     # Stopped after epoch 1 and resumed: the average comes back from the checkpoint, and the history is the same.
-    small_run(tmp_path / "cut", recipe, stop_after=1)
+    small_run(tmp_path / "cut", recipe, study=utils.Study(stop_after=1))
     _, resumed = small_run(tmp_path / "cut", recipe)
     assert without_time(resumed["history"]) == without_time(whole["history"])

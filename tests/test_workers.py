@@ -20,7 +20,7 @@ from mnist_norms.recipe import Recipe
 recipes = [Recipe("LN", epochs=1, seed=0, batch_size=64), Recipe("LN", epochs=50, seed=1, batch_size=8)]
 print("started", flush=True)
 utils.run_experiments(recipes, (synthetic(256), synthetic(32, seed=1)), device=torch.device("cpu"), out=sys.argv[1],
-                      folder="", jobs=2, progress=False)
+                      study=utils.Study(folder=""), jobs=2, progress=False)
 """
 
 

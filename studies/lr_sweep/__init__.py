@@ -218,8 +218,9 @@ def run_sweep(data, *, device, out, jobs, fresh=False, progress=True, control=Tr
             break
         runs = recipes(peaks if stage == 1 else (EXTRA_PEAK,), **overrides)
         print(f"learning-rate sweep, stage {stage}: {len(runs)} runs")
-        utils.run_experiments(runs, data, device=device, out=out, folder=FOLDER, jobs=jobs,
-                              names=[run_name(r) for r in runs], progress=progress, fresh=fresh, log="sweep.json")
+        utils.run_experiments(runs, data, device=device, out=out, jobs=jobs, progress=progress, fresh=fresh,
+                              study=utils.Study(folder=FOLDER, names=tuple(run_name(r) for r in runs),
+                                                invocations="sweep.json"))
     records = load_records(folder)
     add_block_std(records, data, out)
     add_init_std(data, out, device)
@@ -235,5 +236,5 @@ def run_sweep(data, *, device, out, jobs, fresh=False, progress=True, control=Tr
         for runs in control_recipes(chosen[0], norm, **settings):
             print(f"{label} on the test set at peak {runs[0].lr:g}: {len(runs)} runs")
             utils.run_experiments(runs, data, device=device, out=out, jobs=jobs, progress=progress, fresh=fresh,
-                                  log="control.json")
+                                  study=utils.Study(invocations="control.json"))
     return records
