@@ -1,11 +1,12 @@
 """Options that might speed up training and evaluation, each measured against the default in one process.
 
-Training (img/s of the BN + L1 training step fed by our on-device pipeline): channels_last memory
-format, bfloat16 autocast, torch.compile, and batch sizes 64 / 256 / 512 against 128. Evaluation
-(img/s over the 10,000 test images): batch 500 / 10,000 against 2,000, and torch.no_grad against
-torch.inference_mode. Every option and its baseline are measured --repeats times in alternating
-order; the median ratio is reported, with an end-to-end estimate for one 20-epoch run (60,000 training
-and 10,000 test images per epoch, plus torch.compile's one-off compile time). Writes results/options.json.
+Training (img/s of the BN + L1 training step, fed by our on-device pipeline with the recipe's augmentation):
+channels_last memory format, bfloat16 autocast, torch.compile, and batch sizes 128 / 256 / 512 against the recipe's
+64. Evaluation (img/s over the 10,000 test images): batch 1,000 / 2,000 / 10,000 against the default 250
+(training.EVAL_BATCH), and torch.no_grad against torch.inference_mode. Every option and its baseline are measured
+--repeats times in alternating order; the median ratio is reported, with an end-to-end estimate for one 20-epoch run
+(60,000 training and 10,000 test images per epoch, plus torch.compile's one-off compile time). Writes
+results/options.json.
 """
 import argparse
 import os
@@ -19,14 +20,18 @@ from mnist_norms import cli, machine
 from mnist_norms.augment import batches, to_input
 from mnist_norms.data import load_mnist
 from mnist_norms.files import write_json
-from mnist_norms.training import evaluate
+from mnist_norms.recipe import Recipe
+from mnist_norms.training import EVAL_BATCH, evaluate
 from studies.tables import load_json
+
+RECIPE = Recipe()  # the defaults: the batch size and augmentation measured against
 
 
 def train_steps(model, optimizer, data, steps, batch_size, *, channels_last=False, autocast=False):
     """Seconds for `steps` of pipeline.train_step (train_epoch's step) on our batches, with the options."""
     device = data[0].device
-    stream = batches(data, batch_size, generator=torch.Generator().manual_seed(0), degrees=7.0)
+    stream = batches(data, batch_size, generator=torch.Generator().manual_seed(0), degrees=RECIPE.degrees,
+                     translate=RECIPE.translate, scale=RECIPE.scale, shear=RECIPE.shear)
     precision = "bf16" if autocast else "fp32"
     pipeline.sync(device)
     start = time.perf_counter()
@@ -38,22 +43,20 @@ def train_steps(model, optimizer, data, steps, batch_size, *, channels_last=Fals
     return time.perf_counter() - start
 
 
+BATCH = RECIPE.batch_size
 TRAIN_OPTIONS = {  # name -> (batch size, channels_last, autocast, compile)
-    "default (fp32, batch 128, eager)": (128, False, False, False),
-    "channels_last": (128, True, False, False),
-    "bfloat16 autocast": (128, False, True, False),
-    "torch.compile": (128, False, False, True),
-    "bfloat16 autocast + channels_last": (128, True, True, False),
-    "bfloat16 autocast + torch.compile": (128, False, True, True),
-    "batch 64": (64, False, False, False),
-    "batch 256": (256, False, False, False),
-    "batch 512": (512, False, False, False),
+    f"default (fp32, batch {BATCH}, eager)": (BATCH, False, False, False),
+    "channels_last": (BATCH, True, False, False),
+    "bfloat16 autocast": (BATCH, False, True, False),
+    "torch.compile": (BATCH, False, False, True),
+    "bfloat16 autocast + channels_last": (BATCH, True, True, False),
+    "bfloat16 autocast + torch.compile": (BATCH, False, True, True),
+    **{f"batch {b}": (b, False, False, False) for b in (128, 256, 512)},
 }
 EVAL_OPTIONS = {  # name -> (batch size, no_grad instead of inference_mode)
-    "default (eval batch 2000, inference_mode)": (2000, False),
-    "eval batch 500": (500, False),
-    "eval batch 10000": (10000, False),
-    "torch.no_grad instead of inference_mode": (2000, True),
+    f"default (eval batch {EVAL_BATCH}, inference_mode)": (EVAL_BATCH, False),
+    **{f"eval batch {b}": (b, False) for b in (1000, 2000, 10000)},
+    "torch.no_grad instead of inference_mode": (EVAL_BATCH, True),
 }
 
 
@@ -118,7 +121,8 @@ def options_table(results, file="options.json"):
                          f"| {v['run_seconds'] / 60:.1f} min{extra} | {v['end_to_end_speedup']:.2f} |")
     st = o["settings"]
     lines += ["", f"Training options are compared with: {baseline}; evaluation options with the default evaluation "
-                  f"(batch 2000, inference_mode). One 20-epoch run with the baseline estimated at "
+                  f"(batch {o['settings'].get('eval_batch', 2000)}, inference_mode). One 20-epoch run with the "
+                  f"baseline estimated at "
                   f"{o['baseline_run_seconds'] / 60:.1f} min. {st['repeats']} alternating repeats of "
                   f"{st['training_images_per_measurement']:,} training images (evaluation: the 10,000 test images); "
                   f"median of the per-repeat ratios. {o['device']}; PyTorch {o['versions']['torch']}."]
@@ -130,7 +134,8 @@ def main(argv=None):
                                 allow_abbrev=False)
     p.add_argument("--quick", action="store_true", help="tiny measurements: checks that it runs (for the tests)")
     p.add_argument("--images", type=int, default=None,
-                   help="training images per measurement (default 6,400, i.e. 50 steps of 128; 512 with --quick)")
+                   help=f"training images per measurement (default 6,400, i.e. {6400 // BATCH} steps of {BATCH}; "
+                        "512 with --quick)")
     p.add_argument("--repeats", type=int, default=None, help="measurements of each option (default 7; 1 with --quick)")
     p.add_argument("--baseline", default=list(TRAIN_OPTIONS)[0], metavar="OPTION",
                    help="the training option the others are compared with (default: the default settings)")
@@ -162,7 +167,7 @@ def main(argv=None):
                "settings": {"quick": args.quick, "training_images_per_measurement": args.images,
                             "repeats": args.repeats, "statistic": "median of per-repeat ratios",
                             "order": "alternating: option then baseline, baseline then option",
-                            "baseline": args.baseline},
+                            "baseline": args.baseline, "eval_batch": EVAL_BATCH},
                "train": {}, "eval": {}}
     base_name = names[0]
     base_measure, _ = make_trainer(base_name, data, args.images)
@@ -187,7 +192,7 @@ def main(argv=None):
     model, _ = pipeline.fresh_model(device)
     eval_names = list(EVAL_OPTIONS)
     for _ in range(2):  # warm-up
-        eval_img_s(model, test, 2000, False)
+        eval_img_s(model, test, EVAL_BATCH, False)
     for name in eval_names[1:]:
         repeats = args.repeats if args.quick else max(args.repeats, 3)
         samples = pipeline.alternating(lambda n: eval_img_s(model, test, *EVAL_OPTIONS[n]), [name, eval_names[0]],
