@@ -16,6 +16,7 @@ import utils
 from mnist_norms import cli
 from mnist_norms.data import MNIST_SHA256, load_mnist, select
 from mnist_norms.figures import experiment_figures, save_figures
+from mnist_norms.machine import default_jobs
 from mnist_norms.recipe import ABLATION_GROUPS, L1, ablations, experiment, experiment_folder
 from mnist_norms.records import format_summary, shown
 
@@ -32,7 +33,7 @@ def parse_args(argv=None):
                    f"{' and '.join(map(str, ABLATION_GROUPS))} groups (one group is LN), with the same settings "
                    "(default: none)")
     cli.add_run_arguments(p)
-    args = cli.finish_run_arguments(p.parse_args(argv))
+    args = p.parse_args(argv)
     if args.val is not None and not 0 < args.val < MNIST_SHA256["train"][0]:
         p.error(f"argument --val: must be between 1 and 59999 (of the 60000 training images), got {args.val}")
     args.val = args.val or 0
@@ -57,6 +58,7 @@ def main(argv=None):
         data = load_mnist(args.data)
         runs = main_runs + ablation_runs
         train, test = select(data, runs[0])
+        args.jobs = args.jobs or default_jobs(args.device, len(runs))
         print(f"device {args.device}, {args.precision}, {args.jobs} job{'s' if args.jobs > 1 else ''}"
               f"{' (one CPU thread each)' if args.device.type == 'cpu' else ''}; training on {len(train[1])} images, "
               f"evaluating on {len(test[1])} {'held-out training' if args.val else 'test'} images")

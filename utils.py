@@ -268,10 +268,11 @@ def _worker_run(recipe, data, device, kw, lines):
     return run(recipe, data, device=device, progress=False, log=lines.put, **kw)[1]
 
 
-def run_experiments(recipes, data, *, device, out=RUNS, jobs=1, study=Study(), progress=True, fresh=False):
+def run_experiments(recipes, data, *, device, out=RUNS, jobs=None, study=Study(), progress=True, fresh=False):
     """run() every recipe (finished runs are loaded, unfinished ones resume), in this process or, with
     jobs > 1, in that many worker processes (on a GPU, runs always go one after another in this process). On a CPU
-    every run computes with one thread either way, so its numbers do not depend on `jobs`. study: what a study adds
+    every run computes with one thread either way, so its numbers do not depend on `jobs` (None: machine.default_jobs,
+    which on a CPU trains up to twice as many runs as cores all at once). study: what a study adds
     (Study: the folder, the runs' names, BN's batch statistics, an epoch to stop after, the invocations' log).
     A user's error in a worker (settings, files) is raised here as itself, without the worker's traceback.
     An invocation that trains anything says its wall time at the end and appends it, with the jobs and device, to
@@ -280,8 +281,9 @@ def run_experiments(recipes, data, *, device, out=RUNS, jobs=1, study=Study(), p
     Returns (records, models): {name: [record per seed]} in recipe order and {name: the first seed's model}
     (left out where a finished run's weights were not kept).
     """
-    if jobs < 1:
-        raise ValueError(f"jobs must be a positive integer, got {jobs}")
+    jobs = machine.default_jobs(device, len(recipes)) if jobs is None else jobs
+    if isinstance(jobs, bool) or not isinstance(jobs, int) or jobs < 1:
+        raise ValueError(f"jobs must be a positive integer or None (the default for the machine), got {jobs!r}")
     if jobs > 1 and device.type != "cpu":
         # Several processes sharing one GPU have not been measured here to train faster than one (docs/performance.md).
         tqdm.write(f"on {device}, the runs train one after another in this process (jobs 1, not {jobs})")

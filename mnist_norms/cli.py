@@ -7,7 +7,7 @@ import shlex
 import sys
 from dataclasses import fields
 
-from mnist_norms.machine import pick_device
+from mnist_norms.machine import default_jobs, pick_device
 from mnist_norms.recipe import Recipe, accepted, check
 from mnist_norms.records import RUNS
 from model import MODELS, NORMS
@@ -94,19 +94,13 @@ def variant(args, defaults, keys) -> str:
     return "_".join(f"{key}{getattr(args, key)}" for key in keys if getattr(args, key) != getattr(defaults, key))
 
 
-def default_jobs(device):
-    """Runs trained at once: on a CPU one per core (each run has one thread, so its numbers do not depend on the
-    machine), on a GPU one."""
-    return (os.cpu_count() or 1) if device.type == "cpu" else 1
-
-
 def add_run_arguments(p, *, figures=True):
     """Where data and results are, the device, parallel jobs, and starting over; --no-figures if the command draws
     figures."""
     p.add_argument("--jobs", type=positive_int, default=None,
                    help="runs trained at once, each in its own process; on a CPU every run computes with one thread "
-                        "whatever this is, so a run's numbers do not depend on it (default: the CPU's cores; 1 on a "
-                        "GPU)")
+                        "whatever this is, so a run's numbers do not depend on it (default: on a CPU every run at "
+                        "once when they are at most twice the cores, else one per core; 1 on a GPU)")
     p.add_argument("--data", default="data", help="dataset root (torchvision layout: DATA/MNIST/raw)")
     p.add_argument("--out", default=RUNS,
                    help="where results/, weights/, checkpoints/ and static/ are written: by default a folder of your "
@@ -173,7 +167,7 @@ def run_command(command, args, body, *, precision="fp32"):
         sys.exit(f"\nstopped: every finished epoch is kept; resume with: {resume_command(command)}")
 
 
-def finish_run_arguments(args):
-    """Fill in what add_run_arguments leaves to the machine: --jobs."""
-    args.jobs = args.jobs or default_jobs(args.device)
+def finish_run_arguments(args, runs=None):
+    """Fill in what add_run_arguments leaves to the machine: --jobs, for `runs` runs (None: many)."""
+    args.jobs = args.jobs or default_jobs(args.device, runs)
     return args

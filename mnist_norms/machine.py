@@ -149,6 +149,17 @@ def pin_isa(pin=True, *, onednn=True):
     return _describe(aten, convolution)
 
 
+def default_jobs(device, runs=None):
+    """Runs trained at once by default. On a GPU one. On a CPU, where every run computes with one thread (so no number
+    depends on this): all of them when they are at most twice the cores, else one per core (runs None: many). Three
+    runs on 2 cores finished 1.09 times as fast all at once as two and then the third alone (docs/performance.md):
+    without a tail in which a core idles."""
+    if device.type != "cpu":
+        return 1
+    cores = os.cpu_count() or 1
+    return runs if runs is not None and runs <= 2 * cores else cores
+
+
 def pick_device(name=None) -> torch.device:
     """cuda, then mps, then cpu; `name` (e.g. "cpu", "cuda:0") overrides and must be available."""
     if name is None:

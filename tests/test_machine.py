@@ -6,6 +6,7 @@ import subprocess
 import sys
 
 import pytest
+import torch
 
 from conftest import ROOT, without_time
 from mnist_norms import machine
@@ -67,3 +68,11 @@ def test_malloc_setting_changes_no_number(tmp_path):
     assert without_time(a["history"]) == without_time(b["history"])
     import platform
     assert machine.tune_malloc() == (sys.platform.startswith("linux") and platform.libc_ver()[0] == "glibc")
+
+
+def test_default_jobs_trains_a_few_runs_all_at_once_on_a_cpu_and_one_at_a_time_on_a_gpu(monkeypatch):
+    monkeypatch.setattr(machine.os, "cpu_count", lambda: 2)
+    cpu = torch.device("cpu")
+    # 3 runs on 2 cores: all at once (no tail with a core idle); many runs: one per core; a GPU: one
+    assert [machine.default_jobs(cpu, n) for n in (1, 2, 3, 4, 5, 90)] == [1, 2, 3, 4, 2, 2]
+    assert machine.default_jobs(cpu) == 2 and machine.default_jobs(torch.device("cuda"), 3) == 1

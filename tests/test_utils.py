@@ -192,7 +192,7 @@ def test_parallel_jobs_give_the_same_histories_as_one_process_with_one_thread(tm
     torch.set_num_threads(1)
     try:
         serial, _ = utils.run_experiments(recipes, data, device=torch.device("cpu"), out=str(tmp_path / "a"),
-                                          progress=False)
+                                          progress=False, jobs=1)
     finally:
         torch.set_num_threads(threads)
     parallel, models = utils.run_experiments(recipes, data, device=torch.device("cpu"), out=str(tmp_path / "b"),
