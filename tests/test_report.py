@@ -217,21 +217,20 @@ def test_performance_tables_come_from_the_benchmark_files_and_the_runs(tmp_path)
         "isa": {kind: {"native_seconds": native, "avx2_seconds": 50.0, "isa_in_use": {"native": used, "avx2": "avx2"},
                        "settings": {"threads": 2, "repeats": 3}, "device": "cpu: test", "versions": {"torch": "2"}}
                 for kind, native, used in (("avx512", 40.0, "native: ATen avx512, oneDNN x"), ("avx2", 49.0, "avx2"))},
-        "experiment": {"jobs1_seconds": 300.0, "jobs2_seconds": 200.0, "settings": {
+        "experiment": {"jobs": [2, 3], "jobs2_seconds": 300.0, "jobs3_seconds": 200.0, "settings": {
             "command": "python train.py --epochs 2 --jobs J", "repeats": 2}, "device": "cpu: test",
             "versions": {"torch": "2"}}}))
     lines = end_to_end.end_to_end_table(str(tmp_path)).splitlines()
     assert lines[2] == ("| a BN + L1 epoch on 15,000 images + test, 1 thread(s) | test | glibc default | 13.0 "
-                        "| `machine.tune_malloc()` | 10.0 | **1.30** |")
+                        "| `mnist_norms.machine.tune_malloc()` | 10.0 | **1.30** |")
     assert lines[3] == ("| a BN + L1 epoch on 60,000 images + test, 2 threads, on a CPU whose own is AVX2 | test "
                         "| the CPU's own (`--native-isa`: avx2) | 49.0 | pinned to AVX2 (the default: avx2) | 50.0 "
                         "| **0.98** |")
     assert lines[4] == ("| a BN + L1 epoch on 60,000 images + test, 2 threads, on a CPU whose own is AVX-512 | test "
                         "| the CPU's own (`--native-isa`: native: ATen avx512, oneDNN x) | 40.0 | pinned to AVX2 (the "
                         "default: avx2) | 50.0 | **0.80** |")
-    assert lines[5] == ("| `python train.py --epochs 2 --jobs J`, whole process | test | --jobs 1 (at the time: one "
-                        "process, all threads) | 300.0 | --jobs 2 (two processes, one thread each) | 200.0 "
-                        "| **1.50** |")
+    assert lines[5] == ("| `python train.py --epochs 2 --jobs J`, whole process | test | --jobs 2 | 300.0 | --jobs 3 "
+                        "| 200.0 | **1.50** |")
     assert "2/3 processes per setting" in lines[-1]
 
     for name, accs in (("bn_l1", [99.0, 99.41, 99.5]), ("ln", [99.0, 99.2, 99.3]), ("gn", [99.1, 99.3, 99.45])):
