@@ -54,8 +54,9 @@ def context_sentence(record, committed):
         return text + (f" They trained with the default settings, this run with {settings_folder(own)}, so they are "
                        "context, not a comparison.")
     seed = record["config"]["seed"]
-    if seed in done and done[seed]["history"] == record["history"]:
-        return text + f" This run is their seed {seed}, epoch for epoch."
+    untimed = lambda r: [{k: v for k, v in e.items() if k != "seconds"} for e in r["history"]]
+    if seed in done and untimed(done[seed]) == untimed(record):
+        return text + f" This run equals their seed {seed} in every number of every epoch (all but the timings)."
     final = stats.final(record)
     where = "within" if min(finals) <= final <= max(finals) else "below" if final < min(finals) else "above"
     return text + f" This run's final accuracy lies {where} their range."

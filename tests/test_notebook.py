@@ -1,6 +1,6 @@
 """The notebook runs headlessly in a real Jupyter kernel, in a fresh clone of the repository (the state a student gets):
-training (1 epoch, a small LIMIT) into its own folder, showing the committed runs without training, and setting itself
-up in Colab (a clone of the repository, made with git)."""
+training (1 epoch, a small LIMIT) into its own folder, resuming after an interruption, and in Colab (a clone of the
+repository, made with git) showing the committed runs without training."""
 import json
 import os
 
@@ -59,22 +59,11 @@ def test_notebook_in_a_fresh_clone_trains_into_its_own_folder_and_leaves_the_com
         assert (clone / "runs" / "weights" / "epochs1_limit2000" / f"{name}_seed0.pt").exists()
     images, text = shown(nb)
     assert images == 5  # Graph 1, Graph 2 and three misclassified grids shown inline
-    assert text.count("Trainable params: 7,750") == 3 and "final test acc" in text
+    assert text.count("then log_softmax over the 10 outputs") == 3 and "final test acc" in text
+    # the findings: this run's settings differ from the committed runs', and they say so
+    assert text.count("so they are context, not a comparison") == 3 and "LN, seed 0 (1 epochs)" in text
     assert text.count("training from scratch") == 3 and "finished, loaded" not in text
     assert changed_files(clone) == ""  # nothing committed changed, nothing written outside runs/
-
-
-@pytest.mark.mnist
-def test_notebook_with_train_false_shows_the_committed_runs(clone, mnist):
-    from conftest import changed_files
-    nb = execute(f"TRAIN = False\nDATA = {DATA!r}", clone)
-    images, text = shown(nb)
-    assert images == 5 and "BN + L1" in text and "train_loss" not in text and "training from scratch" not in text
-    table = text[text.index("final test acc"):]
-    for name in ("bn_l1", "ln", "gn"):  # the committed runs' final accuracies, in the summary table
-        with open(clone / "results" / f"{name}_seed0.json") as f:
-            assert f"{json.load(f)['history'][-1]['test_acc']:.2f}" in table
-    assert changed_files(clone) == ""
 
 
 def test_notebook_in_colab_without_repo_url_says_what_to_set(tmp_path):
@@ -86,16 +75,23 @@ def test_notebook_in_colab_without_repo_url_says_what_to_set(tmp_path):
 
 
 @pytest.mark.mnist
-def test_notebook_in_colab_clones_the_repository_and_runs_there(clone, tmp_path, mnist):
+def test_notebook_in_colab_clones_the_repository_and_shows_the_committed_runs_there(clone, tmp_path, mnist):
+    # TRAIN = False, as a student who first looks: in Colab the set-up cell clones the repository and works inside it,
+    # and the committed runs are shown without training (the training path is the fresh-clone test's).
+    from conftest import changed_files
     fake_colab = "import sys, types\nsys.modules['google.colab'] = types.ModuleType('google.colab')"
     colab = tmp_path / "colab"  # Colab's working folder, where the notebook clones the repository (here: `clone`)
     os.makedirs(colab)
-    nb = execute(f"EPOCHS = 1\nLIMIT = 500\nJOBS = 1\nDATA = {DATA!r}\nREPO_URL = {str(clone)!r}", colab,
-                 setup=fake_colab)
+    nb = execute(f"TRAIN = False\nDATA = {DATA!r}\nREPO_URL = {str(clone)!r}", colab, setup=fake_colab)
     assert (colab / "clone" / "model.py").exists()
-    assert (colab / "clone" / "runs" / "results" / "epochs1_limit500" / "bn_l1_seed0.json").exists()
     images, text = shown(nb)
-    assert images == 5 and "final test acc" in text
+    assert images == 5 and "BN + L1" in text and "train_loss" not in text and "training from scratch" not in text
+    table = text[text.index("final test acc"):]
+    for name in ("bn_l1", "ln", "gn"):  # the committed runs' final accuracies, in the summary table
+        with open(clone / "results" / f"{name}_seed0.json") as f:
+            assert f"{json.load(f)['history'][-1]['test_acc']:.2f}" in table
+    assert text.count("This run equals their seed 0 in every number of every epoch") == 3
+    assert changed_files(colab / "clone") == ""
 
 
 def test_committed_notebook_shows_the_training_of_the_committed_seed_0_runs():
@@ -105,6 +101,11 @@ def test_committed_notebook_shows_the_training_of_the_committed_seed_0_runs():
     nb = nbformat.read(NOTEBOOK, as_version=4)
     images, text = shown(nb)
     assert images == 5 and text.count("training from scratch") == 3 and "finished, loaded" not in text
+    # the network's receptive-field table for each model, and the findings, which find each run equal to the
+    # committed seed 0
+    assert text.count("gap       average-pool 6x6") == 3 and text.count("then log_softmax over the 10 outputs") == 3
+    assert text.count("This run equals their seed 0 in every number of every epoch") == 3
+    assert "3 runs trained in " in text and "MNIST: 60,000 training and 10,000 test images" in text
     table = text[text.index("final test acc"):]
     for name in ("bn_l1", "ln", "gn"):
         with open(os.path.join(ROOT, "results", f"{name}_seed0.json")) as f:
