@@ -69,7 +69,8 @@ def main(argv=None):
         print(utils.LOG_HEADER)
         return main_runs, data, utils.run_experiments(runs, data, device=args.device, out=args.out, jobs=args.jobs,
                                                       progress=not args.no_progress, fresh=args.fresh)
-    main_runs, data, (records, models) = cli.run_command("train.py", args, body, precision=args.precision)
+    main_runs, data, (records, models) = cli.run_command("train.py", body, pin=not args.native_isa,
+                                                              precision=args.precision)
     print()
     print(format_summary(records))
     if args.val or args.no_figures:

@@ -141,7 +141,7 @@ def run_quick_lookable(args, defaults, command, train):
         print(utils.LOG_HEADER)
         return train(load_mnist(args.data), device=args.device, out=args.out, jobs=args.jobs, fresh=args.fresh,
                      progress=not args.no_progress, epochs=args.epochs, limit=args.limit)
-    return run_command(command, args, body)
+    return run_command(command, body, pin=not args.native_isa)
 
 
 def resume_command(command, argv=None):
@@ -151,20 +151,22 @@ def resume_command(command, argv=None):
     return shlex.join(["python"] + ([command] if command.endswith(".py") else ["-m", command]) + list(argv))
 
 
-def run_command(command, args, body, *, precision="fp32"):
-    """Every training command's tail: the allocator setting and the CPU instruction-set pin (before torch's first
-    operation: machine.pin_isa; with bf16, oneDNN keeps its own), then body(); a user's error (utils.USER_ERRORS)
-    ends in one line, Ctrl-C in the command that resumes (resume_command). Returns body's result."""
+def run_command(command, body, *, pin=True, precision="fp32", kept="every finished epoch is kept"):
+    """Every command's tail: the allocator setting and, with pin, the CPU instruction set pinned to AVX2 (before
+    torch's first operation: machine.pin_isa; with bf16, oneDNN keeps its own; without pin, PyTorch's own choice, or
+    the body pins as it must), then body(); a user's error (utils.USER_ERRORS) ends in one line, Ctrl-C in what was
+    kept and the command as typed, which resumes (resume_command). Returns body's result."""
     import utils
     from mnist_norms.machine import pin_isa, tune_malloc
     tune_malloc()
-    pin_isa(not args.native_isa, onednn=precision == "fp32")  # so that the runs reproduce on other CPUs
+    if pin:
+        pin_isa(onednn=precision == "fp32")  # so that the runs reproduce on other CPUs
     try:
         return body()
     except utils.USER_ERRORS as e:
         sys.exit(f"{command}: error: {e}")
     except KeyboardInterrupt:
-        sys.exit(f"\nstopped: every finished epoch is kept; resume with: {resume_command(command)}")
+        sys.exit(f"\nstopped: {kept}; resume with: {resume_command(command)}")
 
 
 def finish_run_arguments(args, runs=None):

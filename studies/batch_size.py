@@ -218,9 +218,9 @@ def main(argv=None):
     # Settings other than the study's own go to a folder of their own under --out (cli.variant)
     variant = cli.variant(args, parse_args([]), list(cli.recipe_settings(args)))
     args.out = os.path.join(args.out, variant)
-    records = cli.run_command("studies.batch_size", args, lambda: run_study(
+    records = cli.run_command("studies.batch_size", lambda: run_study(
         recipes_of(args), load_mnist(args.data), device=args.device, out=args.out, jobs=args.jobs, fresh=args.fresh,
-        progress=not args.no_progress), precision=args.precision)
+        progress=not args.no_progress), pin=not args.native_isa, precision=args.precision)
     print()
     print(f"{'run':<16} {'lr':>8} {'seeds':>5} {'final test acc %':>17} {'with batch stats %':>19}")
     for r in summary(records):

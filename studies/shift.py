@@ -22,7 +22,7 @@ from matplotlib.figure import Figure
 from tqdm.auto import tqdm
 
 import utils
-from mnist_norms import machine
+from mnist_norms import cli
 from mnist_norms.cli import device as parse_device
 from mnist_norms.data import load_mnist
 from mnist_norms.files import sha256_file, write_json
@@ -322,13 +322,13 @@ def parse_args(argv=None):
 
 def main(argv=None):
     args = parse_args(argv)
-    machine.pin_isa(True)  # before torch's first operation: the same kernels as training, on any x86-64 CPU
-    try:
+
+    def body():  # after the AVX2 pin (cli.run_command): the same kernels as training, on any x86-64 CPU
         data = load_mnist(args.data)
-        records = study(data, out=args.out, runs=args.runs, device=args.device, seed=args.seed,
-                        progress=not args.no_progress)
-    except utils.USER_ERRORS as e:
-        sys.exit(f"studies.shift: error: {e}")
+        return data, study(data, out=args.out, runs=args.runs, device=args.device, seed=args.seed,
+                           progress=not args.no_progress)
+    data, records = cli.run_command("studies.shift", body,
+                                    kept="the results of every weights file evaluated are kept")
     mismatch = [f"{n}_seed{s}: {r['sets'][CLEAN][EVAL]['test_acc']} against {r['recorded_test_acc']}"
                 for (n, s), r in records.items()
                 if r["recorded_test_acc"] is not None and r["sets"][CLEAN][EVAL]["test_acc"] != r["recorded_test_acc"]]

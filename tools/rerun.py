@@ -91,8 +91,8 @@ def rerun(saved, path, data, *, device, out, epochs=None, fresh=False, progress=
 
 def main(argv=None):
     args = parse_args(argv)
-    machine.tune_malloc()
-    try:
+
+    def body():
         saved = read_record(args.file, own=f"--rerun takes {INPUT}")  # before anything is loaded
         config = saved["config"]
         if config.get("device", "cpu").startswith("cpu") and not all(config.get(k) for k in ("threads", "isa", "cpu")):
@@ -105,8 +105,8 @@ def main(argv=None):
         data = load_mnist(args.data)
         return rerun(saved, args.file, data, device=device, out=args.out, epochs=args.epochs, fresh=args.fresh,
                      progress=not args.no_progress)
-    except utils.USER_ERRORS as e:
-        sys.exit(f"rerun: error: {e}")
+    # the pin follows the file (pin_for), so run_command leaves it to the body
+    return cli.run_command("tools.rerun", body, pin=False)
 
 
 if __name__ == "__main__":
