@@ -43,6 +43,7 @@ from studies.tables import load_json
 
 ISA_NAMES = {"avx2": "AVX2", "avx512": "AVX-512"}  # ATen's capability names, as the docs write them
 COMPARISONS = ("malloc", "pipeline", "precision", "isa", "experiment", "before")
+QUICK_TEST_IMAGES = 1000  # --quick evaluates on these first test images
 
 
 def epochs_in_this_process(spec, data_root):
@@ -55,6 +56,7 @@ def epochs_in_this_process(spec, data_root):
     train, test = load_mnist(data_root)
     recipe = Recipe("BN", l1=L1, epochs=spec["epochs"], limit=spec["limit"], precision=spec["precision"])
     train, test = select((train, test), recipe)
+    test = tuple(t[:spec.get("test_images")] for t in test)  # all 10,000 unless --quick says fewer
     torch.manual_seed(0)
     model = Net("BN").to(device)
     optimizer = torch.optim.SGD(model.parameters(), lr=recipe.lr, momentum=0.9, nesterov=True)
@@ -75,6 +77,8 @@ def epochs_in_this_process(spec, data_root):
                             num_workers=spec["workers"], persistent_workers=spec["workers"] > 0)
     test_set = datasets.MNIST(data_root, train=False, transform=transforms.Compose(
         [transforms.ToTensor(), transforms.Normalize((MEAN,), (STD,))]))
+    if spec.get("test_images"):
+        test_set = Subset(test_set, range(spec["test_images"]))
     test_loader = DataLoader(test_set, batch_size=2000)
     for _ in range(spec["epochs"]):
         start = time.perf_counter()
@@ -149,7 +153,8 @@ def parse_args(argv=None):
                                 allow_abbrev=False)
     p.add_argument("--compare", nargs="+", choices=COMPARISONS, default=list(COMPARISONS[:-1]),
                    help="what to measure (default: all but before)")
-    p.add_argument("--quick", action="store_true", help="1 repeat of 2 epochs on 512 images (for the tests)")
+    p.add_argument("--quick", action="store_true",
+                   help="1 repeat of 2 epochs on 512 images, evaluated on 1,000 test images (for the tests)")
     p.add_argument("--repeats", type=int, default=3, help="fresh processes per setting (default 3)")
     p.add_argument("--epochs", type=int, default=3, help="epochs per process, the first left out (default 3)")
     p.add_argument("--limit", type=int, default=15000,
@@ -240,7 +245,8 @@ def main(argv=None):
             result = {k: v for k, v in json.load(f).items() if k in COMPARISONS}
     threads = torch.get_num_threads()
     base = {"pipeline": "ours", "malloc": True, "threads": threads, "precision": "fp32", "epochs": args.epochs,
-            "limit": args.limit, "workers": args.workers, "isa": machine.AVX2}
+            "limit": args.limit, "workers": args.workers, "isa": machine.AVX2,
+            **({"test_images": QUICK_TEST_IMAGES} if args.quick else {})}
     settings = {"repeats": args.repeats, "epochs": args.epochs, "order": "alternating, a fresh process per run",
                 "statistic": "median epoch time, the first epoch of each run left out"}
     env = {"device": pipeline.device_description(torch.device("cpu")), "versions": pipeline.versions()}

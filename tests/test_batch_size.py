@@ -156,7 +156,7 @@ def test_cli_study_defaults():
 def test_cli_study_at_toy_size_in_two_processes(tmp_path, mnist):
     from conftest import DATA
     # One batch size (test_toy_study covers several), in two processes
-    cmd = [sys.executable, "-m", "studies.batch_size", "--batch-sizes", "8",
+    cmd = [sys.executable, "-m", "studies.batch_size", "--batch-sizes", "32",
            "--epochs", "1", "--seeds", "0", "--limit", "512", "--jobs", "2", "--data", DATA, "--out", str(tmp_path),
            "--device", "cpu", "--no-progress"]
     done = subprocess.run(cmd, capture_output=True, text=True, timeout=600, cwd=ROOT)
@@ -164,12 +164,12 @@ def test_cli_study_at_toy_size_in_two_processes(tmp_path, mnist):
     # Fewer epochs and images than the study's own: a folder of their own under --out
     folder = tmp_path / "epochs1_limit512" / "results" / "batch_size"
     assert sorted(os.listdir(folder)) == sorted(
-        [f"{n}_bs8_seed0.json" for n in ("bn", "ln", "gn")] + ["study.json"])
-    record = json.load(open(folder / "bn_bs8_seed0.json"))
+        [f"{n}_bs32_seed0.json" for n in ("bn", "ln", "gn")] + ["study.json"])
+    record = json.load(open(folder / "bn_bs32_seed0.json"))
     assert record["config"]["train_images"] == 512 and record["config"]["eval_images"] == 10000
     assert 0 <= record["history"][0]["test_acc_batch_stats"] <= 100
     assert os.path.getsize(tmp_path / "epochs1_limit512" / "static" / "batch_size_study.png") > 5000
-    assert "BN, batch 8" in done.stdout and "with batch stats" in done.stdout
+    assert "BN, batch 32" in done.stdout and "with batch stats" in done.stdout
     # Run again: everything is there already.
     done = subprocess.run(cmd, capture_output=True, text=True, timeout=600, cwd=ROOT)
     assert done.returncode == 0 and "3 already finished" in done.stdout and "0 to train" in done.stdout

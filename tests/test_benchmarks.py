@@ -110,7 +110,7 @@ def test_end_to_end_measures_epochs_in_fresh_processes_and_times_the_train_py_co
     args = end_to_end.parse_args(["--quick", "--data", DATA])
     for pipeline in ("ours", "conventional"):  # one real process each: 2 epochs on 512 images
         spec = {"pipeline": pipeline, "malloc": True, "threads": 1, "precision": "fp32", "epochs": 2, "limit": 512,
-                "workers": 0, "isa": "avx2"}
+                "workers": 0, "isa": "avx2", "test_images": end_to_end.QUICK_TEST_IMAGES}
         seconds = end_to_end.fresh_epochs(spec, args)
         assert len(seconds) == 2 and all(s > 0 for s in seconds), pipeline
     # The whole-experiment comparison times train.py's own command line: train.py must accept it as it is.
