@@ -15,7 +15,8 @@ def run_sentence(record):
     h = record["history"]
     last, best = h[-1], max(h, key=lambda e: e["test_acc"])
     first, steady = stats.first_epoch(h), stats.steady_from(h)
-    text = (f"{label(record)}, seed {record['config']['seed']} ({len(h)} epochs): final test accuracy "
+    epochs = f"{len(h)} epoch{'s' if len(h) != 1 else ''}"
+    text = (f"{label(record)}, seed {record['config']['seed']} ({epochs}): final test accuracy "
             f"{last['test_acc']:.2f}%, best {best['test_acc']:.2f}% (epoch {best['epoch']}). ")
     if first is None:
         text += f"It never reached {stats.TARGET}%. "

@@ -58,7 +58,7 @@ def test_a_run_of_its_own_is_placed_against_the_range_and_a_dip_after_epoch_12_i
 def test_other_settings_are_context_not_a_comparison_and_models_are_ranked_with_a_caveat(committed):
     quick = {"ln": [record("ln", "LN", 0, [99.5], limit=2000)], "gn": [record("gn", "GN", 0, [99.1], limit=2000)]}
     text = findings(quick, committed)
-    assert "it trained fewer than 12 epochs" in text
+    assert "LN, seed 0 (1 epoch): final test accuracy 99.50%" in text and "it trained fewer than 12 epochs" in text
     assert "They trained with the default settings, this run with epochs1_limit2000" in text
     assert "No committed runs of GN to compare with." in text
     assert "Here, by final test accuracy: LN 99.50%, GN 99.10%. One run per model is one draw" in text

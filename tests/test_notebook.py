@@ -61,7 +61,7 @@ def test_notebook_in_a_fresh_clone_trains_into_its_own_folder_and_leaves_the_com
     assert images == 5  # Graph 1, Graph 2 and three misclassified grids shown inline
     assert text.count("then log_softmax over the 10 outputs") == 3 and "final test acc" in text
     # the findings: this run's settings differ from the committed runs', and they say so
-    assert text.count("so they are context, not a comparison") == 3 and "LN, seed 0 (1 epochs)" in text
+    assert text.count("so they are context, not a comparison") == 3 and "LN, seed 0 (1 epoch)" in text
     assert text.count("training from scratch") == 3 and "finished, loaded" not in text
     assert changed_files(clone) == ""  # nothing committed changed, nothing written outside runs/
 
