@@ -297,8 +297,9 @@ def run_experiments(recipes, data, *, device, out=RUNS, jobs=None, study=Study()
     todo = sum(fresh or not is_finished(run_paths(out, study.folder, n, r.seed)["results"], study.stop_after)
                for r, n in zip(recipes, names))
     start = time.perf_counter()
-    if todo <= 1:  # one run to train, or none (every run only loaded): worker processes would only cost their start
-        jobs = 1
+    # as many processes as there are runs to train at most; one run, or none (every run only loaded): this process,
+    # since worker processes would only cost their start
+    jobs = min(jobs, todo) if todo > 1 else 1
     if jobs == 1 or len(recipes) == 1:
         # Move the data to the device once for all runs; run()'s own move is then a no-op. Workers get the
         # data as it came (pickled to each process) and move it themselves.
