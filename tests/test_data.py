@@ -3,6 +3,7 @@ import gzip
 import hashlib
 import os
 import pickle
+import shutil
 import zipfile
 
 import numpy as np
@@ -98,12 +99,21 @@ def write_fake_files(fake, root):
     return raw, expected
 
 
-def test_truncated_file_is_named_with_how_to_recover(fake, tmp_path):
+@pytest.mark.parametrize("cut", [1000, 10, 0])
+def test_truncated_file_is_named_with_how_to_recover(fake, tmp_path, cut):
     raw, expected = write_fake_files(fake, tmp_path)
     path = os.path.join(raw, "t10k-images-idx3-ubyte")
     with open(path, "r+b") as f:
-        f.truncate(1000)
+        f.truncate(cut)  # within the images, within the header, nothing
     with pytest.raises(DataError, match=r"t10k-images-idx3-ubyte is corrupt or truncated.*Delete it"):
+        load_mnist(tmp_path, sources=("files",), expected=expected)
+
+
+def test_a_labels_file_in_place_of_an_images_file_is_named(fake, tmp_path):
+    raw, expected = write_fake_files(fake, tmp_path)
+    shutil.copy(os.path.join(raw, "train-labels-idx1-ubyte"), os.path.join(raw, "train-images-idx3-ubyte"))
+    with pytest.raises(DataError, match=r"train-images-idx3-ubyte is corrupt or truncated \(not a whole idx file of "
+                                        r"3-dimensional bytes"):
         load_mnist(tmp_path, sources=("files",), expected=expected)
 
 
@@ -156,3 +166,10 @@ def test_real_mnist_matches_the_published_checksums_of_the_original_files(mnist)
     for name, md5 in published.items():
         with open(os.path.join(DATA, "MNIST", "raw", name), "rb") as f:
             assert hashlib.md5(f.read()).hexdigest() == md5, name
+    # what load_mnist read by hand is what torchvision's own idx reader reads from the same files
+    from torchvision.datasets.mnist import read_image_file, read_label_file
+    raw = os.path.join(DATA, "MNIST", "raw")
+    assert torch.equal(read_image_file(os.path.join(raw, "train-images-idx3-ubyte")), tr_x)
+    assert torch.equal(read_label_file(os.path.join(raw, "train-labels-idx1-ubyte")).long(), tr_y)
+    assert torch.equal(read_image_file(os.path.join(raw, "t10k-images-idx3-ubyte")), te_x)
+    assert torch.equal(read_label_file(os.path.join(raw, "t10k-labels-idx1-ubyte")).long(), te_y)
