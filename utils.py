@@ -248,11 +248,11 @@ def _resume(path, state, record, device, log):
             config[key] = before
 
 
-def _worker_init(device, parent):
+def _worker_init(device):
     """A worker process: one CPU thread (several single-thread processes share a CPU's cores better than one
     process whose threads spin-wait for each other), the allocator setting, Ctrl-C left to the parent, which stops
-    the workers itself, and an end with the parent (process `parent`) if it is killed."""
-    machine.die_with_parent(parent)
+    the workers itself, and an end with its parent if that is killed."""
+    machine.die_with_parent()
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     # tqdm would otherwise make a multiprocessing lock (a semaphore) here, which a worker stopped early leaves behind
     # and the resource tracker then warns about; workers show no bars, so a thread lock is enough.
@@ -334,11 +334,17 @@ def run_experiments(recipes, data, *, device, out=RUNS, jobs=None, study=Study()
 
 def _in_workers(recipes, data, device, jobs, kws):
     """[record] of run(recipe, **kw) for each recipe, in `jobs` worker processes; their log lines are printed here."""
-    # "spawn" starts clean interpreters: forking a process whose OpenMP pool has run can hang it.
-    context = multiprocessing.get_context("spawn")
-    pool = context.Pool(min(jobs, len(recipes)), _worker_init, (device, os.getpid()))
+    # Forking this process could hang a worker (its OpenMP pool may have run). A fork server is a clean interpreter,
+    # started once with this process's environment (the instruction-set pin), that imports torch and this module
+    # and then forks each worker and the manager from itself, so none of them pays the ~2.5 s of importing torch
+    # that a "spawn" start pays (the one start method where there is no fork server: Windows).
+    method = "forkserver" if "forkserver" in multiprocessing.get_all_start_methods() else "spawn"
+    context = multiprocessing.get_context(method)
+    if method == "forkserver":
+        context.set_forkserver_preload(["__main__", __name__])  # the script run, and this module
+    pool = context.Pool(min(jobs, len(recipes)), _worker_init, (device,))
     manager = SyncManager(ctx=context)  # its queue can be passed to the workers with each task
-    manager.start(machine.die_with_parent, (os.getpid(),))
+    manager.start(machine.die_with_parent)
     lines = manager.Queue()
 
     def print_lines():

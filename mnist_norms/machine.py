@@ -9,13 +9,13 @@ says what a process computes with, for a run's config.
 """
 import contextlib
 import ctypes
+import multiprocessing
 import os
 import platform
 import re
 import sys
 import tempfile
 import threading
-import time
 import warnings
 
 import torch
@@ -226,14 +226,17 @@ def gpu_arithmetic(precision, device):
     torch.backends.cudnn.benchmark = False
 
 
-def die_with_parent(parent):
-    """In a worker process started by process `parent` (its pid): end when that process ends, however it ends (a
+def die_with_parent():
+    """In a process started by multiprocessing: end when the process that started it ends, however it ends (a
     SIGKILL, an out-of-memory kill, a notebook's kernel restarted) rather than stay behind, idle, holding its memory.
-    A thread checks every half second whether the parent is still this process's parent (Linux's PR_SET_PDEATHSIG
-    was tried first and, measured here, did not end the workers)."""
+    multiprocessing keeps a pipe from the starting process to each process it starts, whether spawned or forked by
+    the fork server; when the starting process ends, the pipe closes, and a thread waiting on it ends this one. (Not
+    the parent in the process tree: the fork server is that, and it outlives the process that started it while any
+    process it forked lives. Linux's PR_SET_PDEATHSIG, tried first, did not end the workers.)"""
+    parent = multiprocessing.parent_process()
+
     def watch():
-        while os.getppid() == parent:
-            time.sleep(0.5)
+        parent.join()
         os._exit(1)
     threading.Thread(target=watch, daemon=True, name="die_with_parent").start()
 
