@@ -12,7 +12,7 @@ Comparisons (--compare, any of):
               one epoch of BN + L1 on the 60,000 training images plus the evaluation, as pipeline
   experiment  the whole `python train.py` (BN + L1, LN and GN) with --jobs A against --jobs B (--experiment-jobs,
               default 2 and 3: on 2 cores, two runs side by side and then the third alone, or all three at once);
-              wall seconds of the process, for --experiment-epochs epochs
+              wall seconds of the process, for --experiment-epochs epochs (on --experiment-limit training images)
   before      the whole `python train.py` of another checkout (--before DIR, e.g. a `git worktree` of an older
               commit) against this one, both with their defaults, measured as experiment
 Each setting runs --repeats times, alternating which goes first; the first epoch of each run is left out (warm-up)
@@ -127,8 +127,8 @@ def fresh_experiment(jobs, args, folder, checkout=ROOT):
            "--device", "cpu", "--data", args.data, "--out", out, "--no-figures", "--no-progress"]
     if jobs:
         cmd += ["--jobs", str(jobs)]
-    if args.quick:
-        cmd += ["--limit", str(args.limit)]
+    if args.experiment_limit:
+        cmd += ["--limit", str(args.experiment_limit)]
     start = time.perf_counter()
     subprocess.run(cmd, check=True, capture_output=True, text=True)
     return time.perf_counter() - start
@@ -162,6 +162,9 @@ def parse_args(argv=None):
     p.add_argument("--experiment-epochs", type=int, default=2, help="epochs of each train.py run for experiment")
     p.add_argument("--experiment-jobs", type=int, nargs=2, default=[2, 3], metavar=("A", "B"),
                    help="the two --jobs values experiment compares")
+    p.add_argument("--experiment-limit", type=int, default=None,
+                   help="training images of each train.py run for experiment and before (default: all; 512 with "
+                        "--quick)")
     p.add_argument("--workers", type=int, default=2, help="the conventional DataLoader's num_workers (default 2)")
     p.add_argument("--data", default=os.path.join(ROOT, "data"), help="dataset root (DATA/MNIST/raw)")
     p.add_argument("--out", default=None, help="the JSON written (default results/end_to_end.json)")
@@ -170,10 +173,12 @@ def parse_args(argv=None):
     args = p.parse_args(argv)
     if args.quick:
         args.repeats, args.epochs, args.limit, args.experiment_epochs = 1, 2, 512, 1
+        args.experiment_limit = args.experiment_limit or args.limit
     if args.epochs < 2 or args.repeats < 1 or args.limit < 1 or args.experiment_epochs < 1 \
+            or (args.experiment_limit is not None and args.experiment_limit < 1) \
             or min(args.experiment_jobs) < 1 or args.experiment_jobs[0] == args.experiment_jobs[1]:
-        p.error("--epochs must be at least 2 (the first is left out); --repeats, --limit and --experiment-epochs "
-                "at least 1; --experiment-jobs two different positive integers")
+        p.error("--epochs must be at least 2 (the first is left out); --repeats, --limit, --experiment-epochs and "
+                "--experiment-limit at least 1; --experiment-jobs two different positive integers")
     if "before" in args.compare and not (args.before and os.path.isfile(os.path.join(args.before, "train.py"))):
         p.error("--compare before needs --before DIR, a checkout with a train.py")
     args.out = args.out or os.path.join(ROOT, "results", "end_to_end_quick.json" if args.quick else "end_to_end.json")
@@ -250,6 +255,7 @@ def main(argv=None):
     settings = {"repeats": args.repeats, "epochs": args.epochs, "order": "alternating, a fresh process per run",
                 "statistic": "median epoch time, the first epoch of each run left out"}
     env = {"device": pipeline.device_description(torch.device("cpu")), "versions": pipeline.versions()}
+    limit = f" --limit {args.experiment_limit}" if args.experiment_limit else ""  # in experiment's and before's command
     for what in args.compare:
         print(what, flush=True)
         if what == "malloc":
@@ -294,7 +300,8 @@ def main(argv=None):
             result["before"] = {
                 "before_seconds": med["before"], "after_seconds": med["after"], "speedup": med["before"] / med["after"],
                 "samples_seconds": runs, "before_commit": commit, **env,
-                "settings": {"command": f"python train.py --epochs {args.experiment_epochs}", "repeats": args.repeats,
+                "settings": {"command": f"python train.py --epochs {args.experiment_epochs}" + limit,
+                             "repeats": args.repeats,
                              "order": settings["order"], "statistic": "median wall time"}}
         else:
             with tempfile.TemporaryDirectory() as folder:
@@ -306,8 +313,7 @@ def main(argv=None):
             result["experiment"] = {
                 "jobs": args.experiment_jobs, f"{a}_seconds": med[a], f"{b}_seconds": med[b],
                 "speedup": med[a] / med[b], "samples_seconds": runs, **env,
-                "settings": {"command": f"python train.py --epochs {args.experiment_epochs} --jobs J"
-                                        + (f" --limit {args.limit}" if args.quick else ""),
+                "settings": {"command": f"python train.py --epochs {args.experiment_epochs} --jobs J" + limit,
                              "repeats": args.repeats, "order": settings["order"], "statistic": "median wall time"}}
         write_json(args.out, result)
     brief = lambda v: {k: brief(vv) if isinstance(vv, dict) and k != "isa_in_use" else vv
