@@ -336,12 +336,13 @@ def _in_workers(recipes, data, device, jobs, kws):
     """[record] of run(recipe, **kw) for each recipe, in `jobs` worker processes; their log lines are printed here."""
     # Forking this process could hang a worker (its OpenMP pool may have run). A fork server is a clean interpreter,
     # started once with this process's environment (the instruction-set pin), that imports torch and this module
-    # and then forks each worker and the manager from itself, so none of them pays the ~2.5 s of importing torch
-    # that a "spawn" start pays (the one start method where there is no fork server: Windows).
+    # and then forks each worker and the manager from itself, so none of them pays the ~3 s of CPU of importing them
+    # that a "spawn" start pays (docs/performance.md; spawn is the start method where there is no fork server:
+    # Windows).
     method = "forkserver" if "forkserver" in multiprocessing.get_all_start_methods() else "spawn"
     context = multiprocessing.get_context(method)
     if method == "forkserver":
-        context.set_forkserver_preload(["__main__", __name__])  # the script run, and this module
+        context.set_forkserver_preload([__name__])  # this module, and with it torch and the library
     pool = context.Pool(min(jobs, len(recipes)), _worker_init, (device,))
     manager = SyncManager(ctx=context)  # its queue can be passed to the workers with each task
     manager.start(machine.die_with_parent)
