@@ -251,7 +251,7 @@ def _resume(path, state, record, device, log):
 def _worker_init(device):
     """A worker process: one CPU thread (several single-thread processes share a CPU's cores better than one
     process whose threads spin-wait for each other), the allocator setting, Ctrl-C left to the parent, which stops
-    the workers itself, and an end with its parent if that is killed."""
+    the workers itself, and an end with the process that started it if that is killed."""
     machine.die_with_parent()
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     # tqdm would otherwise make a multiprocessing lock (a semaphore) here, which a worker stopped early leaves behind
