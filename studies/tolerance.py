@@ -1,0 +1,136 @@
+"""Learning-rate tolerance under the recipe's own schedule: BN + L1, LN, GN and the two controls at peaks above the
+recipe's, on the validation split.
+
+    python -m studies.tolerance --out .    # resumable; writes results/tolerance/ (LN at 0.3: results/tune/stress/)
+
+The learning-rate sweep (studies/lr_sweep) runs a 6-epoch cycle, which rises to its peak in about 700 steps; the
+recipe's 20-epoch cycle rises in about 2,800. The stress test (studies/search.py) already measures the recipe's
+schedule for LN: the first 6 epochs of the 20-epoch cycle. This study runs that design for every model.
+
+The rule, fixed and committed before the study's first run:
+
+1. BN + L1, LN, GN and the two controls (model.MODELS), at each peak of PEAKS, seeds SEEDS. Each run is the
+   stress test's (search.BASE: Recipe's schedule, 20 epochs, rising to its peak over the first 15% of the steps,
+   the average warmed up; no clip), L1 on the BN run only, trained on the first 50,000 training images and scored on
+   the last VAL; it stops after EPOCHS epochs (the rise, which ends in epoch 3, and the three epochs after it).
+   LN at 0.3 is the stress test's arm ln_lr0.3_clip0 (the same settings): its seeds SEEDS are loaded from
+   results/tune/stress/, or trained there where they are not.
+2. A run failed if stats.failure says so over its EPOCHS epochs: a loss that is not finite, its training or validation
+   accuracy falling by stats.COLLAPSE (10) points or more from one epoch to the next, or its validation accuracy
+   below stats.NOT_LEARNED (20%) in every epoch. This is the one definition of "failed" the README and docs use.
+3. A model trains at a peak (under the recipe's schedule) when none of its SEEDS runs failed there. The table gives,
+   for every model and peak, the runs that failed (k of 3, and which seeds) and the mean validation accuracy after
+   epoch EPOCHS of the runs that did not; and, for the recipe's own peak (0.1), the failures among each model's ten
+   20-epoch runs on the test set (results/*_seed*.json), labelled as such. The counts are reported whatever they are.
+
+Runs resume like train.py's (run the same command again); each invocation that trains logs its wall time to
+tolerance.json in the results folder.
+"""
+import os
+import sys
+
+import numpy as np
+
+import utils
+from mnist_norms import cli
+from mnist_norms.recipe import L1, Recipe
+from mnist_norms.records import load_records
+from model import MODELS
+from studies import stats
+from studies.search import BASE, STRESS_EPOCHS, STRESS_FOLDER, stress_name
+
+PEAKS = (0.3, 1.0, 3.0)
+SEEDS = (0, 1, 2)
+EPOCHS = STRESS_EPOCHS  # 6
+VAL = stats.VALIDATION
+FOLDER = "tolerance"
+STRESS_ARM = ("LN", 0.3)  # the stress test's stage-1 arm that is this study's LN at 0.3
+
+
+def recipe(norm, peak, seed, **overrides):
+    """One run of the study (rule 1)."""
+    return Recipe(norm, l1=L1 if norm == "BN" else 0.0, lr=peak, seed=seed, **{**BASE, "val": VAL, **overrides})
+
+
+def run_name(r):
+    """ "bn_l1_lr0.3": the run's file name stem (its files add _seed<S>)."""
+    return f"{r.name}_lr{r.lr:g}"
+
+
+def run_tolerance(data, *, device, out, jobs, fresh=False, progress=True, **overrides):
+    """Train (or resume, or load) the study's runs, seed by seed (an interrupted study leaves whole comparisons);
+    returns {(norm, peak): {seed: record}} of the runs stopped after EPOCHS epochs."""
+    runs = [recipe(norm, peak, seed, **overrides) for seed in SEEDS for peak in PEAKS for norm in MODELS]
+    arm = [r for r in runs if (r.norm, r.lr) == STRESS_ARM]
+    rest = [r for r in runs if (r.norm, r.lr) != STRESS_ARM]
+    if arm:
+        print(f"LN at {STRESS_ARM[1]:g}: the stress test's arm {stress_name(STRESS_ARM[1], 0)}, {len(arm)} runs")
+        utils.run_experiments(arm, data, device=device, out=out, jobs=jobs, progress=progress, fresh=fresh,
+                              study=utils.Study(folder=STRESS_FOLDER, names=tuple(stress_name(r.lr, 0) for r in arm),
+                                                stop_after=EPOCHS, invocations="tune.json"))
+    print(f"tolerance under the recipe's schedule: {len(rest)} runs, the first {EPOCHS} epochs each")
+    utils.run_experiments(rest, data, device=device, out=out, jobs=jobs, progress=progress, fresh=fresh,
+                          study=utils.Study(folder=FOLDER, names=tuple(run_name(r) for r in rest), stop_after=EPOCHS,
+                                            invocations="tolerance.json"))
+    return tolerance_runs(os.path.join(out, "results"))
+
+
+def tolerance_runs(results):
+    """{(norm, peak): {seed: record}} of the study's runs under RESULTS that reached EPOCHS epochs (or their own
+    epochs, for a quick look with fewer)."""
+    found = {}
+    folders = [(os.path.join(results, FOLDER), None), (os.path.join(results, STRESS_FOLDER), STRESS_ARM)]
+    for folder, only in folders:
+        if not os.path.isdir(folder):
+            continue
+        for recs in load_records(folder).values():
+            for r in recs:
+                c = r["config"]
+                key = (c["norm"], c["lr"])
+                if (only and key != only) or c["seed"] not in SEEDS or c["clip"] != 0 or key[1] not in PEAKS:
+                    continue
+                if len(r["history"]) >= min(EPOCHS, c["epochs"]):
+                    found.setdefault(key, {})[c["seed"]] = r
+    return found
+
+
+def table(runs):
+    """{(norm, peak): {"label", "seeds", "failed": {seed: how}, "mean": mean validation accuracy after the last
+    epoch of the study of the runs that did not fail (nan if none)}} (rule 3)."""
+    out = {}
+    for (norm, peak), by_seed in sorted(runs.items()):
+        histories = {s: r["history"][:EPOCHS] for s, r in sorted(by_seed.items())}
+        failed = {s: how for s, h in histories.items() if (how := stats.failure(h))}
+        ok = [h[-1]["test_acc"] for s, h in histories.items() if s not in failed]
+        out[norm, peak] = {"label": Recipe.from_config(next(iter(by_seed.values()))["config"]).label,
+                           "seeds": sorted(by_seed), "failed": failed,
+                           "mean": float(np.mean(ok)) if ok else float("nan")}
+    return out
+
+
+def format_table(cells):
+    lines = [f"{'model':<31} {'peak':>5} {'runs':>4} {'failed':>6}  {'val acc':>7}  seeds that failed"]
+    for (_, peak), c in sorted(cells.items(), key=lambda kv: (MODELS.index(kv[0][0]), kv[0][1])):
+        failed = ", ".join(f"{s} ({how})" for s, how in c["failed"].items()) or "-"
+        lines.append(f"{c['label']:<31} {peak:>5g} {len(c['seeds']):>4} {len(c['failed']):>6}  {c['mean']:>7.2f}  "
+                     f"{failed}")
+    return "\n".join(lines)
+
+
+def parse_args(argv=None):
+    p = cli.parser(__doc__)
+    cli.add_run_arguments(p, figures=False)
+    cli.add_quick_look_arguments(p, Recipe.epochs)
+    return cli.finish_run_arguments(p.parse_args(argv))
+
+
+def main(argv=None):
+    args = parse_args(argv)
+    runs = cli.run_quick_lookable(args, parse_args([]), "studies.tolerance", run_tolerance)
+    print()
+    print(format_table(table(runs)))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
