@@ -213,13 +213,17 @@ def gpu_arithmetic(precision, device):
     """Before a run on a CUDA GPU: ValueError for bf16 where the GPU only emulates bfloat16 (cuDNN takes bfloat16
     convolutions from compute capability 8.0; below, a T4 say, autocast falls back to much slower kernels than fp32),
     and for fp32 true fp32: TF32 off for convolutions and matrix products (PyTorch lets cuDNN use TF32 by default),
-    cuDNN's deterministic algorithms, so the same seed on the same GPU gives the same numbers."""
+    cuDNN's deterministic algorithms and no benchmarking, so that cuDNN does not pick its algorithms by timing them.
+    That is not a promise of the same numbers: GPU runs are not bit-reproducible (docs/performance.md). It asks about
+    `device`, the run's GPU, rather than the current one, which torch.cuda.is_bf16_supported asks about: bfloat16 is
+    native on every ROCm GPU, and on CUDA ones of compute capability 8.0 or newer."""
     if device.type != "cuda":
         return
-    if precision == "bf16" and not torch.cuda.is_bf16_supported(including_emulation=False):
+    capability = torch.cuda.get_device_capability(device)
+    if precision == "bf16" and not torch.version.hip and capability < (8, 0):
         raise ValueError(f"precision bf16: {torch.cuda.get_device_name(device)} has no native bfloat16 (compute "
-                         f"capability {'.'.join(map(str, torch.cuda.get_device_capability(device)))}; 8.0 or newer "
-                         f"has it), and emulated it is slower than fp32; use fp32")
+                         f"capability {'.'.join(map(str, capability))}; 8.0 or newer has it), and emulated it is "
+                         f"slower than fp32; use fp32")
     torch.backends.cuda.matmul.allow_tf32 = False
     torch.backends.cudnn.allow_tf32 = False
     torch.backends.cudnn.deterministic = True

@@ -110,7 +110,7 @@ def test_a_training_step_on_cuda_never_waits_for_the_gpu():
 def test_bf16_stops_with_one_line_on_a_gpu_that_only_emulates_it_and_fp32_turns_tf32_off(monkeypatch):
     from mnist_norms import machine
     cuda = torch.device("cuda")
-    monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda including_emulation=True: including_emulation)
+    monkeypatch.setattr(torch.version, "hip", None)
     monkeypatch.setattr(torch.cuda, "get_device_name", lambda device=None: "Tesla T4")
     monkeypatch.setattr(torch.cuda, "get_device_capability", lambda device=None: (7, 5))
     with pytest.raises(ValueError, match=r"^precision bf16: Tesla T4 has no native bfloat16 .*7\.5.*use fp32$"):
@@ -126,7 +126,7 @@ def test_bf16_stops_with_one_line_on_a_gpu_that_only_emulates_it_and_fp32_turns_
     finally:
         for (m, f), v in zip(flags, saved):
             setattr(m, f, v)
-    monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda including_emulation=True: True)
+    monkeypatch.setattr(torch.cuda, "get_device_capability", lambda device=None: (8, 0))
     machine.gpu_arithmetic("bf16", cuda)  # an A100 or newer: no error
     machine.gpu_arithmetic("bf16", CPU)  # the CPU's bf16 is its own matter (oneDNN)
 

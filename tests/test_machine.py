@@ -79,3 +79,31 @@ def test_default_jobs_trains_a_few_runs_all_at_once_on_a_cpu_and_one_at_a_time_o
     # 3 runs on 2 cores: all at once (no tail with a core idle); many runs: one per core; a GPU: one
     assert [machine.default_jobs(cpu, n) for n in (1, 2, 3, 4, 5, 90)] == [1, 2, 3, 4, 2, 2]
     assert machine.default_jobs(cpu) == 2 and machine.default_jobs(torch.device("cuda"), 3) == 1
+
+
+def test_bf16_is_judged_on_the_runs_gpu_not_the_current_one(monkeypatch):
+    # Two GPUs, no GPU needed: cuda:0 an A100 (8.0), cuda:1 a T4 (7.5). torch.cuda.is_bf16_supported answers for the
+    # current device only (faked the same way here), so a run on the other GPU must not be judged by it.
+    capability = {0: (8, 0), 1: (7, 5)}
+    current = [0]
+    monkeypatch.setattr(torch.version, "hip", None)
+    monkeypatch.setattr(torch.cuda, "current_device", lambda: current[0])
+    monkeypatch.setattr(torch.cuda, "get_device_capability", lambda device=None: capability[
+        current[0] if device is None or torch.device(device).index is None else torch.device(device).index])
+    monkeypatch.setattr(torch.cuda, "is_bf16_supported",
+                        lambda including_emulation=True: capability[current[0]] >= (8, 0))
+    monkeypatch.setattr(torch.cuda, "get_device_name", lambda device=None: "the GPU")
+    flags = [(torch.backends.cudnn, f) for f in ("allow_tf32", "deterministic", "benchmark")] + \
+        [(torch.backends.cuda.matmul, "allow_tf32")]
+    saved = [getattr(m, f) for m, f in flags]  # gpu_arithmetic sets them where it does not raise
+    try:
+        with pytest.raises(ValueError, match=r"capability 7\.5"):
+            machine.gpu_arithmetic("bf16", torch.device("cuda:1"))  # the current device, cuda:0, has bfloat16
+        machine.gpu_arithmetic("bf16", torch.device("cuda:0"))
+        current[0] = 1
+        machine.gpu_arithmetic("bf16", torch.device("cuda:0"))  # the current device, cuda:1, has none
+        with pytest.raises(ValueError, match=r"capability 7\.5"):
+            machine.gpu_arithmetic("bf16", torch.device("cuda"))  # no index: the current device is the run's
+    finally:
+        for (m, f), v in zip(flags, saved):
+            setattr(m, f, v)
