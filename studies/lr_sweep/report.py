@@ -5,6 +5,7 @@ import os
 
 import numpy as np
 from matplotlib.figure import Figure
+from matplotlib.lines import Line2D
 
 from mnist_norms.recipe import Recipe
 from mnist_norms.records import load_records
@@ -186,16 +187,20 @@ SCALE_PEAKS = (0.03, 0.1, 0.3, 1.0)
 def plot(records, init=None):
     """static/lr_sweep.png: validation accuracy against the peak, one line per model; left every seed (x: diverged,
     hollow: never learned; seeds side by side) and the median seed, right the mean and 95% interval of the seeds that
-    trained. static/block_scales.png: each block's output scale at the start (`init`: INIT_FILE's block_std) and at
-    the end at SCALE_PEAKS."""
+    trained (a mean off ZOOM's scale is a triangle on the edge with its value; an interval past an edge ends in a
+    triangle there, its half-width written beside it); the legend below both. static/block_scales.png: each block's
+    output scale at the start (`init`: INIT_FILE's block_std) and at the end at SCALE_PEAKS."""
     cells = table(records)
-    fig = Figure(figsize=(13, 5.5), layout="constrained")
+    fig = Figure(figsize=(10, 6.4), layout="constrained")
     every, zoom = fig.subplots(1, 2)
+    handles = []
+    last = max((p for (_, p), c in cells.items() if trained(c)), default=None)  # the right panel's last peak
     for i, norm in enumerate(MODELS):
         points = sorted((p, c) for (n, p), c in cells.items() if n == norm)
         if not points:
             continue
         label = points[0][1]["label"]
+        handles.append(Line2D([], [], color=f"C{i}", marker="o", label=label))
         shift = 1.09 ** (i - (len(MODELS) - 1) / 2)  # models side by side on the log axis ...
         every.plot([p * shift for p, _ in points], [np.median(list(c["finals"].values())) for _, c in points],
                    color=f"C{i}", label=label, alpha=0.6)
@@ -206,31 +211,51 @@ def plot(records, init=None):
                          {"marker": "o", "s": 16})
                 # ... and seeds side by side within a model, so that equal accuracies stay three markers
                 every.scatter([p * shift * 1.025 ** (seed - 1)], [acc], color=f"C{i}", zorder=3, **style)
+        line = []  # the means on the scale, joined (a gap where one is off it)
         for p, c in points:
             ok = trained(c)
             if not ok:
                 continue
             mean, half = stats.mean_ci([c["finals"][s] for s in ok])
+            half = half if half == half else 0.0  # a lone seed has no interval
             whole = len(ok) == len(c["finals"])
-            zoom.errorbar([p * shift], [mean], yerr=[half if half == half else 0.0], marker="o", capsize=4,
-                          color=f"C{i}", markerfacecolor=f"C{i}" if whole else "white")
-            if not whole:
-                zoom.annotate(f"{len(ok)} of {len(c['finals'])}", (p * shift, mean), xytext=(4, -10),
-                              textcoords="offset points", fontsize=7, color=f"C{i}")
-        zoom.plot([p * shift for p, c in points if trained(c)],
-                  [np.mean([c["finals"][s] for s in trained(c)]) for p, c in points if trained(c)],
-                  color=f"C{i}", alpha=0.4, label=label)
+            x, face = p * shift, f"C{i}" if whole else "white"
+            notes = [] if whole else [f"{len(ok)} of {len(c['finals'])}"]
+            if ZOOM[0] <= mean <= ZOOM[1]:
+                low, high = min(half, mean - ZOOM[0]), min(half, ZOOM[1] - mean)  # the bar stops at the edges ...
+                zoom.errorbar([x], [mean], yerr=[[low], [high]], marker="o", capsize=4, color=f"C{i}",
+                              markerfacecolor=face)
+                for edge, marker, cut in ((ZOOM[0], "v", low < half), (ZOOM[1], "^", high < half)):
+                    if cut:  # ... where a triangle says it goes on
+                        zoom.scatter([x], [edge], marker=marker, s=45, color=f"C{i}", clip_on=False, zorder=4)
+                if low < half or high < half:
+                    notes.append(f"±{half:.2f}")
+                at, offset = mean, (7, -15)
+            else:  # the mean itself is off the scale: a triangle on the edge, and the value
+                at = ZOOM[0] if mean < ZOOM[0] else ZOOM[1]
+                zoom.scatter([x], [at], marker="v" if mean < ZOOM[0] else "^", s=90, color=f"C{i}",
+                             facecolors=face, edgecolors=f"C{i}", linewidths=1.5, clip_on=False, zorder=4)
+                notes.insert(0, f"mean {mean:.2f}" + (f" ± {half:.2f}" if half else ""))
+                offset = (7, 5) if mean < ZOOM[0] else (7, -17)
+            line.append((x, mean if ZOOM[0] <= mean <= ZOOM[1] else np.nan))
+            if notes:
+                left = p == last  # the last peak's notes to the left of it, inside the panel
+                zoom.annotate("; ".join(notes), (x, at), xytext=(-offset[0], offset[1]) if left else offset,
+                              textcoords="offset points", ha="right" if left else "left", fontsize=11,
+                              color=f"C{i}")
+        zoom.plot(*zip(*line), color=f"C{i}", alpha=0.4, label=label) if line else None
     for ax in (every, zoom):
         ax.set_xscale("log")
-        ax.set_xlabel("peak learning rate of the one-cycle schedule")
+        ax.set_xlabel("peak learning rate of the one-cycle schedule", fontsize=11)
+        ax.tick_params(labelsize=10.5)
         ax.grid(alpha=0.3, which="both")
-    every.set_ylabel(f"final validation accuracy % (epoch {EPOCHS})")
+    every.set_ylabel(f"final validation accuracy % (epoch {EPOCHS})", fontsize=11)
     every.set_ylim(0, 100)
-    every.set_title("Every seed (x: diverged, hollow: never learned); line: the median seed", fontsize=10)
+    every.set_title("Every seed (x: diverged, hollow: never learned);\nline: the median seed", fontsize=11.5)
     zoom.set_ylim(*ZOOM)
-    zoom.set_title("Mean and 95% interval of the seeds that trained\n(hollow: only the seeds named trained)",
-                   fontsize=10)
-    zoom.legend(loc="lower left", fontsize="small")  # the lower left holds no cell
+    zoom.set_title("Mean and 95% interval of the seeds that trained\n(hollow: not every seed trained; ▲▼: off the "
+                   "scale)", fontsize=11.5)
+    fig.legend(handles=handles, loc="outside lower center", ncols=3, fontsize=11)
     return fig, scales_figure(cells, init)
 
 
@@ -252,27 +277,44 @@ def scales_figure(cells, init=None):
     positive = [v for _, lines, none in panels for vs in (*lines.values(), *none.values()) for v in vs
                 if v > 0 and math.isfinite(v)]
     floor = min(positive) / 4 if positive else 1e-3
-    fig = Figure(figsize=(3.6 * len(panels) + 1, 4.8), layout="constrained")
-    axes = np.atleast_1d(fig.subplots(1, len(panels), sharey=True))
-    for ax, (title, lines, none) in zip(axes, panels):
+    # at most 3 panels a row (2 for 4 panels), so that the figure stays readable at a page's width (~900 px)
+    ncols = 3 if len(panels) > 4 else min(2, len(panels))
+    nrows = math.ceil(len(panels) / ncols)
+    handles = {}  # the legend's: a model's line, then what dashed means
+    fig = Figure(figsize=(3.3 * ncols + 0.9, 3.4 * nrows + (0.3 if nrows * ncols > len(panels) else 1.1)),
+                 layout="constrained")
+    grid = fig.add_gridspec(nrows, ncols)
+    axes = []
+    for k in range(len(panels)):
+        axes.append(fig.add_subplot(grid[k // ncols, k % ncols], sharey=axes[0] if axes else None))
+    for k, (ax, (title, lines, none)) in enumerate(zip(axes, panels)):
         for i, norm in enumerate(MODELS):
             for values, style in ((lines.get(norm), "-"), (none.get(norm), "--")):
                 if values is None:
                     continue
                 shown = [floor if v == 0 else v if math.isfinite(v) else np.nan for v in values]
-                ax.plot(range(len(BLOCKS)), shown, style, marker="o", color=f"C{i}", markersize=4,
-                        label=recipes((1.0,))[MODELS.index(norm)].label + ("" if style == "-" else
-                                                                           " (no seed trained)"))
+                ax.plot(range(len(BLOCKS)), shown, style, marker="o", color=f"C{i}", markersize=5)
+                handles.setdefault(recipes((1.0,))[MODELS.index(norm)].label,
+                                   Line2D([], [], color=f"C{i}", marker="o", markersize=5))
         ax.axhline(floor, color="0.5", lw=0.8, ls=":")
-        ax.set_title(title, fontsize=10)
-        ax.set_xticks(range(len(BLOCKS)), BLOCKS, rotation=45)
+        ax.set_title(title, fontsize=12)
+        ax.set_xticks(range(len(BLOCKS)), BLOCKS, rotation=45, fontsize=11)
         ax.set_yscale("log")
+        ax.tick_params(axis="y", labelsize=11, labelleft=k % ncols == 0)
         ax.grid(alpha=0.3, which="both")
+        if k % ncols == 0:
+            ax.set_ylabel(f"std of the block's output\n({SCALE_IMAGES:,} validation images;\ngeometric mean over "
+                          f"seeds)", fontsize=11)
     axes[0].annotate("0: every ReLU of the block dead", (0, floor), xytext=(0, 3), textcoords="offset points",
-                     fontsize=7, color="0.4")
-    handles = {lab: h for ax in axes for h, lab in zip(*ax.get_legend_handles_labels())}
-    fig.legend(handles.values(), handles.keys(), loc="outside lower center", ncols=4, fontsize="small")
-    axes[0].set_ylabel(f"std of the block's output\n({SCALE_IMAGES:,} validation images; geometric mean over seeds)")
+                     fontsize=10, color="0.4")
+    if any(none for _, _, none in panels):
+        handles["dashed: no seed trained\n(the mean over every seed)"] = Line2D([], [], color="0.3", ls="--")
+    if nrows * ncols > len(panels):  # the legend in the empty place at the end of the last row
+        legend = axes[-1].legend(handles.values(), handles.keys(), loc="center left", bbox_to_anchor=(1.07, 0.5),
+                                 fontsize=10.5, borderaxespad=0)
+        legend.set_in_layout(False)
+    else:
+        fig.legend(handles.values(), handles.keys(), loc="outside lower center", ncols=3, fontsize=10.5)
     return fig
 
 
