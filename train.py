@@ -15,10 +15,10 @@ import sys
 import utils
 from mnist_norms import cli
 from mnist_norms.data import MNIST_SHA256, load_mnist, select
-from mnist_norms.figures import experiment_figures, save_figures
-from mnist_norms.machine import default_jobs
+from mnist_norms.figures import save_figures
 from mnist_norms.recipe import ABLATION_GROUPS, L1, ablations, experiment, experiment_folder
 from mnist_norms.records import format_summary, shown
+from mnist_norms.runner import effective_jobs
 
 
 def parse_args(argv=None):
@@ -58,7 +58,7 @@ def main(argv=None):
         data = load_mnist(args.data)
         runs = main_runs + ablation_runs
         train, test = select(data, runs[0])
-        args.jobs = args.jobs or default_jobs(args.device, len(runs))
+        args.jobs = effective_jobs(args.device, args.jobs, len(runs))  # 1 on a GPU: one run after another
         print(f"device {args.device}, {args.precision}, {args.jobs} job{'s' if args.jobs > 1 else ''}"
               f"{' (one CPU thread each)' if args.device.type == 'cpu' else ''}; training on {len(train[1])} images, "
               f"evaluating on {len(test[1])} {'held-out training' if args.val else 'test'} images")
@@ -78,7 +78,7 @@ def main(argv=None):
     main_names = {r.name for r in main_runs}  # the figures show the main runs
     records = {name: recs for name, recs in records.items() if name in main_names}
     models = {name: model for name, model in models.items() if name in main_names}
-    written = save_figures(experiment_figures(records, models, data[1]), args.out, main_runs)
+    written = save_figures(utils.figures(records, models, data[1]), args.out, main_runs)
     print("wrote " + ", ".join(shown(w) for w in written))
     missing = [name for name in records if name not in models]
     if missing:

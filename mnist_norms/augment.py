@@ -83,22 +83,14 @@ def sampling_grid(theta: torch.Tensor, shape) -> torch.Tensor:
     return ((a * x + b * y) + t).permute(0, 2, 3, 1)  # [B, 2, H, W] -> [B, H, W, 2]: (x, y) last, as grid_sample wants
 
 
-def batches(data, batch_size, *, generator=None, degrees=0.0, translate=0.0, scale=0.0, shear=0.0, lean=False):
-    """Yield (x [B, 1, 28, 28] standardized, y [B]) from (uint8 images [N, 28, 28], labels [N]) on the device.
-
-    With a generator: shuffled, and each image moved by its own random affine map (see affine): a
-    rotation uniform in ±degrees, a shift uniform in ±translate of the width and of the height, a zoom
-    uniform in [1 - scale, 1 + scale] and a shear along x uniform in ±shear degrees; a setting of 0 draws
-    nothing. The order and parameters of a whole epoch are drawn at once on the CPU (so a seed gives the
-    same epoch on every device), in that order, and moved in one copy; the rest happens on the device.
-
-    lean (a GPU run's path, training.lean_path): the epoch's maps are also turned into matrices at once, and each
-    batch is sampled with F.affine_grid: 8 operations a batch instead of 50 (benchmarks/launches.py). On a CPU
-    affine_grid would be Intel MKL's, whose last digits follow the CPU's vendor, so the committed runs build each
-    batch's matrices and grid elementwise (affine).
-    """
-    images, labels = data
-    n = len(labels)
+def draw(images, generator=None, *, degrees=0.0, translate=0.0, scale=0.0, shear=0.0):
+    """An epoch's random draws for uint8 images [N, 28, 28]: (order [N] or None, {name: [N] or [N, 2]} the parameters
+    of each image's affine map, on the images' device). With a generator: shuffled, and each image moved by its own
+    random affine map (see affine): a rotation uniform in ±degrees, a shift uniform in ±translate of the width and of
+    the height, a zoom uniform in [1 - scale, 1 + scale] and a shear along x uniform in ±shear degrees; a setting of 0
+    draws nothing. They are drawn at once on the CPU (so a seed gives the same epoch on every device), in that order,
+    and moved in one copy."""
+    n = len(images)
     order, params = None, {}
     if generator is not None:
         order = torch.randperm(n, generator=generator).to(images.device, non_blocking=True)
@@ -115,13 +107,18 @@ def batches(data, batch_size, *, generator=None, degrees=0.0, translate=0.0, sca
         if params:
             params.setdefault("degrees", torch.zeros(n))
         params = {k: v.to(images.device, non_blocking=True) for k, v in params.items()}
-    theta = affine_theta(**params, shape=images.shape) if params and lean else None  # [N, 2, 3]
-    for start in range(0, n, batch_size):
+    return order, params
+
+
+def batches(data, batch_size, *, generator=None, **augmentation):
+    """Yield (x [B, 1, 28, 28] standardized, y [B]) from (uint8 images [N, 28, 28], labels [N]) on the device:
+    in order, or with a generator shuffled and augmented as `augmentation` (draw's keywords) says, each batch's
+    maps built and sampled elementwise on the device (affine)."""
+    images, labels = data
+    order, params = draw(images, generator, **augmentation)
+    for start in range(0, len(labels), batch_size):
         idx = slice(start, start + batch_size) if order is None else order[start:start + batch_size]
         x = to_unit(images[idx])  # [B, 1, 28, 28]
-        if theta is not None:
-            grid = F.affine_grid(theta[start:start + batch_size], list(x.shape), align_corners=False)
-            x = F.grid_sample(x, grid, mode="bilinear", padding_mode="zeros", align_corners=False)
-        elif params:  # fill 0 is black: transform before standardizing
+        if params:  # fill 0 is black: transform before standardizing
             x = affine(x, **{k: v[start:start + batch_size] for k, v in params.items()})
         yield standardize(x), labels[idx]

@@ -7,9 +7,10 @@ import shlex
 import sys
 from dataclasses import fields
 
-from mnist_norms.machine import default_jobs, pick_device
+from mnist_norms.machine import default_jobs, pick_device, pin_isa, tune_malloc
 from mnist_norms.recipe import Recipe, accepted, check
 from mnist_norms.records import RUNS
+from mnist_norms.runner import USER_ERRORS
 from model import MODELS, NORMS
 
 FIELDS = {f.name: f for f in fields(Recipe)}
@@ -129,16 +130,16 @@ def add_quick_look_arguments(p, epochs):
                         "--out; default: all 50,000)")
 
 
-def run_quick_lookable(args, defaults, command, train):
+def run_quick_lookable(args, defaults, command, train, header=""):
     """A validation-split study's main: a quick look's runs in a folder of their own under --out, the allocator
     setting and the AVX2 pin (before torch's first operation), MNIST, then train(data, **options); a user's error or
     Ctrl-C ends in one line. Returns train's result."""
-    import utils
     from mnist_norms.data import load_mnist
     args.out = os.path.join(args.out, variant(args, defaults, ("epochs", "limit")))
 
     def body():
-        print(utils.LOG_HEADER)
+        if header:
+            print(header)
         return train(load_mnist(args.data), device=args.device, out=args.out, jobs=args.jobs, fresh=args.fresh,
                      progress=not args.no_progress, epochs=args.epochs, limit=args.limit)
     return run_command(command, body, pin=not args.native_isa)
@@ -154,16 +155,14 @@ def resume_command(command, argv=None):
 def run_command(command, body, *, pin=True, precision="fp32", kept="every finished epoch is kept"):
     """Every command's tail: the allocator setting and, with pin, the CPU instruction set pinned to AVX2 (before
     torch's first operation: machine.pin_isa; with bf16, oneDNN keeps its own; without pin, PyTorch's own choice, or
-    the body pins as it must), then body(); a user's error (utils.USER_ERRORS) ends in one line, Ctrl-C in what was
+    the body pins as it must), then body(); a user's error (runner.USER_ERRORS) ends in one line, Ctrl-C in what was
     kept and the command as typed, which resumes (resume_command). Returns body's result."""
-    import utils
-    from mnist_norms.machine import pin_isa, tune_malloc
     tune_malloc()
     if pin:
         pin_isa(onednn=precision == "fp32")  # so that the runs reproduce on other CPUs
     try:
         return body()
-    except utils.USER_ERRORS as e:
+    except USER_ERRORS as e:
         sys.exit(f"{command}: error: {e}")
     except KeyboardInterrupt:
         sys.exit(f"\nstopped: {kept}; resume with: {resume_command(command)}")

@@ -1,9 +1,6 @@
-"""Resumable runs: train a recipe with a checkpoint after every epoch, many at once in worker processes, or load
-finished ones. What the notebook and train.py call: a Recipe -> utils.run -> training.train_epoch -> augment.batches
--> model.Net.
-
-The notebook's one door: besides the runs, what it shows comes through here (__all__), so that it imports only
-model and utils."""
+"""The machinery beneath utils.py: resumable runs of the student's fit (utils.fit), each with a checkpoint after every
+epoch, many at once in worker processes, or finished ones loaded. It takes the function it runs as an argument, as a
+process pool takes the function it runs, and imports nothing above it."""
 import multiprocessing
 import os
 import signal
@@ -17,17 +14,13 @@ from tqdm.auto import tqdm
 
 from mnist_norms import machine
 from mnist_norms.config import RECIPE_KEYS, differences, run_config
-from mnist_norms.data import DataError, load_mnist, select
-from mnist_norms.figures import experiment_figures, save_figures
+from mnist_norms.data import DataError, select
 from mnist_norms.files import save_torch, sha256_file, write_json
-from mnist_norms.layers import format_table, layer_table
-from mnist_norms.recipe import Recipe, experiment, experiment_folder
+from mnist_norms.recipe import Recipe, experiment_folder
 from mnist_norms.records import (
     ROOT,
     RUNS,
     RecordError,
-    format_histories,
-    format_summary,
     how_to_restore,
     is_finished,
     load_torch,
@@ -38,43 +31,10 @@ from mnist_norms.records import (
     settings_clash,
     shown,
 )
-from mnist_norms.training import evaluate, initial_state, lean_path, train_epoch
-from model import NORMS, Net
-
-__all__ = [  # what the notebook uses, in its order
-    "prepare", "experiment", "experiment_folder", "load_mnist", "network", "LOG_HEADER", "run_experiments",
-    "load_experiment", "experiment_figures", "save_figures", "format_histories", "format_summary", "findings",
-    # and what train.py and the studies use
-    "USER_ERRORS", "Study", "run"]
-
-LOG_HEADER = (f"{'run':<10} {'epoch':>5} {'train_loss':>10} {'train_acc':>9} {'test_loss':>9} {'test_acc':>8} "
-              f"{'lr':>8} {'sec':>6}")
-
+from mnist_norms.training import evaluate
 
 # What a user can cause and mend (settings, data, files): commands print these as one line, not as a traceback.
 USER_ERRORS = (ValueError, OSError, DataError)
-
-
-def prepare(precision="fp32"):
-    """A notebook's start, before any tensor operation: glibc's allocator setting (faster on a CPU, the same
-    numbers), PyTorch's CPU kernels pinned to AVX2 so that a run reproduces on any x86-64 CPU (with bf16, oneDNN keeps
-    its own instruction set for its AVX-512 BF16 kernels), and the device (cuda, then mps, then cpu).
-    Returns (device, the CPU kernels in use)."""
-    machine.tune_malloc()
-    isa = machine.pin_isa(onednn=precision == "fp32")
-    return machine.pick_device(), isa
-
-
-def network(norms=NORMS):
-    """Each Net's layers, one line each: what it computes, its output's shape, the jump and receptive field in input
-    pixels, and its parameters (mnist_norms.layers)."""
-    return "\n\n".join(f"Net({norm!r})\n{format_table(layer_table(Net(norm)))}" for norm in norms)
-
-
-def findings(records):
-    """The notebook's findings on its runs, beside the committed ten seeds (studies.assignment)."""
-    from studies.assignment import findings  # the studies build on utils; imported here, not at the top: no circle
-    return findings(records)
 
 
 @dataclass(frozen=True)
@@ -94,26 +54,20 @@ class Study:
     invocations: str = "invocations.json"
 
 
-def run(recipe, data, *, device, out=RUNS, name=None, study=Study(), progress=True, fresh=False, log=tqdm.write,
+def run(fit, recipe, data, *, device, out=RUNS, name=None, study=Study(), progress=True, fresh=False, log=tqdm.write,
         threads=1):
-    """Train one Net from scratch by `recipe` on data = (train, test) and evaluate after every epoch.
+    """fit(recipe, train, test, device, ...) (utils.fit: train from scratch, evaluate after every epoch), with files.
 
-    SGD with Nesterov momentum and PyTorch's one-cycle schedule (stepped every batch): the learning
-    rate rises from lr/25 to lr over the first pct_start of the cycle's steps and anneals to lr/25/final_div,
-    while the momentum moves inversely between 0.95 and 0.85; the cycle spans cycle_epochs (by default every
-    epoch), and after it both stay where it ended. With ema > 0 an exponential moving average of the weights
-    and BN's statistics (torch.optim.swa_utils.AveragedModel) follows every step, and it is what is evaluated,
-    saved and returned. Files (run_paths): after every epoch the JSON record
-    (config and history so far) and a checkpoint (model, optimizer, schedule, both random generators,
-    history); at the end the weights (state_dict and config), and the checkpoint is removed.
+    Files (run_paths): after every epoch the JSON record (config and history so far) and a checkpoint (model,
+    optimizer, schedule, average, both random generators, history); at the end the weights (state_dict and config),
+    and the checkpoint is removed.
 
-    Resumes: a run whose JSON holds every epoch is finished and only loaded (its model is None if its
-    weights file is missing: runs from before weights were kept); an unfinished run continues from its
-    checkpoint, and on a CPU with the same thread count ends bit-identical to an uninterrupted run. Files written with
-    other settings raise SettingsClash; fresh=True deletes them and starts over. name: the run's name if not the
-    recipe's; study: what a study adds (Study). log: prints one line (what the run did, each epoch).
-    threads: on a CPU, the run computes with this many threads (restored afterwards). A run's last digits depend on
-    its thread count, so every run has one by default, however many run at once: the committed runs did.
+    Resumes: a run whose JSON holds every epoch is finished and only loaded (its model is None if its weights file is
+    missing); an unfinished run continues from its checkpoint, and on a CPU with the same thread count ends
+    bit-identical to an uninterrupted run. Files written with other settings raise SettingsClash; fresh=True deletes
+    them and starts over. name: the run's name if not the recipe's; study: what a study adds (Study). log: prints one
+    line (what the run did, each epoch). threads: on a CPU, the run computes with this many threads (restored
+    afterwards): a run's last digits depend on its thread count, so every run has one by default.
     Returns (model, record).
     """
     machine.gpu_arithmetic(recipe.precision, device)  # on a GPU: bf16 only where native, fp32 without TF32
@@ -121,14 +75,14 @@ def run(recipe, data, *, device, out=RUNS, name=None, study=Study(), progress=Tr
     if device.type == "cpu":
         torch.set_num_threads(threads)
     try:
-        return _run(recipe, data, device, out, name or recipe.name, study, progress, fresh, log)
+        return _run(fit, recipe, data, device, out, name or recipe.name, study, progress, fresh, log)
     finally:
         torch.set_num_threads(before)
 
 
-def _run(recipe, data, device, out, name, study, progress, fresh, log):
-    """run(), top to bottom: a finished run is loaded; otherwise start or resume, then train an epoch, evaluate and
-    save, epoch by epoch, and at the end keep the weights."""
+def _run(fit, recipe, data, device, out, name, study, progress, fresh, log):
+    """run(), top to bottom: a finished run is loaded; otherwise fit() from its start or its checkpoint, saving the
+    record and a checkpoint after each epoch, and at the end keep the weights."""
     paths = run_paths(out, study.folder or "", name, recipe.seed)
     train, test = (tuple(t.to(device) for t in pair) for pair in select(data, recipe))
     config = run_config(recipe, train, test, device)
@@ -141,53 +95,42 @@ def _run(recipe, data, device, out, name, study, progress, fresh, log):
     done = _finished(paths, config, recipe, name, study, device, log)
     if done is not None:
         return done
-
-    lean = lean_path(device)  # a GPU's path, with fewer operations a step; a CPU's reproduces the committed runs
-    state = dict(zip(("model", "optimizer", "scheduler", "averaged", "generator"),
-                     initial_state(recipe, len(train[1]), device, images=train[0], lean=lean)))
     record = {"name": name, "config": config, "history": []}
-    if os.path.exists(paths["checkpoint"]):
-        _resume(paths["checkpoint"], state, record, device, log)
-    else:
-        log(f"{name:<10} training from scratch, writing {shown(paths['results'])}")
-    write_json(paths["results"], record)
-    model, averaged = state["model"], state["averaged"]
-    evaluated = averaged.module if averaged is not None else model  # the model each epoch's evaluation reports
-    cycle = recipe.cycle_epochs or recipe.epochs
-    for epoch in range(len(record["history"]) + 1, min(recipe.epochs, study.stop_after or recipe.epochs) + 1):
-        start = time.perf_counter()
-        lr_now = state["optimizer"].param_groups[0]["lr"]
-        train_loss, train_acc, norms = train_epoch(model, train, state["optimizer"], recipe,
-                                                   generator=state["generator"],
-                                                   scheduler=state["scheduler"] if epoch <= cycle else None,
-                                                   averaged=averaged, progress=progress, lean=lean)
-        test_loss, test_acc = evaluate(evaluated, test)
-        seconds = time.perf_counter() - start
-        entry = {"epoch": epoch, "train_loss": train_loss, "train_acc": train_acc, "test_loss": test_loss,
-                 "test_acc": test_acc, "lr": lr_now, "seconds": seconds,
-                 # the gradient's total norm over the epoch's steps, before any clipping: how close a run came to
-                 # diverging
-                 "grad_norm_median": norms.median().item(), "grad_norm_max": norms.max().item()}
-        if study.batch_stats:  # after the timing, so that seconds stays comparable between runs
-            entry["test_loss_batch_stats"], entry["test_acc_batch_stats"] = \
+
+    def resume(state):
+        """The history so far: the checkpoint's, loaded into `state`, or none."""
+        if os.path.exists(paths["checkpoint"]):
+            _resume(paths["checkpoint"], state, record, device, log)
+        else:
+            log(f"{name:<10} training from scratch, writing {shown(paths['results'])}")
+        write_json(paths["results"], record)
+        return record["history"]
+
+    def save(state, history):
+        """After an epoch: (with study.batch_stats, BN also evaluated with test-batch statistics), then the
+        checkpoint, then the record; if a run stops between the two writes, the resumed history comes from the
+        checkpoint."""
+        if study.batch_stats:  # after the epoch's timing, so that seconds stays comparable between runs
+            evaluated = state["averaged"].module if state["averaged"] is not None else state["model"]
+            history[-1]["test_loss_batch_stats"], history[-1]["test_acc_batch_stats"] = \
                 evaluate(evaluated, test, recipe.batch_size, batch_stats=True)
-        record["history"].append(entry)
-        # The checkpoint first: if a run stops between the two writes, the resumed history comes from it.
         save_torch(paths["checkpoint"], {
-            "config": config, "history": record["history"], "rng": machine.rng_state(device),
+            "config": config, "history": history, "rng": machine.rng_state(device),
             **{key: value.state_dict() for key, value in state.items() if key != "generator" and value is not None},
             "generator": state["generator"].get_state()})
+        record["history"] = history
         write_json(paths["results"], record)
-        log(f"{name:<10} {epoch:>5} {train_loss:>10.4f} {train_acc:>9.2f} {test_loss:>9.4f} "
-            f"{test_acc:>8.2f} {lr_now:>8.2g} {seconds:>6.1f}")
+
+    evaluated, record["history"] = fit(recipe, train, test, device, resume=resume, save=save, name=name,
+                                       stop_after=study.stop_after, progress=progress, log=log)
     if len(record["history"]) < recipe.epochs:  # stopped early (stop_after): resumable, as after an interruption
-        return evaluated.eval(), record
+        return evaluated, record
     save_torch(paths["weights"], {"config": config, "state_dict": evaluated.state_dict()})
     # The results file pins its weights: a study that loads them checks this (records.load_weights)
     record["weights_sha256"] = sha256_file(paths["weights"])
     write_json(paths["results"], record)
     os.remove(paths["checkpoint"])
-    return evaluated.eval(), record
+    return evaluated, record
 
 
 def _finished(paths, config, recipe, name, study, device, log):
@@ -219,7 +162,9 @@ def _resume(path, state, record, device, log):
     # generators' states must stay CPU byte tensors (Generator.set_state and torch.cuda.set_rng_state take only
     # those), which map_location=device would move to the GPU.
     saved = load_torch(path)
-    clash = differences(saved["config"], config, RECIPE_KEYS + ["threads", "device"])
+    # A CPU run's last digits depend on its thread count; a GPU run's do not (a Colab VM may have other vCPUs)
+    keys = RECIPE_KEYS + ["device"] + (["threads"] if device.type == "cpu" else [])
+    clash = differences(saved["config"], config, keys)
     if clash:
         raise settings_clash(path, clash, "resume it with those settings, or ")
     try:
@@ -262,14 +207,22 @@ def _worker_init(device):
         torch.set_num_threads(1)
 
 
-def _worker_run(recipe, data, device, kw, lines):
+def _worker_run(fit, recipe, data, device, kw, lines):
     """run() in a worker process; its log lines go to the parent through the queue `lines`, which prints them (a
     worker's own output would not reach a notebook's cell)."""
-    return run(recipe, data, device=device, progress=False, log=lines.put, **kw)[1]
+    return run(fit, recipe, data, device=device, progress=False, log=lines.put, **kw)[1]
 
 
-def run_experiments(recipes, data, *, device, out=RUNS, jobs=None, study=Study(), progress=True, fresh=False):
-    """run() every recipe (finished runs are loaded, unfinished ones resume), in this process or, with
+def effective_jobs(device, jobs, runs):
+    """The runs trained at once: `jobs` (None: machine.default_jobs) on a CPU, 1 on a GPU."""
+    jobs = machine.default_jobs(device, runs) if jobs is None else jobs
+    if isinstance(jobs, bool) or not isinstance(jobs, int) or jobs < 1:
+        raise ValueError(f"jobs must be a positive integer or None (the default for the machine), got {jobs!r}")
+    return jobs if device.type == "cpu" else 1
+
+
+def run_all(fit, recipes, data, *, device, out=RUNS, jobs=None, study=Study(), progress=True, fresh=False):
+    """run(fit, ...) for every recipe (finished runs are loaded, unfinished ones resume), in this process or, with
     jobs > 1, in that many worker processes (on a GPU, runs always go one after another in this process). On a CPU
     every run computes with one thread either way, so its numbers do not depend on `jobs` (None: machine.default_jobs,
     which on a CPU trains up to twice as many runs as cores all at once). study: what a study adds
@@ -281,13 +234,11 @@ def run_experiments(recipes, data, *, device, out=RUNS, jobs=None, study=Study()
     Returns (records, models): {name: [record per seed]} in recipe order and {name: the first seed's model}
     (left out where a finished run's weights were not kept).
     """
-    jobs = machine.default_jobs(device, len(recipes)) if jobs is None else jobs
-    if isinstance(jobs, bool) or not isinstance(jobs, int) or jobs < 1:
-        raise ValueError(f"jobs must be a positive integer or None (the default for the machine), got {jobs!r}")
-    if jobs > 1 and device.type != "cpu":
-        # Several processes sharing one GPU have not been measured here to train faster than one (docs/performance.md).
-        tqdm.write(f"on {device}, the runs train one after another in this process (jobs 1, not {jobs})")
-        jobs = 1
+    asked = jobs
+    jobs = effective_jobs(device, jobs, len(recipes))
+    if asked and asked > jobs:
+        # Several processes sharing one GPU have not been measured to train faster than one (docs/performance.md).
+        tqdm.write(f"on {device}, the runs train one after another in this process (jobs 1, not {asked})")
     study = replace(study, folder=experiment_folder(recipes) if study.folder is None else study.folder)
     names = study.names or [r.name for r in recipes]
     if len(set(zip(names, (r.seed for r in recipes)))) < len(recipes):
@@ -304,11 +255,11 @@ def run_experiments(recipes, data, *, device, out=RUNS, jobs=None, study=Study()
         # Move the data to the device once for all runs; run()'s own move is then a no-op. Workers get the
         # data as it came (pickled to each process) and move it themselves.
         data = tuple(tuple(t.to(device) for t in pair) for pair in data)
-        results = [run(r, data, device=device, progress=progress, **kw) for r, kw in zip(recipes, kws)]
+        results = [run(fit, r, data, device=device, progress=progress, **kw) for r, kw in zip(recipes, kws)]
         done = [record for _, record in results]
         trained = {record["name"]: model for model, record in reversed(results)}  # the first seed's
     else:
-        done, trained = _in_workers(recipes, data, device, jobs, kws), {}
+        done, trained = _in_workers(fit, recipes, data, device, jobs, kws), {}
     if todo:  # an invocation that only loads finished runs is not part of the experiment's time
         seconds = time.perf_counter() - start
         tqdm.write(f"{todo} run{'s' if todo > 1 else ''} trained in {seconds / 60:.1f} min (wall time), "
@@ -332,8 +283,9 @@ def run_experiments(recipes, data, *, device, out=RUNS, jobs=None, study=Study()
     return records, models
 
 
-def _in_workers(recipes, data, device, jobs, kws):
-    """[record] of run(recipe, **kw) for each recipe, in `jobs` worker processes; their log lines are printed here."""
+def _in_workers(fit, recipes, data, device, jobs, kws):
+    """[record] of run(fit, recipe, **kw) for each recipe, in `jobs` worker processes; their log lines are printed
+    here."""
     # Forking this process could hang a worker (its OpenMP pool may have run). A fork server is a clean interpreter,
     # started once with this process's environment (the instruction-set pin), that imports torch and this module
     # and then forks each worker and the manager from itself, so none of them pays the ~3 s of CPU of importing them
@@ -342,7 +294,8 @@ def _in_workers(recipes, data, device, jobs, kws):
     method = "forkserver" if "forkserver" in multiprocessing.get_all_start_methods() else "spawn"
     context = multiprocessing.get_context(method)
     if method == "forkserver":
-        context.set_forkserver_preload([__name__])  # this module, and with it torch and the library
+        # this module, with torch and the library, and fit's (utils): its name only, imported there, not here
+        context.set_forkserver_preload([__name__, fit.__module__])
     pool = context.Pool(min(jobs, len(recipes)), _worker_init, (device,))
     manager = SyncManager(ctx=context)  # its queue can be passed to the workers with each task
     manager.start(machine.die_with_parent)
@@ -352,7 +305,7 @@ def _in_workers(recipes, data, device, jobs, kws):
         while not lines.empty():
             tqdm.write(lines.get())
     try:
-        tasks = [pool.apply_async(_worker_run, (r, data, device, kw, lines)) for r, kw in zip(recipes, kws)]
+        tasks = [pool.apply_async(_worker_run, (fit, r, data, device, kw, lines)) for r, kw in zip(recipes, kws)]
         while waiting := [t for t in tasks if not t.ready()]:
             # A timed wait (an untimed one would not see Ctrl-C until the runs end) on a task still running:
             # waiting on a finished one returns at once, and the loop would take a whole core from the workers.

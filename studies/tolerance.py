@@ -32,7 +32,7 @@ import sys
 import numpy as np
 
 import utils
-from mnist_norms import cli
+from mnist_norms import cli, runner
 from mnist_norms.recipe import L1, Recipe
 from mnist_norms.records import load_records
 from model import MODELS
@@ -66,11 +66,11 @@ def run_tolerance(data, *, device, out, jobs, fresh=False, progress=True, **over
     if arm:
         print(f"LN at {STRESS_ARM[1]:g}: the stress test's arm {stress_name(STRESS_ARM[1], 0)}, {len(arm)} runs")
         utils.run_experiments(arm, data, device=device, out=out, jobs=jobs, progress=progress, fresh=fresh,
-                              study=utils.Study(folder=STRESS_FOLDER, names=tuple(stress_name(r.lr, 0) for r in arm),
+                              study=runner.Study(folder=STRESS_FOLDER, names=tuple(stress_name(r.lr, 0) for r in arm),
                                                 stop_after=EPOCHS, invocations="tune.json"))
     print(f"tolerance under the recipe's schedule: {len(rest)} runs, the first {EPOCHS} epochs each")
     utils.run_experiments(rest, data, device=device, out=out, jobs=jobs, progress=progress, fresh=fresh,
-                          study=utils.Study(folder=FOLDER, names=tuple(run_name(r) for r in rest), stop_after=EPOCHS,
+                          study=runner.Study(folder=FOLDER, names=tuple(run_name(r) for r in rest), stop_after=EPOCHS,
                                             invocations="tolerance.json"))
     return tolerance_runs(os.path.join(out, "results"))
 
@@ -126,7 +126,7 @@ def parse_args(argv=None):
 
 def main(argv=None):
     args = parse_args(argv)
-    runs = cli.run_quick_lookable(args, parse_args([]), "studies.tolerance", run_tolerance)
+    runs = cli.run_quick_lookable(args, parse_args([]), "studies.tolerance", run_tolerance, utils.LOG_HEADER)
     print()
     print(format_table(table(runs)))
     return 0

@@ -12,11 +12,12 @@ import torch.nn.functional as F
 
 import utils
 from conftest import ROOT, synthetic
+from mnist_norms import runner
 from mnist_norms.augment import standardize, to_unit
 from mnist_norms.files import write_json
 from mnist_norms.recipe import Recipe
 from mnist_norms.records import SettingsClash, load_records
-from mnist_norms.training import evaluate, train_epoch
+from mnist_norms.training import evaluate
 from model import Net
 from studies import batch_size as study
 
@@ -46,7 +47,7 @@ def trained_bn(seed=0):
     images, labels = synthetic(256)
     opt = torch.optim.SGD(model.parameters(), lr=0.05, momentum=0.9)
     g = torch.Generator().manual_seed(seed)
-    train_epoch(model, (images, labels), opt, Recipe(batch_size=32, translate=0.0, scale=0.0, shear=0.0), generator=g,
+    utils.train(model, (images, labels), opt, Recipe(batch_size=32, translate=0.0, scale=0.0, shear=0.0), generator=g,
                 progress=False)
     return model
 
@@ -75,8 +76,8 @@ def test_batch_stats_evaluation_matches_a_train_mode_forward_and_leaves_the_mode
 
 def test_batch_stats_evaluation_is_for_batchnorm_only(tmp_path):
     with pytest.raises(ValueError, match="GN has none"):
-        utils.run(Recipe("GN", epochs=1), (synthetic(64), synthetic(64)), device=torch.device("cpu"),
-                  out=str(tmp_path), progress=False, study=utils.Study(batch_stats=True))
+        runner.run(utils.fit, Recipe("GN", epochs=1), (synthetic(64), synthetic(64)), device=torch.device("cpu"),
+                  out=str(tmp_path), progress=False, study=runner.Study(batch_stats=True))
 
 
 def toy_study(tmp_path, epochs=1, **kw):
@@ -188,3 +189,25 @@ def test_every_committed_study_run_is_a_run_of_the_current_command():
         recipe = planned[(record["name"], record["config"]["seed"])]
         assert Recipe.from_config(record["config"]) == recipe and record["config"]["isa"] == "avx2"
         assert record["config"]["threads"] == 1
+
+
+def test_the_table_gives_a_failed_run_apart_and_each_seed_where_an_interval_would_pass_100(tmp_path):
+    folder = tmp_path / "batch_size"
+    os.makedirs(folder)
+    # LN at batch 16: seed 0's training accuracy falls by 14 points (stats.failure: collapsed); GN at 16: three seeds
+    # whose interval would reach past 100%
+    for norm, seed, accs, train in (("ln", 0, (8.05, 90.59), (88.1, 74.3)), ("ln", 1, (98.85, 99.18), (90.2, 98.3)),
+                                    ("ln", 2, (98.95, 99.25), (90.7, 98.3)), ("gn", 0, (97.0, 98.35), (90.0, 96.5)),
+                                    ("gn", 1, (96.0, 96.52), (90.0, 93.9)), ("gn", 2, (90.0, 91.17), (80.0, 81.4))):
+        history = [{"epoch": e + 1, "test_acc": a, "train_acc": t, "test_loss": 0.1, "train_loss": 0.1, "seconds": 6.0}
+                   for e, (a, t) in enumerate(zip(accs, train))]
+        record = {"name": f"{norm}_bs16", "history": history,
+                  "config": {"norm": norm.upper(), "seed": seed, "epochs": 2, "params": 7750, "batch_size": 16,
+                             "lr": 0.025, "train_images": 60000}}
+        write_json(str(folder / f"{norm}_bs16_seed{seed}.json"), record)
+    lines = study.batch_size_table(str(tmp_path)).splitlines()
+    assert lines[0] == "| batch | peak lr | LN final test acc % | GN final test acc % |"
+    # the other two: 99.215 ± t(0.975, 1) * 0.0495 / sqrt(2) = 0.44
+    assert lines[2] == ("| 16 | 0.025 | seed 0 failed (collapsed): 90.59; the other 2: 99.22 ± 0.44 "
+                        "| seeds 0, 1, 2: 98.35, 96.52, 91.17 |")
+    assert "a run that failed" in lines[-1] and "`studies.stats.failure`" in lines[-1]

@@ -1,12 +1,13 @@
-"""figures.py: the misclassified grid, the loss and accuracy curves and the seeds figure."""
+"""Graphs 1 and 2 (utils.plot_graph), the misclassified grid and the seeds figure."""
 
 import pytest
 import torch
 from torch import nn
 
+import utils
 from conftest import synthetic
 from mnist_norms.augment import MEAN, STD
-from mnist_norms.figures import Mistake, misclassified, plot_curves, plot_misclassified, save_figure
+from mnist_norms.figures import Mistake, misclassified, plot_misclassified, save_figure
 from studies.experiment import plot_seeds
 
 
@@ -42,16 +43,23 @@ def test_misclassified_returns_the_most_confident_mistakes():
     assert len(misclassified(TableModel(probs.log()), (images, labels), n=10)) == 5
 
 
-def test_figures_are_written_with_titles_labels_and_legend(tmp_path):
-    history = lambda shift: [{"epoch": e, "test_loss": 1 / e + shift, "test_acc": 90 + e - shift,
-                              "train_loss": 1.2 / e, "train_acc": 89 + e} for e in range(1, 6)]
-    fig = plot_curves({"BN + L1": [history(0), history(0.1)], "GN": [history(0.3)]}, "test_acc", train=True)
-    ax = fig.axes[0]
-    assert ax.get_xlabel() == "epoch" and "(%)" in ax.get_ylabel() and ax.get_title()
-    # Each run's best epoch (of the mean over seeds) is labelled: 95 and 94.9 at epoch 5 average 94.95.
+def test_graphs_show_each_runs_first_seed_with_the_target_line_a_tick_per_epoch_and_what_they_show(tmp_path):
+    history = lambda shift: [{"epoch": e, "test_loss": 1 / e + shift, "test_acc": 98 + e / 4 - shift}
+                             for e in range(1, 9)]
+    records = {"bn_l1": [{"config": {"norm": "BN", "l1": 1e-5, "seed": 0}, "history": history(0)},
+                         {"config": {"norm": "BN", "l1": 1e-5, "seed": 1}, "history": history(5)}],
+               "gn": [{"config": {"norm": "GN", "seed": 0}, "history": history(0.1)}]}
+    ax = utils.plot_graph(records, "test_acc").axes[0]
+    assert ax.get_xlabel() == "epoch" and "(%)" in ax.get_ylabel()
+    assert "Graph 2" in ax.get_title() and "seed 0" in ax.get_title() and "averaged weights" in ax.get_title()
     assert [t.get_text() for t in ax.get_legend().get_texts()] == [
-        "BN + L1: best 94.95% at epoch 5, mean of 2 seeds", "BN + L1 train", "GN: best 94.70% at epoch 5", "GN train"]
-    path = save_figure(fig, str(tmp_path / "static" / "acc.png"))
+        "BN + L1: 100.00 at the end", "GN: 99.90 at the end", "99.4%, the course's target"]
+    (target,) = [line for line in ax.get_lines() if line.get_label().startswith("99.4%")]
+    assert list(target.get_ydata()) == [99.4, 99.4]
+    assert [int(t) for t in ax.get_xticks() if 1 <= t <= 8] == list(range(1, 9))  # one tick per epoch
+    ax = utils.plot_graph(records, "test_loss").axes[0]
+    assert "Graph 1" in ax.get_title() and not [line for line in ax.get_lines() if "99.4" in line.get_label()]
+    path = save_figure(ax.figure, str(tmp_path / "static" / "loss.png"))
     assert open(path, "rb").read(8) == b"\x89PNG\r\n\x1a\n"
 
     images = synthetic(10)[0]
@@ -60,23 +68,13 @@ def test_figures_are_written_with_titles_labels_and_legend(tmp_path):
     titles = [ax.get_title() for ax in fig.axes]
     assert len(fig.axes) == 10 and titles[0] == "pred 3 (97%), true 5"
     assert fig._suptitle.get_text() == "BN + L1: test accuracy 99.50%"
-    with pytest.raises(ValueError, match="metric must be one of"):
-        plot_curves({}, "accuracy")
 
 
-def test_curves_leave_an_early_epoch_far_below_the_rest_off_the_scale_and_say_so():
-    # An averaged model's epoch 1 (11%, then 46%) would squeeze epochs 3 to 20 (98.0 to 99.6%) into a line.
-    accs = [11.35, 46.11, 98.0] + [99.0 + 0.6 * e / 20 for e in range(4, 21)]
-    history = [{"epoch": e, "test_acc": a, "test_loss": 0.1} for e, a in enumerate(accs, 1)]
-    steady = [{"epoch": e, "test_acc": 99.0, "test_loss": 0.1} for e in range(1, 21)]
-    ax = plot_curves({"BN + L1": [history], "LN": [steady]}, "test_acc").axes[0]
-    bottom, top = ax.get_ylim()
-    assert 97.8 < bottom < 98.0 and 99.6 < top < 99.8
-    (note,) = [t.get_text() for t in ax.texts if t.get_text().startswith("off the scale")]
-    assert note.endswith("BN + L1, epochs 1, 2: 11.35%, 46.11%")
-    # Curves without such an epoch keep matplotlib's own limits, and no note.
-    ax = plot_curves({"LN": [steady], "GN": [history[2:]]}, "test_acc").axes[0]
-    assert not [t for t in ax.texts if t.get_text().startswith("off the scale")]
+def test_graph_2_keeps_a_run_far_below_the_target_on_the_scale():
+    # A one-epoch try on 2,000 images ends near 60%: the axis reaches down to it instead of hiding it.
+    records = {"ln": [{"config": {"norm": "LN", "seed": 0}, "history": [{"epoch": 1, "test_acc": 55.79}]}]}
+    bottom, top = utils.plot_graph(records, "test_acc").axes[0].get_ylim()
+    assert bottom < 55.79 and top > 99.4
 
 
 def test_seeds_figure_shows_every_seed_and_the_mean_with_its_interval():

@@ -1,4 +1,4 @@
-"""The lean path a GPU run takes (training.lean_path), checked on the CPU: the same training as the committed runs'
+"""The lean path a GPU run takes (mnist_norms/lean.py), checked on the CPU: the same training as the committed runs'
 path up to rounding, its average against the warmed-up formula, its state interchangeable with AveragedModel's; a
 checkpoint read to the CPU whatever the device; bf16 only where the GPU has it; and, where CUDA is present, no wait
 for the GPU in a training step."""
@@ -10,7 +10,8 @@ import torch
 
 import utils
 from conftest import synthetic, without_time
-from mnist_norms import records, training
+from mnist_norms import lean as lean_module
+from mnist_norms import records, runner, training
 from mnist_norms.recipe import Recipe
 
 TRAIN, TEST = synthetic(320), synthetic(64, seed=1)
@@ -23,12 +24,13 @@ def test_the_lean_path_trains_as_the_committed_path_does_up_to_rounding():
     recipe = Recipe("BN", l1=1e-3, epochs=1, batch_size=32)
     out = {}
     for lean in (False, True):
-        model, optimizer, scheduler, averaged, generator = training.initial_state(recipe, 320, CPU, lean=lean)
-        loss, acc, norms = training.train_epoch(model, TRAIN, optimizer, recipe, generator=generator,
-                                                scheduler=scheduler, averaged=averaged, progress=False, lean=lean)
+        model, optimizer, scheduler, averaged, generator = utils.setup(recipe, 320, CPU, lean_path=lean)
+        epoch = lean_module.train if lean else utils.train
+        loss, acc, norms = epoch(model, TRAIN, optimizer, recipe, generator=generator, scheduler=scheduler,
+                                 averaged=averaged, progress=False)
         out[lean] = (loss, acc, norms, averaged.module.state_dict())
     (l0, a0, n0, s0), (l1, a1, n1, s1) = out[False], out[True]
-    assert type(training.initial_state(recipe, 320, CPU, lean=True)[3]) is training.LeanAverage
+    assert type(utils.setup(recipe, 320, CPU, lean_path=True)[3]) is lean_module.LeanAverage
     assert l1 == pytest.approx(l0, rel=1e-3) and abs(a1 - a0) <= 100 * 2 / 320  # two images may flip
     assert torch.allclose(n1, n0, rtol=1e-3)
     assert s0.keys() == s1.keys() and all(torch.allclose(s0[k].double(), s1[k].double(), rtol=1e-3, atol=1e-5)
@@ -40,7 +42,7 @@ def test_the_lean_average_follows_the_warmed_up_formula_and_keeps_averaged_model
     model = torch.nn.Sequential(torch.nn.Linear(3, 2), torch.nn.BatchNorm1d(2))
     reference = torch.optim.swa_utils.AveragedModel(model, multi_avg_fn=training.ema_update(0.99, 10.0),
                                                     use_buffers=True)
-    lean = training.LeanAverage(model, 0.99, 10.0)
+    lean = lean_module.LeanAverage(model, 0.99, 10.0)
     for _ in range(30):
         with torch.no_grad():
             for p in model.parameters():
@@ -51,7 +53,7 @@ def test_the_lean_average_follows_the_warmed_up_formula_and_keeps_averaged_model
     a, b = reference.state_dict(), lean.state_dict()
     assert a.keys() == b.keys() and b["n_averaged"].item() == 30
     assert all(torch.allclose(a[k].double(), b[k].double(), rtol=1e-5, atol=1e-6) for k in a)
-    again = training.LeanAverage(model, 0.99, 10.0)
+    again = lean_module.LeanAverage(model, 0.99, 10.0)
     again.load_state_dict(a)  # an AveragedModel's checkpoint resumes the lean average, count and all
     assert again.count == 30
 
@@ -67,22 +69,22 @@ def test_a_checkpoint_is_read_to_the_cpu_whatever_the_runs_device(tmp_path, monk
     def off_the_cpu(path, map_location=None, **kw):
         return real(path, map_location=map_location if str(map_location) == "cpu" else "meta", **kw)
     recipe = Recipe("BN", l1=1e-5, epochs=2, batch_size=64, ema=0.9)
-    _, whole = utils.run(recipe, (TRAIN, TEST), device=CPU, out=str(tmp_path / "whole"), progress=False)
-    utils.run(recipe, (TRAIN, TEST), device=CPU, out=str(tmp_path / "cut"), progress=False,
-              study=utils.Study(stop_after=1))
+    _, whole = runner.run(utils.fit, recipe, (TRAIN, TEST), device=CPU, out=str(tmp_path / "whole"), progress=False)
+    runner.run(utils.fit, recipe, (TRAIN, TEST), device=CPU, out=str(tmp_path / "cut"), progress=False,
+               study=runner.Study(stop_after=1))
     monkeypatch.setattr(records.torch, "load", off_the_cpu)
-    _, resumed = utils.run(recipe, (TRAIN, TEST), device=CPU, out=str(tmp_path / "cut"), progress=False)
+    _, resumed = runner.run(utils.fit, recipe, (TRAIN, TEST), device=CPU, out=str(tmp_path / "cut"), progress=False)
     assert without_time(resumed["history"]) == without_time(whole["history"])
 
 
 def test_a_lean_run_resumes_from_its_checkpoint(tmp_path, monkeypatch):
     # As a GPU run would: stopped after epoch 1 and resumed, it continues from its average's count
-    monkeypatch.setattr(utils, "lean_path", lambda device: True)
+    monkeypatch.setattr(lean_module, "lean_path", lambda device: True)
     recipe = Recipe("LN", epochs=2, batch_size=64)
-    _, whole = utils.run(recipe, (TRAIN, TEST), device=CPU, out=str(tmp_path / "whole"), progress=False)
-    utils.run(recipe, (TRAIN, TEST), device=CPU, out=str(tmp_path / "cut"), progress=False,
-              study=utils.Study(stop_after=1))
-    _, resumed = utils.run(recipe, (TRAIN, TEST), device=CPU, out=str(tmp_path / "cut"), progress=False)
+    _, whole = runner.run(utils.fit, recipe, (TRAIN, TEST), device=CPU, out=str(tmp_path / "whole"), progress=False)
+    runner.run(utils.fit, recipe, (TRAIN, TEST), device=CPU, out=str(tmp_path / "cut"), progress=False,
+               study=runner.Study(stop_after=1))
+    _, resumed = runner.run(utils.fit, recipe, (TRAIN, TEST), device=CPU, out=str(tmp_path / "cut"), progress=False)
     assert json.dumps(without_time(resumed["history"])) == json.dumps(without_time(whole["history"]))
 
 
@@ -91,16 +93,16 @@ def test_a_training_step_on_cuda_never_waits_for_the_gpu():
     device = torch.device("cuda")
     recipe = replace(Recipe("BN", l1=1e-5, batch_size=64), epochs=1)
     data = tuple(t.to(device) for t in synthetic(640))
-    model, optimizer, scheduler, averaged, generator = training.initial_state(recipe, 640, device)
-    batches = training.batches(data, recipe.batch_size, generator=generator, lean=True, **recipe.augmentation)
+    model, optimizer, scheduler, averaged, generator = utils.setup(recipe, 640, device, lean_path=True)
+    batches = lean_module.batches(data, recipe.batch_size, generator=generator, **recipe.augmentation)
     x, y = next(batches)
-    training.train_step(model, optimizer, x, y, recipe, scheduler, lean=True)  # the first step sets things up
+    lean_module.train_step(model, optimizer, x, y, recipe, scheduler)  # the first step sets things up
     averaged.update_parameters(model)
     x, y = next(batches)
     torch.cuda.synchronize()
     torch.cuda.set_sync_debug_mode("error")
     try:
-        training.train_step(model, optimizer, x, y, recipe, scheduler, lean=True)
+        lean_module.train_step(model, optimizer, x, y, recipe, scheduler)
         averaged.update_parameters(model)
         next(batches)
     finally:

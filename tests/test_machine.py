@@ -55,10 +55,11 @@ def test_isa_strings_split_into_aten_and_onednn():
 
 def test_malloc_setting_changes_no_number(tmp_path):
     # Two fresh processes, the same 1-epoch run with and without tune_malloc(): identical histories.
-    code = ("import sys, torch, utils; from mnist_norms import machine; from mnist_norms.recipe import Recipe; "
+    code = ("import sys, torch, utils; from mnist_norms import machine, runner; from mnist_norms.recipe import Recipe; "
             "torch.set_num_threads(1); "
             "sys.argv[2] == '1' and machine.tune_malloc(); from conftest import synthetic; "
-            "utils.run(Recipe('BN', l1=1e-5, epochs=1, batch_size=64), (synthetic(512), synthetic(64, seed=1)), "
+            "runner.run(utils.fit, Recipe('BN', l1=1e-5, epochs=1, batch_size=64), "
+            "(synthetic(512), synthetic(64, seed=1)), "
             "device=torch.device('cpu'), out=sys.argv[1], progress=False)")
     # both at once, one thread each on the suite's two cores
     procs = [subprocess.Popen([sys.executable, "-c", code, str(tmp_path / flag), flag], stdout=subprocess.PIPE,

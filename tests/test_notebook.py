@@ -106,9 +106,9 @@ def test_notebook_in_a_fresh_clone_stopped_and_run_again_resumes_into_its_own_fo
     # keeps that run in the kernel, where the stop is set up), then run again with the default JOBS: the stopped run
     # continues after epoch 1 and the other two start, in worker processes. Nothing committed changes.
     from conftest import changed_files
-    stop = ("import utils\nreal, calls = utils.evaluate, []\n"
+    stop = ("import utils\nreal, calls = utils.test, []\n"
             "def stopping(*a, **k):\n    calls.append(1)\n    if len(calls) == 2:\n        raise KeyboardInterrupt\n"
-            "    return real(*a, **k)\nutils.evaluate = stopping")
+            "    return real(*a, **k)\nutils.test = stopping")
     parameters = f"EPOCHS = 2\nLIMIT = 500\nDATA = {DATA!r}"
     with pytest.raises(nbclient.exceptions.CellExecutionError, match="KeyboardInterrupt"):
         execute(parameters + "\nJOBS = 1", clone, setup=stop)

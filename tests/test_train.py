@@ -194,11 +194,10 @@ def test_every_documented_command_runs_and_gives_each_option_one_default(command
 
 def test_the_notebook_and_train_py_build_the_same_runs():
     # The two front doors: the notebook's parameters cell and train.py's defaults give the same recipes, and on a
-    # CPU both train each run with one thread (utils.run), so both give the committed seed 0 bit for bit.
+    # CPU both train each run with one thread (runner.run), so both give the committed seed 0 bit for bit.
     import inspect
     import json as json_module
 
-    import utils
     from mnist_norms.recipe import experiment
     notebook = json_module.load(open(os.path.join(ROOT, "session5_assignment.ipynb")))
     params = {}
@@ -207,7 +206,8 @@ def test_the_notebook_and_train_py_build_the_same_runs():
                                limit=params["LIMIT"])
     main, ablation = train_cli.recipes(train_cli.parse_args([]))
     assert main == from_notebook and ablation == []
-    assert inspect.signature(utils.run).parameters["threads"].default == 1
+    from mnist_norms import runner
+    assert inspect.signature(runner.run).parameters["threads"].default == 1
 
 
 @pytest.mark.parametrize("command", ["train.py", "studies.batch_size", "studies.search", "studies.lr_sweep",

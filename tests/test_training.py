@@ -1,4 +1,5 @@
-"""training.py: the training step with its L1 term, an epoch, bf16 autocast, the warmed-up average, weight decay."""
+"""utils.py's training and mnist_norms/training.py: the training step with its L1 term, an epoch, bf16 autocast, the
+warmed-up average, weight decay."""
 
 import numpy as np
 import pytest
@@ -8,8 +9,10 @@ from torch import nn
 from conftest import synthetic
 from mnist_norms import training
 from mnist_norms.recipe import Recipe
-from mnist_norms.training import evaluate, l1_penalty, train_epoch, train_step
+from mnist_norms.training import evaluate
 from model import Net
+from utils import l1_penalty, setup, train_step
+from utils import train as train_epoch
 
 ROTATE = dict(translate=0.0, scale=0.0, shear=0.0)  # rotation only: the augmentation these tests were written with
 
@@ -160,9 +163,9 @@ def test_the_warmed_up_average_follows_its_formula_and_without_warm_up_is_pytorc
 
 def test_weight_decay_reaches_sgd_and_shrinks_every_parameter_by_lr_times_it():
     # With zero gradient (lr > 0, loss ignored) SGD's weight decay alone moves a parameter: p -= lr * wd * p, then
-    # Nesterov momentum adds momentum * that. One step from initial_state's optimizer, checked against the formula.
+    # Nesterov momentum adds momentum * that. One step from setup's optimizer, checked against the formula.
     recipe = Recipe("LN", weight_decay=1e-3)
-    model, optimizer, *_ = training.initial_state(recipe, 640, torch.device("cpu"))
+    model, optimizer, *_ = setup(recipe, 640, torch.device("cpu"))
     assert all(g["weight_decay"] == 1e-3 for g in optimizer.param_groups)
     before = [p.detach().clone() for p in model.parameters()]
     for p in model.parameters():
@@ -172,4 +175,4 @@ def test_weight_decay_reaches_sgd_and_shrinks_every_parameter_by_lr_times_it():
     for b, p in zip(before, model.parameters()):
         d = 1e-3 * b  # the decayed gradient; the first step's momentum buffer is d, Nesterov's step d + momentum * d
         assert torch.allclose(p, b - g["lr"] * (d + g["momentum"] * d), rtol=1e-6, atol=1e-9)
-    assert training.initial_state(Recipe("LN"), 640, torch.device("cpu"))[1].param_groups[0]["weight_decay"] == 0
+    assert setup(Recipe("LN"), 640, torch.device("cpu"))[1].param_groups[0]["weight_decay"] == 0

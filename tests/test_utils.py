@@ -9,7 +9,7 @@ from torch import nn
 
 import utils
 from conftest import synthetic, without_time
-from mnist_norms import machine, training
+from mnist_norms import machine, runner, training
 from mnist_norms.files import save_torch, write_json
 from mnist_norms.machine import hardware
 from mnist_norms.recipe import Recipe, experiment, settings_folder
@@ -24,7 +24,8 @@ SMALL = Recipe("BN", l1=1e-5, epochs=2, batch_size=64)
 
 
 def small_run(tmp_path, recipe=SMALL, **kw):
-    return utils.run(recipe, (TRAIN, TEST), device=torch.device("cpu"), out=str(tmp_path), progress=False, **kw)
+    return runner.run(utils.fit, recipe, (TRAIN, TEST), device=torch.device("cpu"), out=str(tmp_path),
+                      progress=False, **kw)
 
 
 def stop_at_evaluation(monkeypatch, n):
@@ -63,7 +64,7 @@ def test_one_seed_pairs_the_norms_same_weights_batches_augmentation_and_dropout_
     for recipe in experiment(seeds=(3,), epochs=2, batch_size=64, translate=0.1, scale=0.1, shear=5.0) \
             + [Recipe("GN", groups=g, epochs=2, batch_size=64, seed=3, translate=0.1, scale=0.1, shear=5.0)
                for g in (1, 5)]:
-        utils.run(recipe, (TRAIN, TEST), device=torch.device("cpu"), out=str(tmp_path / recipe.name),
+        runner.run(utils.fit, recipe, (TRAIN, TEST), device=torch.device("cpu"), out=str(tmp_path / recipe.name),
                   progress=False)
     (first, a), *others = seen.items()
     assert len(a["x"]) == 2 * 4 and len(a["rng"]) == 6 * len(a["x"])  # 4 steps per epoch, 6 dropout layers
@@ -235,6 +236,6 @@ def test_with_ema_the_average_is_what_is_evaluated_saved_and_resumed_bit_identic
     trained, _ = small_run(tmp_path / "plain", replace(recipe, ema=0.0))
     assert not torch.equal(trained.state_dict()["conv0.0.weight"], model.state_dict()["conv0.0.weight"])
     # Stopped after epoch 1 and resumed: the average comes back from the checkpoint, and the history is the same.
-    small_run(tmp_path / "cut", recipe, study=utils.Study(stop_after=1))
+    small_run(tmp_path / "cut", recipe, study=runner.Study(stop_after=1))
     _, resumed = small_run(tmp_path / "cut", recipe)
     assert without_time(resumed["history"]) == without_time(whole["history"])

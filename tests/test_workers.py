@@ -15,12 +15,13 @@ SCRIPT = """
 import sys, torch
 sys.path[:0] = [{root!r}, {tests!r}]
 import utils
+from mnist_norms import runner
 from conftest import synthetic
 from mnist_norms.recipe import Recipe
 recipes = [Recipe("LN", epochs=1, seed=0, batch_size=64), Recipe("LN", epochs=50, seed=1, batch_size=8)]
 print("started", flush=True)
 utils.run_experiments(recipes, (synthetic(256), synthetic(32, seed=1)), device=torch.device("cpu"), out=sys.argv[1],
-                      study=utils.Study(folder=""), jobs=2, progress=False)
+                      study=runner.Study(folder=""), jobs=2, progress=False)
 """
 
 

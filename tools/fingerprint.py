@@ -4,8 +4,8 @@ what the machine that made the committed runs computed, bit for bit.
 
 Each model trains STEPS steps of its recipe (augmentation, forward, loss with L1, backward, optimizer step, schedule,
 weight-average update) on seeded synthetic images, then evaluates its averaged weights on EVAL_IMAGES images
-in batches as a run does, through the same functions as train.py (training.initial_state, training.train_epoch,
-training.evaluate), pinned to AVX2, with one thread as the committed runs. Every ATen operation that PyTorch
+in batches as a run does, through the same functions as train.py (utils.setup, utils.train,
+utils.test), pinned to AVX2, with one thread as the committed runs. Every ATen operation that PyTorch
 dispatches, forward and backward, is hashed as it returns (a TorchDispatchMode), with where it was called from (the
 layer, the function, or the backward node).
 
@@ -27,7 +27,7 @@ from mnist_norms.records import ROOT
 
 FILE = os.path.join(ROOT, "results", "fingerprint.json")
 STEPS = 3           # training steps per model: the first ones of a run of the recipe
-EVAL_IMAGES = 500  # two evaluation batches of training.EVAL_BATCH, so that its kernels are a run's
+EVAL_IMAGES = 500  # two evaluation batches of utils.test (training.EVAL_BATCH), so that its kernels are a run's
 FULL_TRAIN = 60000  # the schedule is that of a run on the whole training set, so each step's rate is a real run's
 # Operations whose result is memory not yet written (its hash would be noise); what writes it next is hashed.
 UNWRITTEN = ("aten.empty", "aten.empty_like", "aten.empty_strided", "aten.new_empty", "aten.new_empty_strided",
@@ -118,29 +118,29 @@ def fingerprint(check_trace=True):
     import torch
 
     from mnist_norms.recipe import experiment
-    from mnist_norms.training import evaluate, initial_state, train_epoch
+    from utils import setup, test, train
 
     torch.set_num_threads(1)
     Trace = trace_class()
     device = torch.device("cpu")
     g = torch.Generator().manual_seed(0)
     batch = experiment()[0].batch_size
-    train = (torch.randint(0, 256, (STEPS * batch, 28, 28), dtype=torch.uint8, generator=g),
+    train_data = (torch.randint(0, 256, (STEPS * batch, 28, 28), dtype=torch.uint8, generator=g),
              torch.randint(0, 10, (STEPS * batch,), generator=g))
-    test = (torch.randint(0, 256, (EVAL_IMAGES, 28, 28), dtype=torch.uint8, generator=g),
+    test_data = (torch.randint(0, 256, (EVAL_IMAGES, 28, 28), dtype=torch.uint8, generator=g),
             torch.randint(0, 10, (EVAL_IMAGES,), generator=g))
 
     def steps(recipe, trace=None):
-        model, optimizer, scheduler, averaged, generator = initial_state(recipe, FULL_TRAIN, device)
+        model, optimizer, scheduler, averaged, generator = setup(recipe, FULL_TRAIN, device)
         evaluated = averaged.module if averaged is not None else model
         if trace is not None:  # name the layers: the trained model's and the evaluated one's
             trace.names.update({m: f"layer {n}" for n, m in model.named_modules() if n})
             trace.names.update({m: f"evaluated layer {n}" for n, m in evaluated.named_modules() if n})
-        train_epoch(model, train, optimizer, recipe, generator=generator, scheduler=scheduler, averaged=averaged,
-                    progress=False)
+        train(model, train_data, optimizer, recipe, generator=generator, scheduler=scheduler, averaged=averaged,
+              progress=False)
         if trace is not None:
             trace.phase = "evaluation"
-        evaluate(evaluated, test)
+        test(evaluated, test_data)
         return [model] + ([averaged] if averaged is not None else [])
 
     def final(models):  # the weights (and BN's statistics) after training, trained and averaged

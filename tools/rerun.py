@@ -12,7 +12,7 @@ import sys
 import torch
 
 import utils
-from mnist_norms import cli, machine
+from mnist_norms import cli, machine, runner
 from mnist_norms.data import load_mnist
 from mnist_norms.recipe import Recipe, settings_folder
 from mnist_norms.records import read_record, run_paths, shown
@@ -73,8 +73,8 @@ def rerun(saved, path, data, *, device, out, epochs=None, fresh=False, progress=
     if os.path.abspath(written) == os.path.abspath(path):
         sys.exit(f"rerun: error: the rerun would overwrite {path}; choose another --out")
     print(utils.LOG_HEADER)
-    _, record = utils.run(recipe, data, device=device, out=out, name=saved["name"], progress=progress, fresh=fresh,
-                          study=utils.Study(folder=folder, stop_after=epochs), threads=threads)
+    _, record = runner.run(utils.fit, recipe, data, device=device, out=out, name=saved["name"], progress=progress,
+                           fresh=fresh, study=runner.Study(folder=folder, stop_after=epochs), threads=threads)
     keys = {k for e in saved["history"] for k in e} - {"seconds"}
     strip = lambda history: [{k: v for k, v in e.items() if k in keys} for e in history]
     new, old = strip(record["history"]), strip(saved["history"][:epochs])

@@ -38,12 +38,12 @@ import numpy as np
 import torch
 
 import utils
+from mnist_norms import runner
 from mnist_norms.augment import to_input
 from mnist_norms.data import select
 from mnist_norms.files import write_json
 from mnist_norms.recipe import L1, Recipe, settings_folder
 from mnist_norms.records import load_records, load_weights, run_paths
-from mnist_norms.training import initial_state
 from model import CONTROL, CONTROLS, MODELS
 from studies import stats
 
@@ -168,7 +168,7 @@ INIT_FILE = "block_std_init.json"
 
 def add_init_std(data, out, device):
     """Write OUT/results/lr_sweep/INIT_FILE, if it is not there: {model: {seed: block_std}} of each model as each of the
-    sweep's seeds starts (training.initial_state: the second control after its scaling), on the first SCALE_IMAGES
+    sweep's seeds starts (utils.setup: the second control after its scaling), on the first SCALE_IMAGES
     validation images, in train mode, as its first step sees them."""
     path = os.path.join(out, "results", FOLDER, INIT_FILE)
     if os.path.exists(path):
@@ -178,7 +178,7 @@ def add_init_std(data, out, device):
     torch.set_num_threads(1)  # as every run computes, so that the file's digits re-run
     try:
         for recipe in recipes(PEAKS[:1]):
-            model = initial_state(recipe, len(train[1]), device, images=train[0])[0]
+            model = utils.setup(recipe, len(train[1]), device, images=train[0])[0]
             scales.setdefault(recipe.norm, {})[str(recipe.seed)] = block_std(model, val[0][:SCALE_IMAGES], train=True)
     finally:
         torch.set_num_threads(threads)
@@ -220,7 +220,7 @@ def run_sweep(data, *, device, out, jobs, fresh=False, progress=True, control=Tr
         runs = recipes(peaks if stage == 1 else (EXTRA_PEAK,), **overrides)
         print(f"learning-rate sweep, stage {stage}: {len(runs)} runs")
         utils.run_experiments(runs, data, device=device, out=out, jobs=jobs, progress=progress, fresh=fresh,
-                              study=utils.Study(folder=FOLDER, names=tuple(run_name(r) for r in runs),
+                              study=runner.Study(folder=FOLDER, names=tuple(run_name(r) for r in runs),
                                                 invocations="sweep.json"))
     records = load_records(folder)
     add_block_std(records, data, out)
@@ -237,5 +237,5 @@ def run_sweep(data, *, device, out, jobs, fresh=False, progress=True, control=Tr
         for runs in control_recipes(chosen[0], norm, **settings):
             print(f"{label} on the test set at peak {runs[0].lr:g}: {len(runs)} runs")
             utils.run_experiments(runs, data, device=device, out=out, jobs=jobs, progress=progress, fresh=fresh,
-                                  study=utils.Study(invocations="control.json"))
+                                  study=runner.Study(invocations="control.json"))
     return records

@@ -4,6 +4,7 @@ import functools
 import os
 import sys
 
+import utils
 from mnist_norms import cli
 from studies.lr_sweep import EPOCHS, FOLDER, INIT_FILE, run_sweep
 from studies.lr_sweep import __doc__ as DOC
@@ -23,7 +24,7 @@ def parse_args(argv=None):
 def main(argv=None):
     args = parse_args(argv)
     records = cli.run_quick_lookable(args, parse_args([]), "studies.lr_sweep",
-                                     functools.partial(run_sweep, control=not args.sweep_only))
+                                     functools.partial(run_sweep, control=not args.sweep_only), utils.LOG_HEADER)
     print()
     print(sweep_table(os.path.join(args.out, "results")))
     if not args.no_figures:
