@@ -182,7 +182,8 @@ def plot_graph(records, key):
     for recs in records.values():
         history = recs[0]["history"]
         ax.plot([e["epoch"] for e in history], [e[key] for e in history], marker="o", markersize=3,
-                label=f"{label(recs[0])}: {history[-1][key]:.{4 if key == 'test_loss' else 2}f} at the end")
+                label=f"{label(recs[0])}: " + (f"{history[-1][key]:.4f}" if key == "test_loss" else
+                                                f"{history[-1][key]:.2f}%") + " at the end")
     seeds = sorted({recs[0]["config"]["seed"] for recs in records.values()})
     what = "test loss (NLL)" if key == "test_loss" else "test accuracy (%)"
     if key == "test_acc":

@@ -53,7 +53,7 @@ def test_graphs_show_each_runs_first_seed_with_the_target_line_a_tick_per_epoch_
     assert ax.get_xlabel() == "epoch" and "(%)" in ax.get_ylabel()
     assert "Graph 2" in ax.get_title() and "seed 0" in ax.get_title() and "averaged weights" in ax.get_title()
     assert [t.get_text() for t in ax.get_legend().get_texts()] == [
-        "BN + L1: 100.00 at the end", "GN: 99.90 at the end", "99.4%, the course's target"]
+        "BN + L1: 100.00% at the end", "GN: 99.90% at the end", "99.4%, the course's target"]
     (target,) = [line for line in ax.get_lines() if line.get_label().startswith("99.4%")]
     assert list(target.get_ydata()) == [99.4, 99.4]
     assert [int(t) for t in ax.get_xticks() if 1 <= t <= 8] == list(range(1, 9))  # one tick per epoch

@@ -86,6 +86,13 @@ def test_committed_notebook_shows_the_training_of_the_committed_seed_0_runs():
     assert text.count("gap       average-pool 6x6") == 3 and text.count("then log_softmax over the 10 outputs") == 3
     assert text.count("This run equals their seed 0 in every number of every epoch") == 3
     assert "3 runs trained in " in text and "MNIST: 60,000 training and 10,000 test images" in text
+    assert text.count("Trainable params: 7,750") == 3  # torchinfo's summary of each model
+    # the code that trained them, as utils.py holds it now: re-execute the notebook after changing it
+    import inspect
+
+    import utils
+    for function in (utils.train_step, utils.train, utils.test, utils.fit):
+        assert inspect.getsource(function) in text, function.__name__
     table = text[text.index("final test acc"):]
     for name in ("bn_l1", "ln", "gn"):
         with open(os.path.join(ROOT, "results", f"{name}_seed0.json")) as f:
