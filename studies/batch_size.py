@@ -18,12 +18,13 @@ from matplotlib.figure import Figure
 from matplotlib.ticker import FuncFormatter, LogLocator, NullFormatter
 
 import utils
-from mnist_norms import cli
+from mnist_norms import cli, runner
 from mnist_norms.data import load_mnist
 from mnist_norms.figures import save_figure
 from mnist_norms.recipe import Recipe, run_order
 from mnist_norms.records import is_finished, load_records, summarize
-from studies.tables import interval
+from studies import stats
+from studies.tables import runs_cell
 
 BATCH_SIZES = (2, 4, 8, 16, 32, 64, 128, 256)
 # The study's own defaults: short runs (an epoch at batch 2 is 30,000 steps, about 6x the time of one at 64), three
@@ -66,7 +67,7 @@ def run_study(recipes, data, *, device, out, jobs=1, fresh=False, progress=True)
           f"{todo} to train with {jobs} job{'s' if jobs > 1 else ''}")
     print(utils.LOG_HEADER)
     utils.run_experiments(recipes, data, device=device, out=out, jobs=jobs, progress=progress, fresh=fresh,
-                          study=utils.Study(folder=FOLDER, names=tuple(names), batch_stats=True,
+                          study=runner.Study(folder=FOLDER, names=tuple(names), batch_stats=True,
                                             invocations="study.json"))
     return load_records(folder)
 
@@ -161,11 +162,17 @@ def batch_size_table(results):
             columns.append((f"{label} with batch statistics", norm, "batch_stats"))
     sizes = sorted({r["batch_size"] for r in rows})
     lines = ["| batch | peak lr | " + " | ".join(c[0] for c in columns) + " |", "|" + "---|" * (len(columns) + 2)]
+    def values(row, key):  # ({seed: final accuracy}, {seed: how it failed}) of a row's runs
+        recs = [r for r in records[row["name"]] if r["history"]]
+        field = "test_acc" if key == "final" else "test_acc_batch_stats"
+        if any(r["history"][-1].get(field) is None for r in recs):
+            return {}, {}
+        return ({r["config"]["seed"]: r["history"][-1][field] for r in recs},
+                {r["config"]["seed"]: how for r in recs if (how := stats.failure(r["history"]))})
+
     for b in sizes:
         lr = next(r["lr"] for r in rows if r["batch_size"] == b)
-        values = lambda row, key: row["finals"] if key == "final" else row.get("batch_stats")
-        cells = [interval(values(cell[n, b], key)) if (n, b) in cell and values(cell[n, b], key) else ""
-                 for _, n, key in columns]
+        cells = [runs_cell(*values(cell[n, b], key)) if (n, b) in cell else "" for _, n, key in columns]
         lines.append(f"| {b} | {lr:g} | " + " | ".join(cells) + " |")
     ends = [sizes[0]] + ([BASE_BATCH] if BASE_BATCH in sizes[1:] else sizes[-1:] if len(sizes) > 1 else [])
     train = "; ".join(f"{labels[n]} " + " / ".join(f"{cell[n, b]['train_mean']:.2f}" if (n, b) in cell else "-"
@@ -180,7 +187,10 @@ def batch_size_table(results):
                   f"{'/'.join(map(str, epochs))} epoch(s) on "
                   f"{'/'.join(f'{n:,}' for n in train_images)} training images per run; "
                   f"{sum(len(r['seeds']) for r in rows)} runs"
-                  + (f", {unfinished} of them unfinished" if unfinished else "") + "."]
+                  + (f", {unfinished} of them unfinished" if unfinished else "") + ". A cell whose interval would "
+                  "reach past 100% gives each seed's value instead; a run that failed (a loss not finite, an accuracy "
+                  "falling by 10 points or more from one epoch to the next, or below 20% in every epoch: "
+                  "`studies.stats.failure`) is given apart, and the interval is over the others."]
     log_path = os.path.join(folder, "study.json")
     if os.path.exists(log_path):
         with open(log_path) as f:

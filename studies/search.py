@@ -18,12 +18,12 @@ import sys
 import numpy as np
 
 import utils
-from mnist_norms import cli
+from mnist_norms import cli, runner
 from mnist_norms.recipe import Recipe, experiment
 from mnist_norms.records import load_records
 from studies import stats
 from studies.recipe_search import CLOSE, FOLDER, SETTLE_TIE, TIE, VAL, scores
-from studies.tables import NORM_NAMES, interval
+from studies.tables import NORM_NAMES, runs_cell
 
 # The stress test (--search stress): how often LN diverges as the learning rate rises to its peak, and whether
 # clipping the gradient's norm stops it. Its rule, fixed and committed before any of its runs was trained:
@@ -110,7 +110,7 @@ def run_stress(data, *, device, out, jobs, fresh=False, progress=True, **overrid
         runs = [Recipe("LN", seed=seed, lr=peak, **{**BASE, "clip": clip, "val": VAL, **overrides})
                 for seed in STRESS_SEEDS for peak in STRESS_PEAKS]  # seed by seed: a partial stage is paired
         utils.run_experiments(runs, data, device=device, out=out, jobs=jobs, progress=progress, fresh=fresh,
-                              study=utils.Study(folder=STRESS_FOLDER,
+                              study=runner.Study(folder=STRESS_FOLDER,
                                                 names=tuple(stress_name(r.lr, r.clip) for r in runs),
                                                 stop_after=STRESS_EPOCHS, invocations="tune.json"))
     return load_records(folder)
@@ -221,7 +221,7 @@ def run_guard_search(data, *, device, out, jobs, fresh=False, progress=True, **o
         names = [f"{r.name}_{cid}" for cid in todo for r in experiment(seeds=(seed,))]
         if runs:
             utils.run_experiments(runs, data, device=device, out=out, jobs=jobs, progress=progress, fresh=fresh,
-                                  study=utils.Study(folder=GUARD_FOLDER, names=tuple(names), invocations="tune.json"))
+                                  study=runner.Study(folder=GUARD_FOLDER, names=tuple(names), invocations="tune.json"))
     return load_records(folder) if os.path.isdir(folder) else {}
 
 
@@ -246,14 +246,17 @@ def stress_markdown(results):
              "over runs) | largest gradient norm |", "|---|---|---|---|---|---|---|---|"]
     for name, t in sorted(table.items(), key=lambda kv: (kv[1]["clip"], kv[1]["peak"])):
         runs = [r for r in records[name] if len(r["history"]) >= STRESS_EPOCHS]
-        at = lambda epoch: interval([r["history"][epoch - 1]["test_acc"] for r in runs])
+        at = lambda epoch: runs_cell({r["config"]["seed"]: r["history"][epoch - 1]["test_acc"] for r in runs},
+                                     {r["config"]["seed"]: how for r in runs
+                                      if (how := stats.failure(r["history"][:epoch]))})
         typical = statistics.median(statistics.median(e["grad_norm_median"] for e in r["history"][1:STRESS_EPOCHS])
                                     for r in runs)
         seeds = ", ".join(f"seed {s}" for s in t["diverged"])
         lines.append(f"| {t['peak']:g} | {t['clip']:g} | {t['runs']} | {len(t['diverged'])}"
                      f"{f' ({seeds})' if seeds else ''} | {at(1)} | {at(STRESS_EPOCHS)} "
                      f"| {typical:.2f} | {t['grad_norm_max']:.1f} |")
-    lines += ["", "Validation accuracy: the last 10,000 training images, mean ± the 95% interval over the runs. "
+    lines += ["", "Validation accuracy: the last 10,000 training images, mean ± the 95% interval over the runs; a run "
+                  "that failed by then (`studies.stats.failure`) is given apart, the interval taken over the others. "
                   + (f"The clip set by rule 4 from stage 1: {clip:g}." if clip is not None else
                      "Stage 1 is not complete: the clip is not set yet.")]
     low, high = STRESS_PEAKS
@@ -318,7 +321,7 @@ def parse_args(argv=None):
 def main(argv=None):
     args = parse_args(argv)
     search = {"guard": run_guard_search, "stress": run_stress}[args.search]
-    records = cli.run_quick_lookable(args, parse_args([]), "studies.search", search)
+    records = cli.run_quick_lookable(args, parse_args([]), "studies.search", search, utils.LOG_HEADER)
     print()
     if args.search == "stress":
         print(format_stress_table(stress_table(records)))

@@ -41,6 +41,28 @@ def interval(values):
     return f"{mean:.2f} ± {half:.2f}" if half == half else f"{mean:.2f}"
 
 
+def runs_cell(values, failed=None):
+    """A table cell for the accuracies (%) of a group of runs, {seed: value}: interval() over the seeds; a run that
+    failed ({seed: how}, stats.failure) given apart with its value, and the interval over the others; and instead of
+    an interval that would reach past 100%, each seed's value ("seeds 0, 1, 2: 98.35, 96.52, 91.17")."""
+    failed = {s: how for s, how in (failed or {}).items() if s in values}
+    kept = {s: v for s, v in sorted(values.items()) if s not in failed}
+    cell = ""
+    if kept:
+        mean, half = stats.mean_ci(list(kept.values()))
+        if half == half and mean + half > 100:
+            seeds = ", ".join(map(str, kept))
+            cell = f"seed{'s' if len(kept) > 1 else ''} {seeds}: {', '.join(f'{v:.2f}' for v in kept.values())}"
+        else:
+            cell = interval(list(kept.values()))
+    if not failed:
+        return cell
+    apart = "; ".join(f"seed {s} failed ({how}): {values[s]:.2f}" for s, how in sorted(failed.items()))
+    if not kept:
+        return apart
+    return f"{apart}; {cell}" if cell.startswith("seed") else f"{apart}; the other {len(kept)}: {cell}"
+
+
 def diverged_runs(records, setting=lambda name: ""):
     """One phrase per run whose accuracy collapsed in some epoch (stats.collapses), in run order: which run, where,
     how far, and where it ended. `setting(name)` names the rest of the run (the search's setting id)."""
