@@ -21,8 +21,7 @@ import numpy as np
 from matplotlib.figure import Figure
 from tqdm.auto import tqdm
 
-import utils
-from mnist_norms import cli
+from mnist_norms import cli, runner
 from mnist_norms.cli import device as parse_device
 from mnist_norms.data import load_mnist
 from mnist_norms.files import sha256_file, write_json
@@ -182,9 +181,10 @@ def accuracy_table(results, sets=None):
     for set_name in sets or set_names():
         lines.append(f"| {set_name} | " + " | ".join(cell(accuracies(records, n, m, set_name).values())
                                                       for n, m in rows) + " |")
-    for group, members in groups().items():
-        kinds = len(corruptions.GROUPS.get(group, corruptions.CORRUPTIONS))
-        lines.append(f"| **mean: {group}** ({kinds} corruptions, {len(members)} sets) | " + " | ".join(
+    for group, members in groups().items():  # a group named by what it holds: "blur" holds JPEG too
+        held = (f"{', '.join(corruptions.GROUPS[group])}: " if group in corruptions.GROUPS
+                else f"{len(corruptions.CORRUPTIONS)} corruptions, ")
+        lines.append(f"| **mean: {group}** ({held}{len(members)} sets) | " + " | ".join(
             cell(group_means(records, n, m, members).values()) for n, m in rows) + " |")
     lines.append("")
     lines.append(f"Seeds: {', '.join(map(str, seeds))} of each model (`results/shift/`); "
@@ -305,7 +305,7 @@ def groups_figure(results):
 def parse_args(argv=None):
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter,
                                 allow_abbrev=False)
-    p.add_argument("--out", default=utils.RUNS,
+    p.add_argument("--out", default=runner.RUNS,
                    help="where results/shift/ and static/shift.png are written (default: %(default)s, a folder of your "
                         "own that git ignores; --out . is the repository's committed study, written only when asked)")
     p.add_argument("--runs", default=None,
