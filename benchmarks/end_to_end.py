@@ -30,6 +30,7 @@ import time
 
 import torch
 
+import utils
 from benchmarks import pipeline
 from mnist_norms import machine
 from mnist_norms.augment import MEAN, STD
@@ -37,7 +38,7 @@ from mnist_norms.data import load_mnist, select
 from mnist_norms.files import write_json
 from mnist_norms.recipe import L1, Recipe
 from mnist_norms.records import ROOT
-from mnist_norms.training import evaluate, train_epoch
+from mnist_norms.training import evaluate
 from model import Net
 from studies.tables import load_json
 
@@ -65,7 +66,7 @@ def epochs_in_this_process(spec, data_root):
         generator = torch.Generator().manual_seed(0)
         for _ in range(spec["epochs"]):
             start = time.perf_counter()
-            train_epoch(model, train, optimizer, recipe, generator=generator, progress=False)
+            utils.train(model, train, optimizer, recipe, generator=generator, progress=False)
             evaluate(model, test)
             seconds.append(time.perf_counter() - start)
         return seconds

@@ -5,16 +5,20 @@ microseconds of work, so their count, not the arithmetic, sets a step's time the
 
 Counted on the CPU with a TorchDispatchMode (every ATen operation that returns a tensor, views and detach left out, as
 tools.fingerprint counts them), over steps 2 to STEPS + 1 of an epoch of synthetic images (step 1 also draws the
-epoch's order and augmentation), for each path training.train_epoch takes:
+epoch's order and augmentation), for each path a run takes (utils.fit chooses it by lean.lean_path):
 
-- "cpu": the committed runs' (bit-reproducible on x86-64 CPUs: tools.fingerprint);
-- "gpu": what a run on a GPU takes (training.lean_path: the weight average with its count on the host, L1's gradient
-  added in one foreach operation, SGD's foreach update, the augmentation's matrices for the whole epoch at once, the
-  metrics gathered once per epoch). On a CPU it is forced only here, to count it.
+- "cpu": the committed runs' (utils.train; bit-reproducible on x86-64 CPUs: tools.fingerprint);
+- "gpu": what a run on a GPU takes (mnist_norms.lean: the weight average with its count on the host, L1's gradient
+  added in one foreach operation, the augmentation's matrices for the whole epoch at once, the metrics gathered once
+  per epoch), with SGD's foreach update, PyTorch's default on a GPU. On a CPU it is forced only here, to count it.
 
-Each operation is put in the phase whose code dispatched it: the augmentation (augment.py), the average (the weight
-average's update), the metrics (train_epoch's own lines), the step (the rest: forward, loss, backward, gradient norm,
-optimizer, schedule).
+An ATen operation counts once however many kernels a GPU launches for it: a composite one (affine_grid's
+aten.affine_grid_generator, aten.convolution_backward, aten._foreach_norm) is one operation here and several kernels
+there, so the counts compare the paths rather than count a GPU's launches.
+
+Each operation is put in the phase whose code dispatched it: the augmentation (augment.py, lean.batches), the average
+(the weight average's update), the metrics (the epoch's own lines: utils.train, lean.train), the step (the rest:
+forward, loss, backward, gradient norm, optimizer, schedule).
 """
 import argparse
 import os
@@ -26,18 +30,27 @@ STEPS = 4  # steps counted, after the first
 PHASES = ("augmentation", "step", "average", "metrics")
 
 
-def phase_of(frame):
+def _ours():
+    """{absolute path: module name} of the repository's modules whose code phase_of names."""
+    import utils
+    from mnist_norms import augment, lean, training
+    return {os.path.abspath(m.__file__): m.__name__.rsplit(".", 1)[-1] for m in (augment, lean, training, utils)}
+
+
+def phase_of(frame, ours=None):
     """The phase of the code that dispatched an operation, from the innermost frame that names one."""
+    ours = ours if ours is not None else _ours()
     while frame is not None:
         path, name = frame.f_code.co_filename, frame.f_code.co_name
-        base = os.path.basename(path)
-        if base == "augment.py":
+        module = ours.get(os.path.abspath(path))
+        if module == "augment" or module == "lean" and name == "batches":
             return "augmentation"
-        if base == "swa_utils.py" or name in ("update_parameters", "update") and base == "training.py":
+        if os.path.basename(path) == "swa_utils.py" or \
+                name in ("update_parameters", "update") and module in ("training", "lean"):
             return "average"
-        if name == "train_epoch" and base == "training.py":
+        if name == "train" and module in ("utils", "lean"):
             return "metrics"
-        if name == "train_step" and base == "training.py":
+        if name == "train_step" and module in ("utils", "lean"):
             return "step"
         frame = frame.f_back
     return "step"
@@ -48,7 +61,9 @@ def count(recipe, lean, steps=STEPS):
     import torch
     from torch.utils._python_dispatch import TorchDispatchMode
 
-    from mnist_norms.training import initial_state, train_epoch
+    import utils
+    from mnist_norms import lean as gpu_path
+    ours = _ours()
 
     class Counter(TorchDispatchMode):
         def __init__(self):
@@ -59,7 +74,7 @@ def count(recipe, lean, steps=STEPS):
             out = func(*args, **(kwargs or {}))
             if func.is_view or str(func).startswith("aten.detach"):
                 return out
-            self.counts[phase_of(sys._getframe(1))] += 1
+            self.counts[phase_of(sys._getframe(1), ours)] += 1
             return out
 
     device = torch.device("cpu")
@@ -70,11 +85,15 @@ def count(recipe, lean, steps=STEPS):
     one = tuple(t[:recipe.batch_size] for t in train)
     counters = []
     for data in (one, train):  # one step, then all of them: the difference is steps 2 to steps + 1
-        model, optimizer, scheduler, averaged, generator = initial_state(recipe, n, device, images=train[0],
-                                                                         lean=lean)
+        model, optimizer, scheduler, averaged, generator = utils.setup(recipe, n, device, images=train[0],
+                                                                       lean_path=lean)
+        if lean:  # SGD's foreach update: PyTorch's default for CUDA tensors, not for the CPU's
+            for group in optimizer.param_groups:
+                group["foreach"] = True
+        epoch = gpu_path.train if lean else utils.train
         with Counter() as c:
-            train_epoch(model, data, optimizer, recipe, generator=generator, scheduler=scheduler, averaged=averaged,
-                        progress=False, lean=lean)
+            epoch(model, data, optimizer, recipe, generator=generator, scheduler=scheduler, averaged=averaged,
+                  progress=False)
         counters.append(c.counts)
     return {p: (counters[1][p] - counters[0][p]) / steps for p in PHASES}
 

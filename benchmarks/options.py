@@ -1,6 +1,7 @@
 """Options that might speed up training and evaluation, each measured against the default in one process.
 
-Training (img/s of the BN + L1 training step, fed by our on-device pipeline with the recipe's augmentation):
+Training (img/s of the BN + L1 training step, fed by our on-device pipeline with the recipe's augmentation, both on
+the path a run on the device takes, pipeline.path):
 channels_last memory format, bfloat16 autocast, torch.compile, and batch sizes 128 / 256 / 512 against the recipe's
 64. Evaluation (img/s over the 10,000 test images): batch 1,000 / 2,000 / 10,000 against the default 250
 (training.EVAL_BATCH), and torch.no_grad against torch.inference_mode. Every option and its baseline are measured
@@ -16,8 +17,8 @@ import time
 import torch
 
 from benchmarks import pipeline
-from mnist_norms import cli, machine
-from mnist_norms.augment import batches, to_input
+from mnist_norms import cli, lean, machine
+from mnist_norms.augment import to_input
 from mnist_norms.data import load_mnist
 from mnist_norms.files import write_json
 from mnist_norms.recipe import Recipe
@@ -28,10 +29,11 @@ RECIPE = Recipe()  # the defaults: the batch size and augmentation measured agai
 
 
 def train_steps(model, optimizer, data, steps, batch_size, *, channels_last=False, autocast=False):
-    """Seconds for `steps` of pipeline.train_step (train_epoch's step) on our batches, with the options."""
+    """Seconds for `steps` of pipeline.train_step (a training epoch's step) on our batches, with the options; both on
+    the path a run on the data's device takes (pipeline.path)."""
     device = data[0].device
-    stream = batches(data, batch_size, generator=torch.Generator().manual_seed(0), degrees=RECIPE.degrees,
-                     translate=RECIPE.translate, scale=RECIPE.scale, shear=RECIPE.shear)
+    stream = pipeline.path(device)[0](data, batch_size, generator=torch.Generator().manual_seed(0),
+                                      **RECIPE.augmentation)
     precision = "bf16" if autocast else "fp32"
     pipeline.sync(device)
     start = time.perf_counter()
@@ -167,7 +169,8 @@ def main(argv=None):
                "settings": {"quick": args.quick, "training_images_per_measurement": args.images,
                             "repeats": args.repeats, "statistic": "median of per-repeat ratios",
                             "order": "alternating: option then baseline, baseline then option",
-                            "baseline": args.baseline, "eval_batch": EVAL_BATCH},
+                            "baseline": args.baseline, "eval_batch": EVAL_BATCH,
+                            "lean_path": lean.lean_path(device)},
                "train": {}, "eval": {}}
     base_name = names[0]
     base_measure, _ = make_trainer(base_name, data, args.images)

@@ -2,10 +2,11 @@
 
 1. conventional: torchvision.datasets.MNIST with RandomRotation, ToTensor and Normalize, through a
    DataLoader (batch 128, the fastest num_workers of those tried here, pinned memory on a GPU);
-2. ours: train_epoch on the dataset held on the device (batched rotation there);
+2. ours: an epoch of training on the dataset held on the device (batched rotation there);
 3. ceiling: the same training step on one fixed batch already on the device (no data work at all).
 All three train the same model (BN + L1, the experiment's BN run) with the same optimizer, in the same
-precision (--precision, fp32 by default as in train.py), for the same number of steps. Each is
+precision (--precision, fp32 by default as in train.py), for the same number of steps, on the path a run on the
+device takes (path(): utils' on a CPU, mnist_norms.lean's on a GPU; the weight average is not timed). Each is
 measured --repeats times, in alternating order, and the median is reported. Run from the repository root as
 `python -m benchmarks.pipeline`. Writes
 results/benchmark.json (benchmark_bf16.json with --precision bf16;
@@ -23,13 +24,13 @@ import torchvision
 from torch.utils.data import DataLoader
 from torchvision import datasets, transforms
 
-from mnist_norms import cli, machine, training
+import utils
+from mnist_norms import cli, lean, machine
 from mnist_norms.augment import MEAN, STD, batches
 from mnist_norms.data import load_mnist
 from mnist_norms.files import write_json
 from mnist_norms.recipe import L1, PRECISIONS, Recipe
 from mnist_norms.records import ROOT
-from mnist_norms.training import train_epoch
 from model import Net
 from studies.tables import load_json
 
@@ -40,6 +41,14 @@ def sync(device):
         torch.cuda.synchronize(device)
     elif device.type == "mps":
         torch.mps.synchronize()
+
+
+def path(device):
+    """(batches, train_step, train): the functions a run on `device` trains with, chosen as utils.fit chooses them
+    (lean.lean_path): mnist_norms.lean's on a GPU, augment.batches, utils.train_step and utils.train on a CPU."""
+    if lean.lean_path(device):
+        return lean.batches, lean.train_step, lean.train
+    return batches, utils.train_step, utils.train
 
 
 def fresh_model(device, seed=0):
@@ -53,8 +62,8 @@ STEP_RECIPES = {precision: Recipe("BN", l1=L1, precision=precision) for precisio
 
 
 def train_step(model, optimizer, x, y, precision):
-    """train_step of the BN + L1 run."""
-    training.train_step(model, optimizer, x, y, STEP_RECIPES[precision])
+    """A training step of the BN + L1 run, on the path a run on x's device takes (path)."""
+    path(x.device)[1](model, optimizer, x, y, STEP_RECIPES[precision])
 
 
 def conventional_loader(root, batch_size, num_workers, device, seed=0):
@@ -89,7 +98,7 @@ def time_conventional(loader, steps, device, precision):
 
 
 def time_ours(data, steps, batch_size, device, precision, seed=0):
-    """Images per second of train_epoch over steps * batch_size images on the device."""
+    """Images per second of an epoch of training (path's train) over steps * batch_size images on the device."""
     model, optimizer = fresh_model(device)
     n = steps * batch_size
     subset = (data[0][:n], data[1][:n])
@@ -97,7 +106,7 @@ def time_ours(data, steps, batch_size, device, precision, seed=0):
     start = time.perf_counter()
     # rotation only, as the conventional pipeline's RandomRotation
     recipe = Recipe("BN", l1=L1, precision=precision, batch_size=batch_size, translate=0.0, scale=0.0, shear=0.0)
-    train_epoch(model, subset, optimizer, recipe, generator=torch.Generator().manual_seed(seed), progress=False)
+    path(device)[2](model, subset, optimizer, recipe, generator=torch.Generator().manual_seed(seed), progress=False)
     sync(device)
     return n / (time.perf_counter() - start)
 
@@ -245,7 +254,7 @@ def main(argv=None):
     if steps * bs > len(train[1]):
         raise SystemExit(f"pipeline.py: error: --steps x --batch-size must be at most {len(train[1])} images")
     on_device = tuple(t.to(device) for t in train)
-    batch = next(batches(on_device, bs, generator=torch.Generator().manual_seed(0), degrees=7.0))
+    batch = next(path(device)[0](on_device, bs, generator=torch.Generator().manual_seed(0), degrees=7.0))
 
     # Warm up every path once (allocator, oneDNN kernels, CUDA context), then pick the DataLoader's workers.
     precision = args.precision
@@ -278,7 +287,7 @@ def main(argv=None):
         "settings": {"quick": args.quick, "batch_size": bs, "steps_per_measurement": steps, "repeats": args.repeats,
                      "order": "alternating (forwards, then backwards)", "statistic": "median",
                      "model": "Net('BN'), L1 1e-5, SGD(lr=0.01, momentum=0.9, nesterov=True)",
-                     "precision": precision,
+                     "precision": precision, "lean_path": lean.lean_path(device),
                      "num_workers": workers, "num_workers_img_s": {str(w): v for w, v in trials.items()},
                      "pin_memory": device.type == "cuda", "torch_threads": torch.get_num_threads(),
                      "augmentation": "rotation uniform in ±7 degrees, bilinear, fill 0 (both pipelines)"},

@@ -51,6 +51,37 @@ def test_options_benchmark_quick_reports_ratios_and_run_estimates(tmp_path, mnis
     assert "torch.no_grad instead of inference_mode" in result["eval"] and result["baseline_run_seconds"] > 0
 
 
+@pytest.mark.parametrize("gpu", [True, False])
+def test_the_pipeline_and_options_benchmarks_time_the_path_a_run_on_the_device_takes(monkeypatch, gpu):
+    # No GPU needed: lean_path is made to say what it says for a GPU (or a CPU), and every function of either path
+    # is watched, so that --device cuda is seen to time the GPU's path, as utils.fit would train there.
+    import utils
+    from benchmarks import options, pipeline
+    from conftest import synthetic
+    from mnist_norms import lean
+    monkeypatch.setattr(lean, "lean_path", lambda device: gpu)
+    called = set()
+
+    def watch(module, name):
+        real = getattr(module, name)
+
+        def watched(*args, **kwargs):
+            called.add(f"{module.__name__}.{name}")
+            return real(*args, **kwargs)
+        monkeypatch.setattr(module, name, watched)
+    for module, name in ((lean, "batches"), (lean, "train_step"), (lean, "train"), (pipeline, "batches"),
+                         (utils, "train_step"), (utils, "train")):
+        watch(module, name)
+    cpu, data = torch.device("cpu"), synthetic(64)
+    pipeline.time_ours(data, 2, 16, cpu, "fp32")
+    pipeline.time_ceiling((data[0][:16].float().unsqueeze(1), data[1][:16]), 1, cpu, "fp32")
+    model, optimizer = pipeline.fresh_model(cpu)
+    options.train_steps(model, optimizer, data, 2, 16)
+    expected = {"mnist_norms.lean.batches", "mnist_norms.lean.train_step", "mnist_norms.lean.train"} if gpu else \
+        {"benchmarks.pipeline.batches", "utils.train_step", "utils.train"}
+    assert called == expected
+
+
 def test_options_benchmark_rejects_an_unknown_option(capsys):
     from benchmarks import options
     with pytest.raises(SystemExit):
