@@ -58,8 +58,9 @@ def setup(recipe, train_images, device, *, images=None, lean_path=False):
         if images is None:
             raise ValueError("AFFINE's start needs the run's training images (setup's images)")
         model.scale_init_(to_input(images[:SCALE_IMAGES].to(device)))
+    # foreach (one operation for all tensors) is PyTorch's default on CUDA; the lean path asks for it on MPS too
     optimizer = torch.optim.SGD(model.parameters(), lr=recipe.lr, momentum=0.9, nesterov=True,
-                                weight_decay=recipe.weight_decay)
+                                weight_decay=recipe.weight_decay, foreach=True if lean_path else None)
     steps = math.ceil(train_images / recipe.batch_size)
     cycle = recipe.cycle_epochs or recipe.epochs
     # A cycle shorter than the run gets one step more, so that its last step lands on the cycle's end, then held.

@@ -109,7 +109,7 @@ def launches_table(results, file="launches.json"):
     return markdown(["model", "path"] + list(PHASES) + ["per step"], rows) + (
         f"\n\nATen operations dispatched per training step (batch {data['batch_size']}), counted on the CPU "
         f"(`python -m benchmarks.launches`, torch {data['torch']}), steps 2 to {data['steps'] + 1} of an epoch. "
-        f"cpu: the committed runs' path; gpu: the path a run on a GPU takes (training.lean_path).")
+        f"cpu: the committed runs' path; gpu: the path a run on a GPU takes (mnist_norms.lean.lean_path).")
 
 
 def main(argv=None):

@@ -21,10 +21,13 @@ def lean_path(device) -> bool:
 
 
 class LeanAverage(AveragedModel):
-    """ema_update's warmed-up average with its count on the host, for the lean path: AveragedModel reads its count
-    from the device twice a step (n_averaged == 0, > 0) and copies it to the device for every group of tensors, each a
-    wait for a GPU, and loops over the tensors in Python. Here a step is one foreach lerp of the floating-point
-    tensors (and a copy of the integer ones, BN's num_batches_tracked); its state_dict is AveragedModel's."""
+    """ema_update's warmed-up average with its count on the host, for the lean path. AveragedModel.update_parameters
+    tests its count twice a step in Python (bool(n_averaged == 0), n_averaged > 0): where the count is on the GPU, as
+    when built with device= (as here) or moved with the model, each test waits for the GPU; built without device=,
+    the count stays on the host and each step copies it to the GPU once per group of tensors of one device and dtype,
+    each copy a wait. It also loops over the tensors in Python. Here the count is a Python int and a step is one
+    foreach lerp of the floating-point tensors (and a copy of the integer ones, BN's num_batches_tracked); its
+    state_dict is AveragedModel's."""
 
     def __init__(self, model, decay, warmup=0.0):
         super().__init__(model, device=next(model.parameters()).device, use_buffers=True)
