@@ -13,7 +13,7 @@ from mnist_norms.recipe import Recipe, experiment, label
 from mnist_norms.records import load_records, summarize
 from model import CONTROLS
 from studies import lr_sweep, stats
-from studies.tables import diverged_runs, interval, load_json, markdown, mean_std, ordered, unlearned_runs
+from studies.tables import load_json, markdown, mean_std, ordered, runs_cell
 
 STEADY_FROM = (10, 12, 15)  # epochs: from which on a seed at >= stats.TARGET in every epoch is counted (steady_table)
 SHADED_FROM = stats.STEADY  # seed_curves.png shades the epochs from this one on
@@ -81,35 +81,34 @@ def control_label(peak, norm):
 
 
 def with_control(results):
-    """({name: [record, ...]} of results/ with each control's name (model.CONTROLS) holding its finished test runs at
-    the peak studies/lr_sweep.py's rule 3 chose for it (in a folder of their own at another peak than the recipe's),
-    and {name: label} for the controls); a control before rule 3 chose or a run of it finished has no runs."""
-    records, labels = dict(load_records(results)), {}
-    for norm in CONTROLS:
-        name = Recipe(norm).name
-        found = lr_sweep.control_runs(results, norm)
-        if not found or not found[1]:
-            records.pop(name, None)  # runs of a control at a peak the rule did not choose are not the control's row
-            continue
-        peak, runs = found
-        records[name] = [runs[seed] for seed in sorted(runs)]
-        labels[name] = control_label(peak, norm)
-    return records, labels
+    """({name: [record, ...]}, {name: label}) of results/ with both controls (model.CONTROLS) at the recipe's peak,
+    where the norms train (their names, from results/*.json), and at the peak studies/lr_sweep.py's rule 3 chose for
+    each (<name>_lr<peak>, from their own folder), each labelled with its peak (every_run)."""
+    return every_run(results)
+
+
+def control_rows(records):
+    """The controls' names in records: at the recipe's peak first, then at rule 3's (model.CONTROLS' order)."""
+    names = [Recipe(norm).name for norm in CONTROLS]
+    return [n for n in names if n in records] + [n for c in names for n in sorted(records) if n.startswith(f"{c}_lr")]
 
 
 def headline_table(results):
-    """The README's first table: the three main runs' and the control's final test accuracy over their finished seeds,
-    when they first reach stats.TARGET, and how many stay there from stats.STEADY on."""
+    """The README's first table: the three main runs' and the controls' final test accuracy over their finished seeds
+    (every model at the recipe's peak, then each control at the peak its rule chose), the runs that failed
+    (stats.failure, given apart), when they first reach stats.TARGET, and how many stay there from stats.STEADY on."""
     records, labels = with_control(results)
     rows = []
-    for recipe in experiment() + [Recipe(norm) for norm in CONTROLS]:
-        done = stats.finished(records.get(recipe.name, []))
+    for name in [r.name for r in experiment()] + control_rows(records):
+        done = stats.finished(records.get(name, []))
         if done:
             first = next(iter(done.values()))
-            rows.append([labels.get(recipe.name, recipe.label), interval([stats.final(r) for r in done.values()]),
-                         len(done), reaches(records[recipe.name]),
-                         steady_count(records[recipe.name], stats.STEADY), f"{first['config']['params']:,}"])
-    return markdown(["model", "final test accuracy %, mean ± 95% interval", "seeds",
+            failed = {s: how for s, r in done.items() if (how := stats.failure(r["history"]))}
+            rows.append([labels.get(name, label(first)),
+                         runs_cell({s: stats.final(r) for s, r in done.items()}, failed), len(done),
+                         reaches(records[name]), steady_count(records[name], stats.STEADY),
+                         f"{first['config']['params']:,}"])
+    return markdown(["model", "final test accuracy %, mean ± 95% interval (a run that failed apart)", "seeds",
                      f"first epoch at ≥ {stats.TARGET}% (mean)",
                      f"seeds at ≥ {stats.TARGET}% in every epoch from {stats.STEADY} on", "parameters"], rows)
 
@@ -152,35 +151,17 @@ def seed_curves_figure(results):
     return plot_seed_curves(panels, stats.TARGET, from_epoch=start) if panels else None
 
 
-def start_table(results, names=None):
-    """Every fp32 run (or those of `names`) with its finished seeds: the evaluated model's test accuracy after epochs
-    1 and 2 (lowest to highest over the seeds), and the seeds whose test accuracy collapsed in some epoch
-    (stats.collapses)."""
-    records, labels = every_run(results)
-    lines = ["| run | seeds | test acc % after epoch 1, lowest to highest | after epoch 2 | seeds that diverged |",
-             "|---|---|---|---|---|"]
-    for name, done in fp32_runs(records):
-        if names is not None and name not in names:
-            continue
-        def spread(epoch):
-            accs = [r["history"][epoch - 1]["test_acc"] for r in done.values()]
-            return f"{min(accs):.2f} to {max(accs):.2f}" if len(accs) > 1 else f"{accs[0]:.2f}"
-        diverged = [str(s) for s, r in done.items() if stats.collapses(r["history"])]
-        lines.append(f"| {labels.get(name, label(records[name][0]))} | {', '.join(map(str, done))} | {spread(1)} "
-                     f"| {spread(2)} | {', '.join(diverged) if diverged else 'none'} |")
-    return "\n".join(lines)
-
-
 def seeds_table(results):
     """Every fp32 run with its seeds: the mean and 95% interval of the final test accuracy, each seed's value, and
     the first epoch at >= TARGET per seed."""
     records, labels = every_run(results)
-    lines = [f"| run | seeds | final test acc %, mean ± 95% interval | final test acc % per seed | first epoch at "
-             f"≥ {stats.TARGET}% per seed | its mean |", "|---|---|---|---|---|---|"]
+    lines = [f"| run | seeds | final test acc %, mean ± 95% interval (a run that failed apart) | final test acc % per "
+             f"seed | first epoch at ≥ {stats.TARGET}% per seed | its mean |", "|---|---|---|---|---|---|"]
     for name, done in fp32_runs(records):
         epochs = stats.time_to(records[name])
+        failed = {s: how for s, r in done.items() if (how := stats.failure(r["history"]))}
         lines.append(f"| {labels.get(name, label(records[name][0]))} | {', '.join(map(str, done))} "
-                     f"| {interval([stats.final(r) for r in done.values()])} "
+                     f"| {runs_cell({s: stats.final(r) for s, r in done.items()}, failed)} "
                      f"| {', '.join(f'{stats.final(r):.2f}' for r in done.values())} "
                      f"| {', '.join(str(e) if e else '-' for e in epochs.values())} | {reaches(records[name])} |")
     return "\n".join(lines)
@@ -191,64 +172,103 @@ def group_label(records, name):
     return "GN, 1 group (= LN)" if recipe.norm == "LN" else f"GN, {recipe.groups} groups"
 
 
-def findings_table(results):
-    """Paired differences in final test accuracy (A - B over the seeds both have), with 95% intervals: the norms,
-    each norm against each control (at rule 3's peak) and the controls against each other, L1 on BN, and GN's number
-    of groups."""
-    records, labels = with_control(results)
-    lines = ["| question | A | B | seeds | A - B, mean (points) | 95% interval | measured to differ? |",
-             "|---|---|---|---|---|---|---|"]
-    words, distinct = [], set()
-    for question, pairs in (("norm", stats.NORM_PAIRS), ("a norm at all", stats.CONTROL_PAIRS),
-                            ("scaled start, γ and β", stats.START_PAIRS),
-                            ("L1", stats.L1_PAIRS), ("groups", stats.GROUP_PAIRS)):
+def control_pairs(records):
+    """(question, pairs) of the controls: each norm against each control at the recipe's peak, then at rule 3's peak
+    (stats.CONTROL_PAIRS with the control's <name>_lr<peak>), and the two controls against each other at each."""
+    at_rule = {n.split("_lr")[0]: n for n in control_rows(records) if "_lr" in n}
+    rule = lambda pairs: [(at_rule.get(a, a), at_rule.get(b, b)) for a, b in pairs]
+    return [(f"a norm at all (peak {Recipe.lr:g})", stats.CONTROL_PAIRS),
+            (f"scaled start, γ and β (peak {Recipe.lr:g})", stats.START_PAIRS),
+            ("a norm at all (control at its rule's peak)", [(a, at_rule[b]) for a, b in stats.CONTROL_PAIRS
+                                                             if b in at_rule]),
+            ("scaled start, γ and β (each at its rule's peak)", rule(stats.START_PAIRS) if at_rule else [])]
+
+
+def family(records, labels):
+    """[(question, A's name, B's name, label A, label B, paired(A, B), Holm's p)]: every comparison of the findings
+    table, Holm's correction taken over all of them."""
+    rows = []
+    for question, pairs in [("norm", stats.NORM_PAIRS), *control_pairs(records), ("L1", stats.L1_PAIRS),
+                            ("groups", stats.GROUP_PAIRS)]:
         for a, b, p in stats.comparisons(records, pairs):
             la, lb = ((group_label(records, a), group_label(records, b)) if question == "groups"
                       else (labels.get(a, label(records[a][0])), labels.get(b, label(records[b][0]))))
-            if p["half"] != p["half"]:
-                ci, verdict = "(one seed)", "cannot say: one seed"
-            else:
-                ci = f"[{p['low']:+.3f}, {p['high']:+.3f}]"
-                just = min(abs(p["low"]), abs(p["high"])) < p["half"] / 4  # its near end within a quarter of 0
-                verdict = (f"yes: {la if p['mean'] > 0 else lb} higher"
-                           + (", but the interval only just excludes 0" if just else "")
-                           if p["nonzero"] else "no: the interval includes 0")
-            seeds = p["seeds"]
-            span = f"{seeds[0]}-{seeds[-1]}" if seeds == list(range(seeds[0], seeds[-1] + 1)) and len(seeds) > 2 \
-                else ", ".join(map(str, seeds))
-            lines.append(f"| {question} | {la} | {lb} | {span} | {p['mean']:+.3f} | {ci} | {verdict} |")
-            words.append((la, lb, p))
-            if p["half"] == p["half"]:
-                distinct.add(frozenset((a, b)))
-    many = ([f"- **{len(distinct)} intervals at once.** Each covers its true difference with probability "
-             f"{stats.LEVEL:.0%}, so where no difference is real, about one interval in {1 / (1 - stats.LEVEL):.0f} "
-             "still excludes 0 by chance: one that only just excludes 0 is weak evidence on its own."]
-            if len(distinct) > 1 else [])
-    diverged = diverged_runs(records)
-    collapsed = ([f"- **Diverged** (test accuracy fell by {stats.COLLAPSE:g} points or more in one epoch; such a "
-                  f"run counts in the table like any other): " + "; ".join(diverged) + "."] if diverged else [])
-    stuck = unlearned_runs(records)
-    stuck = ([f"- **Did not learn** (test accuracy below {stats.NOT_LEARNED:g}% in every epoch; such runs count in the "
-              f"table like any other): " + "; ".join(stuck) + "."] if stuck else [])
-    return "\n".join(lines + [""] + in_words(words) + many + collapsed + stuck)
+            rows.append((question, a, b, la, lb, p))
+    return [(*row, holm) for row, holm in zip(rows, stats.holm([row[-1]["p"] for row in rows]))]
+
+
+def findings_table(results):
+    """Paired differences in final test accuracy (A - B over the seeds both have), with 95% intervals and Holm's
+    correction over the table's intervals: the norms, each norm against each control (at the recipe's peak, then at
+    rule 3's) and the controls against each other, L1 on BN, and GN's number of groups."""
+    records, labels = with_control(results)
+    words = []
+    rows = [(question, la, lb, p) for question, _, _, la, lb, p, _ in family(records, labels)]
+    adjusted = [row[-1] for row in family(records, labels)]
+    lines = ["| question | A | B | seeds | A - B, mean (points) | 95% interval | p | Holm's p | measured to differ? |",
+             "|---|---|---|---|---|---|---|---|---|"]
+    for (question, la, lb, p), holm in zip(rows, adjusted):
+        if p["half"] != p["half"]:
+            ci, verdict, ps = "(one seed)", "cannot say: one seed", "| | |"
+        else:
+            ci = f"[{p['low']:+.3f}, {p['high']:+.3f}]"
+            higher = la if p["mean"] > 0 else lb
+            verdict = ((f"yes: {higher} higher" if holm < 1 - stats.LEVEL
+                        else f"not after Holm's correction ({higher} higher in the interval alone)")
+                       if p["nonzero"] else "no: the interval includes 0")
+            ps = f"| {p['p']:.2g} | {holm:.2g} |"
+        seeds = p["seeds"]
+        span = f"{seeds[0]}-{seeds[-1]}" if seeds == list(range(seeds[0], seeds[-1] + 1)) and len(seeds) > 2 \
+            else ", ".join(map(str, seeds))
+        lines.append(f"| {question} | {la} | {lb} | {span} | {p['mean']:+.3f} | {ci} {ps} {verdict} |")
+        words.append((la, lb, p, holm))
+    n = sum(p["half"] == p["half"] for *_, p in rows)
+    many = [f"- **{n} intervals at once.** Each covers its true difference with probability {stats.LEVEL:.0%}, so "
+            f"where no difference is real, about one interval in {1 / (1 - stats.LEVEL):.0f} still excludes 0 by "
+            f"chance. Holm's correction raises each p-value for the {n} tests together; a difference whose Holm's p "
+            f"is below {1 - stats.LEVEL:.2g} is measured to differ with the chance of any false one among the {n} at "
+            f"most {1 - stats.LEVEL:.0%}."] if n > 1 else []
+    failed = failed_runs(records, labels)
+    failed = ([f"- **Failed** (stats.failure: a loss not finite, a training or test accuracy that fell by "
+               f"{stats.COLLAPSE:g} points or more in one epoch, or a test accuracy below {stats.NOT_LEARNED:g}% in "
+               f"every epoch; such a run counts in this table like any other): " + "; ".join(failed) + "."]
+              if failed else [])
+    return "\n".join(lines + [""] + in_words(words) + many + failed)
+
+
+def failed_runs(records, labels):
+    """One phrase per finished run that failed (stats.failure), in run order: which run, how, and where it ended."""
+    out = []
+    for name in ordered(records):
+        for seed, r in stats.finished(records[name]).items():
+            how = stats.failure(r["history"])
+            if how:
+                out.append(f"{labels.get(name, label(r))}, seed {seed}: {how} ({stats.final(r):.2f}% after epoch "
+                           f"{len(r['history'])})")
+    return out
 
 
 def in_words(comparisons):
-    """The findings table in plain words: which differences the intervals show to be nonzero, which not."""
-    nonzero, unresolved, single = [], [], []
-    for la, lb, p in comparisons:
+    """The findings table in plain words: which differences are measured to differ after Holm's correction, which
+    only in their own interval, which not."""
+    nonzero, alone, unresolved, single = [], [], [], []
+    for la, lb, p, holm in comparisons:
         if p["half"] != p["half"]:
             single.append(f"{la} against {lb}")
         elif p["nonzero"]:
             hi, lo = (la, lb) if p["mean"] > 0 else (lb, la)
             a, b = sorted((abs(p["low"]), abs(p["high"])))
             digits = 2 if a >= 0.005 else 3  # so that the interval's near end does not print as 0.00
-            nonzero.append(f"{hi} is higher than {lo}, by {abs(p['mean']):.{digits}f} points (interval "
-                           f"{a:.{digits}f} to {b:.{digits}f}, {len(p['seeds'])} seeds)")
+            (nonzero if holm < 1 - stats.LEVEL else alone).append(
+                f"{hi} is higher than {lo}, by {abs(p['mean']):.{digits}f} points (interval {a:.{digits}f} to "
+                f"{b:.{digits}f}, {len(p['seeds'])} seeds)")
         else:
             unresolved.append(f"{la} against {lb} ({p['low']:+.2f} to {p['high']:+.2f} points, "
                               f"{len(p['seeds'])} seeds)")
-    return [f"- **Measured to differ** (the 95% interval excludes 0): {'; '.join(nonzero) or 'none'}.",
+    return [f"- **Measured to differ** (the 95% interval excludes 0, and Holm's p is below "
+            f"{1 - stats.LEVEL:.2g}): {'; '.join(nonzero) or 'none'}.",
+            f"- **In its own interval only** (it excludes 0, but not after Holm's correction): "
+            f"{'; '.join(alone) or 'none'}.",
             f"- **Not measured to differ** (the interval includes 0: the true difference may be 0, or of either sign "
             f"within the interval): {'; '.join(unresolved) or 'none'}."] + \
         ([f"- **One seed, no interval:** {'; '.join(single)}."] if single else [])

@@ -7,8 +7,7 @@ import numpy as np
 
 from mnist_norms.recipe import Recipe
 from mnist_norms.records import load_records
-from model import AFFINE, CONTROL, NORMS
-from studies import batch_size, experiment, lr_sweep, shift, stats
+from studies import batch_size, corruptions, experiment, shift, stats, tolerance
 
 NORM_NAMES = ("bn_l1", "ln", "gn")  # the experiment's three runs (Recipe.name)
 ALIKE = 0.1  # points: paired mean differences below this make the norms "alike" on clean MNIST
@@ -19,24 +18,36 @@ def label(name):
     return {"bn_l1": "BN + L1", "ln": "LN", "gn": "GN"}[name]
 
 
-def clean(records):
+def clean(records, labels=None):
     """How the three norms did on clean MNIST over their seeds: the run counts at and steady at the target, the range
-    of their means, the largest paired mean difference."""
+    of their means, the largest paired mean difference and the largest its interval allows, Holm's correction, and
+    the test set's own sampling error beside them."""
     done = {n: stats.finished(records.get(n, [])) for n in NORM_NAMES}
     runs = [r for d in done.values() for r in d.values()]
     if not all(done.values()):
         return None
     steady = [stats.steady_from(r["history"]) for r in runs]
     means = [float(np.mean([stats.final(r) for r in d.values()])) for d in done.values()]
-    largest = max(abs(p["mean"]) for _, _, p in stats.comparisons(records, stats.NORM_PAIRS))
+    rows = [row for row in experiment.family(records, labels or {}) if row[0] == "norm"]
+    largest = max(abs(row[5]["mean"]) for row in rows)
+    allowed = max(max(abs(row[5]["low"]), abs(row[5]["high"])) for row in rows)
+    survive = [f"{row[3]} against {row[4]}" for row in rows if row[6] < 1 - stats.LEVEL]
+    family = len(experiment.family(records, labels or {}))
+    images = runs[0]["config"].get("eval_images", 10_000)  # the test set, unless a record says otherwise
+    error = stats.test_set_error(float(np.mean(means)), images)
     seeds = {len(d) for d in done.values()}
     verdict = "alike" if largest < ALIKE else "not alike"
     return (f"**On clean MNIST the three are {verdict}.** Over {'/'.join(map(str, sorted(seeds)))} seeds each their "
             f"mean final test accuracy is {min(means):.2f}% to {max(means):.2f}%; "
             f"{sum(stats.final(r) >= stats.TARGET for r in runs)} of {len(runs)} runs end at or above the course's "
             f"{stats.TARGET}%, and {sum(e is not None and e <= stats.STEADY for e in steady)} of "
-            f"{len(runs)} stay there in every epoch from epoch {stats.STEADY} on. Paired by seed, the "
-            f"norms' mean differences are {largest:.2f} points or less.")
+            f"{len(runs)} stay there in every epoch from epoch {stats.STEADY} on. Paired by seed, the norms' mean "
+            f"differences are {largest:.3f} points or less ({largest * images / 100:.0f} test images), and their 95% "
+            f"intervals allow differences up to {allowed:.2f} points; "
+            + (f"{', '.join(survive)} survive{'s' if len(survive) == 1 else ''}" if survive else "none survives")
+            + f" Holm's correction over the findings' {family} comparisons. The intervals cover the spread between "
+            f"seeds on one test set of {images:,} images, whose own sampling error at this accuracy is about "
+            f"{error:.2f} points.")
 
 
 def batches(results):
@@ -58,11 +69,13 @@ def batches(results):
                else "**The batch size did not separate them.**")
     order = "below" if one < min(ln, gn) else "not below"
     lead = "above" if batch > max(ln, gn) else "not above"
-    return (f"{heading} Trained at {SMALL_BATCH} images per batch (2 epochs), BN's test error is {small['bn']:.2f}%, "
-            f"LN's {small['ln']:.2f}%, GN's {small['gn']:.2f}%. On test images brighter or lower in contrast than "
-            f"the training images (the intensity sets), one image at a time, BN + L1's running averages score "
-            f"{one:.1f}%, {order} LN's {ln:.1f}% and GN's {gn:.1f}%, which normalize each image by itself; in batches "
-            f"of {shift.BATCHES[0]} normalized by their own statistics, BN + L1 scores {batch:.1f}%, {lead} both.")
+    held = ", ".join(corruptions.GROUPS["intensity"])
+    return (f"{heading} Trained at {SMALL_BATCH} images per batch (2 epochs, 3 seeds), BN's test error is "
+            f"{small['bn']:.2f}%, LN's {small['ln']:.2f}%, GN's {small['gn']:.2f}%. On the intensity sets ({held}: "
+            f"{len(intensity)} sets), one image at a time, BN + L1's running averages score {one:.1f}%, {order} LN's "
+            f"{ln:.1f}% and GN's {gn:.1f}%, which normalize each image by itself; with each test batch of "
+            f"{shift.BATCHES[0]} normalized by its own statistics, BN + L1 scores {batch:.1f}%, {lead} both (each "
+            f"batch cut from one set, BN's best case; LN and GN adapt to nothing at test time).")
 
 
 def failed(records):
@@ -72,46 +85,54 @@ def failed(records):
 
 
 def norm_buys(results):
-    """The learning-rate sweep and the controls on the test set: where each model trained, and what the controls
-    scored at their peaks against the norms."""
-    records, _ = experiment.with_control(results)
-    folder = os.path.join(results, lr_sweep.FOLDER)
-    cells = lr_sweep.table(load_records(folder)) if os.path.isdir(folder) else {}
-    if not cells:
-        return None
-
-    def trains_at(norm):
-        return [p for (n, p), c in sorted(cells.items()) if n == norm and len(lr_sweep.trained(c)) == len(c["finals"])]
-
-    def peaks(ps):
-        return ", ".join(f"{p:g}" for p in ps) or "none"
-    every = "; ".join(f"{Recipe(n, l1=1e-5 if n == 'BN' else 0).label}: {peaks(trains_at(n))}"
-                      for n in NORMS + (CONTROL, AFFINE) if any(k[0] == n for k in cells))
-    words = [f"**What a norm buys.** The peaks of the one-cycle schedule at which every seed trained (6 epochs, "
-             f"validation split, 3 seeds; {every})."]
+    """What the controls scored against the norms at the recipe's peak, then at the peak the sweep's rule chose for
+    each; the tolerance under the recipe's schedule; the sweep's, under its own 6-epoch schedule."""
+    records, labels = experiment.with_control(results)
     norms = {n: stats.finished(records.get(n, [])) for n in NORM_NAMES}
+    if not all(norms.values()):
+        return None
+    words = [f"At the recipe's peak ({Recipe.lr:g}; 20 epochs, test set):"]
+    rows = experiment.family(records, labels)
     clauses = []
-    for norm in (CONTROL, AFFINE):
-        name = Recipe(norm).name
-        done = stats.finished(records.get(name, []))
-        if not done or not all(norms.values()):
+    for name in experiment.control_rows(records):
+        done = stats.finished(records[name])
+        fails = {s: how for s, r in done.items() if (how := stats.failure(r["history"]))}
+        ok = [stats.final(r) for s, r in done.items() if s not in fails]
+        pairs = [row for row in rows if row[2] == name and row[1] in NORM_NAMES]
+        if not pairs or len(ok) < 2:
             continue
-        peak = next(iter(done.values()))["config"]["lr"]
-        mean, half = stats.mean_ci([stats.final(r) for r in done.values()])
-        diffs = [p["mean"] for _, _, p in stats.comparisons(records, [(n, name) for n in NORM_NAMES])]
-        at_recipe = stats.finished(load_records(results).get(name, [])) if peak != Recipe.lr else {}
-        also = f"; at {Recipe.lr:g}, {failed(at_recipe)}" if at_recipe else ""
-        clauses.append(f"{Recipe(norm).label} at {peak:g} ends at {mean:.2f} ± {half:.2f}% ({len(done)} seeds, "
-                       f"{failed(done)}{also}), the norms' mean paired differences from it {min(diffs):+.2f} to "
-                       f"{max(diffs):+.2f} points")
-    if clauses:
-        words.append(f"On the test set (20 epochs, the norms at {Recipe.lr:g}): " + "; ".join(clauses) + ".")
+        mean, half = stats.mean_ci(ok)
+        diffs = [row[5]["mean"] for row in pairs]
+        survive = sum(row[6] < 1 - stats.LEVEL for row in pairs)
+        if fails:  # a paired difference would mix the failed runs in: the findings table gives it
+            clauses.append(f"{labels.get(name, name)}: {len(fails)} of {len(done)} runs failed, the other {len(ok)} "
+                           f"end at {mean:.2f} ± {half:.2f}%")
+            continue
+        clauses.append(f"{labels.get(name, name)}: none of {len(done)} runs failed, they end at {mean:.2f} ± "
+                       f"{half:.2f}%, the norms' mean paired differences from it {min(diffs):+.2f} to "
+                       f"{max(diffs):+.2f} points ({survive or 'none'} of {len(pairs)} surviving Holm's correction)")
+    if not clauses:
+        return None
+    at_recipe = [c for c in clauses if f"(peak {Recipe.lr:g})" in c]
+    words.append("; ".join(at_recipe) + ".")
+    others = [c for c in clauses if c not in at_recipe]
+    if others:
+        words.append("Each control at the peak its rule chose on the validation split: " + "; ".join(others) + ".")
+    tolerated = tolerance.summary(results)
+    if tolerated:
+        words.append(tolerated)
     return " ".join(words)
 
 
+def norm_buys_text(results):
+    """The README's paragraph on what a norm buys (tools.report's block "norm-buys"), from results/."""
+    text = norm_buys(results)
+    return textwrap.fill(text, 120) if text else "(no control runs in results/ yet)"
+
+
 def first_screen(results):
-    """The README's first-screen bullets, from results/."""
-    records, _ = experiment.with_control(results)
-    bullets = [b for b in (clean(records), batches(results), norm_buys(results)) if b]
+    """The README's first-screen bullets on the three norms, from results/."""
+    records, labels = experiment.with_control(results)
+    bullets = [b for b in (clean(records, labels), batches(results)) if b]
     return "\n".join(textwrap.fill(b, 117, initial_indent="- ", subsequent_indent="  ") for b in bullets) \
         if bullets else "(no runs in results/ yet)"

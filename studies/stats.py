@@ -57,7 +57,40 @@ def paired_values(a, b, level=LEVEL):
     diffs = [a[s] - b[s] for s in seeds]
     mean, half = mean_ci(diffs, level)
     return {"seeds": seeds, "differences": diffs, "mean": mean, "half": half, "low": mean - half,
-            "high": mean + half, "nonzero": bool(half == half and (mean - half > 0 or mean + half < 0))}
+            "high": mean + half, "nonzero": bool(half == half and (mean - half > 0 or mean + half < 0)),
+            "p": p_value(diffs)}
+
+
+def p_value(diffs):
+    """The two-sided p-value of the paired t-test that the mean difference is 0 (the test whose 95% interval is
+    mean_ci's: p < 0.05 exactly when that interval excludes 0); nan for fewer than two values."""
+    x = np.asarray(diffs, dtype=float)
+    if len(x) < 2:
+        return math.nan
+    sd = x.std(ddof=1)
+    if sd == 0:
+        return 0.0 if x.mean() != 0 else 1.0
+    t = x.mean() / (sd / math.sqrt(len(x)))
+    return float(2 * stats.t.sf(abs(t), len(x) - 1))
+
+
+def holm(pvalues):
+    """Holm's step-down adjustment of a family of p-values (nan left out and kept as nan): sorted ascending, the i-th
+    (from 0) is multiplied by (m - i), then each is raised to the largest before it and capped at 1. An adjusted p
+    below 1 - LEVEL keeps the family's chance of any false "differs" at most 1 - LEVEL."""
+    order = sorted((p, i) for i, p in enumerate(pvalues) if p == p)
+    adjusted, running = [math.nan] * len(pvalues), 0.0
+    for rank, (p, i) in enumerate(order):
+        running = max(running, min(1.0, (len(order) - rank) * p))
+        adjusted[i] = running
+    return adjusted
+
+
+def test_set_error(accuracy, images):
+    """The sampling error, in points, of an accuracy (%) measured on `images` independent test images: the binomial
+    standard deviation 100 · sqrt(p (1 - p) / n). It is what a second test set of the same size would move it by."""
+    p = accuracy / 100
+    return 100 * math.sqrt(p * (1 - p) / images)
 
 
 def first_epoch(history, target=TARGET, key="test_acc"):
@@ -113,9 +146,9 @@ def failure(history, key="test_acc"):
     epoch), "collapsed" (its training accuracy or its evaluated `key` fell by COLLAPSE points or more from one epoch
     to the next: collapses), or "never learned" (its evaluated `key` below NOT_LEARNED in every epoch). A run that
     learned and then fell counts from its training accuracy too: the evaluated average of the weights can lag it."""
-    if any(not math.isfinite(e[k]) for e in history for k in ("train_loss", "test_loss")):
+    if any(not math.isfinite(e[k]) for e in history for k in ("train_loss", "test_loss") if k in e):
         return "not finite"
-    if collapses(history, key=key) or collapses(history, key="train_acc"):
+    if collapses(history, key=key) or (all("train_acc" in e for e in history) and collapses(history, key="train_acc")):
         return "collapsed"
     return "never learned" if never_learned(history, key=key) else None
 
@@ -128,8 +161,9 @@ def rate_ci(k, n, level=LEVEL):
 
 # The paired comparisons the report makes, by run name (Recipe.name): A minus B for the same seeds.
 NORM_PAIRS = [("bn_l1", "ln"), ("bn_l1", "gn"), ("gn", "ln")]
-# each norm against each control (model.CONTROLS); then the control that lacks only the statistics against the first,
-# which lacks the scaled start and γ, β too
+# each norm against each control (model.CONTROLS), at the recipe's peak (their names) and at the peak the sweep's rule
+# chose for each control (<name>_lr<peak>, studies.experiment.every_run); then the control that lacks only the
+# statistics against the first, which lacks the scaled start and γ, β too
 CONTROL_PAIRS = [("bn_l1", "none"), ("ln", "none"), ("gn", "none"), ("bn_l1", "affine"), ("ln", "affine"),
                  ("gn", "affine")]
 START_PAIRS = [("affine", "none")]

@@ -117,6 +117,45 @@ def format_table(cells):
     return "\n".join(lines)
 
 
+def summary(results):
+    """The first screen's sentence: per model, the peaks at which none of its runs failed, or None without runs."""
+    cells = table(tolerance_runs(results))
+    if not cells:
+        return None
+    done = sum(len(c["seeds"]) for c in cells.values())
+    planned = len(MODELS) * len(PEAKS) * len(SEEDS)
+    per_model = []
+    for norm in MODELS:
+        mine = {peak: c for (n, peak), c in cells.items() if n == norm}
+        if not mine:
+            continue
+        label = next(iter(mine.values()))["label"]
+        parts = [f"{peak:g}: {len(c['failed']) or 'none'} of {len(c['seeds'])} failed"
+                 for peak, c in sorted(mine.items())]
+        per_model.append(f"{label} ({', '.join(parts)})")
+    return (f"Under the recipe's own schedule (its 20-epoch cycle, the first {EPOCHS} epochs, validation split, "
+            f"seeds {SEEDS[0]}-{SEEDS[-1]}; {done} of {planned} runs so far): " + "; ".join(per_model) + ".")
+
+
+def markdown(results):
+    """docs/experiments.md's table (tools.report's block "tolerance"): every model and peak, with its failures."""
+    cells = table(tolerance_runs(results))
+    if not cells:
+        return "(no runs in results/tolerance/ yet: `python -m studies.tolerance --out .`)"
+    lines = [f"| model | peak | runs | failed | validation accuracy % after epoch {EPOCHS}, the runs that did not "
+             "fail (mean) | seeds that failed |", "|---|---|---|---|---|---|"]
+    for (_, peak), c in sorted(cells.items(), key=lambda kv: (MODELS.index(kv[0][0]), kv[0][1])):
+        failed = ", ".join(f"{s} ({how})" for s, how in c["failed"].items()) or "-"
+        mean = f"{c['mean']:.2f}" if c["mean"] == c["mean"] else "-"
+        lines.append(f"| {c['label']} | {peak:g} | {len(c['seeds'])} | {len(c['failed'])} | {mean} | {failed} |")
+    done = sum(len(c["seeds"]) for c in cells.values())
+    planned = len(MODELS) * len(PEAKS) * len(SEEDS)
+    lines += ["", f"{done} of the {planned} planned runs ({len(MODELS)} models, peaks "
+              f"{', '.join(f'{p:g}' for p in PEAKS)}, seeds {SEEDS[0]}-{SEEDS[-1]}); failed: `studies.stats.failure` "
+              f"over the first {EPOCHS} epochs. `python -m studies.tolerance --out .` resumes the rest."]
+    return "\n".join(lines)
+
+
 def parse_args(argv=None):
     p = cli.parser(__doc__)
     cli.add_run_arguments(p, figures=False)

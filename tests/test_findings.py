@@ -54,7 +54,8 @@ def test_the_clean_finding_says_alike_only_while_the_norms_are():
     records = {"bn_l1": run("bn_l1", [99.5, 99.4]), "ln": run("ln", [99.5, 99.41]), "gn": run("gn", [99.45, 99.4])}
     text = findings.clean(records)
     assert "the three are alike" in text and "6 of 6 runs end at or above" in text
-    assert "0.03 points or less" in text  # GN - LN: -0.03
+    assert "0.030 points or less (3 test images)" in text  # GN - LN: -0.03
+    assert "none survives Holm's correction" in text and "about 0.07 points" in text
     records["gn"] = run("gn", [99.0, 99.1])
     assert "the three are not alike" in findings.clean(records)
 

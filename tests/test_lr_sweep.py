@@ -141,10 +141,10 @@ def test_a_tiny_sweep_trains_its_runs_and_records_the_block_scales(tmp_path, mon
     assert figures[1] is not None and lr_report.plot(records, init)[1].axes[0].get_title() == "at the start"
 
 
-def test_the_control_trains_ten_seeds_at_the_chosen_peak_and_five_at_the_recipes_on_the_test_set():
+def test_the_control_trains_ten_seeds_at_the_chosen_peak_and_ten_at_the_recipes_on_the_test_set():
     from mnist_norms.recipe import settings_folder
     (at_peak, at_recipe) = lr_sweep.control_recipes(0.03)
-    assert [r.seed for r in at_peak] == list(range(10)) and [r.seed for r in at_recipe] == list(range(5))
+    assert [r.seed for r in at_peak] == list(range(10)) and [r.seed for r in at_recipe] == list(range(10))
     assert all(r.norm == CONTROL and r.val == 0 and r.epochs == Recipe.epochs for r in at_peak + at_recipe)
     assert {settings_folder(r) for r in at_peak} == {"lr0.03"} and {settings_folder(r) for r in at_recipe} == {""}
     (only,) = lr_sweep.control_recipes(Recipe.lr)  # the rule chose the recipe's peak: its ten seeds are all
@@ -181,7 +181,7 @@ def test_the_control_at_the_chosen_peak_gains_rows_with_paired_intervals_in_the_
         write_records(results, runs_of(norm, Recipe.lr, finals, l1))
     control = [99.0, 99.3, 99.1]
     write_records(results / "lr0.03", runs_of(CONTROL, 0.03, control))
-    write_records(results, runs_of(CONTROL, Recipe.lr, [90.0, 91.0]))  # at the recipe's peak: not the row
+    write_records(results, runs_of(CONTROL, Recipe.lr, [90.0, 91.0]))  # at the recipe's peak: a row of its own
 
     assert lr_sweep.control_runs(str(results))[0] == 0.03
     head = experiment.headline_table(str(results))
@@ -191,13 +191,14 @@ def test_the_control_at_the_chosen_peak_gains_rows_with_paired_intervals_in_the_
         diffs = [a - b for a, b in zip(norms[name], control)]
         mean = sum(diffs) / 3
         low, high = scipy_stats.t.interval(0.95, 2, loc=mean, scale=scipy_stats.sem(diffs))
-        assert (f"| a norm at all | {label} | {NO_NORM} (peak 0.03) | 0-2 | {mean:+.3f} | [{low:+.3f}, {high:+.3f}] |"
-                in findings), label
+        assert (f"| a norm at all (control at its rule's peak) | {label} | {NO_NORM} (peak 0.03) | 0-2 | {mean:+.3f} "
+                f"| [{low:+.3f}, {high:+.3f}] |" in findings), label
+    assert f"| a norm at all (peak 0.1) | BN + L1 | {NO_NORM} (peak 0.1) | 0-1 |" in findings.replace("0, 1 |", "0-1 |")
     assert experiment.seeds_figure(str(results)) is not None
     every = experiment.results_table(str(results))  # every run: the control at both peaks, each labelled with it
     assert f"| {NO_NORM} (peak 0.03) | 0, 1, 2 | 99.13 ± " in every
     assert f"| {NO_NORM} (peak 0.1) | 0, 1 | 90.50 ± " in every
-    for table in (experiment.seeds_table, experiment.steady_table, experiment.start_table):
+    for table in (experiment.seeds_table, experiment.steady_table):
         text = table(str(results))
         assert f"| {NO_NORM} (peak 0.03) | 0, 1, 2 |" in text and f"| {NO_NORM} (peak 0.1) | 0, 1 |" in text, table
 

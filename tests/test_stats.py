@@ -127,3 +127,19 @@ def test_within_gives_every_key_tied_with_the_best_in_order_and_keeps_an_exact_t
     assert stats.within(scores, 0.1) == ["a", "b", "c"]
     assert stats.within({"x": 3.0, "y": 4.0, "z": 3.5}, 0.5, lower=True) == ["x", "z"]  # the earliest, for settling
     assert stats.within({}, 0.05) == []
+
+
+def test_paired_p_values_are_scipys_paired_t_test_and_holm_adjusts_them_step_down():
+    from scipy import stats as scipy_stats
+    a, b = [99.5, 99.6, 99.7, 99.4], [99.6, 99.4, 99.5, 99.45]
+    p = stats.paired_values(dict(enumerate(a)), dict(enumerate(b)))
+    assert p["p"] == pytest.approx(scipy_stats.ttest_rel(a, b).pvalue, rel=1e-9)
+    assert (p["p"] < 0.05) == p["nonzero"]  # the test and its 95% interval agree
+    # Holm by hand: sorted 0.01, 0.03, 0.04, 0.5 times 4, 3, 2, 1, each raised to the largest before it
+    assert stats.holm([0.01, 0.04, 0.03, float("nan"), 0.5])[:3] == pytest.approx([0.04, 0.09, 0.09])
+    assert stats.holm([0.01, 0.04, 0.03, float("nan"), 0.5])[4] == 0.5
+
+
+def test_the_test_sets_sampling_error_is_the_binomial_standard_deviation():
+    # 99.5% on 10,000 images: sqrt(0.995 * 0.005 / 10000) = 0.000705, 0.07 points
+    assert stats.test_set_error(99.5, 10_000) == pytest.approx(0.0705, abs=1e-4)

@@ -14,13 +14,13 @@ import sys
 from benchmarks import end_to_end, evaluation, launches, options, pipeline
 from mnist_norms.figures import save_figure
 from mnist_norms.records import ROOT
-from studies import batch_size, experiment, findings, normalizations, recipe_search, search, shift
+from studies import batch_size, experiment, findings, normalizations, recipe_search, search, shift, tolerance
 from studies.lr_sweep import report as lr_sweep
 
 TABLES = {
     "first-screen": findings.first_screen,
+    "norm-buys": findings.norm_buys_text,
     "headline": experiment.headline_table,
-    "start-all": experiment.start_table,
     "seeds": experiment.seeds_table,
     "steady": experiment.steady_table,
     "findings": experiment.findings_table,
@@ -37,9 +37,9 @@ TABLES = {
     "lr-sweep-scales": lr_sweep.scales_table,
     "lr-sweep-init": lr_sweep.init_table,
     "lr-sweep-failures": lr_sweep.failures_table,
+    "tolerance": tolerance.markdown,
     "shift-sets": shift.accuracy_table,
     "shift-differences": shift.differences_table,
-    "shift-summary": lambda results: shift.accuracy_table(results, sets=[shift.CLEAN]),
     "benchmark": pipeline.benchmark_table,
     "options": options.options_table,
     "end-to-end": end_to_end.end_to_end_table,
