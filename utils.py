@@ -16,6 +16,7 @@ import torch.nn.functional as F
 from matplotlib.figure import Figure
 from matplotlib.ticker import MultipleLocator
 from torch.optim.swa_utils import AveragedModel
+from torchinfo import summary
 from tqdm.auto import tqdm
 
 from mnist_norms import lean, machine, runner
@@ -43,7 +44,6 @@ def prepare(precision="fp32"):
 
 def network(norm):
     """torchinfo's summary of Net(norm), then its receptive field layer by layer (mnist_norms.layers)."""
-    from torchinfo import summary  # optional: only this needs it
     table = summary(Net(norm), input_size=(1, 1, 28, 28), col_names=("output_size", "num_params"), verbose=0)
     return f"{table}\n\nNet({norm!r}), layer by layer:\n{format_table(layer_table(Net(norm)))}"
 

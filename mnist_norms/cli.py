@@ -7,6 +7,7 @@ import shlex
 import sys
 from dataclasses import fields
 
+from mnist_norms.data import load_mnist
 from mnist_norms.machine import default_jobs, pick_device, pin_isa, tune_malloc
 from mnist_norms.recipe import Recipe, accepted, check
 from mnist_norms.records import RUNS
@@ -134,7 +135,6 @@ def run_quick_lookable(args, defaults, command, train, header=""):
     """A validation-split study's main: a quick look's runs in a folder of their own under --out, the allocator
     setting and the AVX2 pin (before torch's first operation), MNIST, then train(data, **options); a user's error or
     Ctrl-C ends in one line. Returns train's result."""
-    from mnist_norms.data import load_mnist
     args.out = os.path.join(args.out, variant(args, defaults, ("epochs", "limit")))
 
     def body():

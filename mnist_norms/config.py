@@ -1,5 +1,5 @@
 """A run's JSON config: its recipe and data, the optimizer, schedule and augmentation in words, and the machine it ran
-on; and how a saved config differs from a new one (what utils.run checks before it resumes or loads a run)."""
+on; and how a saved config differs from a new one (what runner.run checks before it resumes or loads a run)."""
 from dataclasses import asdict, fields
 
 import torch

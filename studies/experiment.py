@@ -48,7 +48,7 @@ def results_table(results):
              "|---|---|---|---|---|---|---|---|---|"]
     for name in ordered({n: records[n] for n in rows}):
         r = rows[name]
-        lines.append(f"| {r['label']} | {', '.join(map(str, r['seeds']))} | {mean_std(r, 'final')} "
+        lines.append(f"| {r['label']} | {', '.join(map(str, r['seeds']))} | {final_sd(finished[name], r)} "
                      f"| {mean_std(r, 'best')} | {', '.join(f'{acc:.2f}' for acc in r['finals'])} "
                      f"| {mean_std(r, 'train')} | {mean_std(r, 'loss', 4)} | {r['params']:,} "
                      f"| {mean_std(r, 'minutes', 1)} |")
@@ -58,6 +58,20 @@ def results_table(results):
     if running:
         lines += ["", f"Not finished, so left out: {', '.join(running)} (the same command resumes them)."]
     return "\n".join(lines)
+
+
+def final_sd(records, row):
+    """The every-run table's final accuracy: mean ± population std over the seeds, a run that failed (stats.failure)
+    given apart with the others' mean ± std, so that two clusters are not averaged into one."""
+    failed = {r["config"]["seed"]: how for r in records if (how := stats.failure(r["history"]))}
+    if not failed:
+        return mean_std(row, "final")
+    others = [stats.final(r) for r in records if r["config"]["seed"] not in failed]
+    apart = "; ".join(f"seed {s} failed ({how})" for s, how in sorted(failed.items()))
+    if not others:
+        return apart
+    sd = f" ± {np.std(others):.2f}" if len(others) > 1 else ""
+    return f"{apart}; the other {len(others)}: {np.mean(others):.2f}{sd}"
 
 
 def reaches(records, target=stats.TARGET):

@@ -46,7 +46,8 @@ def test_findings_give_paired_intervals_seeds_and_time_to_accuracy(tmp_path):
     assert row.endswith("| yes: BN + L1 higher |") and float(row.split("|")[7]) < 1e-6  # its p: no spread at all
     # -0.1, +0.2, +0.2: mean +0.1, t(0.975, 2) * std / sqrt(3) = 0.430
     # its paired t-test's p (scipy's ttest_rel gives 0.42) and Holm's over the 3 tests with an interval
-    assert "| norm | BN + L1 | GN | 0-2 | +0.100 | [-0.330, +0.530] | 0.42 | 0.85 | no: the interval includes 0 |" in text
+    assert "| norm | BN + L1 | GN | 0-2 | +0.100 | [-0.330, +0.530] | 0.42 | 0.85 | no: the interval includes 0 |" \
+        in text
     assert "GN, 1 group (= LN)" not in text  # GN against LN is stated once, as a norm
     assert "| groups | GN, 5 groups | GN, 2 groups | 0 | -0.300 | (one seed) | | | cannot say: one seed |" in text
     assert "10 groups" not in text

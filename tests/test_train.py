@@ -170,8 +170,8 @@ def test_the_documented_commands_are_the_ones_there_are():
     assert "train.py" in commands and "studies.batch_size" in commands and "tools.rerun" in commands
     # tune.py is named only where the docs say which commit it ran at
     known = {"train.py", "studies.batch_size", "studies.search", "studies.shift", "studies.lr_sweep",
-             "studies.normalizations", "tools.report", "tools.rerun", "tools.fingerprint", "benchmarks.pipeline",
-             "benchmarks.options", "benchmarks.end_to_end", "benchmarks.evaluation", "benchmarks.launches"}
+             "studies.tolerance", "studies.normalizations", "tools.report", "tools.rerun", "tools.fingerprint",
+             "benchmarks.pipeline", "benchmarks.options", "benchmarks.end_to_end", "benchmarks.evaluation", "benchmarks.launches"}
     assert set(commands) - {"tune.py"} <= known, commands
 
 
