@@ -171,7 +171,8 @@ def test_the_documented_commands_are_the_ones_there_are():
     # tune.py is named only where the docs say which commit it ran at
     known = {"train.py", "studies.batch_size", "studies.search", "studies.shift", "studies.lr_sweep",
              "studies.tolerance", "studies.normalizations", "tools.report", "tools.rerun", "tools.fingerprint",
-             "benchmarks.pipeline", "benchmarks.options", "benchmarks.end_to_end", "benchmarks.evaluation", "benchmarks.launches"}
+             "benchmarks.pipeline", "benchmarks.options", "benchmarks.end_to_end", "benchmarks.evaluation",
+             "benchmarks.launches"}
     assert set(commands) - {"tune.py"} <= known, commands
 
 
