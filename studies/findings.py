@@ -32,6 +32,7 @@ def clean(records, labels=None):
     largest = max(abs(row[5]["mean"]) for row in rows)
     allowed = max(max(abs(row[5]["low"]), abs(row[5]["high"])) for row in rows)
     survive = [f"{row[3]} against {row[4]}" for row in rows if row[6] < 1 - stats.LEVEL]
+    alone = [f"{row[3]} − {row[4]}" for row in rows if row[5]["nonzero"] and not row[6] < 1 - stats.LEVEL]
     family = len(experiment.family(records, labels or {}))
     images = runs[0]["config"].get("eval_images", 10_000)  # the test set, unless a record says otherwise
     error = stats.test_set_error(float(np.mean(means)), images)
@@ -44,6 +45,8 @@ def clean(records, labels=None):
             f"{len(runs)} stay there in every epoch from epoch {stats.STEADY} on. Paired by seed, the norms' mean "
             f"differences are {largest:.3f} points or less ({largest * images / 100:.0f} test images), and their 95% "
             f"intervals allow differences up to {allowed:.2f} points; "
+            + (f"{' and '.join(alone)} exclude{'s' if len(alone) == 1 else ''} 0 in its own interval, but " if alone
+               else "")
             + (f"{', '.join(survive)} survive{'s' if len(survive) == 1 else ''}" if survive else "none survives")
             + f" Holm's correction over the findings' {family} comparisons. The intervals cover the spread between "
             f"seeds on one test set of {images:,} images, whose own sampling error at this accuracy is about "
