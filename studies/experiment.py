@@ -122,7 +122,7 @@ def headline_table(results):
                          runs_cell({s: stats.final(r) for s, r in done.items()}, failed), len(done),
                          reaches(records[name]), steady_count(records[name], stats.STEADY),
                          f"{first['config']['params']:,}"])
-    return markdown(["model", "final test accuracy %, mean ± 95% interval (a run that failed apart)", "seeds",
+    return markdown(["model", "final test accuracy %, mean ± 95% interval; failed runs apart", "seeds",
                      f"first epoch at ≥ {stats.TARGET}% (mean)",
                      f"seeds at ≥ {stats.TARGET}% in every epoch from {stats.STEADY} on", "parameters"], rows)
 
@@ -169,7 +169,7 @@ def seeds_table(results):
     """Every fp32 run with its seeds: the mean and 95% interval of the final test accuracy, each seed's value, and
     the first epoch at >= TARGET per seed."""
     records, labels = every_run(results)
-    lines = [f"| run | seeds | final test acc %, mean ± 95% interval (a run that failed apart) | final test acc % per "
+    lines = [f"| run | seeds | final test acc %, mean ± 95% interval; failed runs apart | final test acc % per "
              f"seed | first epoch at ≥ {stats.TARGET}% per seed | its mean |", "|---|---|---|---|---|---|"]
     for name, done in fp32_runs(records):
         epochs = stats.time_to(records[name])
@@ -207,6 +207,8 @@ def family(records, labels):
         for a, b, p in stats.comparisons(records, pairs):
             la, lb = ((group_label(records, a), group_label(records, b)) if question == "groups"
                       else (labels.get(a, label(records[a][0])), labels.get(b, label(records[b][0]))))
+            if question.endswith("(control at its rule's peak)"):  # the norms at theirs: say so beside the control's
+                la += f" (peak {Recipe.lr:g})"
             rows.append((question, a, b, la, lb, p))
     return [(*row, holm) for row, holm in zip(rows, stats.holm([row[-1]["p"] for row in rows]))]
 
@@ -217,13 +219,17 @@ def findings_table(results):
     rule 3's) and the controls against each other, L1 on BN, and GN's number of groups."""
     records, labels = with_control(results)
     words = []
-    rows = [(question, la, lb, p) for question, _, _, la, lb, p, _ in family(records, labels)]
-    adjusted = [row[-1] for row in family(records, labels)]
+    rows = family(records, labels)
     lines = ["| question | A | B | seeds | A - B, mean (points) | 95% interval | p | Holm's p | measured to differ? |",
              "|---|---|---|---|---|---|---|---|---|"]
-    for (question, la, lb, p), holm in zip(rows, adjusted):
+    for question, a, b, la, lb, p, holm in rows:
+        split = two_clusters(records, (a, b), p["seeds"])
         if p["half"] != p["half"]:
             ci, verdict, ps = "(one seed)", "cannot say: one seed", "| | |"
+        elif split:
+            ci = f"[{p['low']:+.3f}, {p['high']:+.3f}]"
+            verdict = f"cannot say: {split} never trained, so the differences form two clusters"
+            ps = f"| {p['p']:.2g} | {holm:.2g} |"
         else:
             ci = f"[{p['low']:+.3f}, {p['high']:+.3f}]"
             higher = la if p["mean"] > 0 else lb
@@ -235,8 +241,8 @@ def findings_table(results):
         span = f"{seeds[0]}-{seeds[-1]}" if seeds == list(range(seeds[0], seeds[-1] + 1)) and len(seeds) > 2 \
             else ", ".join(map(str, seeds))
         lines.append(f"| {question} | {la} | {lb} | {span} | {p['mean']:+.3f} | {ci} {ps} {verdict} |")
-        words.append((la, lb, p, holm))
-    n = sum(p["half"] == p["half"] for *_, p in rows)
+        words.append((la, lb, p, holm, split))
+    n = sum(row[5]["half"] == row[5]["half"] for row in rows)
     many = [f"- **{n} intervals at once.** Each covers its true difference with probability {stats.LEVEL:.0%}, so "
             f"where no difference is real, about one interval in {1 / (1 - stats.LEVEL):.0f} still excludes 0 by "
             f"chance. Holm's correction raises each p-value for the {n} tests together; a difference whose Holm's p "
@@ -248,6 +254,19 @@ def findings_table(results):
                f"every epoch; such a run counts in this table like any other): " + "; ".join(failed) + "."]
               if failed else [])
     return "\n".join(lines + [""] + in_words(words) + many + failed)
+
+
+def two_clusters(records, names, seeds):
+    """"seed 0 of no norm, default init": the runs of the pair `names`, among `seeds`, that never learned or ended not
+    finite (stats.failure) where the same model's other seeds did not, so that the differences form two clusters and
+    a Student-t interval over them says nothing; "" if none."""
+    out = []
+    for name in names:
+        runs = [r for r in records[name] if r["config"]["seed"] in seeds]
+        bad = [r for r in runs if stats.failure(r["history"]) in ("never learned", "not finite")]
+        if 0 < len(bad) < len(runs):
+            out += [f"seed {r['config']['seed']} of {label(r)}" for r in bad]
+    return ", ".join(out)
 
 
 def failed_runs(records, labels):
@@ -265,10 +284,12 @@ def failed_runs(records, labels):
 def in_words(comparisons):
     """The findings table in plain words: which differences are measured to differ after Holm's correction, which
     only in their own interval, which not."""
-    nonzero, alone, unresolved, single = [], [], [], []
-    for la, lb, p, holm in comparisons:
+    nonzero, alone, unresolved, single, split = [], [], [], [], []
+    for la, lb, p, holm, apart in comparisons:
         if p["half"] != p["half"]:
             single.append(f"{la} against {lb}")
+        elif apart:
+            split.append(f"{la} against {lb} ({apart} never trained)")
         elif p["nonzero"]:
             hi, lo = (la, lb) if p["mean"] > 0 else (lb, la)
             a, b = sorted((abs(p["low"]), abs(p["high"])))
@@ -285,7 +306,9 @@ def in_words(comparisons):
             f"{'; '.join(alone) or 'none'}.",
             f"- **Not measured to differ** (the interval includes 0: the true difference may be 0, or of either sign "
             f"within the interval): {'; '.join(unresolved) or 'none'}."] + \
-        ([f"- **One seed, no interval:** {'; '.join(single)}."] if single else [])
+        ([f"- **One seed, no interval:** {'; '.join(single)}."] if single else []) + \
+        ([f"- **Cannot say** (a run that never trained splits the differences in two clusters, so no interval over "
+          f"them means anything; its runs are in the headline): {'; '.join(split)}."] if split else [])
 
 
 def seeds_figure(results):

@@ -48,9 +48,9 @@ def clean(records, labels=None):
             + (f"{' and '.join(alone)} exclude{'s' if len(alone) == 1 else ''} 0 in its own interval, but " if alone
                else "")
             + (f"{', '.join(survive)} survive{'s' if len(survive) == 1 else ''}" if survive else "none survives")
-            + f" Holm's correction over the findings' {family} comparisons. The intervals cover the spread between "
-            f"seeds on one test set of {images:,} images, whose own sampling error at this accuracy is about "
-            f"{error:.2f} points.")
+            + f" Holm's correction over the findings' {family} comparisons. All of it is one test set of {images:,} "
+            f"images: another set of that size would move each model's accuracy by about {error:.2f} points (the "
+            f"binomial standard deviation), which the intervals over seeds do not include.")
 
 
 def batches(results):
@@ -73,7 +73,7 @@ def batches(results):
     order = "below" if one < min(ln, gn) else "not below"
     lead = "above" if batch > max(ln, gn) else "not above"
     held = ", ".join(corruptions.GROUPS["intensity"])
-    return (f"{heading} Trained at {SMALL_BATCH} images per batch (2 epochs, 3 seeds), BN's test error is "
+    return (f"{heading} Trained at {SMALL_BATCH} images per batch (2 epochs, 3 seeds), BN's (without L1) test error is "
             f"{small['bn']:.2f}%, LN's {small['ln']:.2f}%, GN's {small['gn']:.2f}%. On the intensity sets ({held}: "
             f"{len(intensity)} sets), one image at a time, BN + L1's running averages score {one:.1f}%, {order} LN's "
             f"{ln:.1f}% and GN's {gn:.1f}%, which normalize each image by itself; with each test batch of "

@@ -41,7 +41,7 @@ def finished(records):
 def paired(records_a, records_b, key="test_acc", level=LEVEL):
     """A minus B, paired by seed, over the seeds both have finished: {"seeds", "differences", "mean", "half",
     "low", "high", "nonzero"} (nonzero: the interval excludes 0). With one seed the run shares its initial
-    weights, batches, augmentation and dropout masks with the other (tests/test_training.py), so the difference
+    weights, batches, augmentation and dropout masks with the other (tests/test_utils.py), so the difference
     of a pair cancels what the seed does to both."""
     a, b = finished(records_a), finished(records_b)
     if not set(a) & set(b):

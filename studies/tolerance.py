@@ -3,9 +3,10 @@ recipe's, on the validation split.
 
     python -m studies.tolerance --out .    # resumable; writes results/tolerance/ (LN at 0.3: results/tune/stress/)
 
-The learning-rate sweep (studies/lr_sweep) runs a 6-epoch cycle, which rises to its peak in about 700 steps; the
-recipe's 20-epoch cycle rises in about 2,800. The stress test (studies/search.py) already measures the recipe's
-schedule for LN: the first 6 epochs of the 20-epoch cycle. This study runs that design for every model.
+The learning-rate sweep (studies/lr_sweep) runs a 6-epoch cycle, which rises to its peak in about 700 steps on the
+50,000 training images; the recipe's 20-epoch cycle rises in about 2,350 (2,800 on all 60,000). The stress test
+(studies/search.py) already measures the recipe's schedule for LN: the first 6 epochs of the 20-epoch cycle. This
+study runs that design for every model.
 
 The rule, fixed and committed before the study's first run:
 

@@ -191,7 +191,8 @@ def test_the_control_at_the_chosen_peak_gains_rows_with_paired_intervals_in_the_
         diffs = [a - b for a, b in zip(norms[name], control)]
         mean = sum(diffs) / 3
         low, high = scipy_stats.t.interval(0.95, 2, loc=mean, scale=scipy_stats.sem(diffs))
-        assert (f"| a norm at all (control at its rule's peak) | {label} | {NO_NORM} (peak 0.03) | 0-2 | {mean:+.3f} "
+        assert (f"| a norm at all (control at its rule's peak) | {label} (peak 0.1) | {NO_NORM} (peak 0.03) | 0-2 "
+                f"| {mean:+.3f} "
                 f"| [{low:+.3f}, {high:+.3f}] |" in findings), label
     assert f"| a norm at all (peak 0.1) | BN + L1 | {NO_NORM} (peak 0.1) | 0-1 |" in findings.replace("0, 1 |", "0-1 |")
     assert experiment.seeds_figure(str(results)) is not None
