@@ -35,7 +35,7 @@ LOG_HEADER = (f"{'run':<10} {'epoch':>5} {'train_loss':>10} {'train_acc':>9} {'t
 
 def prepare(precision="fp32"):
     """Before any tensor operation: glibc's allocator setting (faster on a CPU, the same numbers), PyTorch's CPU
-    kernels pinned to AVX2 so that a run reproduces on any x86-64 CPU (bf16 keeps oneDNN's own instruction set), and
+    kernels pinned to AVX2 so that a run reproduces across x86-64 CPUs (bf16 keeps oneDNN's own instruction set), and
     the device, picked once: cuda, then mps, then cpu. Returns (device, the CPU kernels in use)."""
     machine.tune_malloc()
     isa = machine.pin_isa(onednn=precision == "fp32")
