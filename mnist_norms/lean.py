@@ -77,7 +77,7 @@ def batches(data, batch_size, *, generator=None, **augmentation):
 
 def train_step(model, optimizer, x, y, recipe, scheduler=None):
     """utils.train_step, with L1's gradient, l1 * sign(w), added to the gradients in one foreach operation instead of
-    differentiating a sum of 7 penalties through autograd (about 50 operations)."""
+    differentiating a sum of 8 penalties through autograd (about 50 operations)."""
     with autocast(recipe.precision, x.device):
         out = model(x)  # [B, 10] log-probabilities
     loss = F.nll_loss(out.float(), y)
