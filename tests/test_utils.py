@@ -239,3 +239,11 @@ def test_with_ema_the_average_is_what_is_evaluated_saved_and_resumed_bit_identic
     small_run(tmp_path / "cut", recipe, study=runner.Study(stop_after=1))
     _, resumed = small_run(tmp_path / "cut", recipe)
     assert without_time(resumed["history"]) == without_time(whole["history"])
+
+
+def test_runs_train_one_at_a_time_on_a_gpu_and_as_asked_on_a_cpu():
+    # train.py prints what run_all does: on a GPU one run after another, whatever --jobs says
+    assert runner.effective_jobs(torch.device("cuda"), 3, 3) == 1
+    assert runner.effective_jobs(torch.device("cpu"), 3, 3) == 3
+    with pytest.raises(ValueError, match="jobs must be a positive integer or None"):
+        runner.effective_jobs(torch.device("cpu"), 0, 3)
