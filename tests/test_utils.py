@@ -9,7 +9,7 @@ from torch import nn
 
 import utils
 from conftest import synthetic, without_time
-from mnist_norms import machine, runner, training
+from mnist_norms import machine, runner
 from mnist_norms.files import save_torch, write_json
 from mnist_norms.machine import hardware
 from mnist_norms.recipe import Recipe, experiment, settings_folder
@@ -29,15 +29,15 @@ def small_run(tmp_path, recipe=SMALL, **kw):
 
 
 def stop_at_evaluation(monkeypatch, n):
-    """Make evaluate raise KeyboardInterrupt at its n-th call (an interrupted run); returns the real one."""
-    real, calls = evaluate, []
+    """Make utils.test raise KeyboardInterrupt at its n-th call (an interrupted run); returns the real one."""
+    real, calls = utils.test, []
 
     def evaluate_then_stop(*args, **kw):
         calls.append(1)
         if len(calls) == n:
             raise KeyboardInterrupt
         return real(*args, **kw)
-    monkeypatch.setattr(utils, "evaluate", evaluate_then_stop)
+    monkeypatch.setattr(utils, "test", evaluate_then_stop)
     return real
 
 
@@ -60,7 +60,7 @@ def test_one_seed_pairs_the_norms_same_weights_batches_augmentation_and_dropout_
                     lambda m, args: log["rng"].append(torch.get_rng_state()) if m.training else None)
         return model
 
-    monkeypatch.setattr(training, "Net", watched)
+    monkeypatch.setattr(utils, "Net", watched)
     for recipe in experiment(seeds=(3,), epochs=2, batch_size=64, translate=0.1, scale=0.1, shear=5.0) \
             + [Recipe("GN", groups=g, epochs=2, batch_size=64, seed=3, translate=0.1, scale=0.1, shear=5.0)
                for g in (1, 5)]:
@@ -125,7 +125,7 @@ def test_an_interrupted_run_resumes_to_the_same_history_and_weights(tmp_path, mo
     assert [r["epoch"] for r in saved["history"]] == [1, 2]  # every finished epoch kept
     assert os.path.exists(tmp_path / "cut" / "checkpoints" / "bn_l1_seed0.pt")
     assert sorted(os.listdir(tmp_path / "cut" / "results")) == ["bn_l1_seed0.json"]  # no temporary files left
-    monkeypatch.setattr(utils, "evaluate", real_evaluate)
+    monkeypatch.setattr(utils, "test", real_evaluate)
     _, resumed = small_run(tmp_path / "cut", recipe)
     assert without_time(resumed["history"]) == without_time(whole["history"])
     assert resumed["config"] == whole["config"]
@@ -139,7 +139,7 @@ def test_a_run_resumed_on_another_kind_of_processor_records_which_epochs_ran_whe
     real_evaluate = stop_at_evaluation(monkeypatch, 2)  # stop during the second epoch's evaluation
     with pytest.raises(KeyboardInterrupt):
         small_run(tmp_path, recipe)
-    monkeypatch.setattr(utils, "evaluate", real_evaluate)
+    monkeypatch.setattr(utils, "test", real_evaluate)
     path = tmp_path / "checkpoints" / "bn_l1_seed0.pt"
     state = torch.load(path, weights_only=True)
     state["config"]["hardware"] = "CPU OTHER"
@@ -157,7 +157,7 @@ def test_a_run_resumed_from_a_checkpoint_that_predates_the_cpu_record_says_the_f
     real_evaluate = stop_at_evaluation(monkeypatch, 2)
     with pytest.raises(KeyboardInterrupt):
         small_run(tmp_path, recipe)
-    monkeypatch.setattr(utils, "evaluate", real_evaluate)
+    monkeypatch.setattr(utils, "test", real_evaluate)
     path = tmp_path / "checkpoints" / "bn_l1_seed0.pt"
     state = torch.load(path, weights_only=True)
     del state["config"]["cpu"]
