@@ -228,7 +228,7 @@ def findings_table(results):
             ci, verdict, ps = "(one seed)", "cannot say: one seed", "| | |"
         elif split:
             ci = f"[{p['low']:+.3f}, {p['high']:+.3f}]"
-            verdict = f"cannot say: {split} never trained, so the differences form two clusters"
+            verdict = f"cannot say: {split} ended at chance, so the differences form two clusters"
             ps = f"| {p['p']:.2g} | {holm:.2g} |"
         else:
             ci = f"[{p['low']:+.3f}, {p['high']:+.3f}]"
@@ -257,13 +257,14 @@ def findings_table(results):
 
 
 def two_clusters(records, names, seeds):
-    """"seed 0 of no norm, default init": the runs of the pair `names`, among `seeds`, that never learned or ended not
-    finite (stats.failure) where the same model's other seeds did not, so that the differences form two clusters and
+    """"seed 0 of no norm, default init": the runs of the pair `names`, among `seeds`, that never learned, ended not
+    finite (stats.failure) or ended below stats.NOT_LEARNED where the same model's other seeds did not, so that the differences form two clusters and
     a Student-t interval over them says nothing; "" if none."""
     out = []
     for name in names:
         runs = [r for r in records[name] if r["config"]["seed"] in seeds]
-        bad = [r for r in runs if stats.failure(r["history"]) in ("never learned", "not finite")]
+        bad = [r for r in runs if stats.failure(r["history"]) in ("never learned", "not finite")
+               or stats.final(r) < stats.NOT_LEARNED]  # or collapsed to a guess and stayed there
         if 0 < len(bad) < len(runs):
             out += [f"seed {r['config']['seed']} of {label(r)}" for r in bad]
     return ", ".join(out)
@@ -289,7 +290,7 @@ def in_words(comparisons):
         if p["half"] != p["half"]:
             single.append(f"{la} against {lb}")
         elif apart:
-            split.append(f"{la} against {lb} ({apart} never trained)")
+            split.append(f"{la} against {lb} ({apart} ended at chance)")
         elif p["nonzero"]:
             hi, lo = (la, lb) if p["mean"] > 0 else (lb, la)
             a, b = sorted((abs(p["low"]), abs(p["high"])))
@@ -307,7 +308,7 @@ def in_words(comparisons):
             f"- **Not measured to differ** (the interval includes 0: the true difference may be 0, or of either sign "
             f"within the interval): {'; '.join(unresolved) or 'none'}."] + \
         ([f"- **One seed, no interval:** {'; '.join(single)}."] if single else []) + \
-        ([f"- **Cannot say** (a run that never trained splits the differences in two clusters, so no interval over "
+        ([f"- **Cannot say** (a run that ended at chance splits the differences in two clusters, so no interval over "
           f"them means anything; its runs are in the headline): {'; '.join(split)}."] if split else [])
 
 
