@@ -258,8 +258,8 @@ def findings_table(results):
 
 def two_clusters(records, names, seeds):
     """"seed 0 of no norm, default init": the runs of the pair `names`, among `seeds`, that never learned, ended not
-    finite (stats.failure) or ended below stats.NOT_LEARNED where the same model's other seeds did not, so that the differences form two clusters and
-    a Student-t interval over them says nothing; "" if none."""
+    finite (stats.failure) or ended below stats.NOT_LEARNED where the same model's other seeds did not, so that the
+    differences form two clusters and a Student-t interval over them says nothing; "" if none."""
     out = []
     for name in names:
         runs = [r for r in records[name] if r["config"]["seed"] in seeds]
