@@ -8,7 +8,7 @@ import utils
 from conftest import synthetic
 from mnist_norms.augment import MEAN, STD
 from mnist_norms.figures import Mistake, misclassified, plot_misclassified, save_figure
-from studies.experiment import plot_seeds
+from studies.seed_figures import plot_seeds
 
 
 class TableModel(nn.Module):
