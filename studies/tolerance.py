@@ -119,12 +119,19 @@ def format_table(cells):
 
 
 def summary(results):
-    """The first screen's sentence: per model, the peaks at which none of its runs failed, or None without runs."""
+    """The README's sentence: per model and peak, how many of its runs failed (one count per peak once every run is
+    in), or None without runs."""
     cells = table(tolerance_runs(results))
     if not cells:
         return None
     done = sum(len(c["seeds"]) for c in cells.values())
     planned = len(MODELS) * len(PEAKS) * len(SEEDS)
+    schedule = f"Under the recipe's own schedule (its 20-epoch cycle, the first {EPOCHS} epochs, validation split"
+    if done == planned:  # every cell has every seed: one count per peak
+        counts = "; ".join(f"{cells[norm, PEAKS[0]]['label']} " + ", ".join(str(len(cells[norm, p]["failed"]))
+                                                                            for p in PEAKS) for norm in MODELS)
+        return (f"{schedule}), runs failed of {len(SEEDS)} (seeds {SEEDS[0]}-{SEEDS[-1]}) at peaks "
+                f"{', '.join(f'{p:g}' for p in PEAKS[:-1])} and {PEAKS[-1]:g}: {counts}.")
     per_model = []
     for norm in MODELS:
         mine = {peak: c for (n, peak), c in cells.items() if n == norm}
@@ -134,8 +141,8 @@ def summary(results):
         parts = [f"{peak:g}: {len(c['failed']) or 'none'} of {len(c['seeds'])} failed"
                  for peak, c in sorted(mine.items())]
         per_model.append(f"{label} ({', '.join(parts)})")
-    return (f"Under the recipe's own schedule (its 20-epoch cycle, the first {EPOCHS} epochs, validation split, "
-            f"seeds {SEEDS[0]}-{SEEDS[-1]}; {done} of {planned} runs so far): " + "; ".join(per_model) + ".")
+    return (f"{schedule}, seeds {SEEDS[0]}-{SEEDS[-1]}; {done} of {planned} runs so far): " + "; ".join(per_model)
+            + ".")
 
 
 def markdown(results):
@@ -151,9 +158,10 @@ def markdown(results):
         lines.append(f"| {c['label']} | {peak:g} | {len(c['seeds'])} | {len(c['failed'])} | {mean} | {failed} |")
     done = sum(len(c["seeds"]) for c in cells.values())
     planned = len(MODELS) * len(PEAKS) * len(SEEDS)
-    lines += ["", f"{done} of the {planned} planned runs ({len(MODELS)} models, peaks "
-              f"{', '.join(f'{p:g}' for p in PEAKS)}, seeds {SEEDS[0]}-{SEEDS[-1]}); failed: `studies.stats.failure` "
-              f"over the first {EPOCHS} epochs. `python -m studies.tolerance --out .` resumes the rest."]
+    plan = f"{len(MODELS)} models, peaks {', '.join(f'{p:g}' for p in PEAKS)}, seeds {SEEDS[0]}-{SEEDS[-1]}"
+    rest = "" if done == planned else " `python -m studies.tolerance --out .` resumes the rest."
+    runs = f"All {planned} runs" if done == planned else f"{done} of the {planned} planned runs"
+    lines += ["", f"{runs} ({plan}); failed: `studies.stats.failure` over the first {EPOCHS} epochs.{rest}"]
     return "\n".join(lines)
 
 

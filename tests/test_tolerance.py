@@ -69,3 +69,18 @@ def test_the_table_counts_each_failure_and_averages_only_the_runs_that_did_not_f
 def test_without_runs_the_docs_say_how_to_make_them(tmp_path):
     assert tolerance.summary(str(tmp_path)) is None
     assert "python -m studies.tolerance --out ." in tolerance.markdown(str(tmp_path))
+
+
+def test_once_every_run_is_in_the_readme_gives_one_count_per_model_and_peak(tmp_path):
+    folder = os.path.join(str(tmp_path), tolerance.FOLDER)
+    for norm in MODELS:
+        for peak in tolerance.PEAKS:
+            for seed in tolerance.SEEDS:
+                fails = peak == 3.0 or (norm == CONTROL and seed == 0)
+                write(folder, tolerance.run_name(tolerance.recipe(norm, peak, seed)), norm, peak, seed,
+                      [9.8] * 6 if fails else [98.0, 98.5, 99.0, 99.1, 99.2, 99.3])
+    text = tolerance.summary(str(tmp_path))
+    assert "runs failed of 3 (seeds 0-2) at peaks 0.3, 1 and 3: BN + L1 0, 0, 3; LN 0, 0, 3; GN 0, 0, 3; " \
+           "no norm, default init 1, 1, 3; no norm, scaled init + affine 0, 0, 3." in text and "so far" not in text
+    assert "All 45 runs (5 models" in tolerance.markdown(str(tmp_path))
+    assert "resumes the rest" not in tolerance.markdown(str(tmp_path))
