@@ -145,23 +145,35 @@ def summary(results):
             + ".")
 
 
+def cell(c):
+    """ "0 of 3; 99.30%", "1 of 3 (collapsed: seed 2); 99.40%", "3 of 3 (not finite: seeds 0, 1, 2)": one cell."""
+    by_how = {}
+    for seed, how in c["failed"].items():
+        by_how.setdefault(how, []).append(str(seed))
+    hows = "; ".join(f"{how}: seed{'s' if len(seeds) > 1 else ''} {', '.join(seeds)}" for how, seeds in by_how.items())
+    text = f"{len(c['failed'])} of {len(c['seeds'])}" + (f" ({hows})" if hows else "")
+    return text + (f"; {c['mean']:.2f}%" if c["mean"] == c["mean"] else "")
+
+
 def markdown(results):
     """docs/experiments.md's table (tools.report's block "tolerance"): every model and peak, with its failures."""
     cells = table(tolerance_runs(results))
     if not cells:
         return "(no runs in results/tolerance/ yet: `python -m studies.tolerance --out .`)"
-    lines = [f"| model | peak | runs | failed | validation accuracy % after epoch {EPOCHS}, the runs that did not "
-             "fail (mean) | seeds that failed |", "|---|---|---|---|---|---|"]
-    for (_, peak), c in sorted(cells.items(), key=lambda kv: (MODELS.index(kv[0][0]), kv[0][1])):
-        failed = ", ".join(f"{s} ({how})" for s, how in c["failed"].items()) or "-"
-        mean = f"{c['mean']:.2f}" if c["mean"] == c["mean"] else "-"
-        lines.append(f"| {c['label']} | {peak:g} | {len(c['seeds'])} | {len(c['failed'])} | {mean} | {failed} |")
+    lines = ["| model | " + " | ".join(f"peak {p:g}" for p in PEAKS) + " |", "|---" * (1 + len(PEAKS)) + "|"]
+    for norm in MODELS:
+        mine = {peak: c for (n, peak), c in cells.items() if n == norm}
+        if mine:
+            label = next(iter(mine.values()))["label"]
+            lines.append(f"| {label} | " + " | ".join(cell(mine[p]) if p in mine else "-" for p in PEAKS) + " |")
     done = sum(len(c["seeds"]) for c in cells.values())
     planned = len(MODELS) * len(PEAKS) * len(SEEDS)
     plan = f"{len(MODELS)} models, peaks {', '.join(f'{p:g}' for p in PEAKS)}, seeds {SEEDS[0]}-{SEEDS[-1]}"
     rest = "" if done == planned else " `python -m studies.tolerance --out .` resumes the rest."
     runs = f"All {planned} runs" if done == planned else f"{done} of the {planned} planned runs"
-    lines += ["", f"{runs} ({plan}); failed: `studies.stats.failure` over the first {EPOCHS} epochs.{rest}"]
+    lines += ["", f"Each cell: the runs that failed of those run, and how (`studies.stats.failure` over the first "
+              f"{EPOCHS} epochs); then the mean validation accuracy after epoch {EPOCHS} of the runs that did not "
+              f"fail. {runs} ({plan}).{rest}"]
     return "\n".join(lines)
 
 
