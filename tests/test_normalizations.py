@@ -1,4 +1,4 @@
-"""normalizations.py: its hand-computed statistics agree with torch's layers; docs/experiments.md shows its output."""
+"""normalizations.py: its hand-computed statistics agree with torch's layers; the README shows its output."""
 import numpy as np
 import pytest
 import torch
