@@ -127,11 +127,11 @@ def summary(results):
     done = sum(len(c["seeds"]) for c in cells.values())
     planned = len(MODELS) * len(PEAKS) * len(SEEDS)
     schedule = f"Under the recipe's own schedule (its 20-epoch cycle, the first {EPOCHS} epochs, validation split"
-    if done == planned:  # every cell has every seed: one count per peak
-        counts = "; ".join(f"{cells[norm, PEAKS[0]]['label']} " + ", ".join(str(len(cells[norm, p]["failed"]))
-                                                                            for p in PEAKS) for norm in MODELS)
-        return (f"{schedule}), runs failed of {len(SEEDS)} (seeds {SEEDS[0]}-{SEEDS[-1]}) at peaks "
-                f"{', '.join(f'{p:g}' for p in PEAKS[:-1])} and {PEAKS[-1]:g}: {counts}.")
+    if done == planned:  # every cell has every seed: one count per peak, "0/0/3" (kept on one line when wrapped)
+        counts = "; ".join(f"{cells[norm, PEAKS[0]]['label']} " + "/".join(str(len(cells[norm, p]["failed"]))
+                                                                           for p in PEAKS) for norm in MODELS)
+        return (f"{schedule}), the runs that failed of {len(SEEDS)} (seeds {SEEDS[0]}-{SEEDS[-1]}) at peaks "
+                f"{'/'.join(f'{p:g}' for p in PEAKS)}: {counts}.")
     per_model = []
     for norm in MODELS:
         mine = {peak: c for (n, peak), c in cells.items() if n == norm}
