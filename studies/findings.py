@@ -120,7 +120,8 @@ def norm_buys(results):
     words.append("; ".join(at_recipe) + ".")
     others = [c for c in clauses if c not in at_recipe]
     if others:
-        words.append("Each control at the peak its rule chose on the validation split: " + "; ".join(others) + ".")
+        words.append("Each control at the peak its rule chose on the validation split, against the norms at "
+                     f"{Recipe.lr:g}: " + "; ".join(others) + ".")
     tolerated = tolerance.summary(results)
     if tolerated:
         words.append(tolerated)

@@ -130,7 +130,7 @@ def summary(results):
     if done == planned:  # every cell has every seed: one count per peak, "0/0/3" (kept on one line when wrapped)
         counts = "; ".join(f"{cells[norm, PEAKS[0]]['label']} " + "/".join(str(len(cells[norm, p]["failed"]))
                                                                            for p in PEAKS) for norm in MODELS)
-        return (f"{schedule}), the runs that failed of {len(SEEDS)} (seeds {SEEDS[0]}-{SEEDS[-1]}) at peaks "
+        return (f"{schedule}), failed runs out of {len(SEEDS)} (seeds {SEEDS[0]}-{SEEDS[-1]}) at peaks "
                 f"{'/'.join(f'{p:g}' for p in PEAKS)}: {counts}.")
     per_model = []
     for norm in MODELS:

@@ -81,7 +81,7 @@ def test_once_every_run_is_in_the_readme_gives_one_count_per_model_and_peak(tmp_
                 write(folder, tolerance.run_name(tolerance.recipe(norm, peak, seed)), norm, peak, seed,
                       [9.8] * 6 if fails else [98.0, 98.5, 99.0, 99.1, 99.2, 99.3])
     text = tolerance.summary(str(tmp_path))
-    assert "the runs that failed of 3 (seeds 0-2) at peaks 0.3/1/3: BN + L1 0/0/3; LN 0/0/3; GN 0/0/3; " \
+    assert "failed runs out of 3 (seeds 0-2) at peaks 0.3/1/3: BN + L1 0/0/3; LN 0/0/3; GN 0/0/3; " \
            "no norm, default init 1/1/3; no norm, scaled init + affine 0/0/3." in text and "so far" not in text
     assert "All 45 runs (5 models" in tolerance.markdown(str(tmp_path))
     assert "resumes the rest" not in tolerance.markdown(str(tmp_path))

@@ -110,8 +110,9 @@ def scales_table(results):
         f"\n\nBlock columns: the standard deviation of the block's output (model.Net's blocks, input to output; "
         f"conv0 to conv5 end in the norm, trans1 and conv6 in a convolution) over the first {SCALE_IMAGES:,} "
         f"validation images, of the evaluated model after epoch {EPOCHS}, in eval mode; the geometric mean over the "
-        f"seeds that trained (the sweep's table), or over all seeds where none did. 0: every output of the block is "
-        f"0 (its ReLUs are dead); not finite: the weights are not. Gradient norm: of the whole gradient in a "
+        f"seeds that trained (the sweep's table), or over all seeds where none did, so one seed decides a cell that "
+        f"reads 0 (every output of that seed's block is 0: its ReLUs are dead) or not finite (its weights are not). "
+        f"Gradient norm: of the whole gradient in a "
         f"training step, over the same seeds: the median over the run's epochs of each epoch's median (the median "
         f"over the seeds), and the largest in any step of any of them.")
 
