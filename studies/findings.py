@@ -108,8 +108,9 @@ def norm_buys(results):
         diffs = [row[5]["mean"] for row in pairs]
         survive = sum(row[6] < 1 - stats.LEVEL for row in pairs)
         if fails:  # a paired difference would mix the failed runs in: the findings table gives it
-            clauses.append(f"{labels.get(name, name)}: {len(fails)} of {len(done)} runs failed, the other {len(ok)} "
-                           f"end at {mean:.2f} ± {half:.2f}%")
+            low = sum(stats.final(done[s]) < stats.NOT_LEARNED for s in fails)  # failed runs need not end broken
+            clauses.append(f"{labels.get(name, name)}: {len(fails)} of {len(done)} runs failed ({low} ending below "
+                           f"{stats.NOT_LEARNED:g}%), the other {len(ok)} end at {mean:.2f} ± {half:.2f}%")
             continue
         clauses.append(f"{labels.get(name, name)}: none of {len(done)} runs failed, they end at {mean:.2f} ± "
                        f"{half:.2f}%, the norms' mean paired differences from it {min(diffs):+.2f} to "

@@ -126,7 +126,7 @@ def summary(results):
         return None
     done = sum(len(c["seeds"]) for c in cells.values())
     planned = len(MODELS) * len(PEAKS) * len(SEEDS)
-    schedule = f"Under the recipe's own schedule (its 20-epoch cycle, the first {EPOCHS} epochs, validation split"
+    schedule = f"Under the recipe's schedule (the first {EPOCHS} of its {Recipe.epochs} epochs, validation split"
     if done == planned:  # every cell has every seed: one count per peak, "0/0/3" (kept on one line when wrapped)
         counts = "; ".join(f"{cells[norm, PEAKS[0]]['label']} " + "/".join(str(len(cells[norm, p]["failed"]))
                                                                            for p in PEAKS) for norm in MODELS)
@@ -145,6 +145,19 @@ def summary(results):
             + ".")
 
 
+def at_recipe_peak(results):
+    """Rule 3's labelled column: {norm: cell} of each model's finished 20-epoch runs at the recipe's peak on the test
+    set (results/<name>_seed<S>.json), with the runs that failed (stats.failure) and how; no mean (another split)."""
+    records = load_records(results) if os.path.isdir(results) else {}
+    out = {}
+    for norm in MODELS:
+        done = stats.finished(records.get(recipe(norm, Recipe.lr, 0).name, []))
+        if done:
+            failed = {s: how for s, r in sorted(done.items()) if (how := stats.failure(r["history"]))}
+            out[norm] = {"seeds": sorted(done), "failed": failed, "mean": float("nan")}
+    return out
+
+
 def cell(c):
     """ "0 of 3; 99.30%", "1 of 3 (collapsed: seed 2); 99.40%", "3 of 3 (not finite: seeds 0, 1, 2)": one cell."""
     by_how = {}
@@ -160,20 +173,24 @@ def markdown(results):
     cells = table(tolerance_runs(results))
     if not cells:
         return "(no runs in results/tolerance/ yet: `python -m studies.tolerance --out .`)"
-    lines = ["| model | " + " | ".join(f"peak {p:g}" for p in PEAKS) + " |", "|---" * (1 + len(PEAKS)) + "|"]
+    recipes = at_recipe_peak(results)
+    lines = [f"| model | peak {Recipe.lr:g} (the 20-epoch runs, test set) | "
+             + " | ".join(f"peak {p:g}" for p in PEAKS) + " |", "|---" * (2 + len(PEAKS)) + "|"]
     for norm in MODELS:
         mine = {peak: c for (n, peak), c in cells.items() if n == norm}
         if mine:
             label = next(iter(mine.values()))["label"]
-            lines.append(f"| {label} | " + " | ".join(cell(mine[p]) if p in mine else "-" for p in PEAKS) + " |")
+            lines.append(f"| {label} | {cell(recipes[norm]) if norm in recipes else '-'} | "
+                         + " | ".join(cell(mine[p]) if p in mine else "-" for p in PEAKS) + " |")
     done = sum(len(c["seeds"]) for c in cells.values())
     planned = len(MODELS) * len(PEAKS) * len(SEEDS)
     plan = f"{len(MODELS)} models, peaks {', '.join(f'{p:g}' for p in PEAKS)}, seeds {SEEDS[0]}-{SEEDS[-1]}"
     rest = "" if done == planned else " `python -m studies.tolerance --out .` resumes the rest."
     runs = f"All {planned} runs" if done == planned else f"{done} of the {planned} planned runs"
-    lines += ["", f"Each cell: the runs that failed of those run, and how (`studies.stats.failure` over the first "
-              f"{EPOCHS} epochs); then the mean validation accuracy after epoch {EPOCHS} of the runs that did not "
-              f"fail. {runs} ({plan}).{rest}"]
+    lines += ["", f"Each cell: the runs that failed of those run, and how (`studies.stats.failure`: at {Recipe.lr:g} "
+              f"over the recipe's {Recipe.epochs} epochs, at the higher peaks over the first {EPOCHS}); at the higher "
+              f"peaks, then the mean validation accuracy after epoch {EPOCHS} of the runs that did not fail. "
+              f"{runs} at the higher peaks ({plan}).{rest}"]
     return "\n".join(lines)
 
 

@@ -67,3 +67,21 @@ def test_a_finding_without_its_study_is_left_out(tmp_path, missing):
         if name != missing:
             shutil.copytree(os.path.join(RESULTS, name), tmp_path / name)
     assert findings.batches(str(tmp_path)) is None
+
+
+def test_a_failure_under_one_schedule_need_not_repeat_under_the_other_either_way():
+    """The README's sentence on the two schedules, run by run: the sweep's (6-epoch cycle) against the recipe's (the
+    tolerance study at peak 1, the 20-epoch test runs at 0.1)."""
+    sweep = load_records(os.path.join(RESULTS, "lr_sweep"))
+    tolerance = load_records(os.path.join(RESULTS, "tolerance"))
+    recipe = load_records(RESULTS)
+
+    def failed(records, name, seed):
+        (record,) = [r for r in records[name] if r["config"]["seed"] == seed]
+        return bool(stats.failure(record["history"]))
+
+    assert failed(sweep, "gn_lr1", 0) and not failed(tolerance, "gn_lr1", 0)
+    for control in ("none", "affine"):
+        for seed in (1, 2):
+            assert failed(sweep, f"{control}_lr0.1", seed) and not failed(recipe, control, seed)
+    assert not failed(sweep, "none_lr0.1", 0) and failed(recipe, "none", 0)
