@@ -38,6 +38,7 @@ from mnist_norms.recipe import L1, Recipe
 from mnist_norms.records import load_records
 from model import MODELS
 from studies import stats
+from studies.lr_sweep.report import failure_cell
 from studies.search import BASE, STRESS_EPOCHS, STRESS_FOLDER, stress_name
 
 PEAKS = (0.3, 1.0, 3.0)
@@ -96,15 +97,16 @@ def tolerance_runs(results):
 
 
 def table(runs):
-    """{(norm, peak): {"label", "seeds", "failed": {seed: how}, "mean": mean validation accuracy after the last
-    epoch of the study of the runs that did not fail (nan if none)}} (rule 3)."""
+    """{(norm, peak): {"label", "seeds", "histories": {seed: its first EPOCHS epochs}, "failed": {seed: how}, "mean":
+    mean validation accuracy after the last epoch of the study of the runs that did not fail (nan if none)}}
+    (rule 3)."""
     out = {}
     for (norm, peak), by_seed in sorted(runs.items()):
         histories = {s: r["history"][:EPOCHS] for s, r in sorted(by_seed.items())}
         failed = {s: how for s, h in histories.items() if (how := stats.failure(h))}
         ok = [h[-1]["test_acc"] for s, h in histories.items() if s not in failed]
         out[norm, peak] = {"label": Recipe.from_config(next(iter(by_seed.values()))["config"]).label,
-                           "seeds": sorted(by_seed), "failed": failed,
+                           "seeds": sorted(by_seed), "histories": histories, "failed": failed,
                            "mean": float(np.mean(ok)) if ok else float("nan")}
     return out
 
@@ -146,26 +148,17 @@ def summary(results):
 
 
 def at_recipe_peak(results):
-    """Rule 3's labelled column: {norm: cell} of each model's finished 20-epoch runs at the recipe's peak on the test
-    set (results/<name>_seed<S>.json), with the runs that failed (stats.failure) and how; no mean (another split)."""
+    """Rule 3's labelled column: {norm: {seed: history}} of each model's finished 20-epoch runs at the recipe's peak
+    on the test set (results/<name>_seed<S>.json)."""
     records = load_records(results) if os.path.isdir(results) else {}
-    out = {}
-    for norm in MODELS:
-        done = stats.finished(records.get(recipe(norm, Recipe.lr, 0).name, []))
-        if done:
-            failed = {s: how for s, r in sorted(done.items()) if (how := stats.failure(r["history"]))}
-            out[norm] = {"seeds": sorted(done), "failed": failed, "mean": float("nan")}
-    return out
+    done = {norm: stats.finished(records.get(recipe(norm, Recipe.lr, 0).name, [])) for norm in MODELS}
+    return {norm: {s: r["history"] for s, r in runs.items()} for norm, runs in done.items() if runs}
 
 
 def cell(c):
-    """ "0 of 3; 99.30%", "1 of 3 (collapsed: seed 2); 99.40%", "3 of 3 (not finite: seeds 0, 1, 2)": one cell."""
-    by_how = {}
-    for seed, how in c["failed"].items():
-        by_how.setdefault(how, []).append(str(seed))
-    hows = "; ".join(f"{how}: seed{'s' if len(seeds) > 1 else ''} {', '.join(seeds)}" for how, seeds in by_how.items())
-    text = f"{len(c['failed'])} of {len(c['seeds'])}" + (f" ({hows})" if hows else "")
-    return text + (f"; {c['mean']:.2f}%" if c["mean"] == c["mean"] else "")
+    """ "0 of 3 (0% to 71%); 99.30%": the sweep's failure cell (lr_sweep.report.failure_cell) over the study's epochs,
+    then the mean of the runs that did not fail."""
+    return failure_cell(c["histories"]) + (f"; mean {c['mean']:.2f}%" if c["mean"] == c["mean"] else "")
 
 
 def markdown(results):
@@ -180,16 +173,17 @@ def markdown(results):
         mine = {peak: c for (n, peak), c in cells.items() if n == norm}
         if mine:
             label = next(iter(mine.values()))["label"]
-            lines.append(f"| {label} | {cell(recipes[norm]) if norm in recipes else '-'} | "
+            lines.append(f"| {label} | {failure_cell(recipes[norm]) if norm in recipes else '-'} | "
                          + " | ".join(cell(mine[p]) if p in mine else "-" for p in PEAKS) + " |")
     done = sum(len(c["seeds"]) for c in cells.values())
     planned = len(MODELS) * len(PEAKS) * len(SEEDS)
     plan = f"{len(MODELS)} models, peaks {', '.join(f'{p:g}' for p in PEAKS)}, seeds {SEEDS[0]}-{SEEDS[-1]}"
     rest = "" if done == planned else " `python -m studies.tolerance --out .` resumes the rest."
     runs = f"All {planned} runs" if done == planned else f"{done} of the {planned} planned runs"
-    lines += ["", f"Each cell: the runs that failed of those run, and how (`studies.stats.failure`: at {Recipe.lr:g} "
-              f"over the recipe's {Recipe.epochs} epochs, at the higher peaks over the first {EPOCHS}); at the higher "
-              f"peaks, then the mean validation accuracy after epoch {EPOCHS} of the runs that did not fail. "
+    lines += ["", f"Each cell: the runs that failed of those run, with the failure rate's exact (Clopper-Pearson) 95% "
+              f"interval, and how (`studies.stats.failure`: at {Recipe.lr:g} over the recipe's {Recipe.epochs} "
+              f"epochs, at the higher peaks over the first {EPOCHS}); at the higher peaks, then the mean validation "
+              f"accuracy after epoch {EPOCHS} of the runs that did not fail. "
               f"{runs} at the higher peaks ({plan}).{rest}"]
     return "\n".join(lines)
 

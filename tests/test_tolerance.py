@@ -64,9 +64,11 @@ def test_the_table_counts_each_failure_and_averages_only_the_runs_that_did_not_f
     assert cells[CONTROL, 3.0]["failed"] == {0: "never learned"} and math.isnan(cells[CONTROL, 3.0]["mean"])
     assert cells["LN", 0.3]["failed"] == {} and cells["LN", 0.3]["mean"] == 99.3
     text = tolerance.markdown(results)
-    assert "| BN + L1 | 1 of 2 (never learned: seed 1) | - | 1 of 3 (collapsed: seed 2); 99.40% | - |" in text
-    assert "| no norm, default init | - | - | - | 1 of 1 (never learned: seed 0) |" in text
-    assert "| LN | - | 0 of 1; 99.30% | - | - |" in text
+    # failure counts with their exact intervals (the sweep's cells), and the mean of the runs that did not fail
+    assert "| BN + L1 | 1 of 2 (1% to 99%); never learned: seed 1 | - | 1 of 3 (0.8% to 91%); collapsed: seed 2; " \
+           "mean 99.40% | - |" in text
+    assert "| no norm, default init | - | - | - | 1 of 1 (3% to 100%); never learned: seed 0 |" in text
+    assert "| LN | - | 0 of 1 (0% to 98%); mean 99.30% | - | - |" in text
     assert "5 of the 45 planned runs" in text
     assert "BN + L1 (1: 1 of 3 failed)" in tolerance.summary(results)
 
