@@ -39,7 +39,7 @@ from mnist_norms.records import load_records
 from model import MODELS
 from studies import stats
 from studies.lr_sweep.report import failure_cell
-from studies.search import BASE, STRESS_EPOCHS, STRESS_FOLDER, stress_name
+from studies.search import BASE, STRESS_EPOCHS, STRESS_FOLDER, stress_name, stress_records
 
 PEAKS = (0.3, 1.0, 3.0)
 SEEDS = (0, 1, 2)
@@ -132,8 +132,12 @@ def summary(results):
     if done == planned:  # every cell has every seed: one count per peak, "0/0/3" (kept on one line when wrapped)
         counts = "; ".join(f"{cells[norm, PEAKS[0]]['label']} " + "/".join(str(len(cells[norm, p]["failed"]))
                                                                            for p in PEAKS) for norm in MODELS)
+        ln = ln_stress(results)
+        more = "; ".join(f"{sum(bool(stats.failure(h)) for h in by_seed.values())} of {len(by_seed)} at {p:g}"
+                         for p, by_seed in ln.items())
         return (f"{schedule}), failed runs out of {len(SEEDS)} (seeds {SEEDS[0]}-{SEEDS[-1]}) at peaks "
-                f"{'/'.join(f'{p:g}' for p in PEAKS)}: {counts}.")
+                f"{'/'.join(f'{p:g}' for p in PEAKS)}: {counts}" + (f" (LN over all the stress test's seeds: {more})"
+                                                                    if more else "") + ".")
     per_model = []
     for norm in MODELS:
         mine = {peak: c for (n, peak), c in cells.items() if n == norm}
@@ -153,6 +157,19 @@ def at_recipe_peak(results):
     records = load_records(results) if os.path.isdir(results) else {}
     done = {norm: stats.finished(records.get(recipe(norm, Recipe.lr, 0).name, [])) for norm in MODELS}
     return {norm: {s: r["history"] for s, r in runs.items()} for norm, runs in done.items() if runs}
+
+
+def ln_stress(results):
+    """{peak: {seed: its first EPOCHS epochs}} of the stress test's LN runs without a clip (this study's design, all
+    of its seeds), at the recipe's peak and at STRESS_ARM's."""
+    records = stress_records(results)
+    out = {}
+    for peak in (Recipe.lr, STRESS_ARM[1]):
+        done = {r["config"]["seed"]: r["history"][:EPOCHS] for r in records.get(stress_name(peak, 0), [])
+                if len(r["history"]) >= EPOCHS}
+        if done:
+            out[peak] = done
+    return out
 
 
 def cell(c):
@@ -185,6 +202,10 @@ def markdown(results):
               f"epochs, at the higher peaks over the first {EPOCHS}); at the higher peaks, then the mean validation "
               f"accuracy after epoch {EPOCHS} of the runs that did not fail. "
               f"{runs} at the higher peaks ({plan}).{rest}"]
+    ln = ln_stress(results)
+    if ln:
+        lines[-1] += (f" LN in this design, all of the stress test's runs without a clip (`results/{STRESS_FOLDER}/`), "
+                      "the runs that failed. " + " ".join(f"At {p:g}: {failure_cell(h)}." for p, h in ln.items()))
     return "\n".join(lines)
 
 

@@ -84,4 +84,5 @@ def test_a_failure_under_one_schedule_need_not_repeat_under_the_other_either_way
     for control in ("none", "affine"):
         for seed in (1, 2):
             assert failed(sweep, f"{control}_lr0.1", seed) and not failed(recipe, control, seed)
-    assert not failed(sweep, "none_lr0.1", 0) and failed(recipe, "none", 0)
+    for name, seed in (("none", 0), ("gn", 1)):
+        assert not failed(sweep, f"{name}_lr0.1", seed) and failed(recipe, name, seed)
